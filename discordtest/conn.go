@@ -1,0 +1,299 @@
+package discordtest
+
+import (
+	"bufio"
+	"bytes"
+	"compress/zlib"
+	"encoding/binary"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+const (
+	closeDrop       = -1 // drop the TCP connection without a close frame
+	maxPayload      = 4096
+	compressMin     = 1024 // payload compression applies to larger frames only
+	writeBatch      = 128
+	ctrlQueue       = 16
+	writeBufferSize = 8 << 10
+)
+
+type upgrader struct{ websocket.Upgrader }
+
+func newUpgrader() upgrader {
+	return upgrader{websocket.Upgrader{
+		ReadBufferSize:  1024,
+		WriteBufferPool: &sync.Pool{}, // writes bypass gorilla: never allocate its buffer
+		CheckOrigin:     func(*http.Request) bool { return true },
+	}}
+}
+
+// frame is a control payload for the writer: a websocket opcode and data.
+type frame struct {
+	op   int
+	data []byte
+}
+
+// conn is one gateway connection. Its reader runs in the HTTP handler
+// goroutine; its writer is the only goroutine that writes to the socket,
+// raw websocket frames into a buffered writer, so a burst of dispatches
+// costs one system call.
+type conn struct {
+	s        *Server
+	ws       *websocket.Conn
+	nc       net.Conn
+	resume   bool // connected on the resume URL
+	zstream  bool // zlib-stream transport compression
+	wake     chan struct{}
+	ctrl     chan frame
+	closing  chan struct{}
+	wdone    chan struct{}
+	once     sync.Once
+	code     int // close code, set once before closing is closed
+	reason   string
+	clientCl int // close code the client sent, set by the reader
+
+	noAcks     atomic.Bool
+	latency    atomic.Int64
+	eventsSent atomic.Int64
+	shard      atomic.Int64 // -1 until identified or resumed
+
+	// sent is the last sequence written; guarded by the attached
+	// session's mu.
+	sent int
+
+	attached atomic.Pointer[session] // set by the reader on IDENTIFY/RESUME
+
+	// reader-owned
+	compress bool
+	cmds     []int64 // ring of command times (unix ns) for the 120/60 s limit
+	cmdN     int
+}
+
+func (c *conn) shardID() int { return int(c.shard.Load()) }
+
+func (c *conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close asks the writer to send a close frame with code (or to drop the
+// connection for closeDrop) and end the connection. Only the first call
+// counts.
+func (c *conn) close(code int, reason string) {
+	c.once.Do(func() {
+		c.code, c.reason = code, reason
+		close(c.closing)
+	})
+}
+
+// sendCtrl queues a control payload; it gives up when the connection is
+// closing.
+func (c *conn) sendCtrl(op int, data []byte) {
+	select {
+	case c.ctrl <- frame{op, data}:
+	case <-c.closing:
+	}
+}
+
+func (c *conn) sendJSON(data []byte) { c.sendCtrl(websocket.TextMessage, data) }
+
+func (c *conn) writeLoop() {
+	defer close(c.wdone)
+	// The write buffer is borrowed only while there is something to
+	// write, so an idle connection holds none.
+	var bw *bufio.Writer
+	defer func() {
+		if bw != nil {
+			bufPool.Put(bw)
+		}
+	}()
+	var (
+		buf   = make([]entry, writeBatch)
+		fb    []byte // frame scratch
+		zbuf  bytes.Buffer
+		zw    *zlib.Writer // zlib-stream context, for the connection's life
+		broke bool
+	)
+	defer func() {
+		if zw != nil {
+			_ = zw.Close()
+		}
+	}()
+	write := func(op int, p []byte) {
+		if broke {
+			return
+		}
+		if c.zstream {
+			if zw == nil {
+				zw = zlib.NewWriter(&zbuf)
+			}
+			zbuf.Reset()
+			_, _ = zw.Write(p)
+			_ = zw.Flush()
+			p, op = zbuf.Bytes(), websocket.BinaryMessage
+		} else if c.compress && len(p) >= compressMin && op == websocket.TextMessage {
+			zbuf.Reset()
+			w := getZlib(&zbuf)
+			_, _ = w.Write(p)
+			_ = w.Close()
+			putZlib(w)
+			p, op = zbuf.Bytes(), websocket.BinaryMessage
+		}
+		if bw == nil {
+			bw = getBuf(c.nc)
+		}
+		if err := writeFrame(bw, op, p); err != nil {
+			broke = true
+			c.close(closeDrop, "")
+		}
+	}
+	for {
+		select {
+		case <-c.closing:
+			if bw == nil {
+				bw = getBuf(c.nc)
+			}
+			c.finish(bw)
+			return
+		case f := <-c.ctrl:
+			c.delay()
+			write(f.op, f.data)
+		case <-c.wake:
+			c.delay()
+		}
+		for !broke {
+			progressed := false
+			for n := 0; n < ctrlQueue; n++ {
+				select {
+				case f := <-c.ctrl:
+					write(f.op, f.data)
+					progressed = true
+					continue
+				default:
+				}
+				break
+			}
+			if ss := c.sess0(); ss != nil {
+				es, from := ss.take(c, buf)
+				for i, e := range es {
+					fb = appendDispatch(fb[:0], e.t, from+i, e.d)
+					write(websocket.TextMessage, fb)
+				}
+				if len(es) > 0 {
+					c.eventsSent.Add(int64(len(es)))
+					ss.markSent(c, from+len(es)-1)
+					progressed = true
+				}
+			}
+			if !progressed {
+				break
+			}
+		}
+		if bw != nil {
+			if !broke && bw.Flush() != nil {
+				broke = true
+				c.close(closeDrop, "")
+			}
+			bw.Reset(nil)
+			bufPool.Put(bw)
+			bw = nil
+		}
+	}
+}
+
+// sess0 is the session the writer serves, or nil before IDENTIFY/RESUME.
+func (c *conn) sess0() *session { return c.attached.Load() }
+
+// delay waits the injected latency, or until the connection closes.
+func (c *conn) delay() {
+	d := time.Duration(c.latency.Load())
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.closing:
+	}
+}
+
+// finish writes the close frame, if any, and closes the socket.
+func (c *conn) finish(bw *bufio.Writer) {
+	if c.code != closeDrop {
+		p := make([]byte, 2, 2+len(c.reason))
+		binary.BigEndian.PutUint16(p, uint16(c.code))
+		p = append(p, c.reason...)
+		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		if writeFrame(bw, websocket.CloseMessage, p) == nil {
+			_ = bw.Flush()
+		}
+	}
+	_ = c.nc.Close()
+}
+
+// writeFrame writes one unmasked server frame.
+func writeFrame(w *bufio.Writer, op int, p []byte) error {
+	var h [10]byte
+	h[0] = 0x80 | byte(op)
+	n := 2
+	switch l := len(p); {
+	case l < 126:
+		h[1] = byte(l)
+	case l <= 0xffff:
+		h[1] = 126
+		binary.BigEndian.PutUint16(h[2:], uint16(l))
+		n = 4
+	default:
+		h[1] = 127
+		binary.BigEndian.PutUint64(h[2:], uint64(l))
+		n = 10
+	}
+	if _, err := w.Write(h[:n]); err != nil {
+		return err
+	}
+	_, err := w.Write(p)
+	return err
+}
+
+func appendDispatch(b []byte, t string, seq int, d []byte) []byte {
+	b = append(b, `{"op":0,"s":`...)
+	b = strconv.AppendInt(b, int64(seq), 10)
+	b = append(b, `,"t":"`...)
+	b = append(b, t...)
+	b = append(b, `","d":`...)
+	b = append(b, d...)
+	return append(b, '}')
+}
+
+var (
+	zlibPool sync.Pool
+	bufPool  sync.Pool
+)
+
+func getBuf(w net.Conn) *bufio.Writer {
+	if b, ok := bufPool.Get().(*bufio.Writer); ok {
+		b.Reset(w)
+		return b
+	}
+	return bufio.NewWriterSize(w, writeBufferSize)
+}
+
+func getZlib(w *bytes.Buffer) *zlib.Writer {
+	if z, ok := zlibPool.Get().(*zlib.Writer); ok {
+		z.Reset(w)
+		return z
+	}
+	return zlib.NewWriter(w)
+}
+
+func putZlib(z *zlib.Writer) { zlibPool.Put(z) }

@@ -1,0 +1,63 @@
+// Package discordtest is a Discord gateway and REST API on a loopback port,
+// for testing bots and sharding code without a token or a network, as
+// net/http/httptest is for HTTP.
+//
+// It enforces the platform's rules and counts every break, so a test can
+// assert "no identify-limit violation, no 429, no lost event":
+//
+//	s := discordtest.NewServer(discordtest.WithGuilds(100), discordtest.WithMaxConcurrency(16),
+//		discordtest.WithIdentifyWindow(50*time.Millisecond))
+//	defer s.Close()
+//	// point disgo at s.GatewayURL() and s.RESTURL() with s.Token()
+//
+// # Gateway
+//
+// API v10 with JSON encoding. HELLO carries the heartbeat interval; each
+// heartbeat is acknowledged; a connection that stops heartbeating for an
+// interval plus a grace is closed with 4000 and its session stays
+// resumable. IDENTIFY is checked for the token (4004), the shard (4010),
+// the guilds per shard (4011), invalid (4013) and unapproved privileged
+// intents (4014); a second IDENTIFY gets 4005, a payload before IDENTIFY
+// 4003, an unknown opcode 4001, an undecodable or over-4096-byte payload
+// 4002, and more than 120 commands a minute 4008.
+//
+// IDENTIFYs share max_concurrency buckets (shard_id % max_concurrency); an
+// IDENTIFY that comes within the identify window of its bucket's previous
+// one is answered with op 9 (d=false) and counted as an identify_concurrency
+// violation. session_start_limit is spent per IDENTIFY; when it runs out,
+// every session ends and the token is reset, as Discord does.
+//
+// READY lists the shard's guilds as unavailable, then one GUILD_CREATE per
+// guild follows. Guild i has ID (2^30+i)<<22, so (id >> 22) % shards
+// spreads guilds evenly; GuildID(i) returns it.
+//
+// Every session numbers its dispatches and keeps the last ones (see
+// WithReplayBuffer) for RESUME, which replays what the client missed, in
+// order, then sends RESUMED. A RESUME of an unknown, ended or expired
+// session, or from an impossible sequence, gets op 9 (d=false). A client
+// close with 1000 or 1001 ends the session; any other close or a dropped
+// connection leaves it resumable for the resume window. Both zlib-stream
+// transport compression (?compress=zlib-stream) and IDENTIFY's compress
+// flag (frames over 1 KiB are zlib-compressed) are honoured.
+//
+// # Faults and load
+//
+// CloseShard, DropShard, Reconnect (op 7), InvalidateSession (op 9),
+// StopAcks (a zombie connection), RequestHeartbeat (op 1), SetLatency and
+// Restart act on one shard or on AllShards. Dispatch sends an event to the
+// shard owning a guild, Broadcast to every session, and Load streams many
+// pre-encoded events at a target rate.
+//
+// Dispatches are queued per session, never unboundedly: a producer waits
+// while a connected client is a whole replay buffer behind.
+//
+// # Counters
+//
+// Stats reports connections, IDENTIFYs, RESUMEs, violations by kind and
+// events sent per shard; Identifies lists every IDENTIFY with its time and
+// bucket.
+//
+// # Locks
+//
+// Server.mu is taken before a session's mu, never the other way round.
+package discordtest

@@ -1,0 +1,188 @@
+package discordtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// AllShards selects every shard in a fault-injection call.
+const AllShards = -1
+
+// conns returns the open connections of a shard (AllShards for all); a
+// shard ID matches sessions of any shard count.
+func (s *Server) connsOf(shard int) []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*conn
+	for c := range s.conns {
+		if id := c.shardID(); id >= 0 && (shard == AllShards || id == shard) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// CloseShard closes the shard's connections with a close code, as Discord
+// does. Codes that demand a new session (4003, 4004, 4005, 4007, 4009 and
+// 4010–4014) end the session; others leave it resumable. It returns how
+// many connections it closed.
+func (s *Server) CloseShard(shard, code int, reason string) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.close(code, reason)
+	}
+	return len(cs)
+}
+
+// DropShard drops the shard's TCP connections without a close frame. The
+// sessions stay resumable.
+func (s *Server) DropShard(shard int) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.close(closeDrop, "")
+	}
+	return len(cs)
+}
+
+// Reconnect sends op 7 RECONNECT to the shard's connections.
+func (s *Server) Reconnect(shard int) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.sendJSON([]byte(`{"op":7,"d":null,"s":null,"t":null}`))
+	}
+	return len(cs)
+}
+
+// InvalidateSession sends op 9 to the shard's connections. With resumable
+// false the session ends first, so a RESUME is refused.
+func (s *Server) InvalidateSession(shard int, resumable bool) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		if ss := c.attached.Load(); ss != nil && !resumable {
+			ss.end()
+			s.dropSession(ss)
+		}
+		c.sendJSON(fmt.Appendf(nil, `{"op":9,"d":%t,"s":null,"t":null}`, resumable))
+	}
+	return len(cs)
+}
+
+// StopAcks makes the shard's current connections stop acknowledging
+// heartbeats (a zombie connection), or start again. New connections ack.
+func (s *Server) StopAcks(shard int, stop bool) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.noAcks.Store(stop)
+	}
+	return len(cs)
+}
+
+// RequestHeartbeat sends op 1 to the shard's connections; clients must
+// heartbeat at once.
+func (s *Server) RequestHeartbeat(shard int) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.sendJSON([]byte(`{"op":1,"d":null,"s":null,"t":null}`))
+	}
+	return len(cs)
+}
+
+// SetLatency delays every write to the shard's current connections by d
+// (0 removes the delay).
+func (s *Server) SetLatency(shard int, d time.Duration) int {
+	cs := s.connsOf(shard)
+	for _, c := range cs {
+		c.latency.Store(int64(d))
+	}
+	return len(cs)
+}
+
+// Restart simulates a gateway restart: every connection is dropped without
+// a close frame. With keepSessions the sessions stay resumable; without,
+// they are lost and RESUMEs are refused.
+func (s *Server) Restart(keepSessions bool) {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	var lost map[string]*session
+	if !keepSessions {
+		lost = s.sessions
+		s.sessions = map[string]*session{}
+		s.sessionVer++
+	}
+	s.mu.Unlock()
+	for _, ss := range lost {
+		ss.end()
+	}
+	for _, c := range conns {
+		c.close(closeDrop, "")
+	}
+}
+
+// liveSessions returns the sessions that receive dispatches.
+func (s *Server) liveSessions() ([]*session, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out, s.sessionVer
+}
+
+// encodePayload turns a Dispatch payload into JSON.
+func encodePayload(p any) ([]byte, error) {
+	switch v := p.(type) {
+	case []byte:
+		return v, nil
+	case json.RawMessage:
+		return v, nil
+	case string:
+		return []byte(v), nil
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("discordtest: encode %T payload: %w", p, err)
+	}
+	return b, nil
+}
+
+// Dispatch sends an event to every session of the shard that owns the
+// guild ((guild_id >> 22) % shards; guild 0 means shard 0, as for DMs),
+// connected or resumable: a disconnected session gets it on RESUME. The
+// payload is JSON as []byte, json.RawMessage or string, or a value to
+// marshal. It returns how many sessions received it. Dispatch blocks
+// while a connected client is a whole replay buffer behind.
+func (s *Server) Dispatch(guildID uint64, eventType string, payload any) (int, error) {
+	d, err := encodePayload(payload)
+	if err != nil {
+		return 0, err
+	}
+	sessions, _ := s.liveSessions()
+	n := 0
+	for _, ss := range sessions {
+		if ss.owns(guildID) && ss.append(eventType, d) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Broadcast sends an event to every live session.
+func (s *Server) Broadcast(eventType string, payload any) (int, error) {
+	d, err := encodePayload(payload)
+	if err != nil {
+		return 0, err
+	}
+	sessions, _ := s.liveSessions()
+	n := 0
+	for _, ss := range sessions {
+		if ss.append(eventType, d) {
+			n++
+		}
+	}
+	return n, nil
+}
