@@ -54,18 +54,29 @@ func (s *Server) Reconnect(shard int) int {
 	return len(cs)
 }
 
-// InvalidateSession sends op 9 to the shard's connections. With resumable
-// false the session ends first, so a RESUME is refused.
+// InvalidateSession sends op 9 to the connections of the shard's
+// sessions. With resumable false the sessions end first, so a RESUME is
+// refused. It returns how many sessions it invalidated.
 func (s *Server) InvalidateSession(shard int, resumable bool) int {
-	cs := s.connsOf(shard)
-	for _, c := range cs {
-		if ss := c.attached.Load(); ss != nil && !resumable {
+	sessions, _ := s.liveSessions()
+	n := 0
+	for _, ss := range sessions {
+		if shard != AllShards && ss.shard != shard {
+			continue
+		}
+		n++
+		ss.mu.Lock()
+		c := ss.conn
+		ss.mu.Unlock()
+		if !resumable {
 			ss.end()
 			s.dropSession(ss)
 		}
-		c.sendJSON(fmt.Appendf(nil, `{"op":9,"d":%t,"s":null,"t":null}`, resumable))
+		if c != nil {
+			c.sendJSON(fmt.Appendf(nil, `{"op":9,"d":%t,"s":null,"t":null}`, resumable))
+		}
 	}
-	return len(cs)
+	return n
 }
 
 // StopAcks makes the shard's current connections stop acknowledging

@@ -1,0 +1,31 @@
+// Package shardgroup runs a cluster: one disgo bot.Client and the gateway
+// shards it serves.
+//
+// The group drives its shards itself rather than through disgo's
+// ShardManager: each shard's connection, heartbeat and reconnect loops
+// are goroutines the group owns and waits for, so Stop returns only when
+// they have ended and nothing outlives the group. The disgo client sees
+// the shards through its sharding.ShardManager and gateway.Gateway
+// interfaces, so listeners, caches and REST work as in any disgo bot.
+//
+// # Sessions and hand-over
+//
+// A shard records its session (ID, last sequence delivered to user code,
+// resume URL) as events are delivered. Stop with resumable closes every
+// shard with a code that keeps its session and returns the sessions; a
+// new group built with Config.Sessions resumes them, so Discord replays
+// what arrived in between and no IDENTIFY is spent. The sequence is
+// recorded only after an event is delivered and the read loop has ended
+// before Stop reads it, so user code sees each event exactly once.
+//
+// # Faults
+//
+// op 7 and resumable closes resume; op 9 (d=false) identifies anew; a
+// heartbeat that is not acknowledged before the next one is due closes
+// the connection and resumes (a zombie connection). The close codes that
+// cannot be retried (4004, 4010–4014) stop the shard and are reported
+// through Hooks.Fatal as a *CloseError.
+//
+// A panic in event handling or in a listener is recovered, logged with
+// its stack and counted (ListenerPanics); the shard goes on.
+package shardgroup

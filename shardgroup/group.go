@@ -1,0 +1,390 @@
+package shardgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/disgoorg/disgo"
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/gateway"
+	"github.com/disgoorg/disgo/sharding"
+	"github.com/disgoorg/snowflake/v2"
+	"github.com/gorilla/websocket"
+)
+
+// Config describes one group. The runtime fills it; tests may too.
+type Config struct {
+	ID              int
+	ShardIDs        []int // the shards this group runs
+	ShardCount      int   // the fleet's total
+	Token           string
+	GatewayURL      string
+	Intents         gateway.Intents
+	LargeThreshold  int // default 50
+	IdentifyLimiter IdentifyLimiter
+	ClientOptions   []bot.ConfigOpt // applied to the group's disgo client
+	Logger          *slog.Logger
+	Presence        *gateway.MessageDataPresenceUpdate
+	// Sessions to resume, by shard ID; other shards identify.
+	Sessions map[int]Session
+	Hooks    Hooks
+}
+
+// Hooks let the runtime observe a group. Each may be nil. They run on the
+// shard's goroutine and must not block.
+type Hooks struct {
+	ShardState    func(g *Group, shard int, from, to State)
+	ShardReady    func(g *Group, shard, guilds int, resumed bool)
+	Identify      func(g *Group, shard int)
+	Fatal         func(g *Group, err *CloseError)
+	Event         func(g *Group, shard int, t gateway.EventType)
+	Close         func(g *Group, shard, code int)
+	Zombie        func(g *Group, shard int)
+	Invalidated   func(g *Group, shard int)
+	ListenerPanic func(g *Group, shard int, v any)
+}
+
+// Group owns one disgo client and the gateway shards of a cluster. Its
+// shards are driven by the group, not by disgo: every goroutine has an
+// owner, and a shard's session can be handed over to a new group.
+type Group struct {
+	cfg     Config
+	client  bot.Client
+	log     *slog.Logger
+	dialer  *websocket.Dialer
+	handler gateway.EventHandlerFunc
+	shards  map[int]*shard // fixed after New
+	ids     []int
+	panics  atomic.Int64
+
+	mu      sync.Mutex // guards started, stopped
+	started bool
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+// New builds a group and its disgo client; nothing connects until Start.
+func New(cfg Config) (*Group, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("shardgroup: Config.Token is empty")
+	}
+	if len(cfg.ShardIDs) == 0 || cfg.ShardCount < 1 {
+		return nil, fmt.Errorf("shardgroup: group %d has no shards (ShardIDs %v, ShardCount %d)", cfg.ID, cfg.ShardIDs, cfg.ShardCount)
+	}
+	if cfg.IdentifyLimiter == nil {
+		return nil, errors.New("shardgroup: Config.IdentifyLimiter is nil")
+	}
+	if cfg.LargeThreshold == 0 {
+		cfg.LargeThreshold = 50
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	g := &Group{
+		cfg:    cfg,
+		log:    cfg.Logger.With("cluster", cfg.ID),
+		dialer: &websocket.Dialer{HandshakeTimeout: websocket.DefaultDialer.HandshakeTimeout},
+		shards: make(map[int]*shard, len(cfg.ShardIDs)),
+		ids:    slices.Clone(cfg.ShardIDs),
+	}
+	slices.Sort(g.ids)
+	for _, id := range g.ids {
+		if id < 0 || id >= cfg.ShardCount {
+			return nil, fmt.Errorf("shardgroup: shard %d is outside 0..%d", id, cfg.ShardCount-1)
+		}
+		s := &shard{g: g, id: id, count: cfg.ShardCount, token: cfg.Token, log: g.log.With("shard", id),
+			presence: cfg.Presence, stop: make(chan struct{}), done: make(chan struct{})}
+		s.session = Session{ShardID: id, ShardCount: cfg.ShardCount}
+		if sess, ok := cfg.Sessions[id]; ok && sess.ShardCount == cfg.ShardCount && sess.SessionID != "" {
+			s.session = sess
+		}
+		g.shards[id] = s
+	}
+	opts := append([]bot.ConfigOpt{
+		bot.WithLogger(slog.New(&panicCounter{Handler: g.log.Handler(), g: g})),
+		bot.WithShardManager(manager{g}),
+	}, cfg.ClientOptions...)
+	client, err := disgo.New(cfg.Token, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("shardgroup: group %d: build client: %w", cfg.ID, err)
+	}
+	g.client = client
+	g.handler = client.EventManager().HandleGatewayEvent
+	return g, nil
+}
+
+// ID is the group's cluster ID.
+func (g *Group) ID() int { return g.cfg.ID }
+
+// ShardIDs returns the group's shard IDs in order; the slice is a copy.
+func (g *Group) ShardIDs() []int { return slices.Clone(g.ids) }
+
+// ShardCount is the fleet's shard count.
+func (g *Group) ShardCount() int { return g.cfg.ShardCount }
+
+// Client is the group's disgo client: register listeners on it in Setup.
+func (g *Group) Client() bot.Client { return g.client }
+
+// Logger carries the group's cluster attribute.
+func (g *Group) Logger() *slog.Logger { return g.log }
+
+// ListenerPanics counts panics recovered from listeners.
+func (g *Group) ListenerPanics() int64 { return g.panics.Load() }
+
+// ShardInfo is a shard's state at one moment.
+type ShardInfo struct {
+	ID      int
+	State   State
+	Latency int64 // heartbeat round trip, ns
+	Events  int64
+}
+
+// Shards reports every shard's state.
+func (g *Group) Shards() []ShardInfo {
+	out := make([]ShardInfo, 0, len(g.ids))
+	for _, id := range g.ids {
+		s := g.shards[id]
+		out = append(out, ShardInfo{ID: id, State: State(s.state.Load()), Latency: s.latency.Load(), Events: s.events.Load()})
+	}
+	return out
+}
+
+// State is the group's state: ready when every shard is, otherwise the
+// least advanced shard's state.
+func (g *Group) State() State {
+	st := StateReady
+	for _, s := range g.shards {
+		if v := State(s.state.Load()); v != StateReady {
+			if st == StateReady || v < st {
+				st = v
+			}
+		}
+	}
+	return st
+}
+
+// Start connects every shard. The shards run until Stop or ctx ends;
+// Stop waits for them either way.
+func (g *Group) Start(ctx context.Context) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.started {
+		panic("shardgroup: Start called twice")
+	}
+	g.started = true
+	for _, id := range g.ids {
+		s := g.shards[id]
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			s.run(ctx)
+		}()
+	}
+}
+
+// Stop stops every shard and waits for its goroutines. With resumable,
+// shards close with a code that keeps their sessions, which it returns so
+// that another group (or process) can resume them; otherwise sessions end.
+func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, error) {
+	code := websocket.CloseNormalClosure
+	if resumable {
+		code = resumableClose
+	}
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+	for _, s := range g.shards {
+		s.requestStop(code)
+	}
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		<-done // shards end promptly once their sockets close; never leak them
+	}
+	sessions := make(map[int]Session, len(g.shards))
+	for id, s := range g.shards {
+		s.mu.Lock()
+		if s.session.SessionID != "" {
+			sessions[id] = s.session
+		}
+		s.mu.Unlock()
+	}
+	if !resumable {
+		sessions = nil
+	}
+	return sessions, ctx.Err()
+}
+
+func (s *shard) requestStop(code int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stop:
+	default:
+		s.stopCode = code
+		close(s.stop)
+	}
+}
+
+func (g *Group) stopShard(ctx context.Context, s *shard, code int) {
+	s.requestStop(code)
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+	}
+}
+
+// deliver hands an event to the disgo client; a panic there is recovered
+// and counted, and the shard goes on.
+func (g *Group) deliver(s *shard, m gateway.Message) {
+	defer func() {
+		if v := recover(); v != nil {
+			g.panics.Add(1)
+			g.log.Error("recovered panic in event handling", "shard", s.id, "event", m.T, "panic", v, "stack", string(debug.Stack()))
+			if h := g.cfg.Hooks.ListenerPanic; h != nil {
+				h(g, s.id, v)
+			}
+		}
+	}()
+	if h := g.cfg.Hooks.Event; h != nil {
+		h(g, s.id, m.T)
+	}
+	ev, ok := m.D.(gateway.EventData)
+	if !ok {
+		return
+	}
+	if _, unknown := ev.(gateway.EventUnknown); unknown {
+		return
+	}
+	g.handler(m.T, m.S, s.id, ev)
+}
+
+// panicCounter counts disgo's own "recovered from panic" records.
+type panicCounter struct {
+	slog.Handler
+	g *Group
+}
+
+// Enabled is true for errors, so that a panic is counted even when the
+// user's handler drops errors.
+func (p *panicCounter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelError || p.Handler.Enabled(ctx, l)
+}
+
+func (p *panicCounter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "recovered from panic in event listener" {
+		p.g.panics.Add(1)
+		if h := p.g.cfg.Hooks.ListenerPanic; h != nil {
+			h(p.g, -1, "listener panic")
+		}
+	}
+	if !p.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return p.Handler.Handle(ctx, r)
+}
+
+func (p *panicCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	return &panicCounter{Handler: p.Handler.WithAttrs(as), g: p.g}
+}
+
+func (p *panicCounter) WithGroup(name string) slog.Handler {
+	return &panicCounter{Handler: p.Handler.WithGroup(name), g: p.g}
+}
+
+// hook adapters
+
+func (g *Group) shardState(s *shard, from, to State) {
+	if h := g.cfg.Hooks.ShardState; h != nil {
+		h(g, s.id, from, to)
+	}
+}
+func (g *Group) shardReady(s *shard, guilds int, resumed bool) {
+	if h := g.cfg.Hooks.ShardReady; h != nil {
+		h(g, s.id, guilds, resumed)
+	}
+}
+func (g *Group) identified(s *shard) {
+	if h := g.cfg.Hooks.Identify; h != nil {
+		h(g, s.id)
+	}
+}
+func (g *Group) shardFatal(s *shard, err *CloseError) {
+	g.log.Error("shard closed for good", "shard", s.id, "code", err.Code, "err", err.Error())
+	if h := g.cfg.Hooks.Fatal; h != nil {
+		h(g, err)
+	}
+}
+func (g *Group) closeSeen(s *shard, code int) {
+	if h := g.cfg.Hooks.Close; h != nil {
+		h(g, s.id, code)
+	}
+}
+func (g *Group) zombie(s *shard) {
+	if h := g.cfg.Hooks.Zombie; h != nil {
+		h(g, s.id)
+	}
+}
+func (g *Group) invalidated(s *shard) {
+	if h := g.cfg.Hooks.Invalidated; h != nil {
+		h(g, s.id)
+	}
+}
+
+// manager is the disgo client's sharding.ShardManager: shards are opened
+// and closed by the group's owner; these methods act on what exists.
+type manager struct{ g *Group }
+
+var _ sharding.ShardManager = manager{}
+
+// Open is a no-op: the runtime starts the group.
+func (manager) Open(context.Context) {}
+
+// Close stops every shard, ending their sessions.
+func (m manager) Close(ctx context.Context) { _, _ = m.g.Stop(ctx, false) }
+
+// OpenShard is not supported: a group's shards are fixed.
+func (manager) OpenShard(context.Context, int) error {
+	return errors.New("shardgroup: shards are opened by the runtime")
+}
+
+// CloseShard stops one shard.
+func (m manager) CloseShard(ctx context.Context, id int) {
+	if s, ok := m.g.shards[id]; ok {
+		m.g.stopShard(ctx, s, websocket.CloseNormalClosure)
+	}
+}
+
+// ShardByGuildID returns the shard that owns a guild, if it is in this
+// group.
+func (m manager) ShardByGuildID(id snowflake.ID) gateway.Gateway {
+	return m.Shard(sharding.ShardIDByGuild(id, m.g.cfg.ShardCount))
+}
+
+// Shard returns one of the group's shards, or nil.
+func (m manager) Shard(id int) gateway.Gateway {
+	if s, ok := m.g.shards[id]; ok {
+		return s
+	}
+	return nil
+}
+
+// Shards returns the group's shards in a new map.
+func (m manager) Shards() map[int]gateway.Gateway {
+	out := make(map[int]gateway.Gateway, len(m.g.shards))
+	for id, s := range m.g.shards {
+		out[id] = s
+	}
+	return out
+}

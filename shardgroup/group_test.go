@@ -1,0 +1,309 @@
+package shardgroup
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/events"
+	"github.com/disgoorg/disgo/gateway"
+	"github.com/disgoorg/disgo/rest"
+
+	"github.com/gofleet/fleet/discordtest"
+)
+
+// noLimit lets every IDENTIFY through; the servers in these tests have a
+// bucket per shard.
+type noLimit struct{}
+
+func (noLimit) WaitBucket(context.Context, int) error { return nil }
+func (noLimit) UnlockBucket(int)                      {}
+
+// seen records MESSAGE_CREATE nonces as user code sees them.
+type seen struct {
+	mu      sync.Mutex
+	nonces  []string
+	seqs    [][2]int // shard and sequence of each event
+	changed chan struct{}
+}
+
+func newSeen() *seen { return &seen{changed: make(chan struct{}, 1)} }
+
+func (s *seen) listener() bot.ConfigOpt {
+	return bot.WithEventListenerFunc(func(e *events.MessageCreate) {
+		s.mu.Lock()
+		s.nonces = append(s.nonces, string(e.Message.Nonce))
+		s.seqs = append(s.seqs, [2]int{e.ShardID(), e.SequenceNumber()})
+		s.mu.Unlock()
+		select {
+		case s.changed <- struct{}{}:
+		default:
+		}
+	})
+}
+
+func (s *seen) reset() {
+	s.mu.Lock()
+	s.nonces, s.seqs = nil, nil
+	s.mu.Unlock()
+}
+
+func (s *seen) waitN(t *testing.T, n int) []string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		s.mu.Lock()
+		got := slices.Clone(s.nonces)
+		s.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-s.changed:
+		case <-timeout:
+			t.Fatalf("saw %d events, want %d", len(got), n)
+		}
+	}
+}
+
+func newGroup(t *testing.T, srv *discordtest.Server, ids []int, count int, sessions map[int]Session, opts ...bot.ConfigOpt) *Group {
+	t.Helper()
+	g, err := New(Config{
+		ID: 0, ShardIDs: ids, ShardCount: count, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+		Intents:         gateway.IntentGuilds | gateway.IntentGuildMessages,
+		IdentifyLimiter: noLimit{}, Sessions: sessions,
+		ClientOptions: append([]bot.ConfigOpt{quietREST}, opts...),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// quietREST gives the test clients a REST limiter that starts no goroutine
+// (disgo's default one starts a cleanup loop nothing stops).
+var quietREST = bot.WithRestClientConfigOpts(rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+
+func waitReady(t *testing.T, g *Group) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for g.State() != StateReady {
+		if time.Now().After(deadline) {
+			t.Fatalf("group not ready: %+v", g.Shards())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func dispatch(t *testing.T, srv *discordtest.Server, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		gid := srv.GuildID(i % srv.Guilds())
+		if _, err := srv.Dispatch(gid, "MESSAGE_CREATE", srv.MessageCreate(gid, "x", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// exactlyOnce checks that nonces 0..n-1 each appear once.
+func exactlyOnce(t *testing.T, got []string, n int) {
+	t.Helper()
+	count := map[string]int{}
+	for _, g := range got {
+		count[g]++
+	}
+	for i := range n {
+		if c := count[itoa(i)]; c != 1 {
+			t.Fatalf("event %d seen %d times (%d events in all)", i, c, len(got))
+		}
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func itoa(i int) string { return string(appendInt(nil, i)) }
+
+func appendInt(b []byte, i int) []byte {
+	if i >= 10 {
+		b = appendInt(b, i/10)
+	}
+	return append(b, byte('0'+i%10))
+}
+
+func TestGroupSurvivesFaults(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithMaxConcurrency(2),
+		discordtest.WithIdentifyWindow(time.Nanosecond),
+		discordtest.WithHeartbeatInterval(100*time.Millisecond), discordtest.WithHeartbeatGrace(time.Second))
+	defer srv.Close()
+	sn := newSeen()
+	g := newGroup(t, srv, []int{0, 1}, 2, nil, sn.listener())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g.Start(ctx)
+	defer g.Stop(context.Background(), false)
+	waitReady(t, g)
+
+	next := 0
+	faults := []struct {
+		name     string
+		fault    func()
+		identify int // new IDENTIFYs the fault causes
+	}{
+		{"drop", func() { srv.DropShard(0) }, 0},
+		{"op 7", func() { srv.Reconnect(1) }, 0},
+		{"op 9 resumable", func() { srv.InvalidateSession(0, true) }, 0},
+		{"zombie", func() { srv.StopAcks(discordtest.AllShards, true) }, 0},
+		{"restart keeping sessions", func() { srv.Restart(true) }, 0},
+		{"op 9 not resumable", func() { srv.InvalidateSession(1, false) }, 1},
+		{"restart losing sessions", func() { srv.Restart(false) }, 2},
+	}
+	for _, f := range faults {
+		before := srv.Stats()
+		if f.identify == 0 {
+			// A resumed session loses nothing: events sent before, during
+			// and after the fault are each seen once.
+			dispatch(t, srv, next, 20)
+			f.fault()
+			dispatch(t, srv, next+20, 20)
+			next += 40
+			exactlyOnce(t, sn.waitN(t, next), next)
+			waitReady(t, g)
+			if after := srv.Stats(); after.Identifies != before.Identifies {
+				t.Fatalf("%s: identified again (%d -> %d)", f.name, before.Identifies, after.Identifies)
+			}
+		} else {
+			// A lost session identifies anew and serves again.
+			f.fault()
+			waitFor(t, func() bool { return srv.Stats().Identifies >= before.Identifies+f.identify })
+			if n := srv.Stats().Identifies; n != before.Identifies+f.identify {
+				t.Fatalf("%s: identifies %d -> %d, want +%d", f.name, before.Identifies, n, f.identify)
+			}
+			waitReady(t, g)
+			sn.reset()
+			dispatch(t, srv, 0, 20)
+			exactlyOnce(t, sn.waitN(t, 20), 20)
+			sn.reset()
+			next = 0
+		}
+		if v := srv.Stats().Violations; len(v) != 0 {
+			t.Fatalf("%s: violations %v", f.name, v)
+		}
+	}
+}
+
+func TestHandOverLosesNothing(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithMaxConcurrency(4),
+		discordtest.WithIdentifyWindow(time.Nanosecond))
+	defer srv.Close()
+	sn := newSeen()
+	ids := []int{0, 1, 2, 3}
+	old := newGroup(t, srv, ids, 4, nil, sn.listener())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	old.Start(ctx)
+	waitReady(t, old)
+
+	// A steady 5,000 events/s while the sessions change hands.
+	const total = 3000
+	loadDone := make(chan error, 1)
+	go func() {
+		_, err := srv.Load(context.Background(), discordtest.Load{Events: total, Rate: 5000, Guilds: 8})
+		loadDone <- err
+	}()
+	sn.waitN(t, 500)
+	identifies := srv.Stats().Identifies
+	sessions, err := old.Stop(context.Background(), true)
+	if err != nil || len(sessions) != 4 {
+		t.Fatalf("stop: %v, %d sessions", err, len(sessions))
+	}
+	nw := newGroup(t, srv, ids, 4, sessions, sn.listener())
+	nw.Start(ctx)
+	defer nw.Stop(context.Background(), false)
+	waitReady(t, nw)
+	if err := <-loadDone; err != nil {
+		t.Fatal(err)
+	}
+	sent := total
+	sn.waitN(t, sent)
+	sn.mu.Lock()
+	seqs := slices.Clone(sn.seqs)
+	sn.mu.Unlock()
+	dup := map[[2]int]bool{}
+	for _, k := range seqs {
+		if dup[k] {
+			t.Fatalf("shard %d seq %d seen twice", k[0], k[1])
+		}
+		dup[k] = true
+	}
+	if len(seqs) != sent {
+		t.Fatalf("saw %d events, sent %d", len(seqs), sent)
+	}
+	if n := srv.Stats().Identifies; n != identifies {
+		t.Fatalf("identifies %d -> %d: the hand-over identified", identifies, n)
+	}
+	if srv.Stats().Resumes != 4 {
+		t.Fatalf("resumes %d, want 4", srv.Stats().Resumes)
+	}
+}
+
+func TestPanickingListenerKeepsShard(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(2))
+	defer srv.Close()
+	sn := newSeen()
+	boom := bot.WithEventListenerFunc(func(e *events.MessageCreate) {
+		if e.Message.Nonce == "0" {
+			panic("listener bug")
+		}
+	})
+	g := newGroup(t, srv, []int{0}, 1, nil, sn.listener(), boom)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g.Start(ctx)
+	defer g.Stop(context.Background(), false)
+	waitReady(t, g)
+	dispatch(t, srv, 0, 3)
+	sn.waitN(t, 3)
+	if g.ListenerPanics() != 1 {
+		t.Fatalf("panics %d, want 1", g.ListenerPanics())
+	}
+	if g.State() != StateReady {
+		t.Fatalf("state %s", g.State())
+	}
+}
+
+func TestFatalClose(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithPrivilegedIntents(0))
+	defer srv.Close()
+	fatal := make(chan *CloseError, 1)
+	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+		Intents: gateway.IntentMessageContent, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
+		Hooks:   Hooks{Fatal: func(_ *Group, e *CloseError) { fatal <- e }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	defer g.Stop(context.Background(), false)
+	select {
+	case e := <-fatal:
+		if e.Code != 4014 {
+			t.Fatalf("code %d", e.Code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fatal close")
+	}
+	if g.State() != StateStopped {
+		t.Fatalf("state %s, want stopped", g.State())
+	}
+}

@@ -1,0 +1,560 @@
+package shardgroup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/disgoorg/disgo/discord"
+	"github.com/disgoorg/disgo/gateway"
+	"github.com/gorilla/websocket"
+)
+
+// State is a shard's or a group's lifecycle state.
+type State int32
+
+// The states, in the order a healthy shard passes through them.
+const (
+	StateIdle State = iota
+	StateConnecting
+	StateIdentifying
+	StateResuming
+	StateReady
+	StateDisconnected
+	StateStopped
+)
+
+var stateNames = [...]string{"idle", "connecting", "identifying", "resuming", "ready", "disconnected", "stopped"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// IdentifyLimiter spaces IDENTIFYs by Discord's rule. It is disgo's
+// sharding.RateLimiter: WaitBucket before an IDENTIFY is sent,
+// UnlockBucket right after.
+type IdentifyLimiter interface {
+	WaitBucket(ctx context.Context, shardID int) error
+	UnlockBucket(shardID int)
+}
+
+// CloseError is a close the gateway sent that ends the shard: an
+// authentication failure, an invalid shard, sharding required, an invalid
+// API version or invalid or disallowed intents.
+type CloseError struct {
+	Shard  int
+	Code   int
+	Reason string
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("shard %d: gateway closed with %d (%s): %s", e.Shard, e.Code, closeName(e.Code), e.Reason)
+}
+
+func closeName(code int) string {
+	switch code {
+	case 4004:
+		return "authentication failed: check the bot token"
+	case 4010:
+		return "invalid shard: the shard ID or count is wrong"
+	case 4011:
+		return "sharding required: use more shards"
+	case 4012:
+		return "invalid API version"
+	case 4013:
+		return "invalid intents"
+	case 4014:
+		return "disallowed intents: enable the privileged intents in the developer portal or remove them"
+	}
+	return "close"
+}
+
+// fatalClose reports whether a close code must not be retried.
+func fatalClose(code int) bool {
+	switch code {
+	case 4004, 4010, 4011, 4012, 4013, 4014:
+		return true
+	}
+	return false
+}
+
+// Session is what a shard needs to RESUME elsewhere.
+type Session struct {
+	ShardID    int       `json:"shard_id"`
+	ShardCount int       `json:"shard_count"`
+	SessionID  string    `json:"session_id"`
+	Sequence   int       `json:"sequence"`
+	ResumeURL  string    `json:"resume_url"`
+	SavedAt    time.Time `json:"saved_at"`
+}
+
+// resumableClose is the close code a shard uses when its session must
+// survive (any code but 1000 and 1001 keeps it; disgo uses the same).
+const resumableClose = websocket.CloseServiceRestart
+
+// shard is one gateway connection's owner. It implements disgo's
+// gateway.Gateway so that the group's bot.Client can use it, but its
+// goroutines are owned: run returns only when they have all ended.
+type shard struct {
+	g       *Group
+	id      int
+	count   int
+	token   string
+	log     *slog.Logger
+	handler gateway.EventHandlerFunc
+
+	state     atomic.Int32
+	latency   atomic.Int64
+	events    atomic.Int64
+	lastEvent atomic.Int64 // unix ns
+
+	mu       sync.Mutex // guards the fields below
+	session  Session    // session id, last sequence, resume URL
+	conn     *websocket.Conn
+	writeMu  sync.Mutex // serialises writes to conn (taken after mu is released)
+	presence *gateway.MessageDataPresenceUpdate
+	sends    []time.Time // command times for the 120/60 s limit
+
+	stop     chan struct{} // closed to stop the shard
+	stopCode int           // close code to use when stopping; set before stop closes
+	done     chan struct{} // closed when run returns
+	err      error         // why run returned; read after done
+}
+
+func (s *shard) ShardID() int    { return s.id }
+func (s *shard) ShardCount() int { return s.count }
+func (s *shard) SessionID() *string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.session.SessionID == "" {
+		return nil
+	}
+	id := s.session.SessionID
+	return &id
+}
+func (s *shard) LastSequenceReceived() *int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seq := s.session.Sequence
+	return &seq
+}
+func (s *shard) Intents() gateway.Intents { return s.g.cfg.Intents }
+func (s *shard) Status() gateway.Status {
+	switch State(s.state.Load()) {
+	case StateConnecting:
+		return gateway.StatusConnecting
+	case StateIdentifying:
+		return gateway.StatusIdentifying
+	case StateResuming:
+		return gateway.StatusResuming
+	case StateReady:
+		return gateway.StatusReady
+	case StateDisconnected, StateStopped:
+		return gateway.StatusDisconnected
+	}
+	return gateway.StatusUnconnected
+}
+func (s *shard) Latency() time.Duration { return time.Duration(s.latency.Load()) }
+func (s *shard) Presence() *gateway.MessageDataPresenceUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.presence
+}
+
+// Open and Close belong to the group, which runs and stops shards; they
+// are here for disgo's interface and act on this shard only.
+func (s *shard) Open(context.Context) error { return nil }
+func (s *shard) Close(ctx context.Context) { s.g.stopShard(ctx, s, websocket.CloseNormalClosure) }
+func (s *shard) CloseWithCode(ctx context.Context, code int, _ string) {
+	s.g.stopShard(ctx, s, code)
+}
+
+// Send writes a gateway command, within the 120-per-minute limit (two
+// slots are kept for heartbeats).
+func (s *shard) Send(ctx context.Context, op gateway.Opcode, d gateway.MessageData) error {
+	data, err := json.Marshal(gateway.Message{Op: op, D: d})
+	if err != nil {
+		return err
+	}
+	if p, ok := d.(gateway.MessageDataPresenceUpdate); ok {
+		s.mu.Lock()
+		s.presence = &p
+		s.mu.Unlock()
+	}
+	for {
+		wait := s.reserveSend(time.Now())
+		if wait == 0 {
+			break
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	return s.write(data)
+}
+
+// reserveSend takes a command slot or says how long to wait for one.
+func (s *shard) reserveSend(now time.Time) time.Duration {
+	const limit, window = 118, time.Minute
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := 0
+	for i < len(s.sends) && now.Sub(s.sends[i]) >= window {
+		i++
+	}
+	s.sends = s.sends[i:]
+	if len(s.sends) >= limit {
+		return window - now.Sub(s.sends[0])
+	}
+	s.sends = append(s.sends, now)
+	return 0
+}
+
+func (s *shard) write(data []byte) error {
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c == nil {
+		return discord.ErrShardNotConnected
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return c.WriteMessage(websocket.TextMessage, data)
+}
+
+func (s *shard) setState(st State) {
+	old := State(s.state.Swap(int32(st)))
+	if old != st {
+		s.g.shardState(s, old, st)
+	}
+}
+
+// run connects, serves and reconnects until the shard is stopped or a
+// fatal close ends it. It returns the fatal error, or nil.
+func (s *shard) run(ctx context.Context) {
+	defer close(s.done)
+	defer s.setState(StateStopped)
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		s.setState(StateConnecting)
+		err := s.connect(ctx)
+		var ce *CloseError
+		if errors.As(err, &ce) {
+			s.err = ce
+			s.g.shardFatal(s, ce)
+			return
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		s.setState(StateDisconnected)
+		if err != nil {
+			s.log.Debug("shard disconnected", "err", err)
+		}
+		if errors.Is(err, errDial) {
+			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
+		} else {
+			backoff = 0
+		}
+		if backoff > 0 {
+			t := time.NewTimer(backoff + rand.N(backoff/4+1))
+			select {
+			case <-t.C:
+			case <-s.stop:
+				t.Stop()
+				return
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+	}
+}
+
+var errDial = errors.New("dial gateway")
+
+// connect runs one connection from dial to close.
+func (s *shard) connect(ctx context.Context) error {
+	s.mu.Lock()
+	sess := s.session
+	s.mu.Unlock()
+	resume := sess.SessionID != ""
+	url := s.g.cfg.GatewayURL
+	if resume && sess.ResumeURL != "" {
+		url = sess.ResumeURL
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json", http.Header{})
+	cancel()
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errDial, err)
+	}
+	s.mu.Lock()
+	s.conn = c
+	s.sends = s.sends[:0]
+	s.mu.Unlock()
+
+	// A stop closes the socket, which ends the read loop below.
+	stopped := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		select {
+		case <-s.stop:
+			s.closeConn(c, s.stopCode)
+		case <-ctx.Done():
+			s.closeConn(c, websocket.CloseNormalClosure)
+		case <-stopped:
+		}
+	}()
+	hb := &heartbeater{s: s, c: c, stop: make(chan struct{})}
+	defer func() {
+		close(stopped)
+		close(hb.stop)
+		watch.Wait()
+		hb.wg.Wait()
+		s.mu.Lock()
+		s.conn = nil
+		s.mu.Unlock()
+		_ = c.Close()
+	}()
+	return s.serve(ctx, c, hb, resume, sess)
+}
+
+func (s *shard) closeConn(c *websocket.Conn, code int) {
+	s.writeMu.Lock()
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+	s.writeMu.Unlock()
+	_ = c.Close()
+}
+
+// serve reads the connection until it ends.
+func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session) error {
+	for {
+		_, data, err := c.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				s.g.closeSeen(s, ce.Code)
+				if fatalClose(ce.Code) {
+					return &CloseError{Shard: s.id, Code: ce.Code, Reason: ce.Text}
+				}
+				if ce.Code == 4007 || ce.Code == 4009 || ce.Code == 4003 || ce.Code == 4005 {
+					s.forgetSession()
+				}
+			}
+			return err
+		}
+		var m gateway.Message
+		if err := json.Unmarshal(data, &m); err != nil {
+			s.log.Warn("undecodable gateway payload", "err", err)
+			continue
+		}
+		switch m.Op {
+		case gateway.OpcodeHello:
+			hello, _ := m.D.(gateway.MessageDataHello)
+			hb.start(time.Duration(hello.HeartbeatInterval) * time.Millisecond)
+			if resume {
+				s.setState(StateResuming)
+				err = s.sendNow(gateway.OpcodeResume, gateway.MessageDataResume{Token: s.token, SessionID: sess.SessionID, Seq: sess.Sequence})
+			} else {
+				err = s.identify(ctx)
+			}
+			if err != nil {
+				return err
+			}
+		case gateway.OpcodeDispatch:
+			s.dispatch(m)
+		case gateway.OpcodeHeartbeat:
+			hb.beat()
+		case gateway.OpcodeHeartbeatACK:
+			hb.ack()
+		case gateway.OpcodeReconnect:
+			s.closeConn(c, resumableClose)
+			return errors.New("reconnect requested")
+		case gateway.OpcodeInvalidSession:
+			if ok, _ := m.D.(gateway.MessageDataInvalidSession); !ok {
+				s.forgetSession()
+				s.g.invalidated(s)
+			}
+			s.closeConn(c, resumableClose)
+			return errors.New("invalid session")
+		}
+	}
+}
+
+func (s *shard) forgetSession() {
+	s.mu.Lock()
+	s.session = Session{ShardID: s.id, ShardCount: s.count}
+	s.mu.Unlock()
+}
+
+// sendNow writes a command that has its own slot (identify, resume,
+// heartbeat).
+func (s *shard) sendNow(op gateway.Opcode, d gateway.MessageData) error {
+	data, err := json.Marshal(gateway.Message{Op: op, D: d})
+	if err != nil {
+		return err
+	}
+	return s.write(data)
+}
+
+func (s *shard) identify(ctx context.Context) error {
+	s.setState(StateIdentifying)
+	if err := s.g.cfg.IdentifyLimiter.WaitBucket(ctx, s.id); err != nil {
+		return err
+	}
+	id := gateway.MessageDataIdentify{
+		Token:          s.token,
+		Properties:     gateway.IdentifyCommandDataProperties{OS: "linux", Browser: "gofleet", Device: "gofleet"},
+		LargeThreshold: s.g.cfg.LargeThreshold,
+		Intents:        s.g.cfg.Intents,
+		Presence:       s.Presence(),
+		Shard:          &[2]int{s.id, s.count},
+	}
+	err := s.sendNow(gateway.OpcodeIdentify, id)
+	s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
+	if err == nil {
+		s.g.identified(s)
+	}
+	return err
+}
+
+// dispatch hands one event to the group's client, exactly once: the
+// sequence is recorded only after delivery, and a hand-over stops the
+// read loop before it reads the sequence.
+func (s *shard) dispatch(m gateway.Message) {
+	switch ev := m.D.(type) {
+	case gateway.EventReady:
+		s.mu.Lock()
+		s.session = Session{ShardID: s.id, ShardCount: s.count, SessionID: ev.SessionID, Sequence: m.S, ResumeURL: ev.ResumeGatewayURL}
+		s.mu.Unlock()
+		s.setState(StateReady)
+		s.g.shardReady(s, len(ev.Guilds), false)
+	default:
+		if m.T == gateway.EventTypeResumed {
+			s.setState(StateReady)
+			s.g.shardReady(s, 0, true)
+		}
+	}
+	s.events.Add(1)
+	s.lastEvent.Store(time.Now().UnixNano())
+	s.g.deliver(s, m)
+	s.mu.Lock()
+	s.session.Sequence = m.S
+	s.mu.Unlock()
+}
+
+// heartbeater sends heartbeats on one connection and closes it when the
+// gateway stops acknowledging them (a zombie connection).
+type heartbeater struct {
+	s     *shard
+	c     *websocket.Conn
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex // guards sent, acked
+	sent  time.Time
+	acked bool
+	once  sync.Once
+	kick  chan struct{}
+}
+
+func (h *heartbeater) start(interval time.Duration) {
+	if interval <= 0 {
+		interval = 41250 * time.Millisecond
+	}
+	h.once.Do(func() {
+		h.kick = make(chan struct{}, 1)
+		h.acked = true
+		h.wg.Add(1)
+		go h.loop(interval)
+	})
+}
+
+func (h *heartbeater) beat() {
+	if h.kick == nil {
+		return
+	}
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (h *heartbeater) ack() {
+	h.mu.Lock()
+	h.acked = true
+	if !h.sent.IsZero() {
+		h.s.latency.Store(int64(time.Since(h.sent)))
+	}
+	h.mu.Unlock()
+}
+
+func (h *heartbeater) loop(interval time.Duration) {
+	defer h.wg.Done()
+	// The first heartbeat waits interval * jitter, as Discord asks.
+	t := time.NewTimer(time.Duration(rand.Float64() * float64(interval)))
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+			h.mu.Lock()
+			zombie := !h.acked
+			h.mu.Unlock()
+			if zombie {
+				h.s.log.Warn("heartbeat not acknowledged: reconnecting", "shard", h.s.id)
+				h.s.g.zombie(h.s)
+				h.s.closeConn(h.c, resumableClose)
+				return
+			}
+			t.Reset(interval)
+		case <-h.kick:
+		}
+		h.send()
+	}
+}
+
+func (h *heartbeater) send() {
+	h.s.mu.Lock()
+	seq := h.s.session.Sequence
+	h.s.mu.Unlock()
+	h.mu.Lock()
+	h.sent, h.acked = time.Now(), false
+	h.mu.Unlock()
+	if err := h.s.sendNow(gateway.OpcodeHeartbeat, gateway.MessageDataHeartbeat(seq)); err != nil && !errors.Is(err, net.ErrClosed) {
+		h.s.log.Debug("heartbeat failed", "err", err)
+	}
+}
