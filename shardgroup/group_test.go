@@ -289,7 +289,7 @@ func TestFatalClose(t *testing.T) {
 	fatal := make(chan *CloseError, 1)
 	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
 		Intents: gateway.IntentMessageContent, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
-		Hooks:   Hooks{Fatal: func(_ *Group, e *CloseError) { fatal <- e }}})
+		Hooks: Hooks{Fatal: func(_ *Group, e *CloseError) { fatal <- e }}})
 	if err != nil {
 		t.Fatal(err)
 	}

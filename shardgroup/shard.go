@@ -175,7 +175,7 @@ func (s *shard) Presence() *gateway.MessageDataPresenceUpdate {
 // Open and Close belong to the group, which runs and stops shards; they
 // are here for disgo's interface and act on this shard only.
 func (s *shard) Open(context.Context) error { return nil }
-func (s *shard) Close(ctx context.Context) { s.g.stopShard(ctx, s, websocket.CloseNormalClosure) }
+func (s *shard) Close(ctx context.Context)  { s.g.stopShard(ctx, s, websocket.CloseNormalClosure) }
 func (s *shard) CloseWithCode(ctx context.Context, code int, _ string) {
 	s.g.stopShard(ctx, s, code)
 }
