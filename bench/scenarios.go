@@ -1,0 +1,5 @@
+package main
+
+func init() {
+	register("bus", runBus)
+}
