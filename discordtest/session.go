@@ -56,16 +56,15 @@ func (ss *session) appendLocked(t string, ds ...[]byte) bool {
 			if ss.ended {
 				return false
 			}
-			c := ss.conn
-			unsent := ss.seq + 1 - ss.sentLocked()
-			if unsent <= len(ss.ring) {
-				break
-			}
-			if len(ss.ring) < ss.maxRing {
+			// The ring grows to its maximum before it overwrites, so
+			// that a client that drops keeps as much to resume from as
+			// the replay buffer allows.
+			if ss.seq >= len(ss.ring) && len(ss.ring) < ss.maxRing {
 				ss.growLocked()
 				continue
 			}
-			if c == nil {
+			unsent := ss.seq + 1 - ss.sentLocked()
+			if unsent <= len(ss.ring) || ss.conn == nil {
 				break // detached: the oldest entry is dropped
 			}
 			ss.cond.Wait()

@@ -43,7 +43,7 @@ func (s State) String() string {
 
 // IdentifyLimiter spaces IDENTIFYs by Discord's rule. It is disgo's
 // sharding.RateLimiter: WaitBucket before an IDENTIFY is sent,
-// UnlockBucket right after.
+// UnlockBucket when its READY arrives (or the connection ends first).
 type IdentifyLimiter interface {
 	WaitBucket(ctx context.Context, shardID int) error
 	UnlockBucket(shardID int)
@@ -125,6 +125,8 @@ type shard struct {
 	writeMu  sync.Mutex // serialises writes to conn (taken after mu is released)
 	presence *gateway.MessageDataPresenceUpdate
 	sends    []time.Time // command times for the 120/60 s limit
+
+	holding bool // an identify bucket is taken; owned by the run goroutine
 
 	stop     chan struct{} // closed to stop the shard
 	stopCode int           // close code to use when stopping; set before stop closes
@@ -340,6 +342,7 @@ func (s *shard) connect(ctx context.Context) error {
 	}()
 	hb := &heartbeater{s: s, c: c, stop: make(chan struct{})}
 	defer func() {
+		s.releaseBucket()
 		close(stopped)
 		close(hb.stop)
 		watch.Wait()
@@ -443,12 +446,26 @@ func (s *shard) identify(ctx context.Context) error {
 		Presence:       s.Presence(),
 		Shard:          &[2]int{s.id, s.count},
 	}
+	// The bucket stays taken until READY (or the connection ends): the
+	// gateway has then surely read this IDENTIFY, so the next one of the
+	// bucket cannot reach it less than an interval later, whatever the
+	// network's jitter.
+	s.holding = true
 	err := s.sendNow(gateway.OpcodeIdentify, id)
-	s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
-	if err == nil {
-		s.g.identified(s)
+	if err != nil {
+		s.releaseBucket()
+		return err
 	}
-	return err
+	s.g.identified(s)
+	return nil
+}
+
+// releaseBucket gives the identify bucket back, once per IDENTIFY.
+func (s *shard) releaseBucket() {
+	if s.holding {
+		s.holding = false
+		s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
+	}
 }
 
 // dispatch hands one event to the group's client, exactly once: the
@@ -457,6 +474,7 @@ func (s *shard) identify(ctx context.Context) error {
 func (s *shard) dispatch(m gateway.Message) {
 	switch ev := m.D.(type) {
 	case gateway.EventReady:
+		s.releaseBucket()
 		s.mu.Lock()
 		s.session = Session{ShardID: s.id, ShardCount: s.count, SessionID: ev.SessionID, Sequence: m.S, ResumeURL: ev.ResumeGatewayURL}
 		s.mu.Unlock()
