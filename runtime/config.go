@@ -1,0 +1,186 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/gateway"
+
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// Bot is the user's code for one cluster instance: Setup registers
+// listeners on the group's disgo client before its shards connect.
+type Bot interface {
+	Setup(ctx context.Context, g *shardgroup.Group) error
+}
+
+// BotShutdowner is a Bot with a hook that runs when its cluster stops,
+// bounded by Config.ShutdownTimeout.
+type BotShutdowner interface {
+	Shutdown(ctx context.Context) error
+}
+
+// BotFunc adapts a function to Bot.
+type BotFunc func(ctx context.Context, g *shardgroup.Group) error
+
+// Setup calls f.
+func (f BotFunc) Setup(ctx context.Context, g *shardgroup.Group) error { return f(ctx, g) }
+
+// Token is a bot token. It redacts itself in logs and formatted output.
+type Token string
+
+// LogValue keeps the token out of logs.
+func (Token) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// String keeps the token out of formatted output.
+func (Token) String() string { return "REDACTED" }
+
+// WhatToLog filters the runtime's event log records by kind, as
+// eris-fleet's whatToLog: with Allow set only those kinds are logged,
+// kinds in Deny never are. Warnings and errors are always logged.
+type WhatToLog struct {
+	Allow []EventKind
+	Deny  []EventKind
+}
+
+// Config configures a Runtime. Zero fields take the defaults given.
+type Config struct {
+	// Token is the bot token. Required.
+	Token Token
+	// Shards is the fleet's shard count; 0 asks GET /gateway/bot.
+	Shards int
+	// GuildsPerShard rescales the recommended count when Shards is 0:
+	// ceil(recommended × 1000 / GuildsPerShard). At most 2500.
+	GuildsPerShard int
+	// Clusters is how many groups the shards are split into, as contiguous
+	// ranges; 0 means one per CPU, never more than shards.
+	Clusters int
+	// TotalShards, FirstShardID and LastShardID make this runtime run a
+	// slice of a bigger fleet: shards FirstShardID..LastShardID (inclusive)
+	// of TotalShards. With TotalShards 0 the runtime runs every shard.
+	TotalShards, FirstShardID, LastShardID int
+	// Intents for every shard (default: guilds and guild messages).
+	Intents gateway.Intents
+	// Bot builds the user's code for a cluster instance. Required.
+	Bot func(cluster int) Bot
+	// ClientOptions apply to every cluster's disgo client (caches,
+	// listeners, a custom REST client...): eris-fleet's customClient.
+	ClientOptions []bot.ConfigOpt
+	// GatewayURL and RESTURL override Discord's (point them at
+	// discordtest in tests).
+	GatewayURL, RESTURL string
+	// MaxConcurrencyOverride replaces /gateway/bot's max_concurrency.
+	MaxConcurrencyOverride int
+	// IdentifyInterval is the time between two IDENTIFYs of a bucket
+	// (default 5 s, Discord's).
+	IdentifyInterval time.Duration
+	// IdentifyQueue replaces the in-process queue (a cross-host one).
+	IdentifyQueue IdentifyQueue
+	// ClusterTimeout bounds how long a cluster may take to become ready
+	// once its shards are through the identify queue (0: no bound).
+	ClusterTimeout time.Duration
+	// ShutdownTimeout bounds a Bot's Shutdown hook (default 10 s).
+	ShutdownTimeout time.Duration
+	// MaxRestarts is how many times a cluster is restarted within
+	// RestartWindow before it is reported failed (default 5; -1: never
+	// give up). Back-off between restarts doubles from RestartBackoff
+	// (default 1 s) up to a minute.
+	MaxRestarts    int
+	RestartWindow  time.Duration
+	RestartBackoff time.Duration
+	// Logger receives the runtime's records (default: discarded).
+	Logger *slog.Logger
+	// WhatToLog filters event records.
+	WhatToLog WhatToLog
+	// StartingStatus is the presence shards identify with.
+	StartingStatus *gateway.MessageDataPresenceUpdate
+}
+
+const maxGuildsPerShard = 2500
+
+// withDefaults validates what can be checked before asking Discord and
+// fills defaults. Errors say what to change.
+func (c Config) withDefaults() (Config, error) {
+	if c.Token == "" {
+		return c, errors.New("runtime: Config.Token is empty: set it to the bot token from the developer portal")
+	}
+	if c.Bot == nil {
+		return c, errors.New("runtime: Config.Bot is nil: set it to a function returning your cluster code")
+	}
+	if c.Shards < 0 || c.Clusters < 0 || c.TotalShards < 0 {
+		return c, fmt.Errorf("runtime: Shards (%d), Clusters (%d) and TotalShards (%d) must not be negative", c.Shards, c.Clusters, c.TotalShards)
+	}
+	if c.GuildsPerShard > maxGuildsPerShard {
+		return c, fmt.Errorf("runtime: GuildsPerShard (%d) > %d, Discord's limit: lower GuildsPerShard", c.GuildsPerShard, maxGuildsPerShard)
+	}
+	if c.TotalShards > 0 {
+		if c.FirstShardID < 0 || c.LastShardID < c.FirstShardID || c.LastShardID >= c.TotalShards {
+			return c, fmt.Errorf("runtime: shard range %d..%d is outside 0..%d (TotalShards %d): set 0 <= FirstShardID <= LastShardID < TotalShards",
+				c.FirstShardID, c.LastShardID, c.TotalShards-1, c.TotalShards)
+		}
+		if c.Shards > 0 && c.Shards != c.TotalShards {
+			return c, fmt.Errorf("runtime: Shards (%d) and TotalShards (%d) differ: set only TotalShards with a shard range", c.Shards, c.TotalShards)
+		}
+	} else if c.FirstShardID != 0 || c.LastShardID != 0 {
+		return c, errors.New("runtime: FirstShardID/LastShardID need TotalShards: set TotalShards to the whole fleet's shard count")
+	}
+	if n := c.shardsToRun(c.Shards); n > 0 && c.Clusters > n {
+		return c, fmt.Errorf("runtime: Clusters (%d) > Shards (%d): lower Clusters", c.Clusters, n)
+	}
+	if c.Intents == 0 {
+		c.Intents = gateway.IntentGuilds | gateway.IntentGuildMessages
+	}
+	if c.IdentifyInterval == 0 {
+		c.IdentifyInterval = 5 * time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.MaxRestarts == 0 {
+		c.MaxRestarts = 5
+	}
+	if c.RestartWindow == 0 {
+		c.RestartWindow = 10 * time.Minute
+	}
+	if c.RestartBackoff == 0 {
+		c.RestartBackoff = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// shardsToRun is how many shards this runtime runs for a fleet of total.
+func (c Config) shardsToRun(total int) int {
+	if c.TotalShards > 0 {
+		return c.LastShardID - c.FirstShardID + 1
+	}
+	return total
+}
+
+// plan splits shards first..last into n contiguous ranges, the first ones
+// one longer when they do not divide evenly.
+func plan(first, last, n int) [][]int {
+	total := last - first + 1
+	out := make([][]int, 0, n)
+	next := first
+	for i := range n {
+		size := total / n
+		if i < total%n {
+			size++
+		}
+		ids := make([]int, size)
+		for j := range ids {
+			ids[j] = next + j
+		}
+		next += size
+		out = append(out, ids)
+	}
+	return out
+}
