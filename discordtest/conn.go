@@ -63,6 +63,7 @@ type conn struct {
 	latency    atomic.Int64
 	eventsSent atomic.Int64
 	shard      atomic.Int64 // -1 until identified or resumed
+	pending    atomic.Bool  // a handshake is held by HoldShard
 
 	// sent is the last sequence written; guarded by the attached
 	// session's mu.

@@ -197,3 +197,84 @@ func (s *Server) Broadcast(eventType string, payload any) (int, error) {
 	}
 	return n, nil
 }
+
+// heldRequest is an IDENTIFY or RESUME waiting for its shard's release.
+type heldRequest struct {
+	c  *conn
+	op int
+	d  json.RawMessage
+}
+
+// HoldShard keeps a shard from connecting, as during a Discord outage: its
+// connections are dropped, and IDENTIFY and RESUME payloads for it get no
+// answer (heartbeats still do) until ReleaseShard.
+func (s *Server) HoldShard(shard int) {
+	s.mu.Lock()
+	if s.held == nil {
+		s.held = map[int][]heldRequest{}
+	}
+	if _, ok := s.held[shard]; !ok {
+		s.held[shard] = nil
+	}
+	s.mu.Unlock()
+	s.DropShard(shard)
+}
+
+// ReleaseShard answers the shard's held IDENTIFYs and RESUMEs and lets it
+// connect again.
+func (s *Server) ReleaseShard(shard int) {
+	s.mu.Lock()
+	reqs := s.held[shard]
+	delete(s.held, shard)
+	s.mu.Unlock()
+	for _, r := range reqs {
+		r.c.pending.Store(false)
+		select {
+		case <-r.c.closing:
+			continue
+		default:
+		}
+		if !r.c.handshake(r.op, r.d) {
+			r.c.close(closeDrop, "")
+		}
+	}
+}
+
+// requestShard is the shard an IDENTIFY or RESUME is for, or -1.
+func (s *Server) requestShard(op int, d json.RawMessage) int {
+	if op == opIdentify {
+		var id struct {
+			Shard *[2]int `json:"shard"`
+		}
+		if json.Unmarshal(d, &id) != nil {
+			return -1
+		}
+		if id.Shard == nil {
+			return 0
+		}
+		return id.Shard[0]
+	}
+	var rd resumeData
+	if json.Unmarshal(d, &rd) != nil {
+		return -1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss := s.sessions[rd.SessionID]; ss != nil {
+		return ss.shard
+	}
+	return -1
+}
+
+// hold parks a handshake if its shard is held; true means it was parked.
+func (s *Server) hold(c *conn, shard, op int, d json.RawMessage) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reqs, ok := s.held[shard]
+	if !ok {
+		return false
+	}
+	c.pending.Store(true)
+	s.held[shard] = append(reqs, heldRequest{c: c, op: op, d: append(json.RawMessage(nil), d...)})
+	return true
+}

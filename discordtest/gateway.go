@@ -240,20 +240,15 @@ func (c *conn) readLoop() {
 			if !c.noAcks.Load() {
 				c.sendJSON([]byte(`{"op":11,"d":null,"s":null,"t":null}`))
 			}
-		case opIdentify:
-			if identified {
+		case opIdentify, opResume:
+			if identified || c.pending.Load() {
 				c.fail(CloseAlreadyAuthenticated, "You sent more than one identify payload.", "already_authenticated")
 				return
 			}
-			if !c.identify(d) {
-				return
+			if shard := s.requestShard(op, d); shard >= 0 && s.hold(c, shard, op, d) {
+				continue // answered when the shard is released
 			}
-		case opResume:
-			if identified {
-				c.fail(CloseAlreadyAuthenticated, "You sent more than one identify payload.", "already_authenticated")
-				return
-			}
-			if !c.resumeSession(d) {
+			if !c.handshake(op, d) {
 				return
 			}
 		case opPresence, opVoiceState, opRequestMembers, opSoundboard, opChannelInfo:
@@ -266,6 +261,16 @@ func (c *conn) readLoop() {
 			return
 		}
 	}
+}
+
+// handshake runs an IDENTIFY or RESUME; false means the connection is
+// closing. It runs on the reader, or on ReleaseShard's goroutine for a
+// held one (the reader then only heartbeats).
+func (c *conn) handshake(op int, d json.RawMessage) bool {
+	if op == opIdentify {
+		return c.identify(d)
+	}
+	return c.resumeSession(d)
 }
 
 // readUpTo reads r into buf, stopping after limit bytes.

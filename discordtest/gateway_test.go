@@ -292,3 +292,23 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestHoldShard(t *testing.T) {
+	t.Parallel()
+	s := NewServer(WithGuilds(4), WithMaxConcurrency(2), WithIdentifyWindow(time.Nanosecond))
+	defer s.Close()
+	s.HoldShard(1)
+	c := dialRaw(t, s.GatewayURL())
+	c.send(identifyMsg(s.Token(), 1, 2, 513))
+	c.send(map[string]any{"op": 1, "d": nil})
+	if m := c.read(); m.Op != opHeartbeatACK {
+		t.Fatalf("held shard: got op %d %s before release, want only the heartbeat ACK", m.Op, m.T)
+	}
+	other := dialRaw(t, s.GatewayURL())
+	other.identify(s.Token(), 0, 2) // other shards are not held
+	s.ReleaseShard(1)
+	c.readDispatch("READY")
+	if n := s.Stats().Identifies; n != 2 {
+		t.Fatalf("identifies %d, want 2", n)
+	}
+}

@@ -32,7 +32,8 @@ type Server struct {
 	sessionVer int // bumped when a session starts or ends
 	identifies []Identify
 	bucketLast map[int]time.Time
-	starts     int // session starts used in the current period
+	held       map[int][]heldRequest // held shards and their parked handshakes
+	starts     int                   // session starts used in the current period
 	startsAt   time.Time
 	stats      counters
 }

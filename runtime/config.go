@@ -10,6 +10,7 @@ import (
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/gateway"
 
+	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -81,6 +82,14 @@ type Config struct {
 	IdentifyInterval time.Duration
 	// IdentifyQueue replaces the in-process queue (a cross-host one).
 	IdentifyQueue IdentifyQueue
+	// RESTLimiter is the REST rate limiter every cluster's client shares
+	// (eris-fleet's central request handler). Nil builds one with
+	// Discord's limits; set RESTLimiterConfig to tune it (a raised global
+	// limit), or give clients your own limiter through ClientOptions and
+	// set NoSharedRESTLimiter.
+	RESTLimiter         *restproxy.Limiter
+	RESTLimiterConfig   restproxy.Config
+	NoSharedRESTLimiter bool
 	// ClusterTimeout bounds how long a cluster may take to become ready
 	// once its shards are through the identify queue (0: no bound).
 	ClusterTimeout time.Duration

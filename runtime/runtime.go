@@ -14,6 +14,7 @@ import (
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/rest"
 
+	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -52,6 +53,15 @@ func New(cfg Config) (*Runtime, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if c.RESTLimiter == nil && !c.NoSharedRESTLimiter {
+		lc := c.RESTLimiterConfig
+		if lc.Logger == nil {
+			lc.Logger = c.Logger
+		}
+		if c.RESTLimiter, err = restproxy.New(lc); err != nil {
+			return nil, fmt.Errorf("runtime: RESTLimiterConfig: %w", err)
+		}
 	}
 	return &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
 		shutdown: make(chan struct{}), stopped: make(chan struct{})}, nil
@@ -331,15 +341,20 @@ func (r *Runtime) startGroup(ctx context.Context, c *cluster, total int, gateway
 }
 
 // clientOptions are the options every cluster's disgo client gets: the
-// REST base URL, then the user's.
+// REST base URL and the shared limiter, then the user's.
 func (r *Runtime) clientOptions() []bot.ConfigOpt {
 	var restOpts []rest.ConfigOpt
 	if r.cfg.RESTURL != "" {
 		restOpts = append(restOpts, rest.WithURL(r.cfg.RESTURL))
 	}
-	restOpts = append(restOpts, rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+	if r.cfg.RESTLimiter != nil {
+		restOpts = append(restOpts, r.cfg.RESTLimiter.ConfigOpt())
+	}
 	return append([]bot.ConfigOpt{bot.WithRestClientConfigOpts(restOpts...)}, r.cfg.ClientOptions...)
 }
+
+// RESTLimiter is the limiter every cluster's REST client shares, or nil.
+func (r *Runtime) RESTLimiter() *restproxy.Limiter { return r.cfg.RESTLimiter }
 
 // stopGroup runs the Bot's Shutdown hook (bounded by ShutdownTimeout) and
 // stops the group's shards.

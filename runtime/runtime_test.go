@@ -1,11 +1,19 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/disgoorg/disgo/bot"
+	devents "github.com/disgoorg/disgo/events"
 
 	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/shardgroup"
@@ -134,4 +142,264 @@ func TestAuthenticationFailureStopsRun(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	t.Logf("returned after %s", time.Since(start))
+}
+
+// counter counts MESSAGE_CREATEs that reach user code, by nonce.
+type counter struct {
+	mu   sync.Mutex
+	seen map[string]int
+	ch   chan struct{}
+}
+
+func newCounter() *counter { return &counter{seen: map[string]int{}, ch: make(chan struct{}, 1)} }
+
+func (c *counter) bot(int) Bot {
+	return BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+		g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
+			if e.Message.Content == "panic" {
+				panic("listener bug")
+			}
+			c.mu.Lock()
+			c.seen[string(e.Message.Nonce)]++
+			c.mu.Unlock()
+			select {
+			case c.ch <- struct{}{}:
+			default:
+			}
+		}))
+		return nil
+	})
+}
+
+func (c *counter) wait(t *testing.T, nonce string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		c.mu.Lock()
+		n := c.seen[nonce]
+		c.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		select {
+		case <-c.ch:
+		case <-timeout:
+			t.Fatalf("event %s never reached user code", nonce)
+		}
+	}
+}
+
+func waitEvent(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case e := <-ch:
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("event never came")
+	}
+	return Event{}
+}
+
+func TestFaultsRecover(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(10*time.Millisecond),
+		discordtest.WithHeartbeatInterval(100*time.Millisecond), discordtest.WithHeartbeatGrace(time.Second))
+	defer s.Close()
+	c := newCounter()
+	cfg := testConfig(s)
+	cfg.Bot, cfg.Clusters = c.bot, 2
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventFleetReady {
+			ready <- e
+		}
+	})
+	stop := runUntil(t, rt)
+	waitEvent(t, ready)
+	n := 0
+	// send dispatches the next event once a session (connected or
+	// resumable) owns its guild: a shard that lost its session gets
+	// events again only when it has identified anew, as on Discord.
+	send := func() string {
+		n++
+		g := s.GuildID(n % 8)
+		waitFor(t, func() bool {
+			got, err := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "hi", n))
+			return err == nil && got > 0
+		})
+		return itoa(n)
+	}
+	for _, f := range []struct {
+		name  string
+		fault func()
+	}{
+		{"op 7", func() { s.Reconnect(discordtest.AllShards) }},
+		{"op 9 resumable", func() { s.InvalidateSession(0, true) }},
+		{"op 9 not resumable", func() { s.InvalidateSession(1, false) }},
+		{"server restart", func() { s.Restart(true) }},
+		{"zombie", func() { s.StopAcks(discordtest.AllShards, true) }},
+		{"panicking listener", func() {
+			g := s.GuildID(0)
+			s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "panic", 0))
+		}},
+	} {
+		f.fault()
+		// Later events reach user code on every shard.
+		for range 8 {
+			c.wait(t, send())
+		}
+		t.Logf("%s: recovered", f.name)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if v := s.Stats().Violations; len(v) != 0 {
+		t.Fatalf("violations %v", v)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestAuthenticationCloseStopsRunQuickly(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	rt, err := New(testConfig(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventFleetReady {
+			ready <- e
+		}
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	waitEvent(t, ready)
+	s.CloseShard(0, discordtest.CloseAuthenticationFailed, "Authentication failed.")
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("Run did not return within 1 s of a 4004")
+	}
+}
+
+func TestClusterNeverReadyIsRestartedThenFailed(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	s.HoldShard(1) // cluster 1's only shard never gets READY
+	c := newCounter()
+	cfg := testConfig(s)
+	cfg.Bot, cfg.Clusters = c.bot, 2
+	cfg.ClusterTimeout, cfg.MaxRestarts, cfg.RestartBackoff = 100*time.Millisecond, 2, time.Millisecond
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var restarted []int
+	failed := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		switch e.Kind {
+		case EventClusterRestarted:
+			mu.Lock()
+			restarted = append(restarted, e.Cluster)
+			mu.Unlock()
+		case EventClusterFailed:
+			failed <- e
+		}
+	})
+	stop := runUntil(t, rt)
+	ev := waitEvent(t, failed)
+	if ev.Cluster != 1 || ev.Err == nil {
+		t.Fatalf("failed event %+v", ev)
+	}
+	mu.Lock()
+	if len(restarted) != 2 || restarted[0] != 1 || restarted[1] != 1 {
+		t.Fatalf("restarts %v, want cluster 1 twice", restarted)
+	}
+	mu.Unlock()
+	// Cluster 0 still serves.
+	g := s.GuildID(0)
+	if dispatched, _ := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "still", 42)); dispatched == 0 {
+		t.Fatal("no session for shard 0")
+	}
+	c.wait(t, "42")
+	s.ReleaseShard(1)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestWhatToLogAndNoToken(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	var buf syncBuffer
+	cfg := testConfig(s)
+	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.WhatToLog = WhatToLog{Deny: []EventKind{EventShardIdentify}}
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventFleetReady {
+			ready <- e
+		}
+	})
+	stop := runUntil(t, rt)
+	waitEvent(t, ready)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if !strings.Contains(out, `"event":"fleet_ready"`) || !strings.Contains(out, `"event":"shard_ready"`) {
+		t.Fatalf("ready events not logged:\n%s", out)
+	}
+	if strings.Contains(out, `"event":"shard_identify"`) {
+		t.Fatal("a denied event kind was logged")
+	}
+	if strings.Contains(out, s.Token()) {
+		t.Fatal("the token appears in the log")
+	}
+	if got := fmt.Sprint(cfg.Token); got != "REDACTED" {
+		t.Fatalf("Token formats as %q", got)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
