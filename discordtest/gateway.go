@@ -388,9 +388,16 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	if threshold == 0 {
 		threshold = 50
 	}
-	ready, creates := s.readyPayloads(ss, threshold)
-	if !ss.append("READY", ready) || !ss.append("GUILD_CREATE", creates...) {
+	// READY goes out before the guilds are encoded, as Discord sends it
+	// first and the guilds after.
+	if !ss.append("READY", s.readyPayload(ss)) {
 		return false
+	}
+	large := s.cfg.membersPerGuild > threshold
+	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {
+		if !ss.append("GUILD_CREATE", s.guildCreate(g, large)) {
+			return false
+		}
 	}
 	return true
 }
@@ -449,12 +456,11 @@ func (s *Server) firstGuild(shard, shards int) int {
 	return ((shard-guildBase)%shards + shards) % shards
 }
 
-func (s *Server) readyPayloads(ss *session, threshold int) ([]byte, [][]byte) {
+func (s *Server) readyPayload(ss *session) []byte {
 	b := make([]byte, 0, 512+64*s.guildsOf(ss.shard, ss.shards))
 	b = append(b, `{"v":10,"user":`...)
 	b = s.appendUser(b, s.cfg.applicationID)
 	b = append(b, `,"guilds":[`...)
-	var creates [][]byte
 	first := true
 	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {
 		if !first {
@@ -464,7 +470,6 @@ func (s *Server) readyPayloads(ss *session, threshold int) ([]byte, [][]byte) {
 		b = append(b, `{"id":`...)
 		b = appendID(b, guildID(g))
 		b = append(b, `,"unavailable":true}`...)
-		creates = append(creates, s.guildCreate(g, s.cfg.membersPerGuild > threshold))
 	}
 	b = append(b, `],"session_id":"`...)
 	b = append(b, ss.id...)
@@ -477,7 +482,7 @@ func (s *Server) readyPayloads(ss *session, threshold int) ([]byte, [][]byte) {
 	b = append(b, `],"application":{"id":`...)
 	b = appendID(b, s.cfg.applicationID)
 	b = append(b, `,"flags":0}}`...)
-	return b, creates
+	return b
 }
 
 // resumeSession handles op 6; false means the connection is closing.

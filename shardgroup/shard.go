@@ -1,6 +1,7 @@
 package shardgroup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -117,7 +118,6 @@ type shard struct {
 	state     atomic.Int32
 	latency   atomic.Int64
 	events    atomic.Int64
-	lastEvent atomic.Int64 // unix ns
 
 	mu       sync.Mutex // guards the fields below
 	session  Session    // session id, last sequence, resume URL
@@ -364,8 +364,14 @@ func (s *shard) closeConn(c *websocket.Conn, code int) {
 
 // serve reads the connection until it ends.
 func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session) error {
+	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
 	for {
-		_, data, err := c.ReadMessage()
+		_, r, err := c.NextReader()
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
+		data := buf.Bytes()
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
@@ -487,7 +493,6 @@ func (s *shard) dispatch(m gateway.Message) {
 		}
 	}
 	s.events.Add(1)
-	s.lastEvent.Store(time.Now().UnixNano())
 	s.g.deliver(s, m)
 	s.mu.Lock()
 	s.session.Sequence = m.S

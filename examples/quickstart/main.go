@@ -1,7 +1,9 @@
-// Command quickstart starts the Discord simulator and connects a disgo
-// ShardManager to it: shards print as they become ready, and messages
-// print as they arrive. With DISCORD_TOKEN set it connects to Discord
-// instead.
+// Command quickstart runs a fleet: 16 shards in 4 clusters that answer
+// "!ping" with "Pong!" through the shared REST limiter.
+//
+// Without DISCORD_TOKEN it starts an embedded Discord simulator
+// (discordtest) with 5,000 guilds and has it send "!ping" messages; with
+// DISCORD_TOKEN set, the same bot runs against Discord.
 //
 //	go run ./examples/quickstart -duration 10s
 package main
@@ -17,15 +19,21 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/discord"
+	"github.com/disgoorg/disgo/events"
 	"github.com/disgoorg/disgo/gateway"
-	"github.com/disgoorg/disgo/sharding"
 
 	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 func main() {
 	duration := flag.Duration("duration", 0, "stop after this long (0: run until Ctrl-C)")
-	shards := flag.Int("shards", 16, "shards to run against the simulator")
+	shards := flag.Int("shards", 16, "shards (simulator only; Discord's recommendation otherwise)")
+	clusters := flag.Int("clusters", 4, "clusters")
+	verbose := flag.Bool("v", false, "log every lifecycle event")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -35,80 +43,115 @@ func main() {
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	if err := run(ctx, *shards); err != nil {
+	if err := run(ctx, *shards, *clusters, *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, shards int) error {
-	token, gatewayURL := os.Getenv("DISCORD_TOKEN"), "wss://gateway.discord.gg"
+// pingBot answers "!ping" with "Pong!".
+type pingBot struct{ pongs *atomic.Int64 }
+
+func (b pingBot) Setup(_ context.Context, g *shardgroup.Group) error {
+	g.Client().AddEventListeners(bot.NewListenerFunc(func(e *events.MessageCreate) {
+		if e.Message.Author.Bot || e.Message.Content != "!ping" {
+			return
+		}
+		if _, err := e.Client().Rest().CreateMessage(e.ChannelID, discord.MessageCreate{Content: "Pong!"}); err != nil {
+			g.Logger().Warn("reply failed", "err", err)
+			return
+		}
+		b.pongs.Add(1)
+	}))
+	return nil
+}
+
+func run(ctx context.Context, shards, clusters int, verbose bool) error {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg := runtime.Config{
+		Token:    runtime.Token(os.Getenv("DISCORD_TOKEN")),
+		Clusters: clusters,
+		Intents:  gateway.IntentGuilds | gateway.IntentGuildMessages | gateway.IntentMessageContent,
+		Logger:   log,
+	}
 	var sim *discordtest.Server
-	if token == "" {
+	if cfg.Token == "" {
 		sim = discordtest.NewServer(
 			discordtest.WithGuilds(5000),
-			discordtest.WithMaxConcurrency(shards),
+			discordtest.WithRecommendedShards(shards),
+			discordtest.WithMaxConcurrency(4),
 			discordtest.WithIdentifyWindow(100*time.Millisecond),
 		)
 		defer sim.Close()
-		token, gatewayURL = sim.Token(), sim.GatewayURL()
-		fmt.Printf("simulator: gateway %s, rest %s, %d guilds\n", sim.GatewayURL(), sim.RESTURL(), sim.Guilds())
+		cfg.Token, cfg.GatewayURL, cfg.RESTURL = runtime.Token(sim.Token()), sim.GatewayURL(), sim.RESTURL()
+		cfg.IdentifyInterval = sim.IdentifyWindow()
+		fmt.Printf("simulator: %d guilds, %d shards, max_concurrency %d, identify window %s\n",
+			sim.Guilds(), shards, sim.MaxConcurrency(), sim.IdentifyWindow())
 	}
-
-	var ready, guilds, messages atomic.Int64
-	start := time.Now()
-	handler := func(t gateway.EventType, seq, shard int, e gateway.EventData) {
-		switch ev := e.(type) {
-		case gateway.EventReady:
-			fmt.Printf("shard %d ready (%d of %d) after %s, %d guilds\n", shard, ready.Add(1), shards,
-				time.Since(start).Round(time.Millisecond), len(ev.Guilds))
-		case gateway.EventGuildCreate:
-			guilds.Add(1)
-		case gateway.EventMessageCreate:
-			if messages.Add(1) <= 5 {
-				fmt.Printf("shard %d: message %q in guild %s (seq %d)\n", shard, ev.Content, ev.GuildID, seq)
-			}
+	var pongs atomic.Int64
+	cfg.Bot = func(int) runtime.Bot { return pingBot{&pongs} }
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		return err
+	}
+	var ready atomic.Int64
+	rt.Subscribe(func(e runtime.Event) {
+		switch e.Kind {
+		case runtime.EventShardReady:
+			ready.Store(int64(e.N))
+			fmt.Printf("shard %d ready (%d of %d) in cluster %d after %s\n", e.Shard, e.N, e.Of, e.Cluster, e.Duration.Round(time.Millisecond))
+		case runtime.EventFleetReady:
+			fmt.Printf("fleet ready: %d shards in %s\n", e.Of, e.Duration.Round(time.Millisecond))
+		case runtime.EventClusterFailed, runtime.EventFatal:
+			fmt.Printf("%s: cluster %d: %v\n", e.Kind, e.Cluster, e.Err)
 		}
-	}
-	ids := make([]int, shards)
-	for i := range ids {
-		ids[i] = i
-	}
-	quiet := slog.New(slog.DiscardHandler)
-	sm := sharding.New(token, handler,
-		sharding.WithShardIDs(ids...),
-		sharding.WithShardCount(shards),
-		sharding.WithLogger(quiet),
-		sharding.WithRateLimiterConfigOpt(sharding.WithMaxConcurrency(shards)),
-		sharding.WithGatewayConfigOpts(
-			gateway.WithURL(gatewayURL),
-			gateway.WithLogger(quiet),
-			gateway.WithIntents(gateway.IntentGuilds, gateway.IntentGuildMessages, gateway.IntentMessageContent),
-		),
-	)
-	sm.Open(ctx)
-	defer sm.Close(context.Background())
+	})
+
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(ctx) }()
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	n := 0
+	start, pings := time.Now(), 0
 	for {
 		select {
-		case <-ctx.Done():
-			fmt.Printf("stopping: %d shards ready, %d guilds, %d messages\n", ready.Load(), guilds.Load(), messages.Load())
-			return nil
+		case err := <-errc:
+			summary(start, ready.Load(), pings, pongs.Load(), sim)
+			return err
 		case <-tick.C:
-			if sim != nil {
-				for i := range 100 {
-					g := sim.GuildID((n*100 + i) % sim.Guilds())
-					if _, err := sim.Dispatch(g, "MESSAGE_CREATE", sim.MessageCreate(g, "!ping", n*100+i)); err != nil {
+			if sim != nil && ready.Load() > 0 {
+				// Twenty pings a second, each in another guild: well
+				// inside the global REST limit the replies share.
+				for range 20 {
+					g := sim.GuildID(pings * 7919 % sim.Guilds())
+					if _, err := sim.Dispatch(g, "MESSAGE_CREATE", sim.MessageCreate(g, "!ping", pings)); err != nil {
 						return err
 					}
+					pings++
 				}
-				n++
 			}
-			fmt.Printf("%s: %d/%d shards ready, %d guilds, %d messages\n", time.Since(start).Round(time.Second),
-				ready.Load(), shards, guilds.Load(), messages.Load())
+			summary(start, ready.Load(), pings, pongs.Load(), sim)
 		}
 	}
+}
+
+func summary(start time.Time, ready int64, pings int, pongs int64, sim *discordtest.Server) {
+	line := fmt.Sprintf("%4s  shards ready %d  pings %d  pongs %d", time.Since(start).Round(time.Second), ready, pings, pongs)
+	if sim != nil {
+		st := sim.Stats()
+		line += fmt.Sprintf("  events sent %d  REST 429s %d  violations %d", st.TotalEventsSent(), total(st.REST.RateLimited), total(st.Violations))
+	}
+	fmt.Println(line)
+}
+
+func total(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }

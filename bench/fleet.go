@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/disgoorg/disgo"
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/events"
+	"github.com/disgoorg/disgo/gateway"
+	"github.com/disgoorg/disgo/rest"
+	"github.com/disgoorg/disgo/sharding"
+
+	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+func init() {
+	register("startup", runStartup)
+	register("gateway", runGateway)
+}
+
+// startFleet runs a runtime against s until its fleet is ready; stop
+// shuts it down.
+func startFleet(s *discordtest.Server, clusters int, b func(int) runtime.Bot) (ready time.Duration, stop func() error, err error) {
+	rt, err := runtime.New(runtime.Config{
+		Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		IdentifyInterval: s.IdentifyWindow(), Clusters: clusters, Bot: b,
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	readyc := make(chan time.Duration, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if e.Kind == runtime.EventFleetReady {
+			readyc <- e.Duration
+		}
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	stop = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := rt.Shutdown(ctx); err != nil {
+			return err
+		}
+		return <-errc
+	}
+	select {
+	case ready = <-readyc:
+		return ready, stop, nil
+	case err := <-errc:
+		return 0, nil, fmt.Errorf("run: %v", err)
+	case <-time.After(5 * time.Minute):
+		_ = stop()
+		return 0, nil, fmt.Errorf("fleet not ready in 5 minutes")
+	}
+}
+
+func nopBot(int) runtime.Bot {
+	return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
+}
+
+type startupResult struct {
+	Scenario       string  `json:"scenario"`
+	Shards         int     `json:"shards"`
+	MaxConcurrency int     `json:"max_concurrency"`
+	IntervalMS     int     `json:"interval_ms"`
+	ReadyS         float64 `json:"ready_s"`
+	LimitS         float64 `json:"limit_s"`
+	Ratio          float64 `json:"ratio"`
+	Violations     int     `json:"identify_violations"`
+}
+
+func runStartup() (any, error) {
+	const shards, mc, interval = 256, 16, 50 * time.Millisecond
+	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	ready, stop, err := startFleet(s, 16, nopBot)
+	if err != nil {
+		return nil, err
+	}
+	if err := stop(); err != nil {
+		return nil, err
+	}
+	limit := math.Ceil(float64(shards)/mc) * interval.Seconds()
+	return startupResult{Scenario: "startup", Shards: shards, MaxConcurrency: mc, IntervalMS: int(interval.Milliseconds()),
+		ReadyS: ready.Seconds(), LimitS: limit, Ratio: limit / ready.Seconds(),
+		Violations: s.Stats().Violations["identify_concurrency"]}, nil
+}
+
+type gatewayResult struct {
+	Scenario          string  `json:"scenario"`
+	Shards            int     `json:"shards"`
+	Events            int     `json:"events"`
+	FleetEventsPerSec float64 `json:"fleet_events_per_sec"`
+	BareEventsPerSec  float64 `json:"bare_events_per_sec"`
+	Ratio             float64 `json:"ratio"`
+}
+
+// countMessages is the listener both sides run.
+func countMessages(n *atomic.Int64) bot.EventListener {
+	return bot.NewListenerFunc(func(*events.MessageCreate) { n.Add(1) })
+}
+
+// measure streams events through s and returns events per second seen by
+// the counter.
+func measure(s *discordtest.Server, got *atomic.Int64, events int) (float64, error) {
+	got.Store(0)
+	start := time.Now()
+	if _, err := s.Load(context.Background(), discordtest.Load{Events: events}); err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for got.Load() < int64(events) {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%d of %d events arrived", got.Load(), events)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	return float64(events) / time.Since(start).Seconds(), nil
+}
+
+func runGateway() (any, error) {
+	const shards, events = 16, 200_000
+	res := gatewayResult{Scenario: "gateway", Shards: shards, Events: events}
+	// The two sides alternate, twice each, and the better run of each
+	// counts, so neither pays for the other's warm-up or for a noisy
+	// moment alone.
+	for range 2 {
+		fleet, err := fleetRate(shards, events)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
+		bare, err := bareRate(shards, events)
+		if err != nil {
+			return nil, fmt.Errorf("bare disgo: %w", err)
+		}
+		res.FleetEventsPerSec = max(res.FleetEventsPerSec, fleet)
+		res.BareEventsPerSec = max(res.BareEventsPerSec, bare)
+	}
+	res.Ratio = res.FleetEventsPerSec / res.BareEventsPerSec
+	return res, nil
+}
+
+func gatewayServer(shards int) *discordtest.Server {
+	return discordtest.NewServer(discordtest.WithGuilds(shards*4), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(shards), discordtest.WithIdentifyWindow(time.Millisecond))
+}
+
+func fleetRate(shards, events int) (float64, error) {
+	s := gatewayServer(shards)
+	defer s.Close()
+	var got atomic.Int64
+	b := func(int) runtime.Bot {
+		return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+			g.Client().AddEventListeners(countMessages(&got))
+			return nil
+		})
+	}
+	// One cluster: one disgo client, as the bare side has.
+	_, stop, err := startFleet(s, 1, b)
+	if err != nil {
+		return 0, err
+	}
+	rate, err := measure(s, &got, events)
+	if serr := stop(); err == nil {
+		err = serr
+	}
+	return rate, err
+}
+
+func bareRate(shards, total int) (float64, error) {
+	s := gatewayServer(shards)
+	defer s.Close()
+	var got, guilds atomic.Int64
+	ids := make([]int, shards)
+	for i := range ids {
+		ids[i] = i
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	client, err := disgo.New(s.Token(),
+		bot.WithLogger(quiet),
+		bot.WithRestClientConfigOpts(rest.WithURL(s.RESTURL())),
+		bot.WithShardManagerConfigOpts(
+			sharding.WithShardIDs(ids...), sharding.WithShardCount(shards),
+			sharding.WithRateLimiterConfigOpt(sharding.WithMaxConcurrency(shards)),
+			sharding.WithGatewayConfigOpts(gateway.WithURL(s.GatewayURL()), gateway.WithLogger(quiet),
+				gateway.WithIntents(gateway.IntentGuilds, gateway.IntentGuildMessages)),
+		),
+		bot.WithEventListeners(countMessages(&got), bot.NewListenerFunc(func(*events.GuildReady) { guilds.Add(1) })),
+	)
+	if err != nil {
+		return 0, err
+	}
+	defer client.Close(context.Background())
+	if err := client.OpenShardManager(context.Background()); err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for guilds.Load() < int64(shards*4) {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("bare shards not ready")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return measure(s, &got, total)
+}
