@@ -115,9 +115,9 @@ type shard struct {
 	log     *slog.Logger
 	handler gateway.EventHandlerFunc
 
-	state     atomic.Int32
-	latency   atomic.Int64
-	events    atomic.Int64
+	state   atomic.Int32
+	latency atomic.Int64
+	events  atomic.Int64
 
 	mu       sync.Mutex // guards the fields below
 	session  Session    // session id, last sequence, resume URL
