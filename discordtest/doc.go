@@ -51,6 +51,19 @@
 // Dispatches are queued per session, never unboundedly: a producer waits
 // while a connected client is a whole replay buffer behind.
 //
+// # REST
+//
+// /api/v10 serves GET /gateway, /gateway/bot, /users/@me,
+// /applications/@me, /users/{id}, /guilds/{id}, /guilds/{id}/members/{user}
+// and /channels/{id}, and POST /channels/{id}/messages, which also
+// dispatches MESSAGE_CREATE to the shard owning the channel's guild.
+// Requests are limited per route and major parameter (channel, guild,
+// webhook) with Discord's X-RateLimit-* headers, and by a global limit;
+// 429s carry retry_after, Retry-After and a scope. 401, 403 and non-shared
+// 429 answers count as invalid requests; past the limit every request gets
+// a Cloudflare-style ban (a 429 without Via). FailNextREST,
+// SharedRateLimitNext and SetRESTLatency inject faults.
+//
 // # Counters
 //
 // Stats reports connections, IDENTIFYs, RESUMEs, violations by kind and
@@ -60,4 +73,5 @@
 // # Locks
 //
 // Server.mu is taken before a session's mu, never the other way round.
+// The REST state's lock is never held together with Server.mu.
 package discordtest

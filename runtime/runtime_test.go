@@ -403,3 +403,56 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// hookBot records its Shutdown hook.
+type hookBot struct{ stopped chan int }
+
+func (hookBot) Setup(context.Context, *shardgroup.Group) error { return nil }
+func (h hookBot) Shutdown(context.Context) error {
+	h.stopped <- 1
+	return nil
+}
+
+func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID = 4, 2, 3
+	stopped := make(chan int, 4)
+	cfg.Bot = func(int) Bot { return hookBot{stopped} }
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventFleetReady {
+			ready <- e
+		}
+	})
+	stop := runUntil(t, rt)
+	if e := waitEvent(t, ready); e.Of != 2 {
+		t.Fatalf("fleet of %d shards, want 2", e.Of)
+	}
+	var ids []int
+	for _, g := range rt.Groups() {
+		ids = append(ids, g.ShardIDs()...)
+		if g.ShardCount() != 4 {
+			t.Fatalf("shard count %d, want 4", g.ShardCount())
+		}
+	}
+	if fmt.Sprint(ids) != "[2 3]" {
+		t.Fatalf("runs shards %v, want [2 3]", ids)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(stopped); n != len(rt.Groups()) {
+		t.Fatalf("%d Shutdown hooks ran, want %d", n, len(rt.Groups()))
+	}
+	for _, id := range s.Identifies() {
+		if id.Shard < 2 || id.Shards != 4 {
+			t.Fatalf("identified %+v", id)
+		}
+	}
+}
