@@ -278,3 +278,23 @@ func (s *Server) hold(c *conn, shard, op int, d json.RawMessage) bool {
 	s.held[shard] = append(reqs, heldRequest{c: c, op: op, d: append(json.RawMessage(nil), d...)})
 	return true
 }
+
+// RefuseResumes makes the next n RESUMEs of a shard's sessions fail with
+// op 9 (d=false), ending those sessions, as when Discord has lost them.
+func (s *Server) RefuseResumes(shard, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refuse == nil {
+		s.refuse = map[int]int{}
+	}
+	s.refuse[shard] += n
+}
+
+// refuseResumeLocked consumes a pending refusal for shard.
+func (s *Server) refuseResumeLocked(shard int) bool {
+	if s.refuse[shard] > 0 {
+		s.refuse[shard]--
+		return true
+	}
+	return false
+}

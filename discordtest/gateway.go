@@ -501,6 +501,12 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 	s.mu.Lock()
 	ss := s.sessions[rd.SessionID]
 	ok := ss != nil && ss.resumable(rd.Seq, now, s.cfg.resumeWindow)
+	if ok && s.refuseResumeLocked(ss.shard) {
+		ok = false
+		delete(s.sessions, ss.id)
+		s.sessionVer++
+		ss.end()
+	}
 	if ok {
 		s.stats.resumes++
 		if c.resume {

@@ -33,6 +33,7 @@ type Server struct {
 	identifies []Identify
 	bucketLast map[int]time.Time
 	held       map[int][]heldRequest // held shards and their parked handshakes
+	refuse     map[int]int           // RESUMEs to refuse, by shard
 	starts     int                   // session starts used in the current period
 	startsAt   time.Time
 	stats      counters

@@ -106,6 +106,14 @@ type Config struct {
 	Logger *slog.Logger
 	// WhatToLog filters event records.
 	WhatToLog WhatToLog
+	// SessionStore keeps sessions across process restarts: Run resumes
+	// the stored ones and, when it stops, closes shards with a resumable
+	// code and saves their sessions. A resumed process starts with empty
+	// caches: Discord replays only the events it missed.
+	SessionStore SessionStore
+	// SessionMaxAge is how old a stored session may be to be resumed
+	// (default 3 minutes; Discord keeps sessions "a few minutes").
+	SessionMaxAge time.Duration
 	// StartingStatus is the presence shards identify with.
 	StartingStatus *gateway.MessageDataPresenceUpdate
 }
@@ -158,6 +166,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RestartBackoff == 0 {
 		c.RestartBackoff = time.Second
+	}
+	if c.SessionMaxAge == 0 {
+		c.SessionMaxAge = 3 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -22,7 +22,11 @@ const (
 	EventClusterFailed     EventKind = "cluster_failed"
 	EventFleetReady        EventKind = "fleet_ready"
 	EventFatal             EventKind = "fatal"
-	EventShutdown          EventKind = "shutdown"
+
+	EventSoftRestartStarted    EventKind = "soft_restart_started"
+	EventSoftRestartHandedOver EventKind = "soft_restart_handed_over" // Duration: the pause
+	EventSoftRestartDone       EventKind = "soft_restart_done"
+	EventShutdown              EventKind = "shutdown"
 )
 
 // Event is a typed lifecycle event.

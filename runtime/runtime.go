@@ -27,25 +27,27 @@ type Runtime struct {
 
 	mu       sync.Mutex // guards the fields below
 	running  bool
-	cancel   context.CancelFunc
 	clusters []*cluster
-	fatal    error
-	shutdown chan struct{} // closed by Shutdown
-	stopped  chan struct{} // closed when Run returns
+	env      *fleetEnv                  // set once Run has planned the fleet
+	shutdown chan struct{}              // closed by Shutdown
+	stopped  chan struct{}              // closed when Run returns
+	planned  chan struct{}              // closed when env is set
+	kept     map[int]shardgroup.Session // sessions of stopped shards, to save
 
-	ready   atomic.Int64
-	started time.Time
+	ready      atomic.Int64
+	everReady  sync.Map // shard ID -> true once it has been ready
+	started    time.Time
+	restarting sync.Mutex // one soft or hard restart at a time
 }
 
-// cluster is one supervised group.
-type cluster struct {
-	id     int
-	shards []int
-	mu     sync.Mutex // guards group, bot, restarts
-	group  *shardgroup.Group
-	bot    Bot
-	ready  chan struct{} // closed when every shard of the current group is ready
-	once   *sync.Once
+// fleetEnv is what Run learned and built for every cluster.
+type fleetEnv struct {
+	total      int // the fleet's shard count
+	shards     int // how many this runtime runs
+	gatewayURL string
+	queue      IdentifyQueue
+	fatal      chan error
+	groupCtx   context.Context // shards run on it; cancelled after every cluster stopped
 }
 
 // New validates cfg and returns a runtime; nothing starts until Run.
@@ -64,7 +66,7 @@ func New(cfg Config) (*Runtime, error) {
 		}
 	}
 	return &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
-		shutdown: make(chan struct{}), stopped: make(chan struct{})}, nil
+		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{})}, nil
 }
 
 // GatewayBot is Discord's GET /gateway/bot answer.
@@ -113,7 +115,9 @@ func (r *Runtime) gatewayBot(ctx context.Context) (GatewayBot, error) {
 
 // Run asks Discord for the shard count and limits, starts every cluster,
 // and supervises them until ctx ends or Shutdown is called (it then
-// returns nil), or a fatal gateway close (it returns that error).
+// returns nil), or a fatal gateway close (it returns that error). With a
+// SessionStore, the shards' sessions are resumed at start where they are
+// still fresh, and kept and saved when Run stops.
 func (r *Runtime) Run(ctx context.Context) error {
 	r.mu.Lock()
 	if r.running {
@@ -122,11 +126,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}
 	r.running = true
 	r.started = time.Now()
-	ctx, cancel := context.WithCancel(ctx)
-	r.cancel = cancel
 	r.mu.Unlock()
 	defer close(r.stopped)
-	defer cancel()
 
 	gb, err := r.gatewayBot(ctx)
 	if err != nil {
@@ -149,34 +150,50 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if n == 0 {
 		n = min(goruntime.NumCPU(), last-first+1)
 	}
-	gatewayURL := r.cfg.GatewayURL
-	if gatewayURL == "" {
-		gatewayURL = gb.URL
+	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue, fatal: make(chan error, 1)}
+	if env.gatewayURL == "" {
+		env.gatewayURL = gb.URL
 	}
+	// Shards run on their own context, so that Run's ending can stop them
+	// in order (keeping sessions if asked) before anything is cancelled.
+	groupCtx, cancelGroups := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelGroups()
+	env.groupCtx = groupCtx
+	saved := r.loadSessions(ctx, total)
 
+	stop := make(chan struct{}) // closed when the fleet must stop
 	var wg sync.WaitGroup
-	fatal := make(chan error, 1)
-	shardsToRun := last - first + 1
+	r.mu.Lock()
+	r.env = env
 	for i, ids := range plan(first, last, n) {
-		c := &cluster{id: i, shards: ids}
-		r.mu.Lock()
+		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
 		r.clusters = append(r.clusters, c)
-		r.mu.Unlock()
+		sessions := map[int]shardgroup.Session{}
+		for _, id := range ids {
+			if sess, ok := saved[id]; ok {
+				sessions[id] = sess
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.supervise(ctx, c, total, gatewayURL, queue, shardsToRun, fatal)
+			r.supervise(c, env, sessions, stop)
 		}()
 	}
+	close(r.planned)
+	r.mu.Unlock()
+
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case <-r.shutdown:
-	case runErr = <-fatal:
+	case runErr = <-env.fatal:
 		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
 	}
-	cancel()
+	close(stop)
 	wg.Wait()
+	cancelGroups()
+	r.saveSessions()
 	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})
 	return runErr
 }
@@ -223,123 +240,6 @@ func (r *Runtime) resolve(gb GatewayBot) (total, first, last, mc int, err error)
 	return total, first, last, mc, nil
 }
 
-// supervise runs one cluster: it builds a group, runs the user's Setup,
-// starts the shards, and restarts the group with back-off when it does not
-// become ready within ClusterTimeout, at most MaxRestarts times per
-// RestartWindow; then the cluster is reported failed.
-func (r *Runtime) supervise(ctx context.Context, c *cluster, total int, gatewayURL string, queue IdentifyQueue, fleet int, fatal chan<- error) {
-	var restarts []time.Time
-	backoff := r.cfg.RestartBackoff
-	for {
-		g, b, ready, err := r.startGroup(ctx, c, total, gatewayURL, queue, fleet, fatal)
-		if err != nil {
-			select {
-			case fatal <- err:
-			default:
-			}
-			return
-		}
-		restart := false
-		if r.cfg.ClusterTimeout > 0 {
-			t := time.NewTimer(r.cfg.ClusterTimeout)
-			select {
-			case <-ctx.Done():
-			case <-ready:
-			case <-t.C:
-				restart = true
-			}
-			t.Stop()
-		}
-		if !restart {
-			<-ctx.Done() // ready, or no bound: serve until the runtime stops
-		}
-		r.stopGroup(g, b)
-		if !restart {
-			return
-		}
-		now := time.Now()
-		kept := restarts[:0]
-		for _, t := range restarts {
-			if now.Sub(t) < r.cfg.RestartWindow {
-				kept = append(kept, t)
-			}
-		}
-		restarts = append(kept, now)
-		if r.cfg.MaxRestarts >= 0 && len(restarts) > r.cfg.MaxRestarts {
-			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
-				Err: fmt.Errorf("cluster %d not ready within %s after %d restarts", c.id, r.cfg.ClusterTimeout, r.cfg.MaxRestarts)})
-			return
-		}
-		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: len(restarts), Of: max(r.cfg.MaxRestarts, 0)})
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		backoff = min(2*backoff, time.Minute)
-	}
-}
-
-func (r *Runtime) startGroup(ctx context.Context, c *cluster, total int, gatewayURL string, queue IdentifyQueue, fleet int, fatal chan<- error) (*shardgroup.Group, Bot, chan struct{}, error) {
-	ready := make(chan struct{})
-	var readyOnce sync.Once
-	var readyShards sync.Map
-	hooks := shardgroup.Hooks{
-		Identify: func(g *shardgroup.Group, shard int) {
-			r.events.emit(Event{Kind: EventShardIdentify, Cluster: g.ID(), Shard: shard})
-		},
-		ShardReady: func(g *shardgroup.Group, shard, guilds int, resumed bool) {
-			if resumed {
-				r.events.emit(Event{Kind: EventShardResumed, Cluster: g.ID(), Shard: shard})
-			}
-			if _, seen := readyShards.LoadOrStore(shard, true); seen {
-				return
-			}
-			n := int(r.ready.Add(1))
-			r.events.emit(Event{Kind: EventShardReady, Cluster: g.ID(), Shard: shard, N: n, Of: fleet, Duration: time.Since(r.started)})
-			if g.State() == shardgroup.StateReady {
-				readyOnce.Do(func() {
-					close(ready)
-					r.events.emit(Event{Kind: EventClusterReady, Cluster: g.ID(), Shard: -1, Duration: time.Since(r.started)})
-				})
-			}
-			if n == fleet {
-				r.events.emit(Event{Kind: EventFleetReady, Cluster: -1, Shard: -1, N: n, Of: fleet, Duration: time.Since(r.started)})
-			}
-		},
-		ShardState: func(g *shardgroup.Group, shard int, from, to shardgroup.State) {
-			if from == shardgroup.StateReady && to == shardgroup.StateDisconnected {
-				r.events.emit(Event{Kind: EventShardDisconnected, Cluster: g.ID(), Shard: shard})
-			}
-		},
-		Fatal: func(g *shardgroup.Group, err *shardgroup.CloseError) {
-			select {
-			case fatal <- fmt.Errorf("runtime: cluster %d: %w", g.ID(), err):
-			default:
-			}
-		},
-	}
-	g, err := shardgroup.New(shardgroup.Config{
-		ID: c.id, ShardIDs: c.shards, ShardCount: total, Token: string(r.cfg.Token), GatewayURL: gatewayURL,
-		Intents: r.cfg.Intents, IdentifyLimiter: queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
-		ClientOptions: r.clientOptions(), Hooks: hooks,
-	})
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	b := r.cfg.Bot(c.id)
-	if err := b.Setup(ctx, g); err != nil {
-		return nil, nil, nil, fmt.Errorf("runtime: cluster %d: Setup: %w", c.id, err)
-	}
-	c.mu.Lock()
-	c.group, c.bot = g, b
-	c.mu.Unlock()
-	g.Start(ctx)
-	return g, b, ready, nil
-}
-
 // clientOptions are the options every cluster's disgo client gets: the
 // REST base URL and the shared limiter, then the user's.
 func (r *Runtime) clientOptions() []bot.ConfigOpt {
@@ -355,20 +255,6 @@ func (r *Runtime) clientOptions() []bot.ConfigOpt {
 
 // RESTLimiter is the limiter every cluster's REST client shares, or nil.
 func (r *Runtime) RESTLimiter() *restproxy.Limiter { return r.cfg.RESTLimiter }
-
-// stopGroup runs the Bot's Shutdown hook (bounded by ShutdownTimeout) and
-// stops the group's shards.
-func (r *Runtime) stopGroup(g *shardgroup.Group, b Bot) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
-	defer cancel()
-	if s, ok := b.(BotShutdowner); ok {
-		if err := s.Shutdown(ctx); err != nil {
-			r.cfg.Logger.Warn("cluster shutdown hook failed", "cluster", g.ID(), "err", err.Error())
-		}
-	}
-	_, _ = g.Stop(ctx, false)
-	g.Client().Rest().Close(ctx)
-}
 
 // Shutdown stops every cluster (their Shutdown hooks first, each bounded
 // by ShutdownTimeout) and waits for Run to return, or for ctx.

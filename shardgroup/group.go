@@ -171,13 +171,25 @@ func (g *Group) State() State {
 
 // Start connects every shard. The shards run until Stop or ctx ends;
 // Stop waits for them either way.
-func (g *Group) Start(ctx context.Context) {
+func (g *Group) Start(ctx context.Context) { g.StartResuming(ctx, nil) }
+
+// StartResuming is Start with sessions to resume (by shard ID), such as
+// those another group's Stop returned: a session whose shard count
+// matches is resumed, the other shards identify.
+func (g *Group) StartResuming(ctx context.Context, sessions map[int]Session) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.started {
 		panic("shardgroup: Start called twice")
 	}
 	g.started = true
+	for id, sess := range sessions {
+		if s, ok := g.shards[id]; ok && sess.ShardCount == g.cfg.ShardCount && sess.SessionID != "" {
+			s.mu.Lock()
+			s.session = sess
+			s.mu.Unlock()
+		}
+	}
 	for _, id := range g.ids {
 		s := g.shards[id]
 		g.wg.Add(1)
