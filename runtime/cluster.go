@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/disgoorg/disgo/gateway"
+
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -23,8 +25,11 @@ type cluster struct {
 	shards []int
 	ops    chan clusterOp
 
-	mu    sync.Mutex // guards group
-	group *shardgroup.Group
+	mu        sync.Mutex // guards the fields below
+	group     *shardgroup.Group
+	startedAt time.Time // when the current group started
+	restarts  int       // restarts since Run began (soft, hard and supervised)
+	failed    bool      // given up after MaxRestarts
 }
 
 type opKind int
@@ -114,6 +119,9 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					}
 					inst = next
 					r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1})
+					if f := r.cfg.Observer.ClusterRestart; f != nil {
+						f(c.id)
+					}
 					op.reply <- nil
 				}
 			}
@@ -136,6 +144,9 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			return
 		}
 		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: len(restarts), Of: max(r.cfg.MaxRestarts, 0)})
+		if f := r.cfg.Observer.ClusterRestart; f != nil {
+			f(c.id)
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
@@ -149,6 +160,9 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 
 // failed parks a failed cluster: operations on it get an error.
 func (r *Runtime) failed(c *cluster, stop <-chan struct{}) {
+	c.mu.Lock()
+	c.failed = true
+	c.mu.Unlock()
 	for {
 		select {
 		case <-stop:
@@ -164,13 +178,20 @@ func (r *Runtime) failed(c *cluster, stop <-chan struct{}) {
 func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*instance, error) {
 	inst := &instance{ready: make(chan struct{})}
 	var readyOnce sync.Once
+	obs := r.cfg.Observer
 	hooks := shardgroup.Hooks{
-		Identify: func(g *shardgroup.Group, shard int) {
-			r.events.emit(Event{Kind: EventShardIdentify, Cluster: g.ID(), Shard: shard})
+		Identify: func(g *shardgroup.Group, shard int, waited time.Duration) {
+			r.events.emit(Event{Kind: EventShardIdentify, Cluster: g.ID(), Shard: shard, Duration: waited})
+			if f := obs.Identify; f != nil {
+				f(g.ID(), shard, waited)
+			}
 		},
 		ShardReady: func(g *shardgroup.Group, shard, guilds int, resumed bool) {
 			if resumed {
 				r.events.emit(Event{Kind: EventShardResumed, Cluster: g.ID(), Shard: shard})
+				if f := obs.Resume; f != nil {
+					f(g.ID(), shard)
+				}
 			}
 			if _, seen := r.everReady.LoadOrStore(shard, true); !seen {
 				n := int(r.ready.Add(1))
@@ -191,12 +212,30 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 				r.events.emit(Event{Kind: EventShardDisconnected, Cluster: g.ID(), Shard: shard})
 			}
 		},
+		Close: func(g *shardgroup.Group, shard, code int) {
+			if f := obs.Close; f != nil {
+				f(g.ID(), shard, code)
+			}
+		},
+		Zombie: func(g *shardgroup.Group, shard int) {
+			if f := obs.Zombie; f != nil {
+				f(g.ID(), shard)
+			}
+		},
+		ListenerPanic: func(g *shardgroup.Group, shard int, _ any) {
+			if f := obs.ListenerPanic; f != nil {
+				f(g.ID(), shard)
+			}
+		},
 		Fatal: func(g *shardgroup.Group, err *shardgroup.CloseError) {
 			select {
 			case env.fatal <- fmt.Errorf("runtime: cluster %d: %w", g.ID(), err):
 			default:
 			}
 		},
+	}
+	if f := obs.GatewayEvent; f != nil {
+		hooks.Event = func(g *shardgroup.Group, shard int, t gateway.EventType) { f(g.ID(), shard, string(t)) }
 	}
 	g, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: string(r.cfg.Token), GatewayURL: env.gatewayURL,
@@ -227,7 +266,10 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 
 func (r *Runtime) publish(c *cluster, g *shardgroup.Group) {
 	c.mu.Lock()
-	c.group = g
+	if c.group != nil {
+		c.restarts++
+	}
+	c.group, c.startedAt = g, time.Now()
 	c.mu.Unlock()
 }
 

@@ -114,6 +114,8 @@ type Config struct {
 	// SessionMaxAge is how old a stored session may be to be resumed
 	// (default 3 minutes; Discord keeps sessions "a few minutes").
 	SessionMaxAge time.Duration
+	// Observer receives what the fleet does, for metrics.
+	Observer Observer
 	// StartingStatus is the presence shards identify with.
 	StartingStatus *gateway.MessageDataPresenceUpdate
 }
@@ -203,4 +205,18 @@ func plan(first, last, n int) [][]int {
 		out = append(out, ids)
 	}
 	return out
+}
+
+// Observer is told what the fleet does, for metrics (package metrics
+// implements one). Every field may be nil. The funcs run on the goroutine
+// that did the work, GatewayEvent on a shard's read loop for every event:
+// they must be quick and must not block.
+type Observer struct {
+	GatewayEvent   func(cluster, shard int, eventType string)
+	Identify       func(cluster, shard int, waited time.Duration)
+	Resume         func(cluster, shard int)
+	Close          func(cluster, shard, code int) // a close the gateway sent
+	Zombie         func(cluster, shard int)
+	ClusterRestart func(cluster int)
+	ListenerPanic  func(cluster, shard int)
 }

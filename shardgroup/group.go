@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/disgoorg/disgo"
 	"github.com/disgoorg/disgo/bot"
@@ -41,7 +42,7 @@ type Config struct {
 type Hooks struct {
 	ShardState    func(g *Group, shard int, from, to State)
 	ShardReady    func(g *Group, shard, guilds int, resumed bool)
-	Identify      func(g *Group, shard int)
+	Identify      func(g *Group, shard int, waited time.Duration) // waited: time in the identify queue
 	Fatal         func(g *Group, err *CloseError)
 	Event         func(g *Group, shard int, t gateway.EventType)
 	Close         func(g *Group, shard, code int)
@@ -327,9 +328,9 @@ func (g *Group) shardReady(s *shard, guilds int, resumed bool) {
 		h(g, s.id, guilds, resumed)
 	}
 }
-func (g *Group) identified(s *shard) {
+func (g *Group) identified(s *shard, waited time.Duration) {
 	if h := g.cfg.Hooks.Identify; h != nil {
-		h(g, s.id)
+		h(g, s.id, waited)
 	}
 }
 func (g *Group) shardFatal(s *shard, err *CloseError) {

@@ -441,9 +441,11 @@ func (s *shard) sendNow(op gateway.Opcode, d gateway.MessageData) error {
 
 func (s *shard) identify(ctx context.Context) error {
 	s.setState(StateIdentifying)
+	queued := time.Now()
 	if err := s.g.cfg.IdentifyLimiter.WaitBucket(ctx, s.id); err != nil {
 		return err
 	}
+	waited := time.Since(queued)
 	id := gateway.MessageDataIdentify{
 		Token:          s.token,
 		Properties:     gateway.IdentifyCommandDataProperties{OS: "linux", Browser: "gofleet", Device: "gofleet"},
@@ -462,7 +464,7 @@ func (s *shard) identify(ctx context.Context) error {
 		s.releaseBucket()
 		return err
 	}
-	s.g.identified(s)
+	s.g.identified(s, waited)
 	return nil
 }
 
