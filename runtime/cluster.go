@@ -37,6 +37,7 @@ type opKind int
 const (
 	opSoftRestart opKind = iota
 	opRestart
+	opRetire // stop for good: a reshard replaced the cluster
 )
 
 type clusterOp struct {
@@ -56,7 +57,10 @@ type instance struct {
 // restarts it when it is not ready within ClusterTimeout (with back-off,
 // at most MaxRestarts per RestartWindow, then reports the cluster failed),
 // and serves soft and hard restarts.
-func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, stop <-chan struct{}) {
+//
+// A supervisor may adopt an instance already started (a reshard's new
+// generation).
+func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, stop <-chan struct{}, adopt *instance) {
 	var restarts []time.Time
 	backoff := r.cfg.RestartBackoff
 	var inst *instance
@@ -67,7 +71,11 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 	}()
 	for {
 		var err error
-		inst, err = r.startInstance(c, env, sessions)
+		if adopt != nil {
+			inst, adopt = adopt, nil
+		} else {
+			inst, err = r.startInstance(c, env, sessions)
+		}
 		sessions = nil
 		if err != nil {
 			select {
@@ -104,6 +112,11 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 						inst = next
 					}
 					op.reply <- err
+				case opRetire:
+					r.stopInstance(inst, false)
+					inst = nil
+					op.reply <- nil
+					return
 				case opRestart:
 					r.stopInstance(inst, false)
 					inst = nil
@@ -193,7 +206,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 					f(g.ID(), shard)
 				}
 			}
-			if _, seen := r.everReady.LoadOrStore(shard, true); !seen {
+			if _, seen := r.everReady.LoadOrStore(shard, true); env.counting && !seen {
 				n := int(r.ready.Add(1))
 				r.events.emit(Event{Kind: EventShardReady, Cluster: g.ID(), Shard: shard, N: n, Of: env.shards, Duration: time.Since(r.started)})
 				if n == env.shards {
@@ -210,6 +223,11 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 		ShardState: func(g *shardgroup.Group, shard int, from, to shardgroup.State) {
 			if from == shardgroup.StateReady && to == shardgroup.StateDisconnected {
 				r.events.emit(Event{Kind: EventShardDisconnected, Cluster: g.ID(), Shard: shard})
+			}
+		},
+		GuildsLoaded: func(g *shardgroup.Group, shard int) {
+			if env.onLoaded != nil {
+				env.onLoaded(shard)
 			}
 		},
 		Close: func(g *shardgroup.Group, shard, code int) {
@@ -240,7 +258,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 	g, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: string(r.cfg.Token), GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
-		ClientOptions: r.clientOptions(), Hooks: hooks,
+		ClientOptions: r.clientOptions(), Hooks: hooks, Gate: &r.gate, Generation: env.gen,
 	})
 	if err != nil {
 		return nil, err

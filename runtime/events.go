@@ -26,7 +26,12 @@ const (
 	EventSoftRestartStarted    EventKind = "soft_restart_started"
 	EventSoftRestartHandedOver EventKind = "soft_restart_handed_over" // Duration: the pause
 	EventSoftRestartDone       EventKind = "soft_restart_done"
-	EventShutdown              EventKind = "shutdown"
+
+	EventReshardStarted  EventKind = "reshard_started"  // N: old shard count, Of: new
+	EventReshardProgress EventKind = "reshard_progress" // N of Of new shards ready with their guilds
+	EventReshardCutOver  EventKind = "reshard_cut_over" // Duration: since the start
+	EventReshardDone     EventKind = "reshard_done"
+	EventShutdown        EventKind = "shutdown"
 )
 
 // Event is a typed lifecycle event.

@@ -34,6 +34,10 @@ type Runtime struct {
 	planned  chan struct{}              // closed when env is set
 	kept     map[int]shardgroup.Session // sessions of stopped shards, to save
 
+	gate       shardgroup.Gate // the generation whose groups deliver to listeners
+	wg         sync.WaitGroup  // counts cluster supervisors
+	stopFleet  chan struct{}   // closed when the fleet must stop
+	resharding sync.Mutex      // one Reshard at a time
 	ready      atomic.Int64
 	everReady  sync.Map // shard ID -> true once it has been ready
 	started    time.Time
@@ -48,6 +52,9 @@ type fleetEnv struct {
 	queue      IdentifyQueue
 	fatal      chan error
 	groupCtx   context.Context // shards run on it; cancelled after every cluster stopped
+	gen        int64           // generation: listeners hear a group while Runtime.gate holds it
+	counting   bool            // the first generation: its READYs make the fleet ready
+	onLoaded   func(shard int) // a shard received every guild of its READY (reshard)
 }
 
 // New validates cfg and returns a runtime; nothing starts until Run.
@@ -150,7 +157,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if n == 0 {
 		n = min(goruntime.NumCPU(), last-first+1)
 	}
-	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue, fatal: make(chan error, 1)}
+	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
+		fatal: make(chan error, 1), counting: true}
 	if env.gatewayURL == "" {
 		env.gatewayURL = gb.URL
 	}
@@ -162,8 +170,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	saved := r.loadSessions(ctx, total)
 
 	stop := make(chan struct{}) // closed when the fleet must stop
-	var wg sync.WaitGroup
 	r.mu.Lock()
+	r.stopFleet = stop
 	r.env = env
 	for i, ids := range plan(first, last, n) {
 		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
@@ -174,10 +182,10 @@ func (r *Runtime) Run(ctx context.Context) error {
 				sessions[id] = sess
 			}
 		}
-		wg.Add(1)
+		r.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			r.supervise(c, env, sessions, stop)
+			defer r.wg.Done()
+			r.supervise(c, env, sessions, stop, nil)
 		}()
 	}
 	close(r.planned)
@@ -190,8 +198,10 @@ func (r *Runtime) Run(ctx context.Context) error {
 	case runErr = <-env.fatal:
 		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
 	}
+	r.resharding.Lock() // a reshard under way finishes or gives up first
 	close(stop)
-	wg.Wait()
+	r.resharding.Unlock()
+	r.wg.Wait()
 	cancelGroups()
 	r.saveSessions()
 	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})

@@ -14,6 +14,7 @@ import (
 	"github.com/disgoorg/disgo"
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/gateway"
+	"github.com/disgoorg/disgo/handlers"
 	"github.com/disgoorg/disgo/sharding"
 	"github.com/disgoorg/snowflake/v2"
 	"github.com/gorilla/websocket"
@@ -34,7 +35,12 @@ type Config struct {
 	Presence        *gateway.MessageDataPresenceUpdate
 	// Sessions to resume, by shard ID; other shards identify.
 	Sessions map[int]Session
-	Hooks    Hooks
+	// Gate and Generation gate listeners: events reach them only while
+	// the gate is at Generation (caches are updated regardless). Nil: no
+	// gate.
+	Gate       *Gate
+	Generation int64
+	Hooks      Hooks
 }
 
 // Hooks let the runtime observe a group. Each may be nil. They run on the
@@ -42,6 +48,7 @@ type Config struct {
 type Hooks struct {
 	ShardState    func(g *Group, shard int, from, to State)
 	ShardReady    func(g *Group, shard, guilds int, resumed bool)
+	GuildsLoaded  func(g *Group, shard int)                       // after READY, every listed guild has arrived
 	Identify      func(g *Group, shard int, waited time.Duration) // waited: time in the identify queue
 	Fatal         func(g *Group, err *CloseError)
 	Event         func(g *Group, shard int, t gateway.EventType)
@@ -111,13 +118,79 @@ func New(cfg Config) (*Group, error) {
 		bot.WithLogger(slog.New(&panicCounter{Handler: g.log.Handler(), g: g})),
 		bot.WithShardManager(manager{g}),
 	}, cfg.ClientOptions...)
+	var gated *gatedManager
+	var emOpts []bot.EventManagerConfigOpt
+	if cfg.Gate != nil {
+		// The client's event manager is wrapped so that listeners get
+		// events only while the gate is at this group's generation; caches
+		// are kept up to date either way. The wrapped manager needs the
+		// client, so it is built after it, with the options the user gave.
+		bc := bot.DefaultConfig(handlers.GetGatewayHandlers(), handlers.GetHTTPServerHandler())
+		bc.Apply(opts)
+		emOpts = append([]bot.EventManagerConfigOpt{bot.WithEventManagerLogger(bc.Logger)}, bc.EventManagerConfigOpts...)
+		gated = &gatedManager{gate: cfg.Gate, gen: cfg.Generation}
+		opts = append(opts, bot.WithEventManager(gated))
+	}
 	client, err := disgo.New(cfg.Token, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("shardgroup: group %d: build client: %w", cfg.ID, err)
 	}
+	if gated != nil {
+		gated.EventManager = bot.NewEventManager(client, emOpts...)
+	}
 	g.client = client
 	g.handler = client.EventManager().HandleGatewayEvent
 	return g, nil
+}
+
+// Gate decides which generation of groups delivers events to listeners.
+// Moving it is atomic with respect to delivery: once Set returns, no group
+// of another generation is delivering or will deliver. Its zero value is
+// at generation 0.
+type Gate struct {
+	mu  sync.RWMutex // held for reading while a listener runs
+	gen int64
+}
+
+// Set moves the gate to gen, waiting for deliveries under way.
+func (g *Gate) Set(gen int64) {
+	g.mu.Lock()
+	g.gen = gen
+	g.mu.Unlock()
+}
+
+// Generation is the gate's generation.
+func (g *Gate) Generation() int64 {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.gen
+}
+
+// gatedManager passes events to listeners only while the gate holds its
+// generation: the atomic cut-over of a reshard.
+type gatedManager struct {
+	bot.EventManager
+	gate *Gate
+	gen  int64
+}
+
+func (m *gatedManager) DispatchEvent(e bot.Event) {
+	m.gate.mu.RLock()
+	defer m.gate.mu.RUnlock()
+	if m.gate.gen == m.gen {
+		m.EventManager.DispatchEvent(e)
+	}
+}
+
+// Loaded reports whether every shard is ready and has received the
+// GUILD_CREATE of every guild its READY listed.
+func (g *Group) Loaded() bool {
+	for _, s := range g.shards {
+		if State(s.state.Load()) != StateReady || s.pendingGuilds.Load() > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // ID is the group's cluster ID.
@@ -326,6 +399,11 @@ func (g *Group) shardState(s *shard, from, to State) {
 func (g *Group) shardReady(s *shard, guilds int, resumed bool) {
 	if h := g.cfg.Hooks.ShardReady; h != nil {
 		h(g, s.id, guilds, resumed)
+	}
+}
+func (g *Group) guildsLoaded(s *shard) {
+	if h := g.cfg.Hooks.GuildsLoaded; h != nil {
+		h(g, s.id)
 	}
 }
 func (g *Group) identified(s *shard, waited time.Duration) {

@@ -115,9 +115,10 @@ type shard struct {
 	log     *slog.Logger
 	handler gateway.EventHandlerFunc
 
-	state   atomic.Int32
-	latency atomic.Int64
-	events  atomic.Int64
+	state         atomic.Int32
+	pendingGuilds atomic.Int64 // guilds listed in READY not yet created
+	latency       atomic.Int64
+	events        atomic.Int64
 
 	mu       sync.Mutex // guards the fields below
 	session  Session    // session id, last sequence, resume URL
@@ -486,8 +487,16 @@ func (s *shard) dispatch(m gateway.Message) {
 		s.mu.Lock()
 		s.session = Session{ShardID: s.id, ShardCount: s.count, SessionID: ev.SessionID, Sequence: m.S, ResumeURL: ev.ResumeGatewayURL}
 		s.mu.Unlock()
+		s.pendingGuilds.Store(int64(len(ev.Guilds)))
 		s.setState(StateReady)
 		s.g.shardReady(s, len(ev.Guilds), false)
+		if len(ev.Guilds) == 0 {
+			s.g.guildsLoaded(s)
+		}
+	case gateway.EventGuildCreate:
+		if s.pendingGuilds.Load() > 0 && s.pendingGuilds.Add(-1) == 0 {
+			defer s.g.guildsLoaded(s) // after the guild is in the cache
+		}
 	default:
 		if m.T == gateway.EventTypeResumed {
 			s.setState(StateReady)

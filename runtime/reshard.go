@@ -1,0 +1,156 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ReshardOptions says what to reshard to; zero fields take Discord's
+// recommendation (Shards) and the current cluster count (Clusters).
+type ReshardOptions struct {
+	Shards   int
+	Clusters int
+}
+
+// ErrReshardInProgress is returned by a Reshard while another runs.
+var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
+
+// Reshard changes the fleet's shard count with minimal downtime: a new
+// generation of clusters identifies at the new count through the identify
+// queue while the old generation keeps serving. The new generation's
+// listeners hear nothing until every new shard is READY and has received
+// its guilds; then one atomic cut-over makes the old generation stop
+// delivering to user code and the new one start, and the old generation
+// is shut down (its sessions end). If ctx ends or a new cluster cannot be
+// set up before the cut-over, the new generation is stopped and the old
+// one goes on serving.
+func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
+	if !r.resharding.TryLock() {
+		return ErrReshardInProgress
+	}
+	defer r.resharding.Unlock()
+	r.restarting.Lock() // no soft restart in between
+	defer r.restarting.Unlock()
+	select {
+	case <-r.planned:
+	case <-r.stopped:
+		return ErrNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if r.cfg.TotalShards > 0 {
+		return errors.New("runtime: Reshard needs a runtime that runs the whole fleet (TotalShards is set): reshard every host together")
+	}
+	r.mu.Lock()
+	old, oldEnv, stop := r.clusters, r.env, r.stopFleet
+	r.mu.Unlock()
+	select {
+	case <-stop:
+		return ErrNotRunning
+	default:
+	}
+
+	gb, err := r.gatewayBot(ctx)
+	if err != nil {
+		return err
+	}
+	total := opts.Shards
+	if total == 0 {
+		total = max(gb.Shards, 1)
+	}
+	mc := max(gb.SessionStartLimit.MaxConcurrency, 1)
+	if r.cfg.MaxConcurrencyOverride > 0 {
+		mc = r.cfg.MaxConcurrencyOverride
+	}
+	if mc > 1 && total%mc != 0 {
+		return fmt.Errorf("runtime: Reshard to %d shards: must be a multiple of %d (max_concurrency %d)", total, mc, mc)
+	}
+	n := opts.Clusters
+	if n == 0 {
+		n = min(len(old), total)
+	}
+	if n > total {
+		return fmt.Errorf("runtime: Reshard: Clusters (%d) > Shards (%d): lower Clusters", n, total)
+	}
+	if rem := gb.SessionStartLimit.Remaining; gb.SessionStartLimit.Total > 0 && rem < total {
+		return fmt.Errorf("runtime: Reshard needs %d session starts but %d remain today", total, rem)
+	}
+
+	began := time.Now()
+	r.events.emit(Event{Kind: EventReshardStarted, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total})
+	loaded := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[int]bool{}
+	env := &fleetEnv{total: total, shards: total, gatewayURL: oldEnv.gatewayURL, queue: oldEnv.queue,
+		fatal: oldEnv.fatal, groupCtx: oldEnv.groupCtx, gen: oldEnv.gen + 1}
+	env.onLoaded = func(shard int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[shard] {
+			return
+		}
+		seen[shard] = true
+		r.events.emit(Event{Kind: EventReshardProgress, Cluster: -1, Shard: shard, N: len(seen), Of: total, Duration: time.Since(began)})
+		if len(seen) == total {
+			close(loaded)
+		}
+	}
+	clusters := make([]*cluster, 0, n)
+	insts := make([]*instance, 0, n)
+	abort := func() {
+		for _, inst := range insts {
+			r.stopInstance(inst, false)
+		}
+	}
+	for i, ids := range plan(0, total-1, n) {
+		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
+		inst, err := r.newInstance(ctx, c, env)
+		if err != nil {
+			abort()
+			return err
+		}
+		c.group, c.startedAt = inst.g, time.Now()
+		clusters = append(clusters, c)
+		insts = append(insts, inst)
+		inst.g.Start(env.groupCtx)
+	}
+	select {
+	case <-loaded:
+	case <-ctx.Done():
+		abort()
+		return fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", ctx.Err())
+	case <-stop:
+		abort()
+		return ErrNotRunning
+	}
+
+	// The cut-over: one store switches which generation's listeners hear.
+	cut := time.Now()
+	r.gate.Set(env.gen)
+	r.mu.Lock()
+	r.clusters, r.env = clusters, env
+	for i, c := range clusters {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.supervise(c, env, nil, stop, insts[i])
+		}()
+	}
+	r.mu.Unlock()
+	r.events.emit(Event{Kind: EventReshardCutOver, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total, Duration: cut.Sub(began)})
+
+	// The old generation goes, its sessions with it.
+	for _, c := range old {
+		op := clusterOp{kind: opRetire, ctx: ctx, reply: make(chan error, 1)}
+		select {
+		case c.ops <- op:
+			<-op.reply
+		case <-stop:
+		}
+	}
+	r.events.emit(Event{Kind: EventReshardDone, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total, Duration: time.Since(began)})
+	return nil
+}
