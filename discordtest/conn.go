@@ -70,11 +70,11 @@ type conn struct {
 	sent int
 
 	attached atomic.Pointer[session] // set by the reader on IDENTIFY/RESUME
+	compress atomic.Bool             // IDENTIFY asked for payload compression
 
 	// reader-owned
-	compress bool
-	cmds     []int64 // ring of command times (unix ns) for the 120/60 s limit
-	cmdN     int
+	cmds []int64 // ring of command times (unix ns) for the 120/60 s limit
+	cmdN int
 }
 
 func (c *conn) shardID() int { return int(c.shard.Load()) }
@@ -141,7 +141,7 @@ func (c *conn) writeLoop() {
 			_, _ = zw.Write(p)
 			_ = zw.Flush()
 			p, op = zbuf.Bytes(), websocket.BinaryMessage
-		} else if c.compress && len(p) >= compressMin && op == websocket.TextMessage {
+		} else if c.compress.Load() && len(p) >= compressMin && op == websocket.TextMessage {
 			zbuf.Reset()
 			w := getZlib(&zbuf)
 			_, _ = w.Write(p)

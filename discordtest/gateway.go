@@ -376,7 +376,7 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	s.starts++
 	s.sweepLocked(now)
 	ss := newSession(newSessionID(), shard, shards, intents, roundPow2(s.cfg.replayBuffer))
-	c.compress = id.Compress
+	c.compress.Store(id.Compress)
 	c.shard.Store(int64(shard))
 	ss.attach(c, 0)
 	c.attached.Store(ss)

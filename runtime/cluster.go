@@ -9,6 +9,7 @@ import (
 
 	"github.com/disgoorg/disgo/gateway"
 
+	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -48,9 +49,11 @@ type clusterOp struct {
 
 // instance is one running group and the user code on it.
 type instance struct {
-	g     *shardgroup.Group
-	bot   Bot
-	ready chan struct{} // closed when every shard is ready
+	g        *shardgroup.Group
+	bot      Bot
+	ready    chan struct{} // closed when every shard is ready
+	ep       *bus.Endpoint // the cluster's bus endpoint for this instance
+	activate func() error  // puts ep in place at the cluster's address
 }
 
 // supervise runs one cluster until stop closes: it starts a group,
@@ -258,7 +261,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 	g, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: string(r.cfg.Token), GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
-		ClientOptions: r.clientOptions(), Hooks: hooks, Gate: &r.gate, Generation: env.gen,
+		ClientOptions: r.clientOptions(), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus,
 	})
 	if err != nil {
 		return nil, err
@@ -269,6 +272,10 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 		g.Client().Rest().Close(context.Background())
 		return nil, fmt.Errorf("runtime: cluster %d: Setup: %w", c.id, err)
 	}
+	if inst.activate, err = r.clusterEndpoint(c, inst); err != nil {
+		g.Client().Rest().Close(context.Background())
+		return nil, fmt.Errorf("runtime: cluster %d: bus endpoint: %w", c.id, err)
+	}
 	return inst, nil
 }
 
@@ -278,6 +285,9 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 		return nil, err
 	}
 	r.publish(c, inst.g)
+	if err := inst.activate(); err != nil {
+		return nil, err
+	}
 	inst.g.StartResuming(env.groupCtx, sessions)
 	return inst, nil
 }
@@ -307,6 +317,9 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 	sessions, _ := old.g.Stop(context.Background(), true)
 	r.publish(c, next.g)
 	next.g.StartResuming(env.groupCtx, sessions)
+	if err := next.activate(); err != nil {
+		r.cfg.Logger.Error("cluster endpoint hand-over failed", "cluster", c.id, "err", err.Error())
+	}
 	select {
 	case <-next.ready:
 		next.ready = nil
@@ -333,6 +346,9 @@ func (r *Runtime) stopInstance(inst *instance, keep bool) map[int]shardgroup.Ses
 	}
 	sessions, _ := inst.g.Stop(ctx, keep)
 	inst.g.Client().Rest().Close(ctx)
+	if inst.ep != nil {
+		_ = inst.ep.Close(ctx) // a replaced endpoint only finishes its handlers
+	}
 	if keep {
 		r.keepSessions(sessions)
 	}

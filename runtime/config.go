@@ -8,9 +8,12 @@ import (
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/cache"
 	"github.com/disgoorg/disgo/gateway"
 
+	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
+	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -72,6 +75,11 @@ type Config struct {
 	// ClientOptions apply to every cluster's disgo client (caches,
 	// listeners, a custom REST client...): eris-fleet's customClient.
 	ClientOptions []bot.ConfigOpt
+	// CacheFlags are the disgo caches every cluster's client keeps
+	// (default: guilds, channels, roles and members, which the fetch
+	// commands and the stats read). A ClientOption setting the cache
+	// config's CacheFlags overrides it.
+	CacheFlags cache.Flags
 	// GatewayURL and RESTURL override Discord's (point them at
 	// discordtest in tests).
 	GatewayURL, RESTURL string
@@ -114,6 +122,19 @@ type Config struct {
 	// SessionMaxAge is how old a stored session may be to be resumed
 	// (default 3 minutes; Discord keeps sessions "a few minutes").
 	SessionMaxAge time.Duration
+	// Services are the fleet's service actors, started (in order, or all
+	// at once with StartServicesTogether) before any cluster; clusters
+	// start once every service is ready. The central store is always
+	// there, as the service named "store". Names must be unique.
+	Services              []services.Spec
+	ServiceTimeout        time.Duration // bounds a service's Start (0: none)
+	StartServicesTogether bool
+	// Bus is the IPC bus; nil makes one with RequestTimeout (eris-fleet's
+	// fetchTimeout, default 10 s) and StrictBus (every payload round-trips
+	// through JSON, so code that works here works across processes).
+	Bus            *bus.Bus
+	RequestTimeout time.Duration
+	StrictBus      bool
 	// Observer receives what the fleet does, for metrics.
 	Observer Observer
 	// StartingStatus is the presence shards identify with.
@@ -168,6 +189,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RestartBackoff == 0 {
 		c.RestartBackoff = time.Second
+	}
+	if c.CacheFlags == 0 {
+		c.CacheFlags = cache.FlagGuilds | cache.FlagChannels | cache.FlagRoles | cache.FlagMembers
 	}
 	if c.SessionMaxAge == 0 {
 		c.SessionMaxAge = 3 * time.Minute

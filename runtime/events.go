@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/gofleet/fleet/services"
 )
 
 // EventKind names a lifecycle event; the names are WhatToLog's keys.
@@ -27,6 +29,13 @@ const (
 	EventSoftRestartHandedOver EventKind = "soft_restart_handed_over" // Duration: the pause
 	EventSoftRestartDone       EventKind = "soft_restart_done"
 
+	// Service events, as the services package names them.
+	EventServiceReady         = EventKind(services.EventReady)
+	EventServiceStartingError = EventKind(services.EventStartingError)
+	EventServiceRestarted     = EventKind(services.EventRestarted)
+	EventServiceFailed        = EventKind(services.EventFailed)
+	EventServiceShutdown      = EventKind(services.EventShutdown)
+
 	EventReshardStarted  EventKind = "reshard_started"  // N: old shard count, Of: new
 	EventReshardProgress EventKind = "reshard_progress" // N of Of new shards ready with their guilds
 	EventReshardCutOver  EventKind = "reshard_cut_over" // Duration: since the start
@@ -39,6 +48,7 @@ type Event struct {
 	Kind     EventKind
 	Time     time.Time
 	Cluster  int           // -1 when not about one cluster
+	Service  string        // for service events
 	Shard    int           // -1 when not about one shard
 	N, Of    int           // progress: n of N shards ready
 	Duration time.Duration // time since Run started, for ready events
@@ -48,9 +58,9 @@ type Event struct {
 // level is the slog level of an event's record.
 func (e Event) level() slog.Level {
 	switch e.Kind {
-	case EventClusterFailed, EventFatal:
+	case EventClusterFailed, EventFatal, EventServiceFailed:
 		return slog.LevelError
-	case EventShardDisconnected, EventClusterRestarted:
+	case EventShardDisconnected, EventClusterRestarted, EventServiceStartingError, EventServiceRestarted:
 		return slog.LevelWarn
 	}
 	return slog.LevelInfo
@@ -101,6 +111,9 @@ func (e *events) emit(ev Event) {
 		}
 		if ev.Shard >= 0 {
 			attrs = append(attrs, "shard", ev.Shard)
+		}
+		if ev.Service != "" {
+			attrs = append(attrs, "service", ev.Service)
 		}
 		if ev.Of > 0 {
 			attrs = append(attrs, "n", ev.N, "of", ev.Of)

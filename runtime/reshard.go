@@ -130,6 +130,11 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	// The cut-over: one store switches which generation's listeners hear.
 	cut := time.Now()
 	r.gate.Set(env.gen)
+	for _, inst := range insts {
+		if err := inst.activate(); err != nil {
+			r.cfg.Logger.Error("cluster endpoint hand-over failed", "cluster", inst.g.ID(), "err", err.Error())
+		}
+	}
 	r.mu.Lock()
 	r.clusters, r.env = clusters, env
 	for i, c := range clusters {

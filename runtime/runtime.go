@@ -12,9 +12,12 @@ import (
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/cache"
 	"github.com/disgoorg/disgo/rest"
 
+	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
+	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -33,6 +36,10 @@ type Runtime struct {
 	stopped  chan struct{}              // closed when Run returns
 	planned  chan struct{}              // closed when env is set
 	kept     map[int]shardgroup.Session // sessions of stopped shards, to save
+
+	bus      *bus.Bus
+	ownBus   bool // the runtime made the bus and closes it
+	services *services.Manager
 
 	gate       shardgroup.Gate // the generation whose groups deliver to listeners
 	wg         sync.WaitGroup  // counts cluster supervisors
@@ -72,8 +79,26 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("runtime: RESTLimiterConfig: %w", err)
 		}
 	}
-	return &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
-		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{})}, nil
+	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
+		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{})}
+	r.bus = c.Bus
+	if r.bus == nil {
+		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger})
+		r.ownBus = true
+	}
+	specs := append(append([]services.Spec(nil), c.Services...), services.NewStore().Spec())
+	r.services, err = services.NewManager(r.bus, services.ManagerConfig{
+		Specs: specs, StartTimeout: c.ServiceTimeout, StartTogether: c.StartServicesTogether,
+		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow, RestartBackoff: c.RestartBackoff,
+		ShutdownTimeout: c.ShutdownTimeout, Logger: c.Logger,
+		OnEvent: func(e services.Event) {
+			r.events.emit(Event{Kind: EventKind(e.Kind), Cluster: -1, Shard: -1, Service: e.Service, N: e.Attempt, Err: e.Err})
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("runtime: Services: %w", err)
+	}
+	return r, nil
 }
 
 // GatewayBot is Discord's GET /gateway/bot answer.
@@ -169,6 +194,21 @@ func (r *Runtime) Run(ctx context.Context) error {
 	env.groupCtx = groupCtx
 	saved := r.loadSessions(ctx, total)
 
+	// The bus and the services come first: clusters start only once every
+	// service is ready, as in eris-fleet.
+	defer func() {
+		if r.ownBus {
+			r.bus.Close()
+		}
+	}()
+	if err := r.admiral(); err != nil {
+		return err
+	}
+	if err := r.services.Start(ctx); err != nil {
+		r.closeServices()
+		return err
+	}
+
 	stop := make(chan struct{}) // closed when the fleet must stop
 	r.mu.Lock()
 	r.stopFleet = stop
@@ -204,6 +244,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	r.wg.Wait()
 	cancelGroups()
 	r.saveSessions()
+	r.closeServices()
 	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})
 	return runErr
 }
@@ -260,7 +301,11 @@ func (r *Runtime) clientOptions() []bot.ConfigOpt {
 	if r.cfg.RESTLimiter != nil {
 		restOpts = append(restOpts, r.cfg.RESTLimiter.ConfigOpt())
 	}
-	return append([]bot.ConfigOpt{bot.WithRestClientConfigOpts(restOpts...)}, r.cfg.ClientOptions...)
+	flags := r.cfg.CacheFlags
+	return append([]bot.ConfigOpt{
+		bot.WithRestClientConfigOpts(restOpts...),
+		bot.WithCacheConfigOpts(func(c *cache.Config) { c.CacheFlags = flags }),
+	}, r.cfg.ClientOptions...)
 }
 
 // RESTLimiter is the limiter every cluster's REST client shares, or nil.
@@ -269,14 +314,7 @@ func (r *Runtime) RESTLimiter() *restproxy.Limiter { return r.cfg.RESTLimiter }
 // Shutdown stops every cluster (their Shutdown hooks first, each bounded
 // by ShutdownTimeout) and waits for Run to return, or for ctx.
 func (r *Runtime) Shutdown(ctx context.Context) error {
-	r.mu.Lock()
-	running := r.running
-	select {
-	case <-r.shutdown:
-	default:
-		close(r.shutdown)
-	}
-	r.mu.Unlock()
+	running := r.beginShutdown()
 	if !running {
 		return nil
 	}
@@ -286,6 +324,27 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("runtime: shutdown: %w", ctx.Err())
 	}
+}
+
+// closeServices stops every service, each bounded by ShutdownTimeout.
+func (r *Runtime) closeServices() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*r.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := r.services.Close(ctx); err != nil {
+		r.cfg.Logger.Warn("services did not all stop cleanly", "err", err.Error())
+	}
+}
+
+// beginShutdown tells Run to stop; it reports whether Run was called.
+func (r *Runtime) beginShutdown() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.shutdown:
+	default:
+		close(r.shutdown)
+	}
+	return r.running
 }
 
 // Groups returns the clusters' current groups, in cluster order.

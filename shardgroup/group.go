@@ -18,6 +18,8 @@ import (
 	"github.com/disgoorg/disgo/sharding"
 	"github.com/disgoorg/snowflake/v2"
 	"github.com/gorilla/websocket"
+
+	"github.com/gofleet/fleet/bus"
 )
 
 // Config describes one group. The runtime fills it; tests may too.
@@ -40,7 +42,9 @@ type Config struct {
 	// gate.
 	Gate       *Gate
 	Generation int64
-	Hooks      Hooks
+	// Bus is the fleet's IPC bus, for the user's code (nil: none).
+	Bus   *bus.Bus
+	Hooks Hooks
 }
 
 // Hooks let the runtime observe a group. Each may be nil. They run on the
@@ -204,6 +208,13 @@ func (g *Group) ShardCount() int { return g.cfg.ShardCount }
 
 // Client is the group's disgo client: register listeners on it in Setup.
 func (g *Group) Client() bot.Client { return g.client }
+
+// Bus is the fleet's IPC bus: call services, other clusters and the
+// admiral with bus.Request, bus.Gather and the runtime's IPC helpers.
+func (g *Group) Bus() *bus.Bus { return g.cfg.Bus }
+
+// Address is the group's address on the bus.
+func (g *Group) Address() bus.Address { return bus.Cluster(g.cfg.ID) }
 
 // Logger carries the group's cluster attribute.
 func (g *Group) Logger() *slog.Logger { return g.log }
