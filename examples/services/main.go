@@ -1,6 +1,8 @@
-// Command services runs a "counter" service and the central store on a
-// bus, and four "clusters" (goroutines) that use both, as a fleet's
-// clusters would. It needs no network.
+// Command services runs a fleet whose clusters use a service and the
+// central store: every message a cluster receives is counted by a
+// "counter" service, each cluster keeps its own tally in the central
+// store, and at the end the admiral's view is printed. It runs against an
+// embedded Discord simulator and needs no network.
 //
 //	go run ./examples/services
 package main
@@ -8,29 +10,49 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
-	"sync"
 	"time"
 
+	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/events"
+
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/runtime"
 	"github.com/gofleet/fleet/services"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
-// counter counts the events the clusters report, per kind. It handles one
-// command at a time, so its map needs no lock.
+// counter counts messages by guild. It handles one command at a time, so
+// its map needs no lock.
 type counter struct{ counts map[string]int }
 
-func (c *counter) Start(ctx context.Context, sc *services.Context) error {
+func (c *counter) Start(_ context.Context, sc *services.Context) error {
 	c.counts = map[string]int{}
-	bus.Handle(sc.Endpoint(), "add", func(ctx context.Context, kind string) (int, error) {
-		c.counts[kind]++
-		return c.counts[kind], nil
+	bus.Handle(sc.Endpoint(), "add", func(_ context.Context, guild string) (int, error) {
+		c.counts[guild]++
+		return c.counts[guild], nil
 	})
-	bus.Handle(sc.Endpoint(), "get", func(ctx context.Context, kind string) (int, error) {
-		return c.counts[kind], nil
-	})
-	sc.Logger().Info("counter ready")
+	bus.Handle(sc.Endpoint(), "guilds", func(context.Context, struct{}) (int, error) { return len(c.counts), nil })
+	return nil
+}
+
+// countingBot reports every message to the counter service and keeps its
+// cluster's tally in the central store.
+type countingBot struct{ cluster int }
+
+func (b countingBot) Setup(_ context.Context, g *shardgroup.Group) error {
+	key := fmt.Sprintf("cluster/%d/messages", b.cluster)
+	g.Client().AddEventListeners(bot.NewListenerFunc(func(e *events.MessageCreate) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := bus.Request[string, int](ctx, g.Bus(), bus.Service("counter"), "add", e.GuildID.String()); err != nil {
+			g.Logger().Warn("counter unreachable", "err", err)
+			return
+		}
+		n, _, _ := services.StoreGet[int](ctx, g.Bus(), key)
+		_ = services.StoreSet(ctx, g.Bus(), key, n+1) // one listener per cluster at a time: no lost update
+	}))
 	return nil
 }
 
@@ -42,71 +64,76 @@ func main() {
 }
 
 func run() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-
-	b := bus.New(bus.Options{Logger: log})
-	defer b.Close()
-	m, err := services.NewManager(b, services.ManagerConfig{
-		Specs: []services.Spec{
-			services.NewStore().Spec(),
-			{Name: "counter", New: func() services.Service { return &counter{} }},
-		},
-		Logger: log,
+	sim := discordtest.NewServer(discordtest.WithGuilds(200), discordtest.WithRecommendedShards(8),
+		discordtest.WithMaxConcurrency(8), discordtest.WithIdentifyWindow(20*time.Millisecond))
+	defer sim.Close()
+	rt, err := runtime.New(runtime.Config{
+		Token: runtime.Token(sim.Token()), GatewayURL: sim.GatewayURL(), RESTURL: sim.RESTURL(),
+		IdentifyInterval: sim.IdentifyWindow(), Clusters: 4,
+		Services: []services.Spec{{Name: "counter", New: func() services.Service { return &counter{} }}},
+		Bot:      func(id int) runtime.Bot { return countingBot{cluster: id} },
 	})
 	if err != nil {
 		return err
 	}
-	// Services first; the clusters start once every service is ready.
-	if err := m.Start(ctx); err != nil {
-		return err
-	}
-	defer m.Close(ctx)
-
-	const clusters = 4
-	var wg sync.WaitGroup
-	errs := make(chan error, clusters)
-	for id := range clusters {
-		wg.Go(func() {
-			for range 25 {
-				if _, err := bus.Request[string, int](ctx, b, bus.Service("counter"), "add", "message"); err != nil {
-					errs <- err
-					return
-				}
-			}
-			if err := services.StoreSet(ctx, b, fmt.Sprintf("cluster/%d/guilds", id), 100*(id+1)); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil { // nil once errs is drained
-		return err
-	}
-
-	n, err := bus.Request[string, int](ctx, b, bus.Service("counter"), "get", "message")
-	if err != nil {
-		return err
-	}
-	fmt.Println("messages counted:", n)
-	keys, err := services.StoreKeys(ctx, b)
-	if err != nil {
-		return err
-	}
-	total := 0
-	for _, k := range keys {
-		v, _, err := services.StoreGet[int](ctx, b, k)
-		if err != nil {
-			return err
+	ready := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		switch e.Kind {
+		case runtime.EventServiceReady:
+			fmt.Printf("service %s ready\n", e.Service)
+		case runtime.EventFleetReady:
+			fmt.Printf("fleet ready: %d shards\n", e.Of)
+			ready <- struct{}{}
 		}
-		fmt.Printf("store %s = %d\n", k, v)
-		total += v
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		return err
 	}
-	fmt.Println("guilds in all clusters:", total)
-	for _, in := range m.Services() {
-		fmt.Printf("service %s: %s, %d restarts\n", in.Name, in.State, in.Restarts)
+
+	const messages = 1000
+	if _, err := sim.Load(context.Background(), discordtest.Load{Events: messages, Rate: 5000}); err != nil {
+		return err
 	}
-	return m.Close(ctx)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b := rt.Bus()
+	total := 0
+	for total < messages && ctx.Err() == nil {
+		total = 0
+		for id := range 4 {
+			n, _, err := services.StoreGet[int](ctx, b, fmt.Sprintf("cluster/%d/messages", id))
+			if err != nil {
+				return err
+			}
+			total += n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for id := range 4 {
+		n, _, _ := services.StoreGet[int](ctx, b, fmt.Sprintf("cluster/%d/messages", id))
+		fmt.Printf("store cluster/%d/messages = %d\n", id, n)
+	}
+	guilds, err := bus.Request[struct{}, int](ctx, b, bus.Service("counter"), "guilds", struct{}{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d messages in %d guilds counted by the service\n", total, guilds)
+	w, err := runtime.GetWorkers(ctx, b)
+	if err != nil {
+		return err
+	}
+	for _, c := range w.Clusters {
+		fmt.Printf("cluster %d: shards %v, %s\n", c.ID, c.Shards, c.State)
+	}
+	for _, s := range w.Services {
+		fmt.Printf("service %s: %s, %d restarts\n", s.Name, s.State, s.Restarts)
+	}
+	if err := rt.Shutdown(ctx); err != nil {
+		return err
+	}
+	return <-errc
 }
