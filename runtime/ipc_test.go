@@ -61,7 +61,7 @@ func TestIPC(t *testing.T) {
 		return echoService{instance: int(instances.Add(1)), ready: &ready}
 	}}}
 	cfg.Bot = func(id int) Bot { return ipcBot{cluster: id, serviceReady: &ready, early: &early} }
-	rt, stop := startFleet(t, cfg)
+	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	b := rt.Bus()
 	ctx := context.Background()

@@ -45,7 +45,7 @@ func TestReshardUnderLoad(t *testing.T) {
 	d := &deliveries{}
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = d.bot, 2
-	rt, stop := startFleet(t, cfg)
+	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	oldGroups := rt.Groups()
 

@@ -208,18 +208,7 @@ func TestFaultsRecover(t *testing.T) {
 	c := newCounter()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = c.bot, 2
-	rt, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan Event, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
-			ready <- e
-		}
-	})
-	stop := runUntil(t, rt)
-	waitEvent(t, ready)
+	_, stop, _ := startFleet(t, cfg)
 	n := 0
 	// send dispatches the next event once a session (connected or
 	// resumable) owns its guild: a shard that lost its session gets
@@ -346,18 +335,7 @@ func TestWhatToLogAndNoToken(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.WhatToLog = WhatToLog{Deny: []EventKind{EventShardIdentify}}
-	rt, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan Event, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
-			ready <- e
-		}
-	})
-	stop := runUntil(t, rt)
-	waitEvent(t, ready)
+	_, stop, _ := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -420,18 +398,8 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID = 4, 2, 3
 	stopped := make(chan int, 4)
 	cfg.Bot = func(int) Bot { return hookBot{stopped} }
-	rt, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan Event, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
-			ready <- e
-		}
-	})
-	stop := runUntil(t, rt)
-	if e := waitEvent(t, ready); e.Of != 2 {
+	rt, stop, e := startFleet(t, cfg)
+	if e.Of != 2 {
 		t.Fatalf("fleet of %d shards, want 2", e.Of)
 	}
 	var ids []int

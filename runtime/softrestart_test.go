@@ -74,8 +74,9 @@ func (l *ledger) waitN(t *testing.T, n int64) {
 	}
 }
 
-// startFleet runs a runtime on s and waits for it to be ready.
-func startFleet(t *testing.T, cfg Config) (*Runtime, func() error) {
+// startFleet runs a runtime and waits for it to be ready; it returns the
+// fleet-ready event and a func that shuts the runtime down.
+func startFleet(t *testing.T, cfg Config) (*Runtime, func() error, Event) {
 	t.Helper()
 	rt, err := New(cfg)
 	if err != nil {
@@ -88,9 +89,9 @@ func startFleet(t *testing.T, cfg Config) (*Runtime, func() error) {
 		}
 	})
 	stop := runUntil(t, rt)
-	waitEvent(t, ready)
+	ev := waitEvent(t, ready)
 	unsub()
-	return rt, stop
+	return rt, stop, ev
 }
 
 func loadServer() *discordtest.Server {
@@ -104,7 +105,7 @@ func TestSoftRestartUnderLoad(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 4
-	rt, stop := startFleet(t, cfg)
+	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 
 	var paused []time.Duration
@@ -161,7 +162,7 @@ func TestSoftRestartFallsBackToIdentify(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 4
-	rt, stop := startFleet(t, cfg)
+	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	before := s.Stats()
 	s.RefuseResumes(0, 1) // cluster 0 runs shards 0 and 1
@@ -194,7 +195,7 @@ func TestResumeAcrossProcessRestart(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters, cfg.SessionStore = l.bot, 4, store
-	_, stop := startFleet(t, cfg)
+	_, stop, _ := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestResumeAcrossProcessRestart(t *testing.T) {
 		}
 	}
 	identifies := s.Stats().Identifies
-	_, stop2 := startFleet(t, cfg) // the "new binary"
+	_, stop2, _ := startFleet(t, cfg) // the "new binary"
 	l.waitN(t, 64)
 	if err := stop2(); err != nil {
 		t.Fatal(err)
@@ -254,7 +255,7 @@ func TestBadSessionStoresFallBackToIdentify(t *testing.T) {
 			cfg := testConfig(s)
 			cfg.SessionStore = tc.store
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-			_, stop := startFleet(t, cfg)
+			_, stop, _ := startFleet(t, cfg)
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
