@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/cache"
+	"github.com/disgoorg/disgo/discord"
 	"github.com/disgoorg/disgo/rest"
 
 	"github.com/gofleet/fleet/bus"
@@ -101,48 +101,32 @@ func New(cfg Config) (*Runtime, error) {
 	return r, nil
 }
 
-// GatewayBot is Discord's GET /gateway/bot answer.
-type GatewayBot struct {
-	URL               string `json:"url"`
-	Shards            int    `json:"shards"`
-	SessionStartLimit struct {
-		Total          int `json:"total"`
-		Remaining      int `json:"remaining"`
-		ResetAfter     int `json:"reset_after"`
-		MaxConcurrency int `json:"max_concurrency"`
-	} `json:"session_start_limit"`
-}
-
 // ErrUnauthorized means Discord refused the token.
 var ErrUnauthorized = errors.New("runtime: Discord refused the token (401): check Config.Token")
 
-func (r *Runtime) gatewayBot(ctx context.Context) (GatewayBot, error) {
-	base := r.cfg.RESTURL
-	if base == "" {
-		base = rest.DefaultConfig().URL
+// gatewayBot asks GET /gateway/bot, through the shared REST limiter so
+// that it counts against the global limit with everything else.
+func (r *Runtime) gatewayBot(ctx context.Context) (discord.GatewayBot, error) {
+	var opts []rest.ConfigOpt
+	if r.cfg.RESTURL != "" {
+		opts = append(opts, rest.WithURL(r.cfg.RESTURL))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/gateway/bot", nil)
-	if err != nil {
-		return GatewayBot{}, err
+	if l := r.cfg.RESTLimiter; l != nil {
+		opts = append(opts, l.ConfigOpt())
+	} else {
+		opts = append(opts, rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 	}
-	req.Header.Set("Authorization", "Bot "+string(r.cfg.Token))
-	req.Header.Set("User-Agent", "DiscordBot (https://github.com/gofleet/fleet, 0.1)")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return GatewayBot{}, fmt.Errorf("runtime: GET /gateway/bot: %w", err)
+	client := rest.NewClient(string(r.cfg.Token), opts...)
+	defer client.Close(context.Background())
+	gb, err := rest.NewGateway(client).GetGatewayBot(rest.WithCtx(ctx))
+	var re rest.Error
+	switch {
+	case errors.As(err, &re) && re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized:
+		return discord.GatewayBot{}, ErrUnauthorized
+	case err != nil:
+		return discord.GatewayBot{}, fmt.Errorf("runtime: GET /gateway/bot: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		return GatewayBot{}, ErrUnauthorized
-	}
-	if resp.StatusCode != http.StatusOK {
-		return GatewayBot{}, fmt.Errorf("runtime: GET /gateway/bot: %s", resp.Status)
-	}
-	var gb GatewayBot
-	if err := json.NewDecoder(resp.Body).Decode(&gb); err != nil {
-		return GatewayBot{}, fmt.Errorf("runtime: GET /gateway/bot: %w", err)
-	}
-	return gb, nil
+	return *gb, nil
 }
 
 // Run asks Discord for the shard count and limits, starts every cluster,
@@ -251,7 +235,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 
 // resolve turns config and /gateway/bot into the fleet's shard count,
 // this runtime's range and the identify concurrency.
-func (r *Runtime) resolve(gb GatewayBot) (total, first, last, mc int, err error) {
+func (r *Runtime) resolve(gb discord.GatewayBot) (total, first, last, mc int, err error) {
 	mc = gb.SessionStartLimit.MaxConcurrency
 	if r.cfg.MaxConcurrencyOverride > 0 {
 		mc = r.cfg.MaxConcurrencyOverride

@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
+	"github.com/disgoorg/disgo/discord"
 	devents "github.com/disgoorg/disgo/events"
+
+	"github.com/disgoorg/snowflake/v2"
 
 	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/shardgroup"
@@ -422,5 +425,41 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 		if id.Shard < 2 || id.Shards != 4 {
 			t.Fatalf("identified %+v", id)
 		}
+	}
+}
+
+func TestClustersShareTheRESTLimiter(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(time.Millisecond),
+		discordtest.WithRouteRateLimit(5, 50*time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.Clusters = 4
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	channel := snowflake.ID(s.ChannelID(0, 0))
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*15)
+	for _, g := range rt.Groups() {
+		for range 15 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := g.Client().Rest().CreateMessage(channel, discord.MessageCreate{Content: "hi"}); err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("request failed: %v", err)
+	}
+	if got := s.Stats().REST.RateLimited; got["user"]+got["global"] != 0 {
+		t.Fatalf("429s %v: the clusters did not share one limiter", got)
+	}
+	if n := s.Stats().REST.Requests["POST /channels/{id}/messages"]; n != 60 {
+		t.Fatalf("%d messages posted, want 60", n)
 	}
 }
