@@ -30,7 +30,7 @@ type cluster struct {
 	group     *shardgroup.Group
 	startedAt time.Time // when the current group started
 	restarts  int       // restarts since Run began (soft, hard and supervised)
-	failed    bool      // given up after MaxRestarts
+	parked    string    // "failed" (after MaxRestarts) or "stopped" (ShutdownCluster); "" while running
 }
 
 type opKind int
@@ -38,7 +38,8 @@ type opKind int
 const (
 	opSoftRestart opKind = iota
 	opRestart
-	opRetire // stop for good: a reshard replaced the cluster
+	opRetire   // stop for good: a reshard replaced the cluster
+	opShutdown // stop and park: ShutdownCluster
 )
 
 type clusterOp struct {
@@ -115,10 +116,14 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 						inst = next
 					}
 					op.reply <- err
-				case opRetire:
+				case opRetire, opShutdown:
 					r.stopInstance(inst, false)
 					inst = nil
 					op.reply <- nil
+					if op.kind == opShutdown {
+						r.events.emit(Event{Kind: EventClusterShutdown, Cluster: c.id, Shard: -1})
+						r.park(c, stop, "stopped")
+					}
 					return
 				case opRestart:
 					r.stopInstance(inst, false)
@@ -156,7 +161,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 		if r.cfg.MaxRestarts >= 0 && len(restarts) > r.cfg.MaxRestarts {
 			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
 				Err: fmt.Errorf("cluster %d not ready within %s after %d restarts", c.id, r.cfg.ClusterTimeout, r.cfg.MaxRestarts)})
-			r.failed(c, stop)
+			r.park(c, stop, "failed")
 			return
 		}
 		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: len(restarts), Of: max(r.cfg.MaxRestarts, 0)})
@@ -174,17 +179,18 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 	}
 }
 
-// failed parks a failed cluster: operations on it get an error.
-func (r *Runtime) failed(c *cluster, stop <-chan struct{}) {
+// park keeps a cluster that has failed or was shut down: it runs nothing
+// and operations on it get an error saying why.
+func (r *Runtime) park(c *cluster, stop <-chan struct{}, state string) {
 	c.mu.Lock()
-	c.failed = true
+	c.parked = state
 	c.mu.Unlock()
 	for {
 		select {
 		case <-stop:
 			return
 		case op := <-c.ops:
-			op.reply <- fmt.Errorf("runtime: cluster %d has failed", c.id)
+			op.reply <- fmt.Errorf("runtime: cluster %d is %s", c.id, state)
 		}
 	}
 }
@@ -427,4 +433,12 @@ func (r *Runtime) Restart(ctx context.Context, cluster int) error {
 	r.restarting.Lock()
 	defer r.restarting.Unlock()
 	return r.do(ctx, cluster, opRestart)
+}
+
+// ShutdownCluster stops a cluster for good (its sessions end); the other
+// clusters go on. eris-fleet's shutdownCluster.
+func (r *Runtime) ShutdownCluster(ctx context.Context, cluster int) error {
+	r.restarting.Lock()
+	defer r.restarting.Unlock()
+	return r.do(ctx, cluster, opShutdown)
 }

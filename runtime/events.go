@@ -22,6 +22,7 @@ const (
 	EventClusterReady      EventKind = "cluster_ready"
 	EventClusterRestarted  EventKind = "cluster_restarted"
 	EventClusterFailed     EventKind = "cluster_failed"
+	EventClusterShutdown   EventKind = "cluster_shutdown"
 	EventFleetReady        EventKind = "fleet_ready"
 	EventFatal             EventKind = "fatal"
 

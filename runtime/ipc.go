@@ -30,6 +30,7 @@ const (
 	CmdRestartService     = "restart_service"
 	CmdRestartAllServices = "restart_all_services"
 	CmdShutdownService    = "shutdown_service"
+	CmdShutdownCluster    = "shutdown_cluster"
 	CmdTotalShutdown      = "total_shutdown"
 	CmdReshard            = "reshard"
 )
@@ -131,6 +132,12 @@ func RestartAllServices(ctx context.Context, b *bus.Bus, hard bool) error {
 	return err
 }
 
+// ShutdownCluster stops a cluster for good.
+func ShutdownCluster(ctx context.Context, b *bus.Bus, cluster int) error {
+	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownCluster, RestartRequest{Cluster: cluster})
+	return err
+}
+
 // ShutdownService stops a service for good.
 func ShutdownService(ctx context.Context, b *bus.Bus, name string) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownService, RestartRequest{Service: name})
@@ -197,6 +204,9 @@ func (r *Runtime) admiral() error {
 		}
 		return none{}, nil
 	})
+	bus.Handle(ep, CmdShutdownCluster, func(ctx context.Context, q RestartRequest) (none, error) {
+		return none{}, r.ShutdownCluster(ctx, q.Cluster)
+	})
 	bus.Handle(ep, CmdShutdownService, func(ctx context.Context, q RestartRequest) (none, error) {
 		return none{}, r.services.Shutdown(ctx, q.Service)
 	})
@@ -236,8 +246,8 @@ func (r *Runtime) Workers() Workers {
 		c.mu.Lock()
 		info := ClusterInfo{ID: c.id, Shards: append([]int(nil), c.shards...), State: "starting"}
 		switch {
-		case c.failed:
-			info.State = "failed"
+		case c.parked != "":
+			info.State = c.parked
 		case c.group != nil:
 			info.State = c.group.State().String()
 		}

@@ -463,3 +463,35 @@ func TestClustersShareTheRESTLimiter(t *testing.T) {
 		t.Fatalf("%d messages posted, want 60", n)
 	}
 }
+
+func TestHardRestartAndShutdownCluster(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.Clusters = 2
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	ctx := context.Background()
+	before := s.Stats().Identifies
+	if err := rt.Restart(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The new instance identifies its two shards anew.
+	waitFor(t, func() bool { return s.Stats().Identifies == before+2 })
+	waitFor(t, func() bool { return rt.Groups()[1].State() == shardgroup.StateReady })
+
+	if err := rt.ShutdownCluster(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	w := rt.Workers()
+	if w.Clusters[0].State != "stopped" || w.Clusters[1].State != "ready" {
+		t.Fatalf("workers %+v", w.Clusters)
+	}
+	if err := rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "cluster 0 is stopped") {
+		t.Fatalf("soft restart of a stopped cluster: %v", err)
+	}
+	if err := rt.Restart(ctx, 7); !errors.Is(err, ErrUnknownCluster) {
+		t.Fatalf("unknown cluster: %v", err)
+	}
+}
