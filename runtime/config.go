@@ -135,6 +135,10 @@ type Config struct {
 	Bus            *bus.Bus
 	RequestTimeout time.Duration
 	StrictBus      bool
+	// StatsInterval is how often an EventStats carries a Stats snapshot
+	// (eris-fleet's statsInterval; 0, the default, sends none). Snapshots
+	// are taken on a goroutine of their own, never on a shard's.
+	StatsInterval time.Duration
 	// Observer receives what the fleet does, for metrics.
 	Observer Observer
 	// StartingStatus is the presence shards identify with.
@@ -171,6 +175,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if n := c.shardsToRun(c.Shards); n > 0 && c.Clusters > n {
 		return c, fmt.Errorf("runtime: Clusters (%d) > Shards (%d): lower Clusters", c.Clusters, n)
+	}
+	if c.StatsInterval < 0 {
+		return c, fmt.Errorf("runtime: StatsInterval (%s) is negative: use 0 to send no stats events", c.StatsInterval)
 	}
 	if c.Intents == 0 {
 		c.Intents = gateway.IntentGuilds | gateway.IntentGuildMessages

@@ -54,11 +54,14 @@ type Event struct {
 	N, Of    int           // progress: n of N shards ready
 	Duration time.Duration // time since Run started, for ready events
 	Err      error
+	Stats    *Stats // EventStats: the snapshot
 }
 
 // level is the slog level of an event's record.
 func (e Event) level() slog.Level {
 	switch e.Kind {
+	case EventStats:
+		return slog.LevelDebug
 	case EventClusterFailed, EventFatal, EventServiceFailed:
 		return slog.LevelError
 	case EventShardDisconnected, EventClusterRestarted, EventServiceStartingError, EventServiceRestarted:

@@ -212,6 +212,13 @@ func (r *Runtime) Run(ctx context.Context) error {
 			r.supervise(c, env, sessions, stop, nil)
 		}()
 	}
+	if r.cfg.StatsInterval > 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.statsLoop(stop, r.cfg.StatsInterval)
+		}()
+	}
 	close(r.planned)
 	r.mu.Unlock()
 

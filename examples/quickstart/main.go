@@ -13,8 +13,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,8 +26,10 @@ import (
 	"github.com/disgoorg/disgo/discord"
 	"github.com/disgoorg/disgo/events"
 	"github.com/disgoorg/disgo/gateway"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/metrics"
 	"github.com/gofleet/fleet/runtime"
 	"github.com/gofleet/fleet/shardgroup"
 )
@@ -34,6 +39,8 @@ func main() {
 	shards := flag.Int("shards", 16, "shards (simulator only; Discord's recommendation otherwise)")
 	clusters := flag.Int("clusters", 4, "clusters")
 	verbose := flag.Bool("v", false, "log every lifecycle event")
+	adminPort := flag.Int("admin-port", 0, "serve /metrics, /healthz and /status on 127.0.0.1 at this port (0: off); "+
+		"FLEET_ADMIN_TOKEN enables the POST /admin/ operations")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -43,7 +50,7 @@ func main() {
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	if err := run(ctx, *shards, *clusters, *verbose); err != nil {
+	if err := run(ctx, *shards, *clusters, *adminPort, *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
@@ -66,7 +73,7 @@ func (b pingBot) Setup(_ context.Context, g *shardgroup.Group) error {
 	return nil
 }
 
-func run(ctx context.Context, shards, clusters int, verbose bool) error {
+func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) error {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelInfo
@@ -94,9 +101,25 @@ func run(ctx context.Context, shards, clusters int, verbose bool) error {
 	}
 	var pongs atomic.Int64
 	cfg.Bot = func(int) runtime.Bot { return pingBot{&pongs} }
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return err
+	}
+	cfg.Observer = m.Observer()
+	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
+	}
+	m.Attach(rt)
+	if adminPort > 0 {
+		stopAdmin, err := serveAdmin(adminPort, metrics.Handler(rt, reg, metrics.HandlerOptions{
+			AdminToken: metrics.Token(os.Getenv("FLEET_ADMIN_TOKEN")), Logger: log}))
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
 	}
 	var ready atomic.Int64
 	rt.Subscribe(func(e runtime.Event) {
@@ -137,6 +160,28 @@ func run(ctx context.Context, shards, clusters int, verbose bool) error {
 			summary(start, ready.Load(), pings, pongs.Load(), sim)
 		}
 	}
+}
+
+// serveAdmin serves h on 127.0.0.1:port, never on other interfaces, and
+// prints its URL; the returned func shuts it down.
+func serveAdmin(port int, h http.Handler) (stop func(), err error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("admin server: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln) // returns http.ErrServerClosed after Shutdown
+	}()
+	fmt.Printf("admin: http://%s/ (/metrics, /healthz, /status)\n", ln.Addr())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, nil
 }
 
 func summary(start time.Time, ready int64, pings int, pongs int64, sim *discordtest.Server) {

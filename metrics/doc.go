@@ -1,0 +1,87 @@
+// Package metrics exports a fleet's figures to Prometheus and serves an
+// admin HTTP handler: /metrics, /healthz, /status and opt-in operations.
+//
+// # Wiring
+//
+// The collectors go on a registry the caller owns (never the global
+// default, unless that is what the caller passes). The runtime reports
+// what it does through the Observer and the REST limiter's hooks, which
+// must be in its Config before runtime.New; Attach then lets the
+// scrape-time collector read the runtime's state:
+//
+//	reg := prometheus.NewRegistry()
+//	m, err := metrics.New(reg)
+//	...
+//	cfg.Observer = m.Observer()
+//	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
+//	rt, err := runtime.New(cfg)
+//	...
+//	m.Attach(rt)
+//	mux.Handle("/", metrics.Handler(rt, reg, metrics.HandlerOptions{}))
+//
+// The handler binds nothing itself: mount it on a server of your own,
+// on a loopback or private address.
+//
+// # Metrics
+//
+// Counters, updated as things happen:
+//
+//	fleet_gateway_events_total{shard,event}         dispatches received
+//	fleet_identifies_total{shard}                   IDENTIFYs sent
+//	fleet_identify_queue_wait_seconds               time in the identify queue (histogram)
+//	fleet_resumes_total{shard}                      sessions resumed
+//	fleet_shard_reconnects_total{code}              connections lost, by close code ("zombie": no heartbeat ACK)
+//	fleet_cluster_restarts_total{cluster}           supervised and hard restarts
+//	fleet_listener_panics_total{cluster}            panics recovered from listeners
+//	fleet_service_restarts_total{service}           service restarts
+//	fleet_bus_requests_total{command,outcome}       bus requests (ObserveBusRequest)
+//	fleet_bus_request_duration_seconds{command}     their latency (histogram)
+//	fleet_rest_requests_total{route,method,status}  REST responses; status 0: none
+//	fleet_rest_rate_limited_total{scope}            429s: user, global, shared, cloudflare
+//	fleet_rest_queued_requests_total                requests that had to wait in the limiter
+//	fleet_rest_limiter_wait_seconds                 time spent waiting there (histogram)
+//
+// Gauges, read at scrape time from the attached runtime:
+//
+//	fleet_shards{state}                             shards by state
+//	fleet_shard_heartbeat_latency_seconds{shard}    last heartbeat round trip
+//	fleet_heartbeat_latency_seconds                 heartbeat round trips (histogram, one sample per new measurement seen)
+//	fleet_guilds{cluster}                           guilds in a cluster's cache
+//	fleet_cache_entries{cluster,cache}              entries of a cluster's disgo caches
+//	fleet_rest_invalid_requests                     401, 403 and non-shared 429s in Discord's 10-minute window
+//	fleet_rest_limiter_buckets, fleet_rest_limiter_queued_requests, fleet_rest_limiter_in_flight_requests
+//
+// plus the Go and process collectors.
+//
+// # Cardinality
+//
+// Labels never carry guild, channel or user IDs. Shards and clusters are
+// bounded by the fleet's size; event names outside the known gateway
+// dispatches count as event="other"; REST routes are templates; close
+// codes outside Discord's and the WebSocket ones count as code="other";
+// bus commands, service names and REST routes are capped at
+// MaxLabelValues distinct values each, the rest counting as "other".
+//
+// # Cost
+//
+// Observer.GatewayEvent runs on a shard's read loop for every event. Its
+// counters are resolved once per shard and event name and kept in a
+// table; in steady state an event costs a map lookup and an atomic add,
+// and allocates nothing.
+//
+// # Admin handler
+//
+// Handler serves:
+//
+//	GET  /metrics                            the registry, in Prometheus' formats
+//	GET  /healthz                            200 while every shard is ready or resuming, 503 otherwise
+//	GET  /status                             runtime.Stats as JSON
+//	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
+//	POST /admin/clusters/{id}/restart        runtime.Restart
+//	POST /admin/reshard                      runtime.Reshard; body {"shards": n, "clusters": m}, both optional
+//	POST /admin/services/{name}/soft-restart and .../restart
+//
+// The operations answer 404 unless HandlerOptions.AdminToken is set, and
+// then need "Authorization: Bearer <token>" (401 otherwise), compared in
+// constant time. An operation the Operator does not support answers 501.
+package metrics

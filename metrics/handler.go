@@ -1,0 +1,317 @@
+package metrics
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/services"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// Token is the admin token. It redacts itself in logs and formatted
+// output.
+type Token string
+
+// String keeps the token out of formatted output.
+func (Token) String() string { return "REDACTED" }
+
+// LogValue keeps the token out of logs.
+func (Token) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Operator performs the admin operations; *runtime.Runtime is one. An
+// operation an Operator does not support returns an error wrapping
+// errors.ErrUnsupported, which the handler answers with 501.
+type Operator interface {
+	SoftRestart(ctx context.Context, cluster int) error
+	Restart(ctx context.Context, cluster int) error
+	Reshard(ctx context.Context, opts runtime.ReshardOptions) error
+	RestartService(ctx context.Context, name string, hard bool) error
+}
+
+var _ Operator = (*runtime.Runtime)(nil)
+
+// HandlerOptions configure Handler. The zero value serves /metrics,
+// /healthz and /status, and no operation.
+type HandlerOptions struct {
+	// AdminToken enables the POST /admin/ operations, which then need
+	// "Authorization: Bearer <AdminToken>". Empty: they answer 404.
+	AdminToken Token
+	// Operator performs the operations (default: the runtime).
+	Operator Operator
+	// ResumeGrace is how long a shard may be resuming and still count as
+	// healthy (default 30 s): a RESUME takes a moment, an outage longer.
+	// Negative: resuming shards are always healthy.
+	ResumeGrace time.Duration
+	// OperationTimeout bounds an operation (default 5 minutes).
+	OperationTimeout time.Duration
+	// Logger records the operations asked for and their results
+	// (default: no logs).
+	Logger *slog.Logger
+}
+
+// Handler returns the admin handler for rt: GET /metrics (from g; nil:
+// 404), GET /healthz, GET /status, and the POST /admin/ operations (see the
+// package documentation). It binds nothing: mount it on a server of your
+// own, on a loopback or private address. It subscribes to rt's events to
+// learn when shards disconnect; build one per runtime. It panics if rt is
+// nil.
+func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) http.Handler {
+	if rt == nil {
+		panic("metrics: Handler with a nil runtime")
+	}
+	if opts.ResumeGrace == 0 {
+		opts.ResumeGrace = 30 * time.Second
+	}
+	if opts.OperationTimeout <= 0 {
+		opts.OperationTimeout = 5 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{rt: rt, opts: opts, log: opts.Logger.With("component", "admin"), down: map[int]time.Time{}}
+	h.op = opts.Operator
+	if h.op == nil {
+		h.op = rt
+	}
+	if opts.AdminToken != "" {
+		sum := sha256.Sum256([]byte(opts.AdminToken))
+		h.token = sum[:]
+	}
+	rt.Subscribe(h.event)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", h.index)
+	if g != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET /healthz", h.healthz)
+	mux.HandleFunc("GET /status", h.status)
+	admin := http.NewServeMux()
+	admin.HandleFunc("POST /admin/clusters/{id}/soft-restart", h.clusterOp("soft_restart", h.op.SoftRestart))
+	admin.HandleFunc("POST /admin/clusters/{id}/restart", h.clusterOp("restart", h.op.Restart))
+	admin.HandleFunc("POST /admin/reshard", h.reshard)
+	admin.HandleFunc("POST /admin/services/{name}/soft-restart", h.serviceOp(false))
+	admin.HandleFunc("POST /admin/services/{name}/restart", h.serviceOp(true))
+	mux.Handle("/admin/", h.authorized(admin))
+	return mux
+}
+
+type handler struct {
+	rt    *runtime.Runtime
+	op    Operator
+	opts  HandlerOptions
+	log   *slog.Logger
+	token []byte // SHA-256 of the admin token; nil: operations disabled
+
+	mu   sync.Mutex        // guards down
+	down map[int]time.Time // shard -> when it left ready, or was first seen not ready
+}
+
+// event records when a shard leaves ready.
+func (h *handler) event(e runtime.Event) {
+	if e.Kind == runtime.EventShardDisconnected && e.Shard >= 0 {
+		h.mu.Lock()
+		h.down[e.Shard] = e.Time
+		h.mu.Unlock()
+	}
+}
+
+func (h *handler) index(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\n")
+	if h.token != nil {
+		io.WriteString(w, "POST /admin/clusters/{id}/soft-restart\nPOST /admin/clusters/{id}/restart\nPOST /admin/reshard\n"+
+			"POST /admin/services/{name}/soft-restart\nPOST /admin/services/{name}/restart\n")
+	}
+}
+
+// healthz answers 200 while every shard is ready, or resuming for less
+// than ResumeGrace, and 503 otherwise, listing the shards that are not.
+func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	now := time.Now()
+	type shard struct {
+		cluster int
+		info    shardgroup.ShardInfo
+	}
+	var all []shard
+	for _, g := range h.rt.Groups() {
+		for _, in := range g.Shards() {
+			all = append(all, shard{g.ID(), in})
+		}
+	}
+	if len(all) == 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "unhealthy: no shards: the fleet is not running\n")
+		return
+	}
+	var bad []string
+	h.mu.Lock()
+	present := make(map[int]bool, len(all))
+	for _, s := range all {
+		present[s.info.ID] = true
+	}
+	for id := range h.down {
+		if !present[id] {
+			delete(h.down, id) // resharded away
+		}
+	}
+	for _, s := range all {
+		if s.info.State == shardgroup.StateReady {
+			delete(h.down, s.info.ID)
+			continue
+		}
+		since, ok := h.down[s.info.ID]
+		if !ok {
+			since = now
+			h.down[s.info.ID] = now
+		}
+		downFor := now.Sub(since).Round(time.Millisecond)
+		if s.info.State == shardgroup.StateResuming && (h.opts.ResumeGrace < 0 || downFor < h.opts.ResumeGrace) {
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("shard %d (cluster %d): %s, not ready for %s", s.info.ID, s.cluster, s.info.State, downFor))
+	}
+	h.mu.Unlock()
+	if len(bad) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: %d of %d shards not ready\n%s\n", len(bad), len(all), strings.Join(bad, "\n"))
+		return
+	}
+	fmt.Fprintf(w, "ok: %d shards ready\n", len(all))
+}
+
+func (h *handler) status(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(h.rt.Stats()); err != nil {
+		h.log.Warn("status not written", "err", err.Error())
+	}
+}
+
+// authorized guards the operations: 404 while they are disabled, 401
+// without the right bearer token.
+func (h *handler) authorized(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h.token == nil {
+			http.NotFound(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(got))
+		// Hashes have one length, so the comparison's time says nothing
+		// about the token's length either.
+		if subtle.ConstantTimeCompare(sum[:], h.token) != 1 || !ok {
+			h.log.Warn("admin request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fleet admin"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (h *handler) clusterOp(name string, do func(context.Context, int) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.Atoi(r.PathValue("id"))
+		if err != nil || id < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "cluster id must be a number"})
+			return
+		}
+		h.run(w, r, name, []any{"cluster", id}, func(ctx context.Context) error { return do(ctx, id) })
+	}
+}
+
+func (h *handler) serviceOp(hard bool) http.HandlerFunc {
+	name := "service_soft_restart"
+	if hard {
+		name = "service_restart"
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		svc := r.PathValue("name")
+		h.run(w, r, name, []any{"service", svc}, func(ctx context.Context) error {
+			return h.op.RestartService(ctx, svc, hard)
+		})
+	}
+}
+
+func (h *handler) reshard(w http.ResponseWriter, r *http.Request) {
+	var opts runtime.ReshardOptions
+	var body struct {
+		Shards   int `json:"shards"`
+		Clusters int `json:"clusters"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be {\"shards\": n, \"clusters\": m}: " + err.Error()})
+		return
+	}
+	if body.Shards < 0 || body.Clusters < 0 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "shards and clusters must not be negative"})
+		return
+	}
+	opts.Shards, opts.Clusters = body.Shards, body.Clusters
+	h.run(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
+		func(ctx context.Context) error { return h.op.Reshard(ctx, opts) })
+}
+
+// run performs an operation, bounded by OperationTimeout and by the
+// request, and answers with its outcome.
+func (h *handler) run(w http.ResponseWriter, r *http.Request, name string, attrs []any, do func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.OperationTimeout)
+	defer cancel()
+	attrs = append([]any{"op", name, "remote", r.RemoteAddr}, attrs...)
+	h.log.Info("admin operation", attrs...)
+	start := time.Now()
+	err := do(ctx)
+	if err != nil {
+		code := errorStatus(err)
+		h.log.Warn("admin operation failed", slices.Concat(attrs, []any{"status", code, "err", err.Error()})...)
+		writeJSON(w, code, map[string]string{"error": err.Error()})
+		return
+	}
+	h.log.Info("admin operation done", slices.Concat(attrs, []any{"duration", time.Since(start)})...)
+	writeJSON(w, http.StatusOK, map[string]string{"result": "done", "duration": time.Since(start).String()})
+}
+
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		return http.StatusNotImplemented
+	case errors.Is(err, runtime.ErrUnknownCluster), errors.Is(err, services.ErrUnknownService):
+		return http.StatusNotFound
+	case errors.Is(err, runtime.ErrNotRunning):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, runtime.ErrReshardInProgress):
+		return http.StatusConflict
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,251 @@
+package metrics
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/runtime"
+)
+
+const adminToken = "correct-horse-battery-staple"
+
+func TestAdminOperations(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken, Logger: log})
+	done := make(chan runtime.EventKind, 8)
+	f.rt.Subscribe(func(e runtime.Event) {
+		switch e.Kind {
+		case runtime.EventSoftRestartDone, runtime.EventClusterRestarted:
+			done <- e.Kind
+		}
+	})
+
+	cases := []struct {
+		name, method, path, token string
+		want                      int
+	}{
+		{"no token", http.MethodPost, "/admin/clusters/0/soft-restart", "", http.StatusUnauthorized},
+		{"wrong token", http.MethodPost, "/admin/clusters/0/soft-restart", "wrong", http.StatusUnauthorized},
+		{"token prefix", http.MethodPost, "/admin/clusters/0/soft-restart", adminToken[:5], http.StatusUnauthorized},
+		{"GET", http.MethodGet, "/admin/clusters/0/soft-restart", adminToken, http.StatusMethodNotAllowed},
+		{"bad id", http.MethodPost, "/admin/clusters/x/soft-restart", adminToken, http.StatusBadRequest},
+		{"unknown cluster", http.MethodPost, "/admin/clusters/7/restart", adminToken, http.StatusNotFound},
+		{"unknown op", http.MethodPost, "/admin/clusters/0/explode", adminToken, http.StatusNotFound},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if code, body := f.do(t, tc.method, tc.path, tc.token, ""); code != tc.want {
+				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, code, body, tc.want)
+			}
+		})
+	}
+	if len(done) != 0 {
+		t.Fatal("a refused request restarted a cluster")
+	}
+
+	if code, body := f.do(t, http.MethodPost, "/admin/clusters/0/soft-restart", adminToken, ""); code != http.StatusOK {
+		t.Fatalf("soft restart: %d %s", code, body)
+	}
+	if k := next(t, done); k != runtime.EventSoftRestartDone {
+		t.Fatalf("event %s after a soft restart", k)
+	}
+	if code, body := f.do(t, http.MethodPost, "/admin/clusters/1/restart", adminToken, ""); code != http.StatusOK {
+		t.Fatalf("restart: %d %s", code, body)
+	}
+	if k := next(t, done); k != runtime.EventClusterRestarted {
+		t.Fatalf("event %s after a restart", k)
+	}
+	if got := sum(f.scrape(t), "fleet_cluster_restarts_total", map[string]string{"cluster": "1"}); got != 1 {
+		t.Fatalf("fleet_cluster_restarts_total{cluster=1} %v", got)
+	}
+	// The runtime restarts services too; the restarts are counted.
+	for _, op := range []string{"restart", "soft-restart"} {
+		if code, body := f.do(t, http.MethodPost, "/admin/services/store/"+op, adminToken, ""); code != http.StatusOK {
+			t.Fatalf("service %s: %d %s", op, code, body)
+		}
+	}
+	waitFor(t, "service restarts counted", func() bool {
+		return sum(f.scrape(t), "fleet_service_restarts_total", map[string]string{"service": "store"}) == 2
+	})
+	if code, body := f.do(t, http.MethodPost, "/admin/services/nope/restart", adminToken, ""); code != http.StatusNotFound {
+		t.Fatalf("restart of an unknown service: %d %s, want 404", code, body)
+	}
+	if strings.Contains(logs.String(), adminToken) {
+		t.Fatal("the admin token is in the log")
+	}
+	if !strings.Contains(logs.String(), "admin request refused") || !strings.Contains(logs.String(), "op=soft_restart") {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+	if _, body := f.get(t, "/metrics"); strings.Contains(body, adminToken) {
+		t.Fatal("the admin token is in /metrics")
+	}
+}
+
+func next[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing came in 10s")
+	}
+	panic("unreachable")
+}
+
+func TestAdminDisabledWithoutToken(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4))
+	defer s.Close()
+	rt, err := runtime.New(runtime.Config{Token: runtime.Token(s.Token()), Bot: nopBot, RESTURL: s.RESTURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(Handler(rt, nil, HandlerOptions{}))
+	defer srv.Close()
+	for _, path := range []string{"/admin/clusters/0/soft-restart", "/admin/clusters/0/restart", "/admin/reshard", "/admin/services/store/restart"} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer anything")
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("POST %s with operations disabled: %d, want 404", path, resp.StatusCode)
+		}
+	}
+	// Without a gatherer there is no /metrics; without a running fleet
+	// /healthz says so.
+	for path, want := range map[string]int{"/metrics": http.StatusNotFound, "/healthz": http.StatusServiceUnavailable, "/status": http.StatusOK} {
+		resp, err := srv.Client().Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}
+
+// fakeOperator records the operations and fails with err.
+type fakeOperator struct {
+	mu    sync.Mutex
+	calls []string
+	err   error
+}
+
+func (o *fakeOperator) record(s string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.calls = append(o.calls, s)
+	return o.err
+}
+
+func (o *fakeOperator) SoftRestart(_ context.Context, c int) error {
+	return o.record(fmt.Sprintf("soft %d", c))
+}
+func (o *fakeOperator) Restart(_ context.Context, c int) error {
+	return o.record(fmt.Sprintf("hard %d", c))
+}
+func (o *fakeOperator) Reshard(_ context.Context, opts runtime.ReshardOptions) error {
+	return o.record(fmt.Sprintf("reshard %d %d", opts.Shards, opts.Clusters))
+}
+func (o *fakeOperator) RestartService(_ context.Context, name string, hard bool) error {
+	return o.record(fmt.Sprintf("service %s %t", name, hard))
+}
+
+func TestAdminOperatorAndErrors(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4))
+	defer s.Close()
+	rt, err := runtime.New(runtime.Config{Token: runtime.Token(s.Token()), Bot: nopBot, RESTURL: s.RESTURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := &fakeOperator{}
+	srv := httptest.NewServer(Handler(rt, nil, HandlerOptions{AdminToken: adminToken, Operator: op}))
+	defer srv.Close()
+	post := func(path, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		path, body string
+		want       int
+	}{
+		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusOK},
+		{"/admin/reshard", ``, http.StatusOK},
+		{"/admin/reshard", `{"shards":-1}`, http.StatusBadRequest},
+		{"/admin/reshard", `{"shard":8}`, http.StatusBadRequest},
+		{"/admin/services/store/restart", ``, http.StatusOK},
+		{"/admin/services/store/soft-restart", ``, http.StatusOK},
+		{"/admin/clusters/3/soft-restart", ``, http.StatusOK},
+	} {
+		if got := post(c.path, c.body); got != c.want {
+			t.Fatalf("POST %s %s: %d, want %d", c.path, c.body, got, c.want)
+		}
+	}
+	want := "[reshard 8 2 reshard 0 0 service store true service store false soft 3]"
+	if got := fmt.Sprint(op.calls); got != want {
+		t.Fatalf("calls %s, want %s", got, want)
+	}
+	for err, code := range map[error]int{
+		fmt.Errorf("no: %w", errors.ErrUnsupported):    http.StatusNotImplemented,
+		fmt.Errorf("x: %w", runtime.ErrUnknownCluster): http.StatusNotFound,
+		runtime.ErrNotRunning:                          http.StatusServiceUnavailable,
+		runtime.ErrReshardInProgress:                   http.StatusConflict,
+		fmt.Errorf("x: %w", context.DeadlineExceeded):  http.StatusGatewayTimeout,
+		errors.New("boom"):                             http.StatusInternalServerError,
+	} {
+		op.err = err
+		if got := post("/admin/services/x/restart", ""); got != code {
+			t.Fatalf("error %v: %d, want %d", err, got, code)
+		}
+	}
+}
+
+func TestTokenRedacted(t *testing.T) {
+	tok := Token(adminToken)
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "token", tok)
+	if s := fmt.Sprint(tok) + fmt.Sprintf("%v %s", tok, tok) + buf.String(); strings.Contains(s, adminToken) {
+		t.Fatalf("token printed: %s", s)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

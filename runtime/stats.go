@@ -1,0 +1,369 @@
+package runtime
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	goruntime "runtime"
+	rtmetrics "runtime/metrics"
+	"strconv"
+	"time"
+
+	"github.com/disgoorg/disgo/discord"
+	"github.com/disgoorg/disgo/voice"
+	"github.com/disgoorg/snowflake/v2"
+
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// EventStats carries a Stats snapshot, every Config.StatsInterval.
+const EventStats EventKind = "stats"
+
+// largeThreshold is the member count above which Discord calls a guild
+// large: the large_threshold shards identify with (shardgroup's default).
+const largeThreshold = 50
+
+// Stats is a snapshot of the fleet: eris-fleet's stats, under Go names.
+// Counts come from the clusters' disgo caches, so they cover what the
+// configured cache flags keep. The caller owns the slices.
+type Stats struct {
+	Time   time.Time     `json:"time"`
+	Uptime time.Duration `json:"uptime_ns"` // since Run began; 0 before
+	// Shards is how many shards this runtime runs (eris-fleet's
+	// shardCount); TotalShards is the fleet's count, which differs when
+	// the runtime runs a slice of a bigger fleet.
+	Shards      int `json:"shards"`
+	TotalShards int `json:"total_shards"`
+	ShardsReady int `json:"shards_ready"`
+	// Guilds, Members (the sum of the guilds' member counts), LargeGuilds
+	// (over 50 members) and VoiceConnections add up the clusters. Users
+	// is the number of distinct users in the member caches of the whole
+	// fleet.
+	Guilds           int            `json:"guilds"`
+	Users            int            `json:"users"`
+	Members          int            `json:"members"`
+	LargeGuilds      int            `json:"large_guilds"`
+	VoiceConnections int            `json:"voice_connections"`
+	Memory           MemoryStats    `json:"memory"`
+	Clusters         []ClusterStats `json:"clusters"`
+	// Services lists the service actors, the central store among them.
+	// Bus is empty until the bus reports its figures.
+	Services []ServiceStats `json:"services"`
+	Bus      BusStats       `json:"bus"`
+	REST     RESTStats      `json:"rest"`
+}
+
+// MemoryStats is the process's memory. Clusters share one process, so a
+// cluster's share shows only as the sizes of its caches
+// (ClusterStats.Cache).
+type MemoryStats struct {
+	RSS     uint64 `json:"rss_bytes"`      // resident set size; 0 where the OS does not say (Linux does)
+	Heap    uint64 `json:"heap_bytes"`     // Go heap objects, live and not yet swept
+	GoTotal uint64 `json:"go_total_bytes"` // all memory the Go runtime has mapped
+}
+
+// ClusterStats describes one cluster's current instance.
+type ClusterStats struct {
+	ID    int              `json:"id"`
+	State shardgroup.State `json:"state"` // the group's: its least advanced shard's
+	// Failed is set once the cluster has used up MaxRestarts.
+	Failed           bool          `json:"failed"`
+	Guilds           int           `json:"guilds"`
+	Users            int           `json:"users"` // distinct users in its member cache
+	Members          int           `json:"members"`
+	LargeGuilds      int           `json:"large_guilds"`
+	VoiceConnections int           `json:"voice_connections"`
+	Uptime           time.Duration `json:"uptime_ns"` // since the instance now serving started
+	Restarts         int           `json:"restarts"`  // soft, hard and supervised, since Run began
+	ListenerPanics   int64         `json:"listener_panics"`
+	Cache            CacheStats    `json:"cache"`
+	Shards           []ShardStats  `json:"shards"`
+}
+
+// CacheStats counts the entries of a cluster's disgo caches.
+type CacheStats struct {
+	Guilds      int `json:"guilds"`
+	Channels    int `json:"channels"`
+	Roles       int `json:"roles"`
+	Members     int `json:"members"`
+	Presences   int `json:"presences"`
+	VoiceStates int `json:"voice_states"`
+	Messages    int `json:"messages"`
+	Emojis      int `json:"emojis"`
+	Stickers    int `json:"stickers"`
+}
+
+// ShardStats describes one shard.
+type ShardStats struct {
+	ID      int              `json:"id"`
+	State   shardgroup.State `json:"state"`
+	Latency time.Duration    `json:"latency_ns"` // last heartbeat round trip; 0 before the first
+	Guilds  int              `json:"guilds"`     // in its cluster's cache
+	Events  int64            `json:"events"`     // dispatches received by this instance
+}
+
+// ServiceStats describes one service (see services.Info).
+type ServiceStats struct {
+	Name         string        `json:"name"`
+	State        string        `json:"state"`     // a services.State
+	Uptime       time.Duration `json:"uptime_ns"` // since the instance now serving became ready
+	Restarts     int           `json:"restarts"`
+	MailboxDepth int           `json:"mailbox_depth"` // -1 while the bus does not say
+}
+
+// BusStats describes the IPC bus. It stays zero until the bus reports
+// these figures.
+type BusStats struct {
+	Endpoints int           `json:"endpoints"`
+	Requests  int64         `json:"requests"`
+	Failures  int64         `json:"failures"`
+	Latency   time.Duration `json:"latency_ns"` // mean request round trip
+}
+
+// RESTStats describes the shared REST limiter; zero without one.
+type RESTStats struct {
+	Buckets         int `json:"buckets"`
+	Queued          int `json:"queued"`
+	InFlight        int `json:"in_flight"`
+	InvalidRequests int `json:"invalid_requests"` // 401, 403 and non-shared 429s in Discord's window
+}
+
+// Stats returns a snapshot of the fleet. It reads the clusters' caches
+// under their own short locks, never under the runtime's, and does not
+// stop the world, so event handling goes on while it runs; its cost
+// grows with the guilds and cached members. It is safe to call at any
+// time: before Run it reports no clusters.
+func (r *Runtime) Stats() Stats {
+	now := time.Now()
+	st := Stats{Time: now, Clusters: []ClusterStats{}, Services: []ServiceStats{}}
+	r.mu.Lock()
+	clusters := append([]*cluster(nil), r.clusters...)
+	env, started := r.env, r.started
+	r.mu.Unlock()
+	if !started.IsZero() {
+		st.Uptime = now.Sub(started)
+	}
+	if env != nil {
+		st.Shards, st.TotalShards = env.shards, env.total
+	}
+	// users maps a user to 1 + the index of the last cluster that counted
+	// it, so one map counts distinct users per cluster and fleet-wide.
+	users := map[snowflake.ID]int32{}
+	for i, c := range clusters {
+		cs := clusterStats(c, now, users, int32(i+1))
+		for _, sh := range cs.Shards {
+			if sh.State == shardgroup.StateReady {
+				st.ShardsReady++
+			}
+		}
+		st.Guilds += cs.Guilds
+		st.Members += cs.Members
+		st.LargeGuilds += cs.LargeGuilds
+		st.VoiceConnections += cs.VoiceConnections
+		st.Clusters = append(st.Clusters, cs)
+	}
+	st.Users = len(users)
+	if r.services != nil {
+		for _, in := range r.services.Services() {
+			st.Services = append(st.Services, ServiceStats{Name: in.Name, State: string(in.State), Uptime: in.Uptime,
+				Restarts: in.Restarts, MailboxDepth: in.MailboxDepth})
+		}
+	}
+	st.Memory = readMemory()
+	if l := r.RESTLimiter(); l != nil {
+		ls := l.Stats()
+		st.REST = RESTStats{Buckets: ls.Buckets, Queued: ls.Queued, InFlight: ls.InFlight, InvalidRequests: ls.InvalidRequests}
+	}
+	return st
+}
+
+// clusterStats describes one cluster; mark is the cluster's tag in users.
+func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark int32) ClusterStats {
+	c.mu.Lock()
+	g, startedAt := c.group, c.startedAt
+	cs := ClusterStats{ID: c.id, Restarts: c.restarts, Failed: c.parked == "failed"}
+	c.mu.Unlock()
+	if g == nil {
+		cs.Shards = make([]ShardStats, len(c.shards))
+		for i, id := range c.shards {
+			cs.Shards[i] = ShardStats{ID: id, State: shardgroup.StateIdle}
+		}
+		return cs
+	}
+	cs.State = g.State()
+	cs.Uptime = now.Sub(startedAt)
+	cs.ListenerPanics = g.ListenerPanics()
+	infos := g.Shards()
+	cs.Shards = make([]ShardStats, len(infos))
+	index := make(map[int]int, len(infos)) // shard ID -> position
+	for i, in := range infos {
+		cs.Shards[i] = ShardStats{ID: in.ID, State: in.State, Latency: time.Duration(in.Latency), Events: in.Events}
+		index[in.ID] = i
+	}
+
+	client := g.Client()
+	caches := client.Caches()
+	total := uint64(max(g.ShardCount(), 1))
+	// GuildsForEach holds the guild cache's read lock for the walk: keep
+	// the callback short and look at members after it.
+	ids := make([]snowflake.ID, 0, caches.GuildsLen())
+	caches.GuildsForEach(func(gd discord.Guild) {
+		ids = append(ids, gd.ID)
+		cs.Members += gd.MemberCount
+		if gd.MemberCount > largeThreshold {
+			cs.LargeGuilds++
+		}
+		if i, ok := index[int((uint64(gd.ID)>>22)%total)]; ok {
+			cs.Shards[i].Guilds++
+		}
+	})
+	cs.Guilds = len(ids)
+	if caches.MembersAllLen() > 0 {
+		// One guild at a time: each walk takes the member cache's read
+		// lock briefly, so writers interleave.
+		for _, id := range ids {
+			caches.MembersForEach(id, func(m discord.Member) {
+				if users[m.User.ID] != mark {
+					users[m.User.ID] = mark
+					cs.Users++
+				}
+			})
+		}
+	}
+	if vm := client.VoiceManager(); vm != nil {
+		vm.ForEachCon(func(voice.Conn) { cs.VoiceConnections++ })
+	}
+	cs.Cache = CacheStats{
+		Guilds:      cs.Guilds,
+		Channels:    caches.ChannelsLen(),
+		Roles:       caches.RolesAllLen(),
+		Members:     caches.MembersAllLen(),
+		Presences:   caches.PresencesAllLen(),
+		VoiceStates: caches.VoiceStatesAllLen(),
+		Messages:    caches.MessagesAllLen(),
+		Emojis:      caches.EmojisAllLen(),
+		Stickers:    caches.StickersAllLen(),
+	}
+	return cs
+}
+
+// memorySamples are read with runtime/metrics, which does not stop the
+// world as runtime.ReadMemStats does.
+var memorySamples = [...]string{"/memory/classes/heap/objects:bytes", "/memory/classes/total:bytes"}
+
+func readMemory() MemoryStats {
+	var s [len(memorySamples)]rtmetrics.Sample
+	for i, name := range memorySamples {
+		s[i].Name = name
+	}
+	rtmetrics.Read(s[:])
+	m := MemoryStats{RSS: residentSetSize()}
+	if s[0].Value.Kind() == rtmetrics.KindUint64 {
+		m.Heap = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == rtmetrics.KindUint64 {
+		m.GoTotal = s[1].Value.Uint64()
+	}
+	return m
+}
+
+// residentSetSize reads the process's RSS from /proc/self/statm, or 0.
+func residentSetSize() uint64 {
+	if goruntime.GOOS != "linux" {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseUint(string(f[1]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * uint64(os.Getpagesize())
+}
+
+// statsLoop emits an EventStats every interval until stop closes. A
+// snapshot is taken on this goroutine, never on a shard's; a slow one
+// delays the next tick instead of piling up.
+func (r *Runtime) statsLoop(stop <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			st := r.Stats()
+			r.emitStats(&st)
+		}
+	}
+}
+
+func (r *Runtime) emitStats(st *Stats) {
+	r.events.emit(Event{Kind: EventStats, Cluster: -1, Shard: -1, Stats: st})
+}
+
+// MarshalJSON writes State by name.
+func (s ShardStats) MarshalJSON() ([]byte, error) {
+	type plain ShardStats
+	return json.Marshal(struct {
+		State string `json:"state"`
+		plain
+	}{s.State.String(), plain(s)})
+}
+
+// UnmarshalJSON reads State by name.
+func (s *ShardStats) UnmarshalJSON(b []byte) error {
+	type plain ShardStats
+	var v struct {
+		plain
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	st, err := parseState(v.State)
+	*s = ShardStats(v.plain)
+	s.State = st
+	return err
+}
+
+// MarshalJSON writes State by name.
+func (c ClusterStats) MarshalJSON() ([]byte, error) {
+	type plain ClusterStats
+	return json.Marshal(struct {
+		State string `json:"state"`
+		plain
+	}{c.State.String(), plain(c)})
+}
+
+// UnmarshalJSON reads State by name.
+func (c *ClusterStats) UnmarshalJSON(b []byte) error {
+	type plain ClusterStats
+	var v struct {
+		plain
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	st, err := parseState(v.State)
+	*c = ClusterStats(v.plain)
+	c.State = st
+	return err
+}
+
+func parseState(name string) (shardgroup.State, error) {
+	for s := shardgroup.StateIdle; s <= shardgroup.StateStopped; s++ {
+		if s.String() == name {
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("runtime: unknown shard state %q", name)
+}
