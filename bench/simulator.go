@@ -69,8 +69,10 @@ func identifyRaw(url, token string, shard, shards int) (*websocket.Conn, error) 
 // rawThroughput streams events to 16 identified raw clients that read and
 // discard frames, and returns the events delivered per second.
 func rawThroughput(events int) (float64, error) {
+	// The raw clients do not heartbeat: a long interval keeps a slow run
+	// (a busy machine) from being cut off.
 	s := discordtest.NewServer(discordtest.WithGuilds(simShards*4), discordtest.WithMaxConcurrency(simShards),
-		discordtest.WithIdentifyWindow(time.Nanosecond))
+		discordtest.WithIdentifyWindow(time.Nanosecond), discordtest.WithHeartbeatInterval(time.Hour))
 	defer s.Close()
 	var received atomic.Int64
 	var wg sync.WaitGroup
@@ -95,23 +97,24 @@ func rawThroughput(events int) (float64, error) {
 		}()
 	}
 	// READY + 4 GUILD_CREATE per shard
+	defer func() {
+		for _, ws := range conns {
+			ws.Close()
+		}
+		wg.Wait()
+	}()
 	base := int64(simShards * 5)
-	for received.Load() < base {
-		time.Sleep(time.Millisecond)
+	if err := waitCount(&received, base, time.Minute); err != nil {
+		return 0, err
 	}
 	start := time.Now()
 	if _, err := s.Load(context.Background(), discordtest.Load{Events: events}); err != nil {
 		return 0, err
 	}
-	for received.Load() < base+int64(events) {
-		time.Sleep(100 * time.Microsecond)
+	if err := waitCount(&received, base+int64(events), 5*time.Minute); err != nil {
+		return 0, err
 	}
-	elapsed := time.Since(start)
-	for _, ws := range conns {
-		ws.Close()
-	}
-	wg.Wait()
-	return float64(events) / elapsed.Seconds(), nil
+	return float64(events) / time.Since(start).Seconds(), nil
 }
 
 // disgoThroughput streams the same load to 16 disgo gateway shards.
@@ -143,15 +146,15 @@ func disgoThroughput(events int) (float64, error) {
 			g.Close(context.Background())
 		}
 	}()
-	for guilds.Load() < simShards*4 {
-		time.Sleep(time.Millisecond)
+	if err := waitCount(&guilds, simShards*4, time.Minute); err != nil {
+		return 0, err
 	}
 	start := time.Now()
 	if _, err := s.Load(context.Background(), discordtest.Load{Events: events}); err != nil {
 		return 0, err
 	}
-	for got.Load() < int64(events) {
-		time.Sleep(100 * time.Microsecond)
+	if err := waitCount(&got, int64(events), 5*time.Minute); err != nil {
+		return 0, err
 	}
 	return float64(events) / time.Since(start).Seconds(), nil
 }
@@ -161,7 +164,7 @@ func disgoThroughput(events int) (float64, error) {
 // server's memory is counted.
 func bytesPerConn(n int) (float64, error) {
 	s := discordtest.NewServer(discordtest.WithGuilds(n), discordtest.WithMaxConcurrency(n),
-		discordtest.WithIdentifyWindow(time.Nanosecond))
+		discordtest.WithIdentifyWindow(time.Nanosecond), discordtest.WithHeartbeatInterval(time.Hour))
 	defer s.Close()
 	before := memNow()
 	exe, err := os.Executable()
@@ -180,7 +183,10 @@ func bytesPerConn(n int) (float64, error) {
 	if err != nil || line != "ready\n" {
 		return 0, fmt.Errorf("child: %q %v", line, err)
 	}
-	for s.Stats().OpenConnections < n {
+	for deadline := time.Now().Add(time.Minute); s.Stats().OpenConnections < n; {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%d of %d idle connections open", s.Stats().OpenConnections, n)
+		}
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // let READY and GUILD_CREATE drain
@@ -221,6 +227,18 @@ func runChild(kind string, args []string) error {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	for _, ws := range conns {
 		ws.Close()
+	}
+	return nil
+}
+
+// waitCount waits until n reaches want, or fails after limit.
+func waitCount(n *atomic.Int64, want int64, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for n.Load() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d arrived in %s", n.Load(), want, limit)
+		}
+		time.Sleep(100 * time.Microsecond)
 	}
 	return nil
 }
