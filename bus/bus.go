@@ -46,6 +46,10 @@ type Options struct {
 	// Logger receives handler panics and the errors of commands that have
 	// no caller to return them to (default slog.Default()).
 	Logger *slog.Logger
+	// Observe, if set, is told of every Request when it returns: the
+	// command, how long it took and its error (for metrics). It runs on
+	// the caller's goroutine and must not block.
+	Observe func(command string, d time.Duration, err error)
 }
 
 // Bus routes typed commands and events between the endpoints registered on
@@ -58,6 +62,7 @@ type Bus struct {
 	codec     Codec
 	transport Transport
 	log       *slog.Logger
+	observe   func(command string, d time.Duration, err error)
 
 	closed atomic.Bool
 	mu     sync.Mutex         // guards routes and closing with closed
@@ -82,6 +87,7 @@ func New(opts Options) *Bus {
 		codec:     opts.Codec,
 		transport: opts.Transport,
 		log:       opts.Logger,
+		observe:   opts.Observe,
 		routes:    map[Address]*route{},
 	}
 	if b.timeout == 0 {

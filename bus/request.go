@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"time"
 )
 
 // replyPool recycles the one-slot reply channels of requests. A channel
@@ -32,6 +33,16 @@ func putReply(c chan Response) { replyPool.Put(c) }
 // Without strict mode, req and the reply are passed as they are, not
 // copied: do not change them after sending, or after replying.
 func Request[Req, Resp any](ctx context.Context, b *Bus, to Address, command string, req Req) (Resp, error) {
+	if b.observe == nil {
+		return request[Req, Resp](ctx, b, to, command, req)
+	}
+	start := time.Now()
+	resp, err := request[Req, Resp](ctx, b, to, command, req)
+	b.observe(command, time.Since(start), err)
+	return resp, err
+}
+
+func request[Req, Resp any](ctx context.Context, b *Bus, to Address, command string, req Req) (Resp, error) {
 	var zero Resp
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

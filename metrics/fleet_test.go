@@ -235,8 +235,23 @@ func TestScrapeMatchesSimulator(t *testing.T) {
 		}
 	}
 
+	// Bus requests by command and outcome.
+	if _, err := runtime.GetWorkers(t.Context(), f.rt.Bus()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runtime.FetchGuild(t.Context(), f.rt.Bus(), snowflake.ID(s.GuildID(0))); err != nil {
+		t.Fatal(err)
+	}
+
 	var fams map[string]*dto.MetricFamily
 	waitFor(t, "events counted", func() bool { fams = f.scrape(t); return caught(fams) })
+	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": runtime.CmdWorkers, "outcome": "ok"}); got != 1 {
+		t.Fatalf("fleet_bus_requests_total{command=workers,outcome=ok} %v, want 1", got)
+	}
+	// fetch_guild to the admiral, which asks the owning cluster.
+	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": runtime.CmdFetchGuild}); got != 2 {
+		t.Fatalf("fleet_bus_requests_total{command=fetch_guild} %v, want 2", got)
+	}
 	st := s.Stats()
 	t.Logf("simulator sent %d events; %d series before the load, %d after", st.TotalEventsSent(), series(before), series(fams))
 

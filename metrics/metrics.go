@@ -234,6 +234,7 @@ func (m *Metrics) Observer() runtime.Observer {
 		Zombie:         func(int, int) { m.reconnects.WithLabelValues("zombie").Inc() },
 		ClusterRestart: func(cluster int) { m.clusterRestarts.WithLabelValues(strconv.Itoa(cluster)).Inc() },
 		ListenerPanic:  func(cluster, _ int) { m.listenerPanics.WithLabelValues(strconv.Itoa(cluster)).Inc() },
+		BusRequest:     m.ObserveBusRequest,
 	}
 }
 

@@ -250,4 +250,7 @@ type Observer struct {
 	Zombie         func(cluster, shard int)
 	ClusterRestart func(cluster int)
 	ListenerPanic  func(cluster, shard int)
+	// BusRequest is told of every bus request made on the runtime's own
+	// bus (not a Config.Bus given by the user).
+	BusRequest func(command string, d time.Duration, err error)
 }

@@ -83,7 +83,8 @@ func New(cfg Config) (*Runtime, error) {
 		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{})}
 	r.bus = c.Bus
 	if r.bus == nil {
-		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger})
+		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
+			Observe: c.Observer.BusRequest})
 		r.ownBus = true
 	}
 	specs := append(append([]services.Spec(nil), c.Services...), services.NewStore().Spec())
