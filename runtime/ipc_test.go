@@ -165,6 +165,9 @@ func TestIPC(t *testing.T) {
 		if err != nil || len(w.Clusters) != 4 || len(w.Services) != 2 {
 			t.Fatalf("workers %+v, %v", w, err)
 		}
+		if bs := rt.Stats().Bus; bs.Requests == 0 || bs.Latency <= 0 {
+			t.Fatalf("bus stats %+v", bs)
+		}
 		if err := RestartCluster(ctx, b, 9, false); !strings.Contains(errString(err), "unknown cluster") {
 			t.Fatalf("unknown cluster: %v", err)
 		}

@@ -39,6 +39,9 @@ type Runtime struct {
 
 	bus      *bus.Bus
 	ownBus   bool // the runtime made the bus and closes it
+	busReqs  atomic.Int64
+	busFails atomic.Int64
+	busNanos atomic.Int64
 	services *services.Manager
 
 	gate       shardgroup.Gate // the generation whose groups deliver to listeners
@@ -84,7 +87,7 @@ func New(cfg Config) (*Runtime, error) {
 	r.bus = c.Bus
 	if r.bus == nil {
 		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
-			Observe: c.Observer.BusRequest})
+			Observe: r.observeBus})
 		r.ownBus = true
 	}
 	specs := append(append([]services.Spec(nil), c.Services...), services.NewStore().Spec())
@@ -316,6 +319,28 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("runtime: shutdown: %w", ctx.Err())
 	}
+}
+
+// observeBus counts a request on the runtime's bus for Stats and passes
+// it to the Observer.
+func (r *Runtime) observeBus(command string, d time.Duration, err error) {
+	r.busReqs.Add(1)
+	r.busNanos.Add(int64(d))
+	if err != nil {
+		r.busFails.Add(1)
+	}
+	if f := r.cfg.Observer.BusRequest; f != nil {
+		f(command, d, err)
+	}
+}
+
+// busStats reads the bus counters.
+func (r *Runtime) busStats() BusStats {
+	st := BusStats{Requests: r.busReqs.Load(), Failures: r.busFails.Load()}
+	if st.Requests > 0 {
+		st.Latency = time.Duration(r.busNanos.Load() / st.Requests)
+	}
+	return st
 }
 
 // closeServices stops every service, each bounded by ShutdownTimeout.

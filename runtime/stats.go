@@ -48,7 +48,7 @@ type Stats struct {
 	Memory           MemoryStats    `json:"memory"`
 	Clusters         []ClusterStats `json:"clusters"`
 	// Services lists the service actors, the central store among them.
-	// Bus is empty until the bus reports its figures.
+	// Bus counts the requests made on the runtime's own bus.
 	Services []ServiceStats `json:"services"`
 	Bus      BusStats       `json:"bus"`
 	REST     RESTStats      `json:"rest"`
@@ -112,13 +112,12 @@ type ServiceStats struct {
 	MailboxDepth int           `json:"mailbox_depth"` // -1 while the bus does not say
 }
 
-// BusStats describes the IPC bus. It stays zero until the bus reports
-// these figures.
+// BusStats describes the requests made on the runtime's IPC bus (zero
+// for a Config.Bus the user made).
 type BusStats struct {
-	Endpoints int           `json:"endpoints"`
-	Requests  int64         `json:"requests"`
-	Failures  int64         `json:"failures"`
-	Latency   time.Duration `json:"latency_ns"` // mean request round trip
+	Requests int64         `json:"requests"`
+	Failures int64         `json:"failures"`
+	Latency  time.Duration `json:"latency_ns"` // mean request round trip
 }
 
 // RESTStats describes the shared REST limiter; zero without one.
@@ -171,6 +170,7 @@ func (r *Runtime) Stats() Stats {
 		}
 	}
 	st.Memory = readMemory()
+	st.Bus = r.busStats()
 	if l := r.RESTLimiter(); l != nil {
 		ls := l.Stats()
 		st.REST = RESTStats{Buckets: ls.Buckets, Queued: ls.Queued, InFlight: ls.InFlight, InvalidRequests: ls.InvalidRequests}
