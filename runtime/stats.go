@@ -2,8 +2,6 @@ package runtime
 
 import (
 	"bytes"
-	"encoding/json"
-	"fmt"
 	"os"
 	goruntime "runtime"
 	rtmetrics "runtime/metrics"
@@ -307,63 +305,4 @@ func (r *Runtime) statsLoop(stop <-chan struct{}, interval time.Duration) {
 
 func (r *Runtime) emitStats(st *Stats) {
 	r.events.emit(Event{Kind: EventStats, Cluster: -1, Shard: -1, Stats: st})
-}
-
-// MarshalJSON writes State by name.
-func (s ShardStats) MarshalJSON() ([]byte, error) {
-	type plain ShardStats
-	return json.Marshal(struct {
-		State string `json:"state"`
-		plain
-	}{s.State.String(), plain(s)})
-}
-
-// UnmarshalJSON reads State by name.
-func (s *ShardStats) UnmarshalJSON(b []byte) error {
-	type plain ShardStats
-	var v struct {
-		plain
-		State string `json:"state"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	st, err := parseState(v.State)
-	*s = ShardStats(v.plain)
-	s.State = st
-	return err
-}
-
-// MarshalJSON writes State by name.
-func (c ClusterStats) MarshalJSON() ([]byte, error) {
-	type plain ClusterStats
-	return json.Marshal(struct {
-		State string `json:"state"`
-		plain
-	}{c.State.String(), plain(c)})
-}
-
-// UnmarshalJSON reads State by name.
-func (c *ClusterStats) UnmarshalJSON(b []byte) error {
-	type plain ClusterStats
-	var v struct {
-		plain
-		State string `json:"state"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	st, err := parseState(v.State)
-	*c = ClusterStats(v.plain)
-	c.State = st
-	return err
-}
-
-func parseState(name string) (shardgroup.State, error) {
-	for s := shardgroup.StateIdle; s <= shardgroup.StateStopped; s++ {
-		if s.String() == name {
-			return s, nil
-		}
-	}
-	return 0, fmt.Errorf("runtime: unknown shard state %q", name)
 }

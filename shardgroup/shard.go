@@ -35,6 +35,20 @@ const (
 
 var stateNames = [...]string{"idle", "connecting", "identifying", "resuming", "ready", "disconnected", "stopped"}
 
+// MarshalText writes the state's name, so JSON and logs show it.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a state's name.
+func (s *State) UnmarshalText(b []byte) error {
+	for st := StateIdle; st <= StateStopped; st++ {
+		if st.String() == string(b) {
+			*s = st
+			return nil
+		}
+	}
+	return fmt.Errorf("shardgroup: unknown state %q", b)
+}
+
 func (s State) String() string {
 	if int(s) < len(stateNames) {
 		return stateNames[s]
