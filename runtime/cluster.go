@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/disgoorg/disgo/cache"
 	"github.com/disgoorg/disgo/gateway"
 
 	"github.com/gofleet/fleet/bus"
@@ -196,8 +197,10 @@ func (r *Runtime) park(c *cluster, stop <-chan struct{}, state string) {
 }
 
 // newInstance builds a group for the cluster and runs the user's Setup on
-// it; nothing connects yet.
-func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*instance, error) {
+// it; nothing connects yet. A soft restart passes the old client's caches,
+// which the new client takes over: a RESUME replays only missed events,
+// so a new cache would stay empty.
+func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, caches cache.Caches) (*instance, error) {
 	inst := &instance{ready: make(chan struct{})}
 	var readyOnce sync.Once
 	obs := r.cfg.Observer
@@ -267,7 +270,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 	g, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: string(r.cfg.Token), GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
-		ClientOptions: r.clientOptions(), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus,
+		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus,
 	})
 	if err != nil {
 		return nil, err
@@ -286,7 +289,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv) (*
 }
 
 func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session) (*instance, error) {
-	inst, err := r.newInstance(env.groupCtx, c, env)
+	inst, err := r.newInstance(env.groupCtx, c, env, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +318,7 @@ func (r *Runtime) publish(c *cluster, g *shardgroup.Group) {
 func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *instance) (*instance, error) {
 	began := time.Now()
 	r.events.emit(Event{Kind: EventSoftRestartStarted, Cluster: c.id, Shard: -1})
-	next, err := r.newInstance(ctx, c, env)
+	next, err := r.newInstance(ctx, c, env, old.g.Client().Caches())
 	if err != nil {
 		return nil, err // the old instance keeps serving
 	}

@@ -25,6 +25,7 @@ const (
 	CmdFetchUser          = "fetch_user"    // FetchRequest -> *discord.User
 	CmdFetchMember        = "fetch_member"  // FetchRequest -> *discord.Member
 	CmdWorkers            = "workers"       // struct{} -> Workers
+	CmdStats              = "stats"         // struct{} -> Stats
 	CmdRestartCluster     = "restart_cluster"
 	CmdRestartAllClusters = "restart_all_clusters"
 	CmdRestartService     = "restart_service"
@@ -103,6 +104,11 @@ func FetchChannel(ctx context.Context, b *bus.Bus, id snowflake.ID) (discord.Cha
 	return ch.Channel, nil
 }
 
+// GetStats asks the admiral for a Stats snapshot.
+func GetStats(ctx context.Context, b *bus.Bus) (Stats, error) {
+	return bus.Request[none, Stats](ctx, b, bus.Admiral, CmdStats, none{})
+}
+
 // GetWorkers lists the clusters and services.
 func GetWorkers(ctx context.Context, b *bus.Bus) (Workers, error) {
 	return bus.Request[none, Workers](ctx, b, bus.Admiral, CmdWorkers, none{})
@@ -176,6 +182,7 @@ func (r *Runtime) admiral() error {
 		return fanOut[json.RawMessage](ctx, r, CmdFetchChannel, q, func(c json.RawMessage) bool { return len(c) > 0 && string(c) != "null" })
 	})
 	bus.Handle(ep, CmdWorkers, func(context.Context, none) (Workers, error) { return r.Workers(), nil })
+	bus.Handle(ep, CmdStats, func(context.Context, none) (Stats, error) { return r.Stats(), nil })
 	bus.Handle(ep, CmdRestartCluster, func(ctx context.Context, q RestartRequest) (none, error) {
 		if q.Hard {
 			return none{}, r.Restart(ctx, q.Cluster)

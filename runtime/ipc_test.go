@@ -168,6 +168,10 @@ func TestIPC(t *testing.T) {
 		if bs := rt.Stats().Bus; bs.Requests == 0 || bs.Latency <= 0 {
 			t.Fatalf("bus stats %+v", bs)
 		}
+		st, err := GetStats(ctx, b) // strict mode: the snapshot survives JSON
+		if err != nil || st.Shards != 4 || len(st.Clusters) != 4 || st.Guilds != 16 {
+			t.Fatalf("stats over the bus: shards %d, clusters %d, guilds %d, %v", st.Shards, len(st.Clusters), st.Guilds, err)
+		}
 		if err := RestartCluster(ctx, b, 9, false); !strings.Contains(errString(err), "unknown cluster") {
 			t.Fatalf("unknown cluster: %v", err)
 		}

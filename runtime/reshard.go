@@ -107,7 +107,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	}
 	for i, ids := range plan(0, total-1, n) {
 		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
-		inst, err := r.newInstance(ctx, c, env)
+		inst, err := r.newInstance(ctx, c, env, nil)
 		if err != nil {
 			abort()
 			return err

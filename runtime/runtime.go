@@ -287,8 +287,9 @@ func (r *Runtime) resolve(gb discord.GatewayBot) (total, first, last, mc int, er
 }
 
 // clientOptions are the options every cluster's disgo client gets: the
-// REST base URL and the shared limiter, then the user's.
-func (r *Runtime) clientOptions() []bot.ConfigOpt {
+// REST base URL and the shared limiter, the caches (carried over from a
+// previous instance, or new with Config.CacheFlags), then the user's.
+func (r *Runtime) clientOptions(carried cache.Caches) []bot.ConfigOpt {
 	var restOpts []rest.ConfigOpt
 	if r.cfg.RESTURL != "" {
 		restOpts = append(restOpts, rest.WithURL(r.cfg.RESTURL))
@@ -297,10 +298,15 @@ func (r *Runtime) clientOptions() []bot.ConfigOpt {
 		restOpts = append(restOpts, r.cfg.RESTLimiter.ConfigOpt())
 	}
 	flags := r.cfg.CacheFlags
-	return append([]bot.ConfigOpt{
+	opts := []bot.ConfigOpt{
 		bot.WithRestClientConfigOpts(restOpts...),
 		bot.WithCacheConfigOpts(func(c *cache.Config) { c.CacheFlags = flags }),
-	}, r.cfg.ClientOptions...)
+	}
+	opts = append(opts, r.cfg.ClientOptions...)
+	if carried != nil {
+		opts = append(opts, bot.WithCaches(carried))
+	}
+	return opts
 }
 
 // RESTLimiter is the limiter every cluster's REST client shares, or nil.
