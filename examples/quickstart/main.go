@@ -143,10 +143,14 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 	for {
 		select {
 		case err := <-errc:
+			fmt.Print("stopped:")
 			summary(start, ready.Load(), pings, pongs.Load(), sim)
 			return err
 		case <-tick.C:
-			if sim != nil && ready.Load() > 0 {
+			// No pings in the last second before a -duration stop, so
+			// that every one sent is answered.
+			dl, timed := ctx.Deadline()
+			if sim != nil && ready.Load() > 0 && (!timed || time.Until(dl) > time.Second) {
 				// Twenty pings a second, each in another guild: well
 				// inside the global REST limit the replies share.
 				for range 20 {
