@@ -122,7 +122,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	case <-ctx.Done():
 		abort()
 		return fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", ctx.Err())
-	case <-stop:
+	case <-r.stopping:
 		abort()
 		return ErrNotRunning
 	}

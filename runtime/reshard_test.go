@@ -139,3 +139,27 @@ func TestReshardUnderLoad(t *testing.T) {
 		t.Fatalf("progress events: %d, last %s", len(progress), last.Kind)
 	}
 }
+
+func TestShutdownDuringReshard(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	rt, stop, _ := startFleet(t, testConfig(s))
+	s.HoldShard(3) // one shard of the new generation never gets READY
+	defer s.ReleaseShard(3)
+	started := make(chan struct{})
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventReshardStarted {
+			close(started)
+		}
+	})
+	resharded := make(chan error, 1)
+	go func() { resharded <- rt.Reshard(context.Background(), ReshardOptions{Shards: 4}) }()
+	<-started
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := <-resharded; !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Reshard: %v, want ErrNotRunning", err)
+	}
+}

@@ -35,6 +35,7 @@ type Runtime struct {
 	shutdown chan struct{}              // closed by Shutdown
 	stopped  chan struct{}              // closed when Run returns
 	planned  chan struct{}              // closed when env is set
+	stopping chan struct{}              // closed when Run begins to stop
 	kept     map[int]shardgroup.Session // sessions of stopped shards, to save
 
 	bus      *bus.Bus
@@ -83,7 +84,8 @@ func New(cfg Config) (*Runtime, error) {
 		}
 	}
 	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
-		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{})}
+		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
+		stopping: make(chan struct{})}
 	r.bus = c.Bus
 	if r.bus == nil {
 		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
@@ -233,7 +235,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	case runErr = <-env.fatal:
 		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
 	}
-	r.resharding.Lock() // a reshard under way finishes or gives up first
+	close(r.stopping)   // a reshard under way gives up before its cut-over
+	r.resharding.Lock() // and finishes before the fleet stops
 	close(stop)
 	r.resharding.Unlock()
 	r.wg.Wait()
