@@ -141,7 +141,7 @@ type shard struct {
 	presence *gateway.MessageDataPresenceUpdate
 	sends    []time.Time // command times for the 120/60 s limit
 
-	holding bool // an identify bucket is taken; owned by the run goroutine
+	holding atomic.Bool // an identify bucket is taken
 
 	stop     chan struct{} // closed to stop the shard
 	stopCode int           // close code to use when stopping; set before stop closes
@@ -341,14 +341,17 @@ func (s *shard) connect(ctx context.Context) error {
 	s.sends = s.sends[:0]
 	s.mu.Unlock()
 
-	// A stop closes the socket, which ends the read loop below.
+	// A stop closes the socket, which ends the read loop below, and
+	// cancels cctx, which ends a wait for the identify queue.
+	cctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})
-	var watch sync.WaitGroup
+	var watch, identifying sync.WaitGroup
 	watch.Add(1)
 	go func() {
 		defer watch.Done()
 		select {
 		case <-s.stop:
+			cancel()
 			s.closeConn(c, s.stopCode)
 		case <-ctx.Done():
 			s.closeConn(c, websocket.CloseNormalClosure)
@@ -357,6 +360,8 @@ func (s *shard) connect(ctx context.Context) error {
 	}()
 	hb := &heartbeater{s: s, c: c, stop: make(chan struct{})}
 	defer func() {
+		cancel()
+		identifying.Wait()
 		s.releaseBucket()
 		close(stopped)
 		close(hb.stop)
@@ -367,7 +372,7 @@ func (s *shard) connect(ctx context.Context) error {
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
-	return s.serve(ctx, c, hb, resume, sess)
+	return s.serve(cctx, c, hb, resume, sess, &identifying)
 }
 
 func (s *shard) closeConn(c *websocket.Conn, code int) {
@@ -378,7 +383,11 @@ func (s *shard) closeConn(c *websocket.Conn, code int) {
 }
 
 // serve reads the connection until it ends.
-func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session) error {
+//
+// The IDENTIFY waits for the identify queue on a goroutine of its own
+// (counted by identifying), so that the connection is read meanwhile:
+// heartbeats are acknowledged and a close is seen however long the wait.
+func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session, identifying *sync.WaitGroup) error {
 	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
 	for {
 		_, r, err := c.NextReader()
@@ -413,7 +422,14 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 				s.setState(StateResuming)
 				err = s.sendNow(gateway.OpcodeResume, gateway.MessageDataResume{Token: s.token, SessionID: sess.SessionID, Seq: sess.Sequence})
 			} else {
-				err = s.identify(ctx)
+				identifying.Add(1)
+				go func() {
+					defer identifying.Done()
+					if err := s.identify(ctx); err != nil && ctx.Err() == nil {
+						s.log.Warn("identify failed: reconnecting", "err", err)
+						s.closeConn(c, resumableClose)
+					}
+				}()
 			}
 			if err != nil {
 				return err
@@ -473,7 +489,7 @@ func (s *shard) identify(ctx context.Context) error {
 	// gateway has then surely read this IDENTIFY, so the next one of the
 	// bucket cannot reach it less than an interval later, whatever the
 	// network's jitter.
-	s.holding = true
+	s.holding.Store(true)
 	err := s.sendNow(gateway.OpcodeIdentify, id)
 	if err != nil {
 		s.releaseBucket()
@@ -485,8 +501,7 @@ func (s *shard) identify(ctx context.Context) error {
 
 // releaseBucket gives the identify bucket back, once per IDENTIFY.
 func (s *shard) releaseBucket() {
-	if s.holding {
-		s.holding = false
+	if s.holding.CompareAndSwap(true, false) {
 		s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
 	}
 }
