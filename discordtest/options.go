@@ -37,14 +37,12 @@ type config struct {
 	logger            *slog.Logger
 
 	// REST
-	globalLimit     int
-	globalWindow    time.Duration
-	routeLimit      int
-	routeWindow     time.Duration
-	invalidWindow   time.Duration
-	invalidLimit    int
-	restLatency     time.Duration
-	gatewayBotLimit int
+	globalLimit   int
+	globalWindow  time.Duration
+	routeLimit    int
+	routeWindow   time.Duration
+	invalidWindow time.Duration
+	invalidLimit  int
 }
 
 const (
@@ -80,7 +78,6 @@ func newConfig(opts []Option) (*config, error) {
 		routeWindow:      5 * time.Second,
 		invalidWindow:    10 * time.Minute,
 		invalidLimit:     10_000,
-		gatewayBotLimit:  0,
 		logger:           slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {

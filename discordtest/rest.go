@@ -111,7 +111,6 @@ func newRESTState(cfg *config) *restState {
 		pruneAt:  1024,
 		faults:   map[string][]restFault{},
 	}
-	r.latency.Store(int64(cfg.restLatency))
 	return r
 }
 
@@ -374,9 +373,6 @@ func (s *Server) admitREST(w http.ResponseWriter, r *http.Request, c restCall) b
 		return false
 	}
 	limit, window := s.cfg.routeLimit, s.cfg.routeWindow
-	if c.route == routeGatewayBot && s.cfg.gatewayBotLimit > 0 {
-		limit = s.cfg.gatewayBotLimit
-	}
 	key := c.route + " " + c.major
 	b := rs.buckets[key]
 	if b == nil {

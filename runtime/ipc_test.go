@@ -199,19 +199,7 @@ func TestDuplicateServiceNames(t *testing.T) {
 func TestTotalShutdownOverTheBus(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, err := New(testConfig(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan Event, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
-			ready <- e
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	waitEvent(t, ready)
+	rt, errc := runReady(t, testConfig(s))
 	if err := TotalShutdown(context.Background(), rt.Bus()); err != nil {
 		t.Fatal(err)
 	}

@@ -259,19 +259,7 @@ func itoa(i int) string { return strconv.Itoa(i) }
 func TestAuthenticationCloseStopsRunQuickly(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, err := New(testConfig(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan Event, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
-			ready <- e
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	waitEvent(t, ready)
+	_, errc := runReady(t, testConfig(s))
 	s.CloseShard(0, discordtest.CloseAuthenticationFailed, "Authentication failed.")
 	select {
 	case err := <-errc:

@@ -74,6 +74,27 @@ func (l *ledger) waitN(t *testing.T, n int64) {
 	}
 }
 
+// runReady runs a runtime in the background until its fleet is ready and
+// returns it with the channel Run's error arrives on.
+func runReady(t *testing.T, cfg Config) (*Runtime, <-chan error) {
+	t.Helper()
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan Event, 1)
+	unsub := rt.Subscribe(func(e Event) {
+		if e.Kind == EventFleetReady {
+			ready <- e
+		}
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	waitEvent(t, ready)
+	unsub()
+	return rt, errc
+}
+
 // startFleet runs a runtime and waits for it to be ready; it returns the
 // fleet-ready event and a func that shuts the runtime down.
 func startFleet(t *testing.T, cfg Config) (*Runtime, func() error, Event) {

@@ -381,21 +381,13 @@ func (m *Manager) Shutdown(ctx context.Context, name string) error {
 		return err
 	}
 	defer s.unlock()
-	running := s.ep != nil || s.cur != nil
-	err = m.halt(ctx, s)
+	err = m.stop(ctx, s, "shutdown")
 	s.removed = true
-	s.setState(StateStopped)
 	m.mu.Lock()
 	delete(m.services, name)
 	m.order = slices.DeleteFunc(m.order, func(x *service) bool { return x == s })
 	m.mu.Unlock()
-	if running {
-		m.emit(Event{Kind: EventShutdown, Service: name, Err: err})
-	}
-	if err != nil {
-		return fmt.Errorf("services: shutdown %q: %w", name, err)
-	}
-	return nil
+	return err
 }
 
 // Close stops every service, in parallel, as Shutdown does, and cancels
@@ -442,14 +434,20 @@ func (m *Manager) closeService(ctx context.Context, s *service) error {
 	if s.removed {
 		return nil
 	}
+	return m.stop(ctx, s, "close")
+}
+
+// stop halts a locked service, marks it stopped and reports the
+// shutdown; verb names the operation in the error.
+func (m *Manager) stop(ctx context.Context, s *service, verb string) error {
 	running := s.ep != nil || s.cur != nil
 	err := m.halt(ctx, s)
 	s.setState(StateStopped)
 	if running {
-		m.emit(Event{Kind: EventShutdown, Service: name, Err: err})
+		m.emit(Event{Kind: EventShutdown, Service: s.spec.Name, Err: err})
 	}
 	if err != nil {
-		return fmt.Errorf("services: close %q: %w", name, err)
+		return fmt.Errorf("services: %s %q: %w", verb, s.spec.Name, err)
 	}
 	return nil
 }
