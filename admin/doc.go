@@ -47,6 +47,7 @@
 // # Guild lookup
 //
 // A server (guild) is on shard (id >> 22) % total_shards, Discord's
-// formula. The page accepts IDs of 17 to 20 digits that fit in 64 bits and
-// explains how to copy one otherwise.
+// formula. The page accepts a snowflake (digits that fit in 64 bits, with
+// a creation time after Discord's epoch) and explains how to copy one
+// otherwise.
 package admin

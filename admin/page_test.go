@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -173,5 +174,29 @@ func TestStatusJSON(t *testing.T) {
 	}
 	if n := src.calls.Load(); n != 1 {
 		t.Fatalf("%d snapshots for 41 reads within MaxAge, want 1", n)
+	}
+}
+
+func TestGuildLookupInput(t *testing.T) {
+	srv := httptest.NewServer(admin.StatusPage(sixShards(), admin.PageOptions{}))
+	defer srv.Close()
+	cases := []struct{ input, want string }{
+		{"81384788765712384", "is on shard 4 (cluster 1), which is resuming."},
+		{" 81384788765712384 ", "is on shard 4 (cluster 1), which is resuming."},
+		{"4503599656730624", "is on shard 5 (cluster 1), which is disconnected."}, // 16 digits, as the simulator makes them
+		{"hello", "is not a server ID"},
+		{"", "is not a server ID"},
+		{"4194303", "is not a server ID"},              // before Discord's epoch
+		{"18446744073709551616", "is not a server ID"}, // 2^64
+		{"-81384788765712384", "is not a server ID"},
+		{"8138478876571238.4", "is not a server ID"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.input, func(t *testing.T) {
+			_, body := get(t, srv.URL+"/?guild="+url.QueryEscape(tc.input))
+			if !strings.Contains(body, tc.want) {
+				t.Fatalf("lookup of %q does not say %q", tc.input, tc.want)
+			}
+		})
 	}
 }

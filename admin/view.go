@@ -135,8 +135,10 @@ type lookup struct {
 // to the input, and says what is wrong with input that is not an ID.
 func findGuild(v *view, input string) lookup {
 	input = strings.TrimSpace(input)
+	// A snowflake: digits only, 64 bits, and a creation time after
+	// Discord's epoch (id >> 22 > 0).
 	id, err := strconv.ParseUint(input, 10, 64)
-	if input == "" || err != nil || len(input) < 17 || len(input) > 20 || strings.TrimLeft(input, "0123456789") != "" {
+	if err != nil || strings.TrimLeft(input, "0123456789") != "" || id>>22 == 0 {
 		return lookup{Tone: "bad", Text: fmt.Sprintf("%q is not a server ID. A server ID is a number of 17 to 20 digits: "+
 			"in Discord, turn on Developer Mode (Settings, Advanced), then right-click the server and choose Copy Server ID.", input)}
 	}

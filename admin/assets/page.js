@@ -221,7 +221,8 @@
   // ---- guild lookup: shard = (id >> 22) % total_shards ----
   function lookup(input) {
     const s = input.trim();
-    if (!/^[0-9]{17,20}$/.test(s) || BigInt(s) > 0xffffffffffffffffn) {
+    // A snowflake: digits only, 64 bits, created after Discord's epoch.
+    if (!/^[0-9]{1,20}$/.test(s) || BigInt(s) > 0xffffffffffffffffn || BigInt(s) >> 22n === 0n) {
       return { tone: "bad", text: `"${s}" is not a server ID. A server ID is a number of 17 to 20 digits: in Discord, turn on Developer Mode (Settings, Advanced), then right-click the server and choose Copy Server ID.` };
     }
     if (!view || view.total_shards === 0) return { tone: "off", text: `The fleet is not running, so no shard serves server ${s} right now.` };
