@@ -120,6 +120,7 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 			return err
 		}
 		defer stopAdmin()
+		fmt.Printf("status page: http://127.0.0.1:%d/page/\n", adminPort)
 	}
 	var ready atomic.Int64
 	rt.Subscribe(func(e runtime.Event) {
