@@ -18,6 +18,7 @@ import (
 	cdplog "github.com/chromedp/cdproto/log"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/gofleet/fleet/admin"
 	"github.com/gofleet/fleet/discordtest"
@@ -55,8 +56,8 @@ func chromePath(t *testing.T) string {
 	return ""
 }
 
-// browser is one headless Chromium with one tab, and the console messages
-// of that tab.
+// browser is a tab of the package's headless Chromium, and the console
+// messages of that tab.
 type browser struct {
 	ctx context.Context // the tab's
 
@@ -64,13 +65,25 @@ type browser struct {
 	console []string   // errors, exceptions and browser log errors, in order
 }
 
-// newBrowser starts Chromium; Cleanup stops it and waits for its process
-// to exit. Its whole life is bounded by a few minutes.
-func newBrowser(t *testing.T) *browser {
-	t.Helper()
-	path := chromePath(t)
-	profile := t.TempDir() // registered first, so removed after the browser has exited
-	life, cancelLife := context.WithTimeout(context.Background(), 3*time.Minute)
+// chrome is the one Chromium the package's tests share, started by the
+// first test that needs it and stopped by TestMain: starting a browser
+// costs seconds, a tab little.
+var chrome struct {
+	once    sync.Once
+	ctx     context.Context // the browser's: new tabs derive from it
+	err     error
+	stop    func() // cancels the browser and waits for its process to exit
+	profile string
+}
+
+// startChrome starts the shared browser. Its whole life is bounded.
+func startChrome(path string) {
+	profile, err := os.MkdirTemp("", "fleet-admin-chromium-")
+	if err != nil {
+		chrome.err = err
+		return
+	}
+	life, cancelLife := context.WithTimeout(context.Background(), 5*time.Minute)
 	actx, cancelAlloc := chromedp.NewExecAllocator(life,
 		chromedp.ExecPath(path),
 		chromedp.NoFirstRun,
@@ -78,7 +91,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.Headless,
 		chromedp.NoSandbox, // as root, Chromium has no sandbox
 		chromedp.DisableGPU,
-		chromedp.UserDataDir(profile),
+		chromedp.UserDataDir(profile), // new and empty
 		chromedp.WindowSize(1280, 900),
 		// The machine's network is closed: no background connections.
 		chromedp.Flag("disable-quic", true),
@@ -91,15 +104,49 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
 		chromedp.Flag("force-color-profile", "srgb"),
 	)
-	ctx, cancelTab := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		cancelTab()
+	ctx, cancelBrowser := chromedp.NewContext(actx)
+	chrome.ctx, chrome.profile = ctx, profile
+	chrome.stop = func() {
+		cancelBrowser()
 		cancelAlloc() // waits for the browser process to exit
 		cancelLife()
-	})
+		os.RemoveAll(profile)
+	}
+	start, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	// Do with no action starts the browser; a timeout on it would bind
+	// the browser's life to it, so the wait is bounded by a watchdog.
+	done := make(chan error, 1)
+	go func() { done <- chromedp.Do(ctx) }()
+	select {
+	case chrome.err = <-done:
+	case <-start.Done():
+		cancelBrowser()
+		chrome.err = fmt.Errorf("Chromium did not start within a minute")
+		<-done
+	}
+}
+
+// stopChrome stops the shared browser, if a test started it.
+func stopChrome() {
+	if chrome.stop != nil {
+		chrome.stop()
+	}
+}
+
+// newBrowser opens a tab in the shared browser; Cleanup closes it.
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	path := chromePath(t)
+	chrome.once.Do(func() { startChrome(path) })
+	if chrome.err != nil {
+		t.Fatalf("start Chromium (%s): %v", path, chrome.err)
+	}
+	ctx, cancelTab := chromedp.NewContext(chrome.ctx)
+	t.Cleanup(cancelTab)
 	b := &browser{ctx: ctx}
 	if err := chromedp.Listen(ctx, b.record); err != nil {
-		t.Fatalf("start Chromium (%s): %v", path, err)
+		t.Fatalf("open a tab: %v", err)
 	}
 	return b
 }
@@ -338,6 +385,12 @@ func TestBrowserStatusPage(t *testing.T) {
 			t.Errorf("the details panel %q lacks %q", details, want)
 		}
 	}
+	// The keyboard reaches every tile: Enter on a focused tile shows its details.
+	b.do(t, "focus shard 6 and press Enter", 5*time.Second,
+		chromedp.Focus(chromedp.CSS(`[data-shard="6"]`)), chromedp.KeyEvent("\r"))
+	b.waitText(t, "#details", "Shard 6", 5*time.Second)
+	b.do(t, "select shard 5 again", 5*time.Second, chromedp.Click(chromedp.CSS(`[data-shard="5"]`)))
+	b.waitText(t, "#details", "Shard 5", 5*time.Second)
 	b.screenshot(t, "status-desktop-shard5-held", 1280, 900, false)
 	b.screenshot(t, "status-phone-shard5-held", 390, 844, true)
 	b.do(t, "back to desktop", 10*time.Second, chromedp.EmulateViewport(1280, 900))
@@ -380,6 +433,16 @@ func TestBrowserStatusPage(t *testing.T) {
 			b.waitText(t, "#confirm-h", "Restart cluster 1?", 5*time.Second)
 			b.do(t, "confirm", 10*time.Second, chromedp.Click(chromedp.CSS("#confirm-ok")))
 		}
+		// Escape cancels the confirmation: nothing happens.
+		b.do(t, "press Restart of cluster 1, then Escape", 10*time.Second,
+			chromedp.Click(chromedp.CSS(`#cluster-1 button[data-op="restart"]`)),
+			chromedp.WaitVisible(chromedp.CSS("#confirm-ok")),
+			chromedp.KeyEvent(kb.Escape))
+		b.waitTrue(t, "the dialog closes", `!document.getElementById("confirm").open`, 5*time.Second)
+		if n := js[int](t, b, `document.querySelectorAll("#ops li:not(.none)").length`); n != 0 {
+			t.Fatalf("a cancelled confirmation started %d operations", n)
+		}
+
 		// Without a token: refused, nothing restarted.
 		restart()
 		b.waitText(t, "#ops li", "refused: enter the admin token first", 5*time.Second)
@@ -408,7 +471,7 @@ func TestBrowserStatusPage(t *testing.T) {
 			t.Error("the token stays in the input field after it was entered")
 		}
 		restart()
-		b.waitText(t, "#ops li", "Restart of cluster 1: done", 30*time.Second)
+		b.waitText(t, "#ops li", "Restart of cluster 1: done after", 30*time.Second)
 		select {
 		case c := <-f.restarts:
 			if c != 1 {
@@ -418,6 +481,7 @@ func TestBrowserStatusPage(t *testing.T) {
 			t.Fatal("the restart reported done, but the runtime reported no restart")
 		}
 		b.waitText(t, `#cluster-1 .cmeta`, "1 restarts", 5*time.Second)
+		b.screenshot(t, "status-desktop-after-restart", 1280, 900, false)
 
 		// The token is nowhere a page can keep it.
 		kept := js[string](t, b, `location.href + JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie + document.documentElement.outerHTML`)

@@ -188,7 +188,7 @@ func symbol(tone string) string {
 func formatDuration(secs int64) string {
 	d := time.Duration(secs) * time.Second
 	switch {
-	case secs <= 0:
+	case secs < 0:
 		return "–"
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", secs)
@@ -208,8 +208,11 @@ func formatRate(r float64) string {
 }
 
 func formatLatency(ms float64) string {
-	if ms <= 0 {
-		return "–"
+	switch {
+	case ms <= 0:
+		return "–" // not measured yet
+	case ms < 1:
+		return "< 1 ms"
 	}
 	return strconv.FormatFloat(ms, 'f', 0, 64) + " ms"
 }

@@ -24,14 +24,14 @@
     return "off";
   }
   function duration(secs) {
-    if (secs <= 0) return "–";
+    if (secs < 0) return "–";
     if (secs < 60) return secs + "s";
     if (secs < 3600) return Math.floor(secs / 60) + "m " + (secs % 60) + "s";
     if (secs < 48 * 3600) return Math.floor(secs / 3600) + "h " + (Math.floor(secs / 60) % 60) + "m";
     return Math.floor(secs / 86400) + "d " + (Math.floor(secs / 3600) % 24) + "h";
   }
   function rate(r) { return r < 10 ? r.toFixed(1) : r.toFixed(0); }
-  function latency(ms) { return ms > 0 ? ms.toFixed(0) + " ms" : "–"; }
+  function latency(ms) { return ms <= 0 ? "–" : ms < 1 ? "< 1 ms" : ms.toFixed(0) + " ms"; }
 
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
@@ -65,6 +65,7 @@
     setTone(b, t, "tile");
     b.dataset.state = s.state;
     b.title = tileTitle(s);
+    b.setAttribute("aria-label", `Shard ${s.id}: ${s.state}`);
     const lbl = b.querySelector(".lbl");
     lbl.firstChild.textContent = SYMBOLS[t];
     lbl.lastChild.textContent = " " + s.state;
@@ -179,9 +180,11 @@
       if (down.length > 5) named.push(`and ${down.length - 5} more`);
       text = `Partial outage: ${down.length} of ${v.shards} shards not ready (${named.join(", ")}).`;
     }
-    setTone($("summary"), t, "banner");
-    $("summary").querySelector(".sym").textContent = SYMBOLS[t];
-    $("summary-text").textContent = text;
+    if ($("summary-text").textContent !== text) { // a live region: announce changes only
+      setTone($("summary"), t, "banner");
+      $("summary").querySelector(".sym").textContent = SYMBOLS[t];
+      $("summary-text").textContent = text;
+    }
   }
 
   function render(v) {
@@ -252,7 +255,8 @@
     const ol = $("ops");
     const none = ol.querySelector(".none");
     if (none) none.remove();
-    const li = el("li", { class: "op-running" }, el("strong", { text: label }), ": ", el("span", { class: "op-state", text: "running…" }));
+    const li = el("li", { class: "op-running" }, el("time", { text: clock(new Date()) }), " ", el("strong", { text: label }), ": ",
+      el("span", { class: "op-state", text: "running…" }));
     ol.prepend(li);
     const started = Date.now();
     const set = (cls, text) => { li.className = cls; li.querySelector(".op-state").textContent = text; };
@@ -260,7 +264,7 @@
     const timer = setInterval(() => { if (li.className === "op-running") set("op-running", `running for ${secs()}…${li.dataset.progress ? " " + li.dataset.progress : ""}`); }, 1000);
     return {
       progress(p) { li.dataset.progress = p; set("op-running", `running for ${secs()}… ${p}`); },
-      done(msg) { clearInterval(timer); set("op-done", `done in ${secs()}${msg ? ": " + msg : "."}`); },
+      done(msg) { clearInterval(timer); set("op-done", `done after ${secs()}${msg ? " (" + msg + ")" : ""}.`); },
       fail(msg) { clearInterval(timer); set("op-failed", `failed: ${msg}`); },
       refuse(msg) { clearInterval(timer); set("op-failed", `refused: ${msg}`); },
     };
@@ -336,7 +340,7 @@
       return;
     }
     if (!res.ok) { item.fail(describe(res, data)); return; }
-    item.done(data.duration ? `took ${data.duration} on the server` : "");
+    item.done(data.duration ? `the server took ${data.duration}` : "");
   }
   function forget(msg) { token = ""; tokenState(msg); }
 
@@ -346,16 +350,17 @@
     $("confirm-text").textContent = text;
     $("confirm-ok").textContent = okLabel;
     const back = document.activeElement;
-    const close = (go) => {
+    let go = false;
+    // Escape closes the dialog too: the same path, without the action.
+    d.onclose = () => {
       $("confirm-ok").onclick = null;
       $("confirm-cancel").onclick = null;
-      d.close();
+      d.onclose = null;
       if (back && back.focus) back.focus();
       if (go) action();
     };
-    $("confirm-ok").onclick = () => close(true);
-    $("confirm-cancel").onclick = () => close(false);
-    d.oncancel = () => { $("confirm-ok").onclick = null; };
+    $("confirm-ok").onclick = () => { go = true; d.close(); };
+    $("confirm-cancel").onclick = () => d.close();
     d.showModal();
     $("confirm-cancel").focus();
   }
