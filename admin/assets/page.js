@@ -304,8 +304,8 @@
       if (!res.ok && res.status !== 202) { item.fail(describe(res, data)); return; }
       const state = String(data.state || data.status || "").toLowerCase();
       if (data.error || state === "failed" || state === "error" || state === "cancelled" || state === "canceled") { item.fail(data.error || state); return; }
-      if (DONE.has(state) || (!state && res.status === 200)) { item.done(data.result && data.result !== "done" ? String(data.result) : ""); return; }
-      if (RUNNING.has(state) || res.status === 202) item.progress(data.progress !== undefined ? String(data.progress) : (data.message || state));
+      if (DONE.has(state) || data.done === true || (!state && res.status === 200 && data.done !== false)) { item.done(data.result && data.result !== "done" ? String(data.result) : ""); return; }
+      item.progress(data.progress !== undefined ? String(data.progress) : (data.message || state));
     }
   }
   async function operate(label, path, body) {
