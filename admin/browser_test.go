@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/page"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -256,14 +259,10 @@ func (b *browser) screenshot(t *testing.T, name string, width, height int64, mob
 	if mobile {
 		opts = append(opts, chromedp.EmulateMobile)
 	}
+	// A screenshot lays the page out at the viewport's new width first.
 	b.do(t, "set the viewport", 10*time.Second, chromedp.EmulateViewport(width, height, opts...))
-	// Let the layout settle on the new width: wait for a frame to be drawn.
 	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
 	defer cancel()
-	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(() => ok(true))))`,
-		chromedp.EvalAwaitPromise)); err != nil {
-		t.Fatalf("wait for a frame: %v", err)
-	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot %s: %v", name, err)
@@ -560,6 +559,51 @@ func TestBrowserLongOperation(t *testing.T) {
 	if !strings.Contains(got, "8 shards in 2 clusters") || polls.Load() < 2 {
 		t.Fatalf("operation shows %q after %d polls", got, polls.Load())
 	}
+	if errs := b.consoleErrors(nil); len(errs) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
+	}
+}
+
+// TestBrowserWithoutJavaScript reads the page with scripts off: the
+// server-rendered page shows every shard with its state, the table, and
+// answers the lookup through its form.
+func TestBrowserWithoutJavaScript(t *testing.T) {
+	b := newBrowser(t)
+	mux := http.NewServeMux()
+	mux.Handle("/page/", http.StripPrefix("/page", admin.StatusPage(sixShards(), admin.PageOptions{Operations: "../admin/"})))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	noScripts := chromedp.Action[chromedp.Void](func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+		_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+		return chromedp.Void{}, err
+	})
+	b.do(t, "load the page without scripts", 20*time.Second, noScripts, chromedp.Navigate(srv.URL+"/page/"))
+	if got := b.waitText(t, "#summary", "Partial outage: 2 of 6 shards not ready", 5*time.Second); !strings.Contains(got, "shard 5 disconnected") {
+		t.Errorf("summary %q", got)
+	}
+	b.waitText(t, "#live", "Reload the page for newer figures.", time.Second)
+	if n := js[int](t, b, `document.querySelectorAll("#clusters .tile").length`); n != 6 {
+		t.Fatalf("%d tiles, want 6", n)
+	}
+	b.waitText(t, `[data-shard="5"] .lbl`, "disconnected", time.Second)
+	if n := js[int](t, b, `document.querySelectorAll("#shard-table tbody tr").length`); n != 6 {
+		t.Fatalf("%d rows in the shard table, want 6", n)
+	}
+	if visible := js[bool](t, b, `!document.getElementById("operator").hidden`); visible {
+		t.Fatal("the operator controls show without the script that runs them")
+	}
+	b.do(t, "type a server ID", 10*time.Second, chromedp.SendKeys(chromedp.CSS("#guild"), "81384788765712384"))
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.WaitEvent(page.LoadEventFired, nil, chromedp.Click(chromedp.CSS(`#find button[type=submit]`)))); err != nil {
+		t.Fatalf("submit the lookup: %v", err)
+	}
+	b.waitText(t, "#find-result", "Server 81384788765712384 is on shard 4 (cluster 1), which is resuming.", 10*time.Second)
+	if u := js[string](t, b, `location.search`); u != "?guild=81384788765712384" {
+		t.Fatalf("the lookup went to %q", u)
+	}
+	b.screenshot(t, "status-no-javascript", 1280, 900, false)
 	if errs := b.consoleErrors(nil); len(errs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}

@@ -424,6 +424,7 @@
       e.preventDefault();
       showLookup($("guild").value);
     });
+    $("select-hint").hidden = false;
     setupOperator();
     schedule();
   }
