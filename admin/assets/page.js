@@ -238,6 +238,7 @@
     const r = $("find-result");
     const l = lookup(input);
     r.dataset.guild = input;
+    if (r.textContent === SYMBOLS[l.tone] + " " + l.text) return; // a live region: announce changes only
     setTone(r, l.tone, "result");
     r.replaceChildren(el("span", { class: "sym", "aria-hidden": "true", text: SYMBOLS[l.tone] }), " " + l.text);
     if (l.shard !== undefined && findShard(view, l.shard)) {
@@ -260,13 +261,17 @@
     ol.prepend(li);
     const started = Date.now();
     const set = (cls, text) => { li.className = cls; li.querySelector(".op-state").textContent = text; };
+    // The list changes every second while an operation runs; screen
+    // readers hear only its start and its end.
+    const announce = (text) => { $("op-announce").textContent = `${label}: ${text}`; };
+    announce("started");
     const secs = () => ((Date.now() - started) / 1000).toFixed(1) + " s";
     const timer = setInterval(() => { if (li.className === "op-running") set("op-running", `running for ${secs()}…${li.dataset.progress ? " " + li.dataset.progress : ""}`); }, 1000);
     return {
       progress(p) { li.dataset.progress = p; set("op-running", `running for ${secs()}… ${p}`); },
-      done(msg) { clearInterval(timer); set("op-done", `done after ${secs()}${msg ? " (" + msg + ")" : ""}.`); },
-      fail(msg) { clearInterval(timer); set("op-failed", `failed: ${msg}`); },
-      refuse(msg) { clearInterval(timer); set("op-failed", `refused: ${msg}`); },
+      done(msg) { clearInterval(timer); set("op-done", `done after ${secs()}${msg ? " (" + msg + ")" : ""}.`); announce(li.querySelector(".op-state").textContent); },
+      fail(msg) { clearInterval(timer); set("op-failed", `failed: ${msg}`); announce(`failed: ${msg}`); },
+      refuse(msg) { clearInterval(timer); set("op-failed", `refused: ${msg}`); announce(`refused: ${msg}`); },
     };
   }
   async function readJSON(res) {
