@@ -19,6 +19,7 @@ import (
 // timeout and the sender's deadline: the first bounds what a clock skew
 // between hosts can do, the second keeps the time a message waited
 // behind others for its address's mailbox.
+//
 //	reply: status (1 byte) | rest
 //
 // status replyValue carries the encoded result, replyAck an empty
@@ -66,7 +67,7 @@ type call struct {
 	timeout  int64
 	deadline int64
 	name     string
-	payload []byte
+	payload  []byte
 }
 
 func parseCall(b []byte) (call, error) {
