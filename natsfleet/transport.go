@@ -3,6 +3,7 @@ package natsfleet
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,8 +89,21 @@ type Transport struct {
 	pending map[uint64]*pendingCall
 	nextID  uint64
 
-	wmu     sync.Mutex // guards windows
+	wmu     sync.Mutex // guards windows, queues
 	windows map[bus.Address]chan struct{}
+	queues  map[string]*outQueue // by subject: calls to an address, replies to a process
+
+	batchSeq uint64                 // guarded by pmu
+	batches  [batchRing]batchRecord // guarded by pmu: the calls of recent batches
+}
+
+// batchRing is how many recent batches of calls are remembered, so that
+// NATS's no-responders answer to one fails exactly its calls.
+const batchRing = 4096
+
+type batchRecord struct {
+	seq uint64
+	ids []uint64
 }
 
 type binding struct {
@@ -156,6 +170,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		changed: make(chan struct{}),
 		pending: map[uint64]*pendingCall{},
 		windows: map[bus.Address]chan struct{}{},
+		queues:  map[string]*outQueue{},
 	}
 	t.inbox = cfg.Prefix + ".inbox." + t.id
 	t.local.Store(&map[bus.Address]*binding{})
@@ -233,13 +248,13 @@ func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 		return fmt.Errorf("%w: %s", bus.ErrAddressInUse, addr)
 	}
 	subj := t.subject(addr)
-	if _, err := t.nc.Request(subj, []byte{kindPing}, t.cfg.DefaultTimeout); err == nil {
+	if _, err := t.nc.Request(subj, binary.AppendUvarint([]byte{1, 0}, 0)[:2], t.cfg.DefaultTimeout); err == nil {
 		return fmt.Errorf("%w: %s is served by another process", bus.ErrAddressInUse, addr)
 	} else if !errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
 	}
 	b := &binding{addr: addr, r: r}
-	sub, err := t.nc.Subscribe(subj, func(m *nats.Msg) { t.serve(b, m) })
+	sub, err := t.nc.Subscribe(subj, func(m *nats.Msg) { t.serveMsg(b, m) })
 	if err != nil {
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
 	}
@@ -312,7 +327,11 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 			return ctxError(ctx, m.To, m.Name)
 		}
 	}
-	frame := appendCallHeader(make([]byte, 0, 64), m.Kind, timeout, deadline, m.Name)
+	t.pmu.Lock()
+	t.nextID++
+	id := t.nextID
+	t.pmu.Unlock()
+	frame := appendCallHeader(make([]byte, 0, 64), id, m.Kind, timeout, deadline, m.Name)
 	if m.Encoded {
 		data, ok := m.Payload.([]byte)
 		if !ok {
@@ -326,7 +345,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 		}
 		frame = append(frame, data...)
 	}
-	if err := checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, len(frame)); err != nil {
+	if err := checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, len(frame)+binary.MaxVarintLen64); err != nil {
 		return err
 	}
 	w := t.window(m.To)
@@ -348,19 +367,18 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 		p.ack = make(chan error, 1)
 	}
 	t.pmu.Lock()
-	t.nextID++
-	id := t.nextID
 	if m.Kind == bus.KindRequest {
 		// The Bus stops waiting when ctx ends; forget the call then.
 		p.stop = context.AfterFunc(ctx, func() { t.take(id) })
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	reply := t.inbox + "." + strconv.FormatUint(id, 36)
-	if err := t.nc.PublishRequest(t.subject(m.To), reply, frame); err != nil {
+	q := t.queue(t.subject(m.To), true)
+	if q == nil {
 		t.take(id)
-		return t.publishError(err, m.To, m.Name, len(frame))
+		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
+	q.add(frame)
 	if m.Kind == bus.KindRequest {
 		return nil
 	}
@@ -438,28 +456,61 @@ func (t *Transport) finish(p *pendingCall, err error) {
 	}
 }
 
-// onReply receives the answers to this process's calls.
+// onReply receives the answers to this process's calls: replies on
+// <inbox>.r, NATS's no-responders status on <inbox>.<batch>.
 func (t *Transport) onReply(msg *nats.Msg) {
 	i := strings.LastIndexByte(msg.Subject, '.')
-	id, err := strconv.ParseUint(msg.Subject[i+1:], 36, 64)
-	if err != nil {
+	tok := msg.Subject[i+1:]
+	if tok != "r" {
+		if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
+			seq, err := strconv.ParseUint(tok, 36, 64)
+			if err == nil {
+				t.noResponders(seq)
+			}
+		}
+		return
+	}
+	data := msg.Data
+	for len(data) > 0 {
+		frame, rest, ok := nextFrame(data)
+		if !ok {
+			t.log.Warn("malformed bus reply dropped")
+			return
+		}
+		data = rest
+		t.reply(frame)
+	}
+}
+
+// noResponders fails the calls of batch seq: nobody serves their address.
+func (t *Transport) noResponders(seq uint64) {
+	t.pmu.Lock()
+	rec := t.batches[seq%batchRing]
+	t.pmu.Unlock()
+	if rec.seq != seq {
+		return // forgotten: its calls end by their deadline
+	}
+	for _, id := range rec.ids {
+		if p := t.take(id); p != nil {
+			t.finish(p, fmt.Errorf("%w: %s (no process serves it)", bus.ErrUnknownAddress, p.to))
+		}
+	}
+}
+
+// reply answers one call with its reply frame.
+func (t *Transport) reply(frame []byte) {
+	id, k := binary.Uvarint(frame)
+	if k <= 0 || len(frame) < k+1 {
 		return
 	}
 	p := t.take(id)
 	if p == nil {
 		return // the caller gave up
 	}
-	if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
-		t.finish(p, fmt.Errorf("%w: %s (no process serves it)", bus.ErrUnknownAddress, p.to))
-		return
-	}
-	if len(msg.Data) == 0 {
-		t.finish(p, fmt.Errorf("natsfleet: %s %s: empty reply", p.to, p.name))
-		return
-	}
-	switch msg.Data[0] {
+	body := frame[k+1:]
+	switch frame[k] {
 	case replyError:
-		t.finish(p, parseError(msg.Data[1:]))
+		t.finish(p, parseError(body))
 	case replyAck:
 		t.finish(p, nil)
 	case replyValue:
@@ -467,26 +518,44 @@ func (t *Transport) onReply(msg *nats.Msg) {
 			p.stop()
 		}
 		if p.reply != nil {
-			p.reply <- bus.Response{Value: msg.Data[1:], Encoded: true}
+			p.reply <- bus.Response{Value: body, Encoded: true}
 		} else {
 			p.ack <- nil
 		}
 	default:
-		t.finish(p, fmt.Errorf("natsfleet: %s %s: reply of unknown status %d", p.to, p.name, msg.Data[0]))
+		t.finish(p, fmt.Errorf("natsfleet: %s %s: reply of unknown status %d", p.to, p.name, frame[k]))
 	}
 }
 
-// serve delivers a call received for b to its receiver.
-func (t *Transport) serve(b *binding, msg *nats.Msg) {
-	c, err := parseCall(msg.Data)
-	if err != nil {
-		t.log.Warn("malformed bus message dropped", "address", b.addr, "err", err)
-		return
+// serveMsg delivers the calls of one message received for b.
+func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
+	replyTo := msg.Reply
+	if i := strings.LastIndexByte(replyTo, '.'); i >= 0 {
+		replyTo = replyTo[:i] + ".r"
 	}
-	if c.kind == kindPing {
-		t.respond(msg.Reply, []byte{replyAck})
-		return
+	data := msg.Data
+	for len(data) > 0 {
+		frame, rest, ok := nextFrame(data)
+		if !ok {
+			t.log.Warn("malformed bus message dropped", "address", b.addr)
+			return
+		}
+		data = rest
+		c, err := parseCall(frame)
+		if err != nil {
+			t.log.Warn("malformed bus call dropped", "address", b.addr, "err", err)
+			continue
+		}
+		if c.kind == kindPing {
+			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
+			continue
+		}
+		t.serve(b, c, replyTo)
 	}
+}
+
+// serve delivers one call received for b to its receiver.
+func (t *Transport) serve(b *binding, c call, replyTo string) {
 	ctx, cancel := t.ctx, context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		d := time.Now().Add(time.Duration(c.timeout))
@@ -500,9 +569,9 @@ func (t *Transport) serve(b *binding, msg *nats.Msg) {
 		err := b.r.Receive(ctx, m)
 		cancel()
 		if err != nil {
-			t.respond(msg.Reply, appendError(nil, err))
+			t.respond(replyTo, appendError(nil, c.id, err))
 		} else {
-			t.respond(msg.Reply, []byte{replyAck})
+			t.respond(replyTo, append(binary.AppendUvarint(nil, c.id), replyAck))
 		}
 		return
 	}
@@ -510,49 +579,51 @@ func (t *Transport) serve(b *binding, msg *nats.Msg) {
 	m.Reply = ch
 	if err := b.r.Receive(ctx, m); err != nil {
 		cancel()
-		t.respond(msg.Reply, appendError(nil, err))
+		t.respond(replyTo, appendError(nil, c.id, err))
 		return
 	}
 	t.wg.Add(1)
-	go t.await(ctx, cancel, ch, msg.Reply, b.addr, c.name)
+	go t.await(ctx, cancel, ch, replyTo, c.id, b.addr, c.name)
 }
 
 // await sends the reply of a request handled here to its caller.
-func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch chan bus.Response, to string, addr bus.Address, name string) {
+func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
 	defer t.wg.Done()
 	defer cancel()
 	select {
 	case r := <-ch:
-		t.respond(to, t.encodeResponse(r, addr, name))
+		t.respond(to, t.encodeResponse(r, id, addr, name))
 	case <-ctx.Done():
 		// The caller's time is up (or the transport closed): it no longer waits.
 	}
 }
 
-func (t *Transport) encodeResponse(r bus.Response, addr bus.Address, name string) []byte {
+func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, name string) []byte {
 	if r.Err != nil {
-		return appendError(nil, r.Err)
+		return appendError(nil, id, r.Err)
 	}
-	if r.Encoded {
-		data, _ := r.Value.([]byte)
-		return append(append(make([]byte, 0, len(data)+1), replyValue), data...)
+	data, ok := r.Value.([]byte)
+	if !r.Encoded || !ok {
+		var err error
+		if data, err = t.cfg.Codec.Marshal(r.Value); err != nil {
+			return appendError(nil, id, fmt.Errorf("%w: %s %s: cannot encode reply of type %T: %w", bus.ErrStrict, addr, name, r.Value, err))
+		}
 	}
-	data, err := t.cfg.Codec.Marshal(r.Value)
-	if err != nil {
-		return appendError(nil, fmt.Errorf("%w: %s %s: cannot encode reply of type %T: %w", bus.ErrStrict, addr, name, r.Value, err))
-	}
-	return append(append(make([]byte, 0, len(data)+1), replyValue), data...)
+	b := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64+1), id)
+	return append(append(b, replyValue), data...)
 }
 
+// respond queues a reply frame for the process whose replies go to to.
 func (t *Transport) respond(to string, frame []byte) {
 	if to == "" {
 		return
 	}
-	if err := checkPayload(t.nc, "bus reply", len(frame)); err != nil {
-		frame = appendError(nil, err)
+	if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
+		id, _ := binary.Uvarint(frame)
+		frame = appendError(nil, id, err)
 	}
-	if err := t.nc.Publish(to, frame); err != nil {
-		t.log.Warn("bus reply not sent", "err", err)
+	if q := t.queue(to, false); q != nil {
+		q.add(frame)
 	}
 }
 

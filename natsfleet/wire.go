@@ -10,17 +10,21 @@ import (
 	"github.com/gofleet/fleet/bus"
 )
 
-// Frames. A call is one NATS message on the address's subject, with a
-// reply subject under the caller's inbox:
+// Messages. Calls to one address, and replies to one process, are
+// coalesced: one NATS message carries every frame queued meanwhile, each
+// as uvarint length | frame.
 //
-//	call:  kind (1 byte) | timeout ns (uvarint, 0 = none) | deadline (uvarint, unix ns) | len(name) (uvarint) | name | payload
+//	call:  id (uvarint) | kind (1 byte) | timeout ns (uvarint, 0 = none) | deadline (uvarint, unix ns) | len(name) (uvarint) | name | payload
+//	reply: id (uvarint) | status (1 byte) | rest
+//
+// A message of calls has the reply subject <inbox>.<batch>; the replies
+// go to <inbox>.r, and NATS's no-responders status to <inbox>.<batch>,
+// which names the calls of that batch.
 //
 // The receiver's deadline is the earlier of its receipt time plus the
 // timeout and the sender's deadline: the first bounds what a clock skew
 // between hosts can do, the second keeps the time a message waited
 // behind others for its address's mailbox.
-//
-//	reply: status (1 byte) | rest
 //
 // status replyValue carries the encoded result, replyAck an empty
 // acknowledgement (the message was queued), replyError an error:
@@ -55,7 +59,8 @@ func readString(b []byte) (string, []byte, bool) {
 	return string(b[k : k+int(n)]), b[k+int(n):], true
 }
 
-func appendCallHeader(b []byte, kind bus.Kind, timeout int64, deadline int64, name string) []byte {
+func appendCallHeader(b []byte, id uint64, kind bus.Kind, timeout int64, deadline int64, name string) []byte {
+	b = binary.AppendUvarint(b, id)
 	b = append(b, byte(kind))
 	b = binary.AppendUvarint(b, uint64(max(timeout, 0)))
 	b = binary.AppendUvarint(b, uint64(max(deadline, 0)))
@@ -63,6 +68,7 @@ func appendCallHeader(b []byte, kind bus.Kind, timeout int64, deadline int64, na
 }
 
 type call struct {
+	id       uint64
 	kind     byte
 	timeout  int64
 	deadline int64
@@ -72,9 +78,12 @@ type call struct {
 
 func parseCall(b []byte) (call, error) {
 	var c call
-	if len(b) < 1 {
-		return c, errors.New("empty frame")
+	id, k := binary.Uvarint(b)
+	if k <= 0 || len(b) < k+1 {
+		return c, errors.New("short frame")
 	}
+	c.id = id
+	b = b[k:]
 	c.kind = b[0]
 	if c.kind == kindPing {
 		return c, nil
@@ -108,7 +117,8 @@ func sentinelMask(err error) uint64 {
 	return m
 }
 
-func appendError(b []byte, err error) []byte {
+func appendError(b []byte, id uint64, err error) []byte {
+	b = binary.AppendUvarint(b, id)
 	b = append(b, replyError)
 	b = binary.AppendUvarint(b, sentinelMask(err))
 	var re *bus.RemoteError
@@ -194,4 +204,13 @@ func ctxError(ctx context.Context, to bus.Address, name string) error {
 		return fmt.Errorf("%w: %s %s: %w", bus.ErrTimeout, to, name, err)
 	}
 	return fmt.Errorf("bus: %s %s: %w", to, name, err)
+}
+
+// nextFrame splits the first frame off a message.
+func nextFrame(b []byte) (frame, rest []byte, ok bool) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || uint64(len(b)-k) < n {
+		return nil, nil, false
+	}
+	return b[k : k+int(n)], b[k+int(n):], true
 }

@@ -312,9 +312,14 @@ func testMailboxFull(t *testing.T, newPair NewPair) {
 			break
 		}
 	}
-	// A message whose sender gave up may still be queued when it crossed
-	// a process ("3" here, never "4", whose caller's deadline passed).
-	if o := strings.Join(order, ","); o != "2,5" && o != "2,3,5" {
+	// In one process a sender that gave up queued nothing. Across
+	// processes the receiver learns it only from the deadline carried, so
+	// "3" and "4" may still have been queued in the instant after it.
+	o := strings.Join(order, ",")
+	switch {
+	case o == "2,5":
+	case p.Caller != p.Server && (o == "2,3,5" || o == "2,4,5" || o == "2,3,4,5"):
+	default:
 		t.Errorf("handled after the first: %s, want 2,5", o)
 	}
 }
