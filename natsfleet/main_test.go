@@ -52,9 +52,11 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // connect returns a connection to srv closed when the test ends.
-func connect(t *testing.T) *nats.Conn {
+func connect(t testing.TB) *nats.Conn {
 	t.Helper()
-	nc, err := srv.Connect(testCtx(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := srv.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func connect(t *testing.T) *nats.Conn {
 
 // newTransport returns a Transport on its own connection, closed when the
 // test ends (after the buses that use it).
-func newTransport(t *testing.T, prefix string) *natsfleet.Transport {
+func newTransport(t testing.TB, prefix string) *natsfleet.Transport {
 	t.Helper()
 	tr, err := natsfleet.NewTransport(connect(t), natsfleet.TransportConfig{Prefix: prefix, Logger: quiet})
 	if err != nil {
@@ -76,7 +78,7 @@ func newTransport(t *testing.T, prefix string) *natsfleet.Transport {
 
 var quiet = slog.New(slog.DiscardHandler)
 
-func newBus(t *testing.T, opts bus.Options, tr bus.Transport) *bus.Bus {
+func newBus(t testing.TB, opts bus.Options, tr bus.Transport) *bus.Bus {
 	opts.Transport = tr
 	opts.Logger = quiet
 	b := bus.New(opts)
