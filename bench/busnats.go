@@ -59,7 +59,7 @@ func runBusNATS() (any, error) {
 		return nil, err
 	}
 	defer srv.Close()
-	child, err := startChild("bus-nats-service", srv.ConnectInfo())
+	child, err := startChild("bus-nats-service", srv.ConnectInfo(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -190,16 +190,16 @@ type child struct {
 	out   *bufio.Scanner
 }
 
-// startChild starts this binary as helper kind, with info in its
+// startChild starts this binary as helper kind, with info and env in its
 // environment, and waits for its "ready" line.
-func startChild(kind string, info natsfleet.ConnectInfo, args ...string) (*child, error) {
+func startChild(kind string, info natsfleet.ConnectInfo, env []string, args ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	raw, _ := json.Marshal(info)
 	cmd := exec.Command(exe, append([]string{"-child", kind}, args...)...)
-	cmd.Env = append(os.Environ(), natsInfoEnv+"="+string(raw))
+	cmd.Env = append(append(os.Environ(), natsInfoEnv+"="+string(raw)), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
