@@ -52,6 +52,7 @@ type IdentifyQueue struct {
 	cfg     IdentifyConfig
 	kv      jetstream.KeyValue
 	watcher jetstream.KeyWatcher
+	unwatch context.CancelFunc // ends the watcher's context
 	id      string
 	done    chan struct{} // closed when the watch loop has returned
 	stop    chan struct{} // closed by Close
@@ -126,11 +127,13 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		b.turn <- struct{}{}
 		q.buckets[i] = b
 	}
-	w, err := kv.WatchAll(context.Background())
+	wctx, unwatch := context.WithCancel(context.Background())
+	w, err := kv.WatchAll(wctx)
 	if err != nil {
+		unwatch()
 		return nil, fmt.Errorf("natsfleet: watch the identify buckets: %w", err)
 	}
-	q.watcher = w
+	q.watcher, q.unwatch = w, unwatch
 	go q.watch()
 	return q, nil
 }
@@ -355,6 +358,7 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 	}
 	close(q.stop)
 	_ = q.watcher.Stop()
+	q.unwatch()
 	select {
 	case <-q.done:
 	case <-ctx.Done():

@@ -248,7 +248,8 @@ func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 		return fmt.Errorf("%w: %s", bus.ErrAddressInUse, addr)
 	}
 	subj := t.subject(addr)
-	if _, err := t.nc.Request(subj, binary.AppendUvarint([]byte{1, 0}, 0)[:2], t.cfg.DefaultTimeout); err == nil {
+	// One frame: id 0, a ping.
+	if _, err := t.nc.Request(subj, []byte{2, 0, kindPing}, t.cfg.DefaultTimeout); err == nil {
 		return fmt.Errorf("%w: %s is served by another process", bus.ErrAddressInUse, addr)
 	} else if !errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
