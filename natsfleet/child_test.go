@@ -137,4 +137,3 @@ func childConnect(a childArgs) (*natsfleetConn, error) {
 
 // waitStdin blocks until the parent closes the child's stdin.
 func waitStdin() { _, _ = io.Copy(io.Discard, os.Stdin) }
-

@@ -36,7 +36,9 @@ func identifyChild(a childArgs) error {
 	rt, err := runtime.New(runtime.Config{
 		Token: runtime.Token(a.Token), GatewayURL: a.GatewayURL, RESTURL: a.RESTURL,
 		IdentifyInterval: a.Interval, IdentifyQueue: q, Clusters: 2,
-		Bot:         func(int) runtime.Bot { return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil }) },
+		Bot: func(int) runtime.Bot {
+			return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
+		},
 		TotalShards: a.Total, FirstShardID: a.First, LastShardID: a.Last,
 		Logger: quiet,
 	})
@@ -173,4 +175,3 @@ func TestIdentifyQueueDeadHolder(t *testing.T) {
 	}
 	live.UnlockBucket(0)
 }
-
