@@ -32,6 +32,10 @@ type childArgs struct {
 	Total, First, Last         int
 	MaxConcurrency             int
 	Interval                   time.Duration
+	// rest children
+	ProxyURL string
+	Requests int
+	Channels []uint64
 }
 
 var childKinds = map[string]func(childArgs) error{}
