@@ -25,6 +25,9 @@ type ServerConfig struct {
 	// MaxPayload is the largest message the server accepts, in bytes
 	// (default NATS's 1 MiB).
 	MaxPayload int32
+	// User and Password are the one account's credentials; empty: generated.
+	// Give them to restart a server that the fleet's connections rejoin.
+	User, Password string
 	// ReadyTimeout bounds the wait for the server to accept clients
 	// (default 10 s).
 	ReadyTimeout time.Duration
@@ -88,7 +91,13 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		}
 		s.dataDir, s.tempDir = d, true
 	}
-	user, pass := "fleet-"+randomHex(6), randomHex(24)
+	user, pass := cfg.User, cfg.Password
+	if user == "" {
+		user = "fleet-" + randomHex(6)
+	}
+	if pass == "" {
+		pass = randomHex(24)
+	}
 	port := cfg.Port
 	if port == 0 {
 		port = server.RANDOM_PORT
