@@ -45,6 +45,17 @@ type TransportConfig struct {
 	AnnounceInterval time.Duration
 	// Logger receives what cannot be returned (default slog.Default()).
 	Logger *slog.Logger
+	// OnHandover, if set, lets another process take over an address this
+	// process serves (see [Transport.TakeOver]): it is called, on a
+	// goroutine of the Transport, once no new message for addr reaches
+	// this process, and must close the endpoint of addr (its
+	// Endpoint.Close handles what was queued). Without it, a take-over is
+	// refused.
+	OnHandover func(addr bus.Address)
+	// HandoverTimeout bounds how long a process taking over an address
+	// waits for the old one to release it before serving anyway
+	// (default 30 s).
+	HandoverTimeout time.Duration
 }
 
 // Transport is a bus.Transport over NATS. Messages to addresses bound in
@@ -84,6 +95,7 @@ type Transport struct {
 	closed   bool
 	announce *time.Timer
 	subs     []*nats.Subscription
+	takeOver map[bus.Address]chan struct{} // the next Bind of these takes them over; closed by the start func
 
 	pmu     sync.Mutex // guards pending, nextID
 	pending map[uint64]*pendingCall
@@ -107,9 +119,15 @@ type batchRecord struct {
 }
 
 type binding struct {
-	addr bus.Address
-	r    bus.Receiver
-	sub  *nats.Subscription
+	addr  bus.Address
+	r     bus.Receiver
+	sub   *nats.Subscription
+	ctl   *nats.Subscription // take-over requests from other processes
+	gate  chan struct{}      // closed once the address is ours (a take-over); nil: open
+	start chan struct{}      // a take-over: closed when the new endpoint is ready
+	// handedOver is set when another process took the address over: the
+	// Unbind that follows announces the release.
+	handedOver atomic.Bool
 }
 
 type peer struct {
@@ -155,22 +173,26 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	if cfg.AnnounceInterval == 0 {
 		cfg.AnnounceInterval = 2 * time.Second
 	}
+	if cfg.HandoverTimeout <= 0 {
+		cfg.HandoverTimeout = 30 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	t := &Transport{
-		nc:      nc,
-		cfg:     cfg,
-		log:     log.With("component", "natsfleet"),
-		id:      nats.NewInbox()[len(nats.InboxPrefix):],
-		base:    cfg.Prefix + ".bus.",
-		dir:     cfg.Prefix + ".dir",
-		peers:   map[string]peer{},
-		changed: make(chan struct{}),
-		pending: map[uint64]*pendingCall{},
-		windows: map[bus.Address]chan struct{}{},
-		queues:  map[string]*outQueue{},
+		nc:       nc,
+		cfg:      cfg,
+		log:      log.With("component", "natsfleet"),
+		id:       nats.NewInbox()[len(nats.InboxPrefix):],
+		base:     cfg.Prefix + ".bus.",
+		dir:      cfg.Prefix + ".dir",
+		peers:    map[string]peer{},
+		takeOver: map[bus.Address]chan struct{}{},
+		changed:  make(chan struct{}),
+		pending:  map[uint64]*pendingCall{},
+		windows:  map[bus.Address]chan struct{}{},
+		queues:   map[string]*outQueue{},
 	}
 	t.inbox = cfg.Prefix + ".inbox." + t.id
 	t.local.Store(&map[bus.Address]*binding{})
@@ -223,6 +245,7 @@ func (t *Transport) Close() {
 	t.mu.Unlock()
 	for _, b := range local {
 		_ = b.sub.Unsubscribe()
+		_ = b.ctl.Unsubscribe()
 	}
 	_ = t.nc.Publish(t.dir, []byte("B"+t.id))
 	for _, s := range subs {
@@ -237,7 +260,8 @@ func (t *Transport) Close() {
 func (t *Transport) subject(a bus.Address) string { return t.base + subjectToken(a) }
 
 // Bind makes r reachable at addr from every process of the fleet. It
-// fails with bus.ErrAddressInUse if this or another process serves addr.
+// fails with bus.ErrAddressInUse if this or another process serves addr,
+// unless [Transport.TakeOver] asked to take it over.
 func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -248,22 +272,47 @@ func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 		return fmt.Errorf("%w: %s", bus.ErrAddressInUse, addr)
 	}
 	subj := t.subject(addr)
+	b := &binding{addr: addr, r: r}
+	var released *nats.Subscription
 	// One frame: id 0, a ping.
 	if _, err := t.nc.Request(subj, []byte{2, 0, kindPing}, t.cfg.DefaultTimeout); err == nil {
-		return fmt.Errorf("%w: %s is served by another process", bus.ErrAddressInUse, addr)
+		start, ok := t.takeOver[addr]
+		if !ok {
+			return fmt.Errorf("%w: %s is served by another process", bus.ErrAddressInUse, addr)
+		}
+		// Take it over: listen for the release, then ask for it.
+		b.gate, b.start = make(chan struct{}), start
+		released, err = t.nc.SubscribeSync(t.ctlSubject(addr) + ".released")
+		if err != nil {
+			return fmt.Errorf("natsfleet: take over %s: %w", addr, err)
+		}
 	} else if !errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
 	}
-	b := &binding{addr: addr, r: r}
-	sub, err := t.nc.Subscribe(subj, func(m *nats.Msg) { t.serveMsg(b, m) })
+	sub, err := t.nc.QueueSubscribe(subj, "serve", func(m *nats.Msg) { t.serveMsg(b, m) })
 	if err != nil {
+		t.unsubscribe(released)
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
 	}
 	b.sub = sub
 	// Senders are bounded by their windows; never drop what they sent.
 	_ = sub.SetPendingLimits(-1, -1)
+	if released != nil {
+		if err := t.askHandover(addr); err != nil {
+			t.unsubscribe(released, sub)
+			return err
+		}
+		t.wg.Add(1)
+		go t.awaitRelease(b, released)
+	}
+	ctl, err := t.nc.Subscribe(t.ctlSubject(addr), func(m *nats.Msg) { t.onHandover(b, m) })
+	if err != nil {
+		t.unsubscribe(released, sub)
+		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
+	}
+	b.ctl = ctl
 	if err := t.nc.FlushTimeout(t.cfg.DefaultTimeout); err != nil {
-		_ = sub.Unsubscribe()
+		t.unsubscribe(released, sub, ctl)
 		return fmt.Errorf("natsfleet: bind %s: %w", addr, err)
 	}
 	old := *t.local.Load()
@@ -273,8 +322,108 @@ func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 	}
 	m[addr] = b
 	t.local.Store(&m)
+	delete(t.takeOver, addr)
 	t.announceLocked()
 	return nil
+}
+
+func (t *Transport) unsubscribe(subs ...*nats.Subscription) {
+	for _, s := range subs {
+		if s != nil {
+			_ = s.Unsubscribe()
+		}
+	}
+}
+
+func (t *Transport) ctlSubject(a bus.Address) string { return t.base + "ctl." + subjectToken(a) }
+
+// TakeOver makes the next Bind of addr in this process (bus.Register)
+// take the address over from the process that serves it, as
+// Bus.Standby and Bus.Replace do within a process: Register returns at
+// once; give the endpoint its handlers, then call start. The new endpoint
+// receives the messages sent from then on but handles them only once
+// start was called and the old process has handled everything it had
+// accepted and released the address (its TransportConfig.OnHandover
+// closes its endpoint), so that nothing is lost or handled twice and,
+// with Concurrency 1, the two never run at once. If the old process does
+// not release the address within HandoverTimeout (it died), the new one
+// serves anyway. If nobody serves addr, Register simply binds it and
+// start does nothing.
+func (t *Transport) TakeOver(addr bus.Address) (start func()) {
+	ch := make(chan struct{})
+	t.mu.Lock()
+	t.takeOver[addr] = ch
+	t.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
+}
+
+// askHandover asks the process serving addr to hand it over.
+func (t *Transport) askHandover(addr bus.Address) error {
+	resp, err := t.nc.Request(t.ctlSubject(addr), []byte("handover"), t.cfg.DefaultTimeout)
+	if err != nil {
+		return fmt.Errorf("%w: %s: the process serving it did not answer the take-over: %w", bus.ErrAddressInUse, addr, err)
+	}
+	if string(resp.Data) != "ok" {
+		return fmt.Errorf("%w: %s: the process serving it refused the take-over: %s", bus.ErrAddressInUse, addr, resp.Data)
+	}
+	return nil
+}
+
+// onHandover answers another process's take-over request for b: stop
+// receiving, hand what was received to the endpoint, then let the user
+// close it (OnHandover); the Unbind that follows announces the release.
+func (t *Transport) onHandover(b *binding, m *nats.Msg) {
+	if string(m.Data) != "handover" {
+		return
+	}
+	if t.cfg.OnHandover == nil {
+		_ = m.Respond([]byte("this process has no TransportConfig.OnHandover"))
+		return
+	}
+	if b.handedOver.Swap(true) {
+		_ = m.Respond([]byte("already handed over"))
+		return
+	}
+	_ = m.Respond([]byte("ok"))
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		closed := b.sub.StatusChanged(nats.SubscriptionClosed)
+		if err := b.sub.Drain(); err != nil {
+			_ = b.sub.Unsubscribe()
+		}
+		timer := time.NewTimer(t.cfg.HandoverTimeout)
+		defer timer.Stop()
+		for done := false; !done; {
+			select {
+			case _, ok := <-closed:
+				done = !ok
+			case <-timer.C:
+				done = true
+			case <-t.ctx.Done():
+				return
+			}
+		}
+		t.cfg.OnHandover(b.addr)
+	}()
+}
+
+// awaitRelease opens b's gate when the old process released the address,
+// or after HandoverTimeout.
+func (t *Transport) awaitRelease(b *binding, released *nats.Subscription) {
+	defer t.wg.Done()
+	defer t.unsubscribe(released)
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.HandoverTimeout)
+	defer cancel()
+	if _, err := released.NextMsgWithContext(ctx); err != nil && t.ctx.Err() == nil {
+		t.log.Warn("address taken over without its release", "address", b.addr, "timeout", t.cfg.HandoverTimeout)
+	}
+	select {
+	case <-b.start:
+	case <-t.ctx.Done():
+	}
+	close(b.gate)
 }
 
 // Unbind withdraws r from addr. Messages already received for it are
@@ -296,6 +445,10 @@ func (t *Transport) Unbind(addr bus.Address, r bus.Receiver) {
 	t.local.Store(&m)
 	if err := b.sub.Drain(); err != nil {
 		_ = b.sub.Unsubscribe()
+	}
+	_ = b.ctl.Unsubscribe()
+	if b.handedOver.Load() {
+		_ = t.nc.Publish(t.ctlSubject(addr)+".released", []byte("released"))
 	}
 	if !t.closed {
 		t.announceLocked()
@@ -530,6 +683,13 @@ func (t *Transport) reply(frame []byte) {
 
 // serveMsg delivers the calls of one message received for b.
 func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
+	if b.gate != nil {
+		select {
+		case <-b.gate:
+		case <-t.ctx.Done():
+			return
+		}
+	}
 	replyTo := msg.Reply
 	if i := strings.LastIndexByte(replyTo, '.'); i >= 0 {
 		replyTo = replyTo[:i] + ".r"
