@@ -132,7 +132,7 @@ func (c *testChild) stop() {
 func childConnect(a childArgs) (*natsfleetConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := natsfleet.Connect(ctx, a.NATS.URL, a.NATS.Options()...)
+	nc, err := natsfleet.Connect(ctx, a.NATS.URL, append(a.NATS.Options(), natsfleet.Logger(quiet))...)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
@@ -19,6 +20,17 @@ type Option func(*connectOptions) error
 type connectOptions struct {
 	nats []nats.Option
 	auth string // which credential was given, for error messages
+	log  *slog.Logger
+}
+
+// Logger receives the connection's asynchronous errors (a slow consumer,
+// a failed write) instead of nats.go's default, stderr (default
+// slog.Default()).
+func Logger(l *slog.Logger) Option {
+	return func(o *connectOptions) error {
+		o.log = l
+		return nil
+	}
 }
 
 func (o *connectOptions) setAuth(kind string) error {
@@ -120,7 +132,21 @@ func Connect(ctx context.Context, serverURL string, opts ...Option) (*nats.Conn,
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("natsfleet: connect to %s: %w", shown, err)
 	}
-	nopts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	log := o.log
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "natsfleet", "nats", shown)
+	nopts := []nats.Option{
+		nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("nats connection error", "subject", sub.Subject, "err", err)
+			} else {
+				log.Warn("nats connection error", "err", err)
+			}
+		}),
+	}
 	if d, ok := ctx.Deadline(); ok {
 		nopts = append(nopts, nats.Timeout(time.Until(d)))
 	}

@@ -67,7 +67,7 @@ func TestPayloadOverMaxPayload(t *testing.T) {
 	pair := func() (*natsfleet.Transport, *natsfleet.Transport) {
 		var trs [2]*natsfleet.Transport
 		for i := range trs {
-			nc, err := s.Connect(ctx)
+			nc, err := s.Connect(ctx, natsfleet.Logger(quiet))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -121,7 +121,7 @@ func TestConnectionDropLosesNothingSilently(t *testing.T) {
 	var ncs [2]*nats.Conn
 	reconnected := make(chan struct{}, 2)
 	for i := range trs {
-		nc, err := s1.Connect(ctx)
+		nc, err := s1.Connect(ctx, natsfleet.Logger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -125,7 +125,7 @@ func TestIdentifyQueueDeadHolder(t *testing.T) {
 	prefix := newPrefix()
 	cfg := natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: 300 * time.Millisecond}
 	ctx := testCtx(t)
-	deadConn, err := srv.Connect(ctx)
+	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}

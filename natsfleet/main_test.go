@@ -56,7 +56,7 @@ func connect(t testing.TB) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := srv.Connect(ctx)
+	nc, err := srv.Connect(ctx, natsfleet.Logger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
