@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -17,9 +18,30 @@ type outQueue struct {
 	subject string
 	calls   bool // frames are this process's calls (else replies)
 
-	mu   sync.Mutex // guards buf
+	mu   sync.Mutex // guards buf, dead
 	buf  []byte     // frames, each as uvarint length | frame
+	dead bool       // its goroutine has returned: take a new queue
 	wake chan struct{}
+}
+
+// queueIdle is how long a queue's goroutine waits for a frame before it
+// returns (a process that called us may be gone for good).
+const queueIdle = time.Minute
+
+// Lock order: Transport.wmu → outQueue.mu.
+
+// enqueue queues frame for subject; it reports false once the Transport
+// is closed.
+func (t *Transport) enqueue(subject string, calls bool, frame []byte) bool {
+	for {
+		q := t.queue(subject, calls)
+		if q == nil {
+			return false
+		}
+		if q.add(frame) {
+			return true
+		}
+	}
 }
 
 // queue returns the queue for subject, starting its goroutine the first
@@ -40,8 +62,12 @@ func (t *Transport) queue(subject string, calls bool) *outQueue {
 	return q
 }
 
-func (q *outQueue) add(frame []byte) {
+func (q *outQueue) add(frame []byte) bool {
 	q.mu.Lock()
+	if q.dead {
+		q.mu.Unlock()
+		return false
+	}
 	q.buf = binary.AppendUvarint(q.buf, uint64(len(frame)))
 	q.buf = append(q.buf, frame...)
 	q.mu.Unlock()
@@ -49,15 +75,25 @@ func (q *outQueue) add(frame []byte) {
 	case q.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // runQueue publishes q's frames until the Transport closes.
 func (t *Transport) runQueue(q *outQueue) {
 	defer t.wg.Done()
 	var spare []byte
+	idle := time.NewTimer(queueIdle)
+	defer idle.Stop()
 	for {
 		select {
 		case <-q.wake:
+			idle.Reset(queueIdle)
+		case <-idle.C:
+			if t.retire(q) {
+				return
+			}
+			idle.Reset(queueIdle)
+			continue
 		case <-t.ctx.Done():
 			return
 		}
@@ -68,6 +104,20 @@ func (t *Transport) runQueue(q *outQueue) {
 		t.publish(q, buf)
 		spare = buf
 	}
+}
+
+// retire removes an idle queue, unless a frame arrived meanwhile.
+func (t *Transport) retire(q *outQueue) bool {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.buf) > 0 {
+		return false
+	}
+	q.dead = true
+	delete(t.queues, q.subject)
+	return true
 }
 
 // publish sends buf in messages no larger than the server's max payload.

@@ -527,12 +527,10 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	q := t.queue(t.subject(m.To), true)
-	if q == nil {
+	if !t.enqueue(t.subject(m.To), true, frame) {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
-	q.add(frame)
 	if m.Kind == bus.KindRequest {
 		return nil
 	}
@@ -593,7 +591,7 @@ func (t *Transport) failPending(err error) {
 	t.pmu.Unlock()
 	for _, id := range ids {
 		if p := t.take(id); p != nil {
-			t.finish(p, fmt.Errorf("%w: %s %s: the call was in flight and may have been handled: %w", err, p.to, p.name, err))
+			t.finish(p, fmt.Errorf("%w: %s %s: the call was in flight and may have been handled", err, p.to, p.name))
 		}
 	}
 }
@@ -683,6 +681,10 @@ func (t *Transport) reply(frame []byte) {
 
 // serveMsg delivers the calls of one message received for b.
 func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
+	if len(msg.Data) == 3 && msg.Data[2] == kindPing {
+		_ = t.nc.Publish(msg.Reply, []byte{replyAck}) // answered even while taking over
+		return
+	}
 	if b.gate != nil {
 		select {
 		case <-b.gate:
@@ -783,9 +785,7 @@ func (t *Transport) respond(to string, frame []byte) {
 		id, _ := binary.Uvarint(frame)
 		frame = appendError(nil, id, err)
 	}
-	if q := t.queue(to, false); q != nil {
-		q.add(frame)
-	}
+	t.enqueue(to, false, frame)
 }
 
 // Members returns the addresses in group served by any process of the
