@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/natsfleet"
 )
@@ -42,6 +44,10 @@ type busNATSResult struct {
 	Requesters    int     `json:"concurrent_requesters"`
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
 	PayloadBytes  int     `json:"payload_bytes"`
+	// Bare nats.go request/reply between the same two processes, in the
+	// same run: what the transport adds to NATS itself.
+	BareSeqP50us      float64 `json:"bare_nats_seq_p50_us"`
+	BareConcurrentRPS float64 `json:"bare_nats_concurrent_rps"`
 }
 
 const (
@@ -132,6 +138,10 @@ func runBusNATS() (any, error) {
 	}
 	res.ConcurrentRPS = float64(busRequesters*busNATSPerRequester) / elapsed.Seconds()
 
+	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, payload); err != nil {
+		return nil, fmt.Errorf("bare NATS: %w", err)
+	}
+
 	mem, err := measureBus(false, res.PayloadBytes, true)
 	if err != nil {
 		return nil, fmt.Errorf("in memory: %w", err)
@@ -155,13 +165,19 @@ func runBusNATSService([]string) error {
 		return err
 	}
 	bus.Handle(ep, "echo", func(_ context.Context, p []byte) ([]byte, error) { return p, nil })
+	if _, err := nc.Subscribe("bare.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
 }
 
 // childTransport connects a child to the parent's NATS.
-func childTransport(name string) (natsConn, *natsfleet.Transport, error) {
+func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
 	var info natsfleet.ConnectInfo
 	if err := json.Unmarshal([]byte(os.Getenv(natsInfoEnv)), &info); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", natsInfoEnv, err)
@@ -180,7 +196,44 @@ func childTransport(name string) (natsConn, *natsfleet.Transport, error) {
 	return nc, tr, nil
 }
 
-type natsConn interface{ Close() }
+// measureBareNATS measures nats.go's own request/reply with the child's
+// bare.echo subscriber: sequential median and 64-in-flight throughput.
+func measureBareNATS(ctx context.Context, nc *nats.Conn, payload []byte) (p50us, rps float64, err error) {
+	for range busNATSWarmup {
+		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+			return 0, 0, err
+		}
+	}
+	lat := make([]time.Duration, busNATSSeq)
+	for i := range lat {
+		start := time.Now()
+		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+			return 0, 0, err
+		}
+		lat[i] = time.Since(start)
+	}
+	slices.Sort(lat)
+	var wg sync.WaitGroup
+	errs := make(chan error, busRequesters)
+	start := time.Now()
+	for range busRequesters {
+		wg.Go(func() {
+			for range busNATSPerRequester {
+				if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, err
+	}
+	return float64(lat[len(lat)/2].Nanoseconds()) / 1e3, float64(busRequesters*busNATSPerRequester) / elapsed.Seconds(), nil
+}
 
 // child is a helper process: it says "ready" on stdout and stops when its
 // stdin closes.
