@@ -3,6 +3,7 @@ package natsfleet
 import (
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -96,6 +97,21 @@ func (t *Transport) runQueue(q *outQueue) {
 			continue
 		case <-t.ctx.Done():
 			return
+		}
+		// Let the goroutines that are runnable queue their frames too,
+		// while they keep adding some (a few rounds at most): under load
+		// this is what makes one message carry many.
+		for range 4 {
+			q.mu.Lock()
+			n := len(q.buf)
+			q.mu.Unlock()
+			runtime.Gosched()
+			q.mu.Lock()
+			grew := len(q.buf) > n
+			q.mu.Unlock()
+			if !grew {
+				break
+			}
 		}
 		q.mu.Lock()
 		buf := q.buf
