@@ -42,8 +42,8 @@ func ExampleLimiter_ConfigOpt() {
 }
 
 // Processes that cannot share memory share the limiter through the proxy:
-// their clients talk to it instead of to Discord, with no limiter of
-// their own.
+// their clients talk to it instead of to Discord, with no limiter and no
+// token of their own: the proxy holds the bot's token.
 func ExampleNewServer() {
 	srv := discordtest.NewServer()
 	defer srv.Close()
@@ -52,7 +52,7 @@ func ExampleNewServer() {
 	if err != nil {
 		panic(err)
 	}
-	proxy, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: "http://" + srv.Addr()})
+	proxy, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: "http://" + srv.Addr(), Token: srv.Token()})
 	if err != nil {
 		panic(err)
 	}
@@ -60,7 +60,7 @@ func ExampleNewServer() {
 	ps := httptest.NewServer(proxy) // cmd/restproxy serves it in production
 	defer ps.Close()
 
-	c := rest.NewClient(srv.Token(), rest.WithURL(ps.URL+"/api/v10"),
+	c := rest.NewClient("", rest.WithURL(ps.URL+"/api/v10"),
 		rest.WithRateLimiter(rest.NewNoopRateLimiter()), rest.WithLogger(slog.New(slog.DiscardHandler)))
 	defer c.Close(context.Background())
 	gw, err := rest.New(c).GetGatewayBot()
