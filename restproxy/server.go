@@ -64,8 +64,9 @@ type ServerConfig struct {
 	// collectors through promhttp, in cmd/restproxy).
 	Metrics http.Handler
 	// Client sends the upstream requests. Default: a client that does not
-	// follow redirects and waits at most 60 s for a response's headers
-	// once the request is sent.
+	// follow redirects, leaves bodies compressed or not as Discord sends
+	// them, and waits at most 60 s for a response's headers once the
+	// request is sent.
 	Client *http.Client
 	// Logger gets one debug line per request and warnings for upstream
 	// failures; never a token. Default: no logs.
@@ -150,8 +151,11 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 	}
 	if s.client == nil {
 		s.own = http.DefaultTransport.(*http.Transport).Clone()
-		s.own.MaxIdleConnsPerHost = 100
+		// Enough idle connections for every request a window lets go at
+		// once; bodies pass through as Discord sends them.
+		s.own.MaxIdleConnsPerHost = 1024
 		s.own.ResponseHeaderTimeout = 60 * time.Second
+		s.own.DisableCompression = true
 		s.client = &http.Client{
 			Transport:     s.own,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -411,7 +415,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSONError(w, http.StatusBadRequest, "restproxy: bad request URL")
 			return
 		}
-		out.Header = header.Clone()
+		if attempt == 0 {
+			out.Header = header
+		} else {
+			out.Header = header.Clone() // the transport may still hold the last one
+		}
 		if stream != nil {
 			out.ContentLength = length
 		}
