@@ -81,7 +81,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	fs.BoolVar(&o.allowOpen, "allow-unauthenticated", false, "serve a non-loopback address without -secret (only behind a firewall or on a private network: whoever reaches the proxy acts as the bot)")
 	fs.IntVar(&o.global, "global-limit", 0, "global requests per -global-window (0: Discord's 50; Discord raises it for large bots)")
 	fs.DurationVar(&o.window, "global-window", time.Second, "global limit window")
-	fs.IntVar(&o.retries, "retries", 3, "retries after a 429, or after a 5xx for idempotent methods (bodies over 64 KiB are never retried)")
+	fs.IntVar(&o.retries, "retries", 3, "retries after a 429, or after a 5xx for idempotent methods; 0: never (bodies over 64 KiB are never retried)")
 	fs.IntVar(&o.stop, "invalid-stop", 0, "invalid (401/403/429) responses per 10 minutes at which requests fail fast (0: 9500)")
 	fs.Int64Var(&o.maxBody, "max-body", restproxy.DefaultMaxBodyBytes, "largest request body in bytes (Discord: 10 MiB in most guilds, 100 MiB at boost level 3)")
 	fs.DurationVar(&o.bodyTimeout, "body-timeout", 30*time.Second, "how long a request body may stall, or a client take to read a piece of the answer")
@@ -94,7 +94,10 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 			"Each flag can also be set by the environment variable shown.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
 			name, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(fs.Output(), "  -%s %s\n    \t%s", f.Name, name, usage)
+			if name != "" {
+				name = " " + name
+			}
+			fmt.Fprintf(fs.Output(), "  -%s%s\n    \t%s", f.Name, name, usage)
 			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 				fmt.Fprintf(fs.Output(), " (default %s)", f.DefValue)
 			}

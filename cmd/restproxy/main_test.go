@@ -182,3 +182,26 @@ func TestRestProxyCommandOpenAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestRestProxyCommandFlagsInREADME(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	_ = run(context.Background(), []string{"-h"}, env(), &out, nil)
+	n := 0
+	for _, line := range strings.Split(out.String(), "\n") {
+		name, ok := strings.CutPrefix(strings.TrimSpace(line), "env ")
+		if !ok {
+			continue
+		}
+		n++
+		if !strings.Contains(string(readme), "`"+name+"`") {
+			t.Errorf("README does not document %s", name)
+		}
+	}
+	if n < 15 {
+		t.Errorf("usage lists %d environment variables, want one per flag:\n%s", n, out.String())
+	}
+}
