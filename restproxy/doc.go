@@ -85,5 +85,6 @@
 // request holds only a timer, which it stops when it leaves. Tokens never
 // appear in logs, hooks or errors: routes are templates, and the major
 // parameter, which can hold a webhook token, stays inside the limiter.
-// The Server starts no goroutine either; net/http runs its handlers.
+// A Server starts no goroutine of its own: net/http runs its handlers,
+// and its upstream client's idle connections end with Server.Close.
 package restproxy

@@ -43,14 +43,20 @@ func main() {
 		return
 	}
 	if err != nil {
-		msg := err.Error()
-		if !strings.HasPrefix(msg, "restproxy: ") {
-			msg = "restproxy: " + msg
-		}
-		fmt.Fprintln(os.Stderr, msg)
+		fmt.Fprintln(os.Stderr, errorLine(err))
 		cancel()
 		os.Exit(1)
 	}
+}
+
+// errorLine is how the command reports err: with one "restproxy: "
+// prefix, whether or not the package's error has it already.
+func errorLine(err error) string {
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "restproxy: ") {
+		msg = "restproxy: " + msg
+	}
+	return msg
 }
 
 // envName is the environment variable of a flag.

@@ -205,3 +205,15 @@ func TestRestProxyCommandFlagsInREADME(t *testing.T) {
 		t.Errorf("usage lists %d environment variables, want one per flag:\n%s", n, out.String())
 	}
 }
+
+func TestRestProxyCommandErrorHasOnePrefix(t *testing.T) {
+	err := run(context.Background(), []string{"-global-limit", "-1"}, env("RESTPROXY_TOKEN", "t"), io.Discard, nil)
+	if err == nil {
+		t.Fatal("a negative global limit was accepted")
+	}
+	for _, e := range []error{err, errors.New("listen tcp: address in use")} {
+		if line := errorLine(e); strings.Count(line, "restproxy:") != 1 || !strings.HasPrefix(line, "restproxy: ") {
+			t.Errorf("%q, want one prefix", line)
+		}
+	}
+}
