@@ -91,6 +91,11 @@ type ServerConfig struct {
 // bans) and, for idempotent methods, 5xx answers and transport errors,
 // within the Limiter's retry budget, but only requests it can send again:
 // those without a body or with one of at most 64 KiB, which it keeps.
+//
+// Serve it with an http.Server that bounds slow clients, as cmd/restproxy
+// does: ReadHeaderTimeout (10 s there), ReadTimeout covering the headers
+// and a first body read (the handler then gives each body read
+// BodyTimeout), and IdleTimeout (2 min).
 type Server struct {
 	l           *Limiter
 	upstream    *url.URL
