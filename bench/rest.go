@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,9 +35,13 @@ type restResult struct {
 	Requests      int     `json:"requests"`
 	RateLimit429s int     `json:"rate_limit_429s"`
 	DurationS     float64 `json:"duration_s"`
-	LimitS        float64 `json:"limit_s"`     // the least time the simulator's limits allow
-	Ratio         float64 `json:"ratio"`       // limit_s / duration_s
-	OverheadUS    float64 `json:"overhead_us"` // WaitBucket+UnlockBucket, no limit in the way
+	LimitS        float64 `json:"limit_s"` // the least time the simulator's limits allow
+	Ratio         float64 `json:"ratio"`   // limit_s / duration_s
+	// The same workload with the clients sharing one in-process Limiter,
+	// in the same run: what the machine allows at the moment.
+	InProcessRatio float64 `json:"in_process_ratio"`
+	InProcess429s  int     `json:"in_process_rate_limit_429s"`
+	OverheadUS     float64 `json:"overhead_us"` // WaitBucket+UnlockBucket, no limit in the way
 	// The median request, one at a time with no limit in the way, of a
 	// disgo client straight to the simulator (with an in-process
 	// Limiter, as a fleet in one process has) and of one through the
@@ -58,40 +67,110 @@ const (
 	restGlobal     = 10_000 // per second; does not bind here
 )
 
-// proxy is a restproxy Server on a loopback port.
+// proxy is a restproxy Server in a child process, as cmd/restproxy runs
+// it: the clients' goroutines and the proxy's do not share a scheduler.
 type proxy struct {
 	url   string
-	p     *restproxy.Server
-	srv   *http.Server
-	serve chan error
+	cmd   *exec.Cmd
+	stdin io.Closer
 }
 
-func startProxy(l *restproxy.Limiter, upstream, token string) (*proxy, error) {
-	p, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: upstream, Token: token})
+// startProxy starts the child, with a global limit of global requests a
+// second, and waits at most 30 s for its address.
+func startProxy(upstream, token string, global int) (*proxy, error) {
+	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
+	cmd := exec.Command(exe, "-child", "restproxy", upstream, strconv.Itoa(global))
+	cmd.Env = append(os.Environ(), "BENCH_RESTPROXY_TOKEN="+token) // not on the command line
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	x := &proxy{cmd: cmd, stdin: stdin}
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- l
+	}()
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	select {
+	case l := <-line:
+		addr, ok := strings.CutPrefix(strings.TrimSpace(l), "ready ")
+		if !ok {
+			_ = x.close()
+			return nil, fmt.Errorf("restproxy child: said %q, want \"ready <addr>\"", l)
+		}
+		x.url = "http://" + addr
+		return x, nil
+	case <-t.C:
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, errors.New("restproxy child: no address in 30s")
+	}
+}
+
+// close ends the child (it shuts down when its stdin closes) and waits
+// for it, at most 10 s.
+func (x *proxy) close() error {
+	_ = x.stdin.Close()
+	done := make(chan error, 1)
+	go func() { done <- x.cmd.Wait() }()
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		_ = x.cmd.Process.Kill()
+		<-done
+		return errors.New("restproxy child: did not stop within 10s of its stdin closing")
+	}
+}
+
+// runProxyChild serves a restproxy for upstream until stdin closes.
+func runProxyChild(args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("restproxy child: want the upstream URL and the global limit, got %q", args)
+	}
+	global, err := strconv.Atoi(args[1])
+	if err != nil {
+		return fmt.Errorf("restproxy child: global limit %q: %w", args[1], err)
+	}
+	l, err := restproxy.New(restproxy.Config{GlobalLimit: global})
+	if err != nil {
+		return err
+	}
+	p, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: args[0], Token: os.Getenv("BENCH_RESTPROXY_TOKEN")})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	x := &proxy{url: "http://" + ln.Addr().String(), p: p, serve: make(chan error, 1),
-		srv: &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}}
-	go func() { x.serve <- x.srv.Serve(ln) }()
-	return x, nil
-}
-
-// close stops the proxy, waiting at most 5 s for requests to end.
-func (x *proxy) close() error {
+	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	fmt.Println("ready", ln.Addr())
+	_, _ = io.Copy(io.Discard, os.Stdin)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := x.srv.Shutdown(ctx)
-	if err != nil {
-		err = fmt.Errorf("proxy shutdown: waited 5s for requests to end: %w", err)
-		_ = x.srv.Close()
+	err = srv.Shutdown(ctx)
+	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
 	}
-	<-x.serve
-	x.p.Close()
 	return err
 }
 
@@ -104,33 +183,76 @@ func restClient(url, token string, opts ...rest.ConfigOpt) (rest.Rest, func()) {
 	return rest.New(c), func() { c.Close(context.Background()); tr.CloseIdleConnections() }
 }
 
-func runREST() (res any, err error) {
+func runREST() (any, error) {
 	r := restResult{Scenario: "rest", Mode: "proxy", Requests: restClusters * restPerCluster}
+	perChannel := r.Requests / restChannels
+	limit := time.Duration((perChannel+restRouteLimit-1)/restRouteLimit-1) * restRouteWin
+	limit = max(limit, time.Duration((r.Requests+restGlobal-1)/restGlobal-1)*time.Second)
+	r.LimitS = limit.Seconds()
+
+	elapsed, n429, err := restWorkload(true)
+	if err != nil {
+		return nil, err
+	}
+	r.RateLimit429s = n429
+	r.DurationS = elapsed.Seconds()
+	r.Ratio = limit.Seconds() / elapsed.Seconds()
+	// The same workload with one in-process Limiter, as a fleet in one
+	// process runs it: what this machine allows now.
+	elapsed, n429, err = restWorkload(false)
+	if err != nil {
+		return nil, err
+	}
+	r.InProcessRatio = limit.Seconds() / elapsed.Seconds()
+	r.InProcess429s = n429
+	if r.OverheadUS, err = restOverhead(); err != nil {
+		return nil, err
+	}
+	if r.DirectUS, r.ProxiedUS, err = proxyOverhead(); err != nil {
+		return nil, err
+	}
+	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
+	return r, nil
+}
+
+// restWorkload runs the scenario's workload against a new simulator,
+// through a proxy or with the clients sharing a Limiter, and returns its
+// time and the simulator's 429s.
+func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 	srv, err := discordtest.Start(discordtest.WithGuilds(1), discordtest.WithGuildShape(2, restChannels, 0),
 		discordtest.WithRouteRateLimit(restRouteLimit, restRouteWin), discordtest.WithGlobalRateLimit(restGlobal, time.Second))
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
 	defer srv.Close()
 	l, err := restproxy.New(restproxy.Config{GlobalLimit: restGlobal})
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
-	px, err := startProxy(l, "http://"+srv.Addr(), srv.Token())
-	if err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, px.close()) }()
 	clients := make([]rest.Rest, restClusters)
-	for i := range clients {
-		c, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
-		defer closeClient()
-		clients[i] = c
+	if viaProxy {
+		px, err := startProxy("http://"+srv.Addr(), srv.Token(), restGlobal)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer func() { err = errors.Join(err, px.close()) }()
+		for i := range clients {
+			c, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+			defer closeClient()
+			clients[i] = c
+		}
+	} else {
+		for i := range clients {
+			c, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
+			defer closeClient()
+			clients[i] = c
+		}
 	}
 	chans := make([]snowflake.ID, restChannels)
 	for i := range chans {
 		chans[i] = snowflake.ID(srv.ChannelID(0, i))
 	}
+	requests := restClusters * restPerCluster
 
 	// Every request has its goroutine, started before the clock and
 	// released at once; each is bounded by its client's 20 s timeout.
@@ -140,8 +262,8 @@ func runREST() (res any, err error) {
 		failed    atomic.Int64
 		first     atomic.Value
 	)
-	// A running fleet's clients hold their connections to the proxy:
-	// open them before the clock (GET /gateway has no route limit).
+	// A running fleet's clients hold their connections: open them before
+	// the clock (GET /gateway has no route limit).
 	for _, c := range clients {
 		for range restPerCluster {
 			wg.Go(func() {
@@ -154,7 +276,7 @@ func runREST() (res any, err error) {
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		return nil, fmt.Errorf("warm-up: %d of %d GET /gateway through the proxy failed, first: %v", n, r.Requests, first.Load())
+		return 0, 0, fmt.Errorf("warm-up (proxy %t): %d of %d GET /gateway failed, first: %v", viaProxy, n, requests, first.Load())
 	}
 	for _, c := range clients {
 		for i := range restPerCluster {
@@ -173,27 +295,14 @@ func runREST() (res any, err error) {
 	start := time.Now()
 	close(gate)
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed = time.Since(start)
 	if n := failed.Load(); n > 0 {
-		return nil, fmt.Errorf("%d of %d requests through the proxy failed, first: %v", n, r.Requests, first.Load())
+		return 0, 0, fmt.Errorf("%d of %d requests (proxy %t) failed, first: %v", n, requests, viaProxy, first.Load())
 	}
 	for _, n := range srv.Stats().REST.RateLimited {
-		r.RateLimit429s += n
+		n429 += n
 	}
-	perChannel := r.Requests / restChannels
-	limit := time.Duration((perChannel+restRouteLimit-1)/restRouteLimit-1) * restRouteWin
-	limit = max(limit, time.Duration((r.Requests+restGlobal-1)/restGlobal-1)*time.Second)
-	r.DurationS = elapsed.Seconds()
-	r.LimitS = limit.Seconds()
-	r.Ratio = limit.Seconds() / elapsed.Seconds()
-	if r.OverheadUS, err = restOverhead(); err != nil {
-		return nil, err
-	}
-	if r.DirectUS, r.ProxiedUS, err = proxyOverhead(); err != nil {
-		return nil, err
-	}
-	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
-	return r, nil
+	return elapsed, n429, nil
 }
 
 // proxyOverhead times GET /users/@me one request at a time, alternating
@@ -207,11 +316,7 @@ func proxyOverhead() (direct, proxied float64, err error) {
 		return 0, 0, err
 	}
 	defer srv.Close()
-	lp, err := restproxy.New(restproxy.Config{GlobalLimit: 1 << 20})
-	if err != nil {
-		return 0, 0, err
-	}
-	px, err := startProxy(lp, "http://"+srv.Addr(), srv.Token())
+	px, err := startProxy("http://"+srv.Addr(), srv.Token(), 1<<20)
 	if err != nil {
 		return 0, 0, err
 	}
