@@ -174,7 +174,9 @@ func serveAdmin(port int, h http.Handler) (stop func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin server: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	// ReadTimeout is longer than the admin handler's OperationTimeout (5
+	// minutes): net/http cancels a request whose read deadline passes.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 6 * time.Minute, IdleTimeout: 2 * time.Minute}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
