@@ -280,7 +280,10 @@ func (s *shard) run(ctx context.Context) {
 		err := s.connect(ctx)
 		var ce *CloseError
 		if errors.As(err, &ce) {
+			// The state is final before any hook hears of it, so that an
+			// observer woken by the hook sees the shard stopped.
 			s.err = ce
+			s.setState(StateStopped)
 			s.g.shardFatal(s, ce)
 			return
 		}
