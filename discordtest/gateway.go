@@ -391,6 +391,10 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	if _, ok := ss.attach(c, 0); !ok {
 		ss.detachedAt = now // its client left as it started: resumable, then expired
 	}
+	// READY is the session's first dispatch: it is queued before the
+	// session can receive any other, and before the guilds are encoded,
+	// as Discord sends it first and the guilds after.
+	ss.append("READY", s.readyPayload(ss))
 	s.sessions[ss.id] = ss
 	s.sessionVer++
 	s.mu.Unlock()
@@ -398,11 +402,6 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	threshold := id.LargeThreshold
 	if threshold == 0 {
 		threshold = 50
-	}
-	// READY goes out before the guilds are encoded, as Discord sends it
-	// first and the guilds after.
-	if !ss.append("READY", s.readyPayload(ss)) {
-		return false
 	}
 	large := s.cfg.membersPerGuild > threshold
 	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {
