@@ -142,6 +142,9 @@ type shard struct {
 	sends    []time.Time // command times for the 120/60 s limit
 
 	holding atomic.Bool // an identify bucket is taken
+	// answer is closed when the IDENTIFY sent on the current connection
+	// is answered with READY; nil when none is outstanding. Guarded by mu.
+	answer chan struct{}
 
 	stop     chan struct{} // closed to stop the shard
 	stopCode int           // close code to use when stopping; set before stop closes
@@ -354,8 +357,8 @@ func (s *shard) connect(ctx context.Context) error {
 		defer watch.Done()
 		select {
 		case <-s.stop:
-			cancel()
-			s.closeConn(c, s.stopCode)
+			cancel() // an IDENTIFY still waiting for the queue is not sent
+			s.closeConn(c, s.awaitReady(stopped))
 		case <-ctx.Done():
 			s.closeConn(c, websocket.CloseNormalClosure)
 		case <-stopped:
@@ -372,11 +375,43 @@ func (s *shard) connect(ctx context.Context) error {
 		hb.wg.Wait()
 		s.mu.Lock()
 		s.conn = nil
+		s.answer = nil
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
 	return s.serve(cctx, c, hb, resume, sess, &identifying)
 }
+
+// awaitReady returns the code to close with when the shard is stopped.
+// A stop that keeps sessions (a hand-over) and finds an IDENTIFY sent but
+// not answered waits for its READY, up to readyWait, so that the session
+// it starts is handed over rather than left live on the gateway with
+// nobody reading it (and a second IDENTIFY spent on the shard). If the
+// READY does not come in time the connection closes with 1000, so that a
+// session the gateway starts from it late ends at once.
+func (s *shard) awaitReady(ended <-chan struct{}) int {
+	s.mu.Lock()
+	answer, code := s.answer, s.stopCode
+	s.mu.Unlock()
+	if answer == nil || code == websocket.CloseNormalClosure {
+		return code
+	}
+	t := time.NewTimer(readyWait)
+	defer t.Stop()
+	select {
+	case <-answer:
+		return code
+	case <-ended:
+		return code
+	case <-t.C:
+		s.log.Warn("stopping shard: its IDENTIFY was not answered in time", "wait", readyWait)
+		return websocket.CloseNormalClosure
+	}
+}
+
+// readyWait bounds how long a hand-over waits for the READY of an
+// IDENTIFY already sent.
+const readyWait = 5 * time.Second
 
 func (s *shard) closeConn(c *websocket.Conn, code int) {
 	s.writeMu.Lock()
@@ -392,6 +427,7 @@ func (s *shard) closeConn(c *websocket.Conn, code int) {
 // heartbeats are acknowledged and a close is seen however long the wait.
 func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session, identifying *sync.WaitGroup) error {
 	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
+	leave := ""          // why to reconnect once the outstanding IDENTIFY is answered
 	for {
 		_, r, err := c.NextReader()
 		if err == nil {
@@ -439,22 +475,62 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 		case gateway.OpcodeDispatch:
 			s.dispatch(m)
+			if m.T == gateway.EventTypeReady {
+				s.mu.Lock()
+				if s.answer != nil {
+					close(s.answer)
+					s.answer = nil
+				}
+				s.mu.Unlock()
+			}
 		case gateway.OpcodeHeartbeat:
 			hb.beat()
 		case gateway.OpcodeHeartbeatACK:
 			hb.ack()
 		case gateway.OpcodeReconnect:
+			if s.leaveAfterReady(c, &leave, "reconnect requested") {
+				continue
+			}
 			s.closeConn(c, resumableClose)
 			return errors.New("reconnect requested")
 		case gateway.OpcodeInvalidSession:
-			if ok, _ := m.D.(gateway.MessageDataInvalidSession); !ok {
+			ok, _ := m.D.(gateway.MessageDataInvalidSession)
+			if bool(ok) && s.leaveAfterReady(c, &leave, "invalid session") {
+				continue
+			}
+			if !ok {
 				s.forgetSession()
 				s.g.invalidated(s)
 			}
 			s.closeConn(c, resumableClose)
 			return errors.New("invalid session")
 		}
+		if leave != "" && m.Op == gateway.OpcodeDispatch && m.T == gateway.EventTypeReady {
+			s.closeConn(c, resumableClose)
+			return errors.New(leave)
+		}
 	}
+}
+
+// leaveAfterReady defers a reconnect the gateway asked for (op 7, or op 9
+// that keeps the session) while this connection's IDENTIFY is unanswered:
+// the gateway may have started the session already, and leaving before
+// its READY would leave that session live with nobody reading it, and
+// spend a second IDENTIFY. The connection is read on, for at most
+// readyWait, and left once READY has been delivered; the session is then
+// resumed. It reports whether it deferred.
+func (s *shard) leaveAfterReady(c *websocket.Conn, leave *string, why string) bool {
+	s.mu.Lock()
+	waiting := s.answer != nil
+	s.mu.Unlock()
+	if !waiting {
+		return false
+	}
+	if *leave == "" {
+		*leave = why
+		_ = c.SetReadDeadline(time.Now().Add(readyWait))
+	}
+	return true
 }
 
 func (s *shard) forgetSession() {
@@ -480,6 +556,16 @@ func (s *shard) identify(ctx context.Context) error {
 		return err
 	}
 	waited := time.Since(queued)
+	// A stop cancels ctx before it looks for an IDENTIFY to wait for:
+	// under mu, either it sees this one or this one sees the stop.
+	s.mu.Lock()
+	if err := ctx.Err(); err != nil {
+		s.mu.Unlock()
+		s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
+		return err
+	}
+	s.answer = make(chan struct{})
+	s.mu.Unlock()
 	id := gateway.MessageDataIdentify{
 		Token:          s.token,
 		Properties:     gateway.IdentifyCommandDataProperties{OS: "linux", Browser: "gofleet", Device: "gofleet"},
