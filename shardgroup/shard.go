@@ -142,6 +142,15 @@ type shard struct {
 	sends    []time.Time // command times for the 120/60 s limit
 
 	holding atomic.Bool // an identify bucket is taken
+
+	// Owned by the run goroutine (run, connect, serve):
+	resuming     bool      // the current connection RESUMEs a session
+	attemptAt    time.Time // when the current connection was dialled
+	answered     bool      // the current connection received a dispatch
+	resumeFails  int       // resume attempts in a row that got no dispatch
+	failingSince time.Time // when the first of them ended
+	dialFails    int       // dial failures since the last warning
+	dialWarned   time.Time // when the last dial warning was logged
 	// answer is closed when the IDENTIFY sent on the current connection
 	// is answered with READY; nil when none is outstanding. Guarded by mu.
 	answer chan struct{}
@@ -301,6 +310,8 @@ func (s *shard) run(ctx context.Context) {
 		if err != nil {
 			s.log.Debug("shard disconnected", "err", err)
 		}
+		s.dialFailed(err)
+		s.resumeFailed(err)
 		if errors.Is(err, errDial) {
 			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
 		} else {
@@ -323,17 +334,74 @@ func (s *shard) run(ctx context.Context) {
 
 var errDial = errors.New("dial gateway")
 
+// A session whose RESUME fails this many times in a row, or for this
+// long, is dropped: the shard identifies anew through the queue.
+const (
+	maxResumeFailures = 5
+	maxResumeFailing  = 30 * time.Second
+)
+
+// dialWarnEvery spaces a shard's warnings about failed dials, so that a
+// dead gateway does not flood the log.
+const dialWarnEvery = 30 * time.Second
+
+// dialFailed warns that the gateway could not be reached, with the cause,
+// at most once per dialWarnEvery (saying how many failures it stands
+// for).
+func (s *shard) dialFailed(err error) {
+	if !errors.Is(err, errDial) {
+		s.dialFails = 0
+		return
+	}
+	s.dialFails++
+	if now := time.Now(); now.Sub(s.dialWarned) >= dialWarnEvery {
+		s.log.Warn("gateway dial failed: retrying", "err", err.Error(), "failures", s.dialFails)
+		s.dialWarned, s.dialFails = now, 0
+	}
+}
+
+// resumeFailed counts a connection that tried to RESUME and ended before
+// any dispatch came (a resume URL that does not answer, a RESUME the
+// gateway closes or answers with op 9 d=true). After maxResumeFailures in
+// a row, or maxResumeFailing, the session is dropped and the shard
+// identifies: an unusable session must not wedge its shard, nor be handed
+// over or saved as if it were live.
+func (s *shard) resumeFailed(err error) {
+	if !s.resuming || s.answered {
+		s.resumeFails = 0
+		return
+	}
+	now := time.Now()
+	if s.resumeFails == 0 {
+		s.failingSince = s.attemptAt
+	}
+	s.resumeFails++
+	if s.resumeFails < maxResumeFailures && now.Sub(s.failingSince) < maxResumeFailing {
+		return
+	}
+	cause := "none"
+	if err != nil {
+		cause = err.Error()
+	}
+	s.log.Warn("session cannot be resumed: identifying anew", "attempts", s.resumeFails, "err", cause)
+	s.resumeFails = 0
+	s.forgetSession()
+}
+
 // connect runs one connection from dial to close.
 func (s *shard) connect(ctx context.Context) error {
 	s.mu.Lock()
 	sess := s.session
 	s.mu.Unlock()
 	resume := sess.SessionID != ""
+	s.resuming, s.answered, s.attemptAt = resume, false, time.Now()
 	url := s.g.cfg.GatewayURL
+	dialTimeout := 30 * time.Second
 	if resume && sess.ResumeURL != "" {
 		url = sess.ResumeURL
+		dialTimeout = 10 * time.Second // a dead resume URL is given up sooner
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json", http.Header{})
 	cancel()
 	if resp != nil && resp.Body != nil {
@@ -474,6 +542,7 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 				return err
 			}
 		case gateway.OpcodeDispatch:
+			s.answered = true
 			s.dispatch(m)
 			if m.T == gateway.EventTypeReady {
 				s.mu.Lock()
