@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -64,13 +65,25 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 		rate = 400 // the race detector slows event handling several times over
 	}
 	s := discordtest.NewServer(discordtest.WithGuilds(64), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(shards), discordtest.WithIdentifyWindow(10*time.Millisecond))
+		discordtest.WithMaxConcurrency(shards), discordtest.WithIdentifyWindow(10*time.Millisecond),
+		// Each round spends a few IDENTIFYs (one per op 9 d=false): 200
+		// rounds would exhaust Discord's default 1,000 a day.
+		discordtest.WithSessionStartLimit(1_000_000, 24*time.Hour))
 	defer s.Close()
 	tr := newTracker(s)
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = tr.bot, clusters
-	rt, stop, _ := startFleet(t, cfg)
-	defer stop()
+	rt, runErr := runReady(t, cfg)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
 	tr.watch(rt)
 
 	for round := range rounds {
@@ -86,6 +99,10 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 		for c := range clusters {
 			began := time.Now()
 			n, err := restartUnderFaults(rt, s, c, []int{2 * c, 2*c + 1}, rng, &trace)
+			if errors.Is(err, ErrNotRunning) {
+				err = fmt.Errorf("%w (Run returned %v)", err, <-runErr)
+				runErr = closedErr
+			}
 			if testing.Verbose() {
 				t.Logf("round %d cluster %d: %s", round, c, time.Since(began))
 			}
@@ -141,6 +158,13 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 func (k faultKind) String() string {
 	return [...]string{"op7", "op9-resumable", "op9-invalid", "drop", "hold", "release"}[k]
 }
+
+// closedErr stands for Run's error once it has been read.
+var closedErr = func() <-chan error {
+	c := make(chan error, 1)
+	c <- nil
+	return c
+}()
 
 func diffCounts(before, after map[string]int) map[string]int {
 	out := map[string]int{}
