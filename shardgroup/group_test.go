@@ -3,6 +3,7 @@ package shardgroup
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -441,5 +442,58 @@ func TestDialFailuresWarnOnce(t *testing.T) {
 	}
 	if strings.Contains(out, srv.Token()) {
 		t.Fatal("the token is in the log")
+	}
+}
+
+// A hand-over that finds an IDENTIFY sent but unanswered (the gateway
+// holds it) waits for its READY and hands that session over, rather than
+// leaving it live on the gateway with nobody reading it; if the stop's
+// ctx ends first it gives up and no session is left behind.
+func TestHandOverWaitsForHeldIdentify(t *testing.T) {
+	for _, release := range []bool{true, false} {
+		t.Run(fmt.Sprintf("released=%t", release), func(t *testing.T) {
+			srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithRecommendedShards(1))
+			defer srv.Close()
+			srv.HoldShard(0)
+			sent := make(chan struct{}, 1)
+			g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+				Intents: gateway.IntentGuilds, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
+				Hooks: Hooks{Identify: func(*Group, int, time.Duration) { sent <- struct{}{} }}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Start(context.Background())
+			<-sent
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				sessions map[int]Session
+				err      error
+			}
+			stopped := make(chan result, 1)
+			go func() {
+				s, err := g.Stop(ctx, true)
+				stopped <- result{s, err}
+			}()
+			if release {
+				srv.ReleaseShard(0)
+			} else {
+				cancel()
+			}
+			r := <-stopped
+			st := srv.Stats()
+			if !release {
+				if len(r.sessions) != 0 || st.Sessions != 0 {
+					t.Fatalf("gave up with sessions %v; %d live on the gateway, want none", r.sessions, st.Sessions)
+				}
+				return
+			}
+			if r.err != nil || r.sessions[0].SessionID == "" {
+				t.Fatalf("stop: %v, sessions %v: want the held IDENTIFY's session", r.err, r.sessions)
+			}
+			if st.Identifies != 1 || st.Sessions != 1 {
+				t.Fatalf("%d IDENTIFYs, %d sessions live, want 1 and 1", st.Identifies, st.Sessions)
+			}
+		})
 	}
 }

@@ -156,6 +156,8 @@ type shard struct {
 	answer chan struct{}
 
 	stop     chan struct{} // closed to stop the shard
+	hurry    chan struct{} // closed when the stop's ctx has ended: wait for nothing more
+	hurryOne sync.Once
 	stopCode int           // close code to use when stopping; set before stop closes
 	done     chan struct{} // closed when run returns
 	err      error         // why run returned; read after done
@@ -455,8 +457,9 @@ func (s *shard) connect(ctx context.Context) error {
 // not answered waits for its READY, up to readyWait, so that the session
 // it starts is handed over rather than left live on the gateway with
 // nobody reading it (and a second IDENTIFY spent on the shard). If the
-// READY does not come in time the connection closes with 1000, so that a
-// session the gateway starts from it late ends at once.
+// READY does not come in time (or the ctx of Stop ends first) the
+// connection closes with 1000, so that a session the gateway starts from
+// it late ends at once.
 func (s *shard) awaitReady(ended <-chan struct{}) int {
 	s.mu.Lock()
 	answer, code := s.answer, s.stopCode
@@ -471,11 +474,16 @@ func (s *shard) awaitReady(ended <-chan struct{}) int {
 		return code
 	case <-ended:
 		return code
+	case <-s.hurry:
+		return websocket.CloseNormalClosure
 	case <-t.C:
 		s.log.Warn("stopping shard: its IDENTIFY was not answered in time", "wait", readyWait)
 		return websocket.CloseNormalClosure
 	}
 }
+
+// hurryUp ends a stop's waits at once: the ctx of Stop has ended.
+func (s *shard) hurryUp() { s.hurryOne.Do(func() { close(s.hurry) }) }
 
 // readyWait bounds how long a hand-over waits for the READY of an
 // IDENTIFY already sent.
