@@ -409,8 +409,8 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 			return err
 		}
-		var m gateway.Message
-		if err := json.Unmarshal(data, &m); err != nil {
+		m, err := decodeMessage(data)
+		if err != nil {
 			s.log.Warn("undecodable gateway payload", "err", err)
 			continue
 		}
