@@ -143,6 +143,8 @@ type shard struct {
 
 	holding atomic.Bool // an identify bucket is taken
 
+	in *inflater // transport decompression; used by run's goroutine only
+
 	stop     chan struct{} // closed to stop the shard
 	stopCode int           // close code to use when stopping; set before stop closes
 	done     chan struct{} // closed when run returns
@@ -327,8 +329,15 @@ func (s *shard) connect(ctx context.Context) error {
 	if resume && sess.ResumeURL != "" {
 		url = sess.ResumeURL
 	}
+	if s.in == nil {
+		s.in = newInflater(s.g.cfg.Compression)
+	}
+	if err := s.in.reset(); err != nil {
+		return err
+	}
+	compress, _ := s.g.cfg.Compression.query()
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json", http.Header{})
+	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json"+compress, http.Header{})
 	cancel()
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
@@ -390,12 +399,15 @@ func (s *shard) closeConn(c *websocket.Conn, code int) {
 func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session, identifying *sync.WaitGroup) error {
 	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
 	for {
-		_, r, err := c.NextReader()
+		mt, r, err := c.NextReader()
 		if err == nil {
 			buf.Reset()
 			_, err = buf.ReadFrom(r)
 		}
 		data := buf.Bytes()
+		if err == nil {
+			data, err = s.in.inflate(mt, data)
+		}
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
@@ -408,6 +420,9 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 				}
 			}
 			return err
+		}
+		if data == nil {
+			continue // a zlib payload continues in the next message
 		}
 		m, err := decodeMessage(data)
 		if err != nil {
