@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -276,6 +277,18 @@ func eventsChild(args []string) error {
 	defer func() { _ = stop() }()
 	if err := waitCount(&guilds, evGuilds, 2*time.Minute); err != nil {
 		return fmt.Errorf("guilds: %w", err)
+	}
+	if path := os.Getenv("FLEET_BENCH_CPUPROFILE"); path != "" {
+		// A CPU profile of the measured part, for finding where it goes.
+		f, err := os.Create(path + "." + kind)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	cpu1, read1 := usage()
 	start := time.Now()

@@ -2,6 +2,7 @@ package shardgroup
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/disgoorg/disgo/gateway"
@@ -33,18 +34,51 @@ type envelope struct {
 }
 
 // decodeMessage decodes one gateway payload as disgo's gateway.Message
-// does: the envelope once, then d by the payload's opcode and type alone.
-// RawD is d's text, in memory of its own (data may be reused).
+// does: the envelope in one pass (scanEnvelope, or the general decoder for
+// shapes it leaves), then d by the payload's opcode and type alone. RawD
+// is d's text and shares data's memory: it is valid only as long as data
+// is (in the read loop, until the next frame is read).
 func decodeMessage(data []byte) (gateway.Message, error) {
-	var e envelope
-	if err := gojson.Unmarshal(data, &e); err != nil {
-		return gateway.Message{}, err
+	e, ok := scanEnvelope(data)
+	if !ok {
+		e = envelope{}
+		if err := gojson.Unmarshal(data, &e); err != nil {
+			return gateway.Message{}, err
+		}
 	}
-	m := gateway.Message{Op: e.Op, S: e.S, T: e.T, RawD: e.D}
-	var err error
+	return decodeData(data, e)
+}
+
+func decodeData(data []byte, e envelope) (m gateway.Message, err error) {
+	defer func() {
+		// Some of disgo's UnmarshalJSON methods panic on shapes they do
+		// not expect (an unknown channel type); the payload is then
+		// undecodable, and the shard goes on.
+		if v := recover(); v != nil {
+			m, err = gateway.Message{}, fmt.Errorf("op %d %s: decoder panicked: %v", e.Op, e.T, v)
+		}
+	}()
+	m = gateway.Message{Op: e.Op, S: e.S, T: e.T, RawD: e.D}
 	switch e.Op {
 	case gateway.OpcodeDispatch:
-		m.D, err = gateway.UnmarshalEventData(e.D, e.T)
+		switch e.T {
+		// The most frequent dispatches skip UnmarshalEventData's call of
+		// json.Unmarshal, which would only find and call the same
+		// UnmarshalJSON (discord.Message's, promoted) after scanning d.
+		case gateway.EventTypeMessageCreate:
+			var d gateway.EventMessageCreate
+			err = d.UnmarshalJSON(e.D)
+			m.D = d
+		case gateway.EventTypeMessageUpdate:
+			var d gateway.EventMessageUpdate
+			err = d.UnmarshalJSON(e.D)
+			m.D = d
+		default:
+			m.D, err = gateway.UnmarshalEventData(e.D, e.T)
+			if _, unknown := m.D.(gateway.EventUnknown); unknown && err == nil && !gojson.Valid(e.D) {
+				err = errors.New("invalid JSON in d")
+			}
+		}
 	case gateway.OpcodeHello:
 		var d gateway.MessageDataHello
 		err = djson.Unmarshal(e.D, &d)
@@ -61,6 +95,7 @@ func decodeMessage(data []byte) (gateway.Message, error) {
 	default:
 		// Commands a client sends never arrive; decode the rest as
 		// disgo does, the whole message.
+		m = gateway.Message{}
 		err = djson.Unmarshal(data, &m)
 	}
 	if err != nil {

@@ -424,7 +424,7 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 		if data == nil {
 			continue // a zlib payload continues in the next message
 		}
-		m, err := decodeMessage(data)
+		m, err := decodeMessage(data) // m.RawD shares buf: valid until the next frame
 		if err != nil {
 			s.log.Warn("undecodable gateway payload", "err", err)
 			continue
