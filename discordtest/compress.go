@@ -3,6 +3,8 @@ package discordtest
 import (
 	"bytes"
 	"compress/zlib"
+	"fmt"
+	"slices"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -17,9 +19,33 @@ const (
 	compressZstd = "zstd-stream"
 )
 
-// knownCompress reports whether the simulator speaks a compress value
+// WithCompressions limits the transport compressions the gateway accepts
+// (by default zlib-stream and zstd-stream); a connection asking for
+// another one is refused with 4002. Uncompressed connections are always
+// accepted.
+func WithCompressions(values ...string) Option {
+	return func(c *config) error {
+		for _, v := range values {
+			if v != compressZlib && v != compressZstd {
+				return fmt.Errorf("discordtest: WithCompressions: unknown compression %q (have %s, %s)", v, compressZlib, compressZstd)
+			}
+		}
+		c.compressions = append([]string{}, values...)
+		return nil
+	}
+}
+
+// acceptsCompress reports whether the gateway serves a compress value
 // ("" is none).
-func knownCompress(v string) bool { return v == "" || v == compressZlib || v == compressZstd }
+func (s *Server) acceptsCompress(v string) bool {
+	if v == "" {
+		return true
+	}
+	if s.cfg.compressions == nil {
+		return v == compressZlib || v == compressZstd
+	}
+	return slices.Contains(s.cfg.compressions, v)
+}
 
 // zstdWindow is the zstd-stream window: history shared by all the
 // messages of a connection, as large as a client must keep.

@@ -39,16 +39,24 @@ func TestZstdStreamHello(t *testing.T) {
 }
 
 func TestUnknownCompressRefused(t *testing.T) {
-	s := NewServer()
-	defer s.Close()
-	ws, _, err := websocket.DefaultDialer.Dial(s.GatewayURL()+"?v=10&encoding=json&compress=gzip", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
-	_, data, err := ws.ReadMessage()
-	var ce *websocket.CloseError
-	if !errors.As(err, &ce) || ce.Code != CloseDecodeError {
-		t.Fatalf("got message %q, err %v; want close %d before HELLO", data, err, CloseDecodeError)
+	for _, tc := range []struct {
+		compress string
+		opts     []Option
+	}{
+		{"gzip", nil},
+		{"zstd-stream", []Option{WithCompressions("zlib-stream")}},
+	} {
+		s := NewServer(tc.opts...)
+		ws, _, err := websocket.DefaultDialer.Dial(s.GatewayURL()+"?v=10&encoding=json&compress="+tc.compress, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, data, err := ws.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != CloseDecodeError {
+			t.Errorf("%s: got message %q, err %v; want close %d before HELLO", tc.compress, data, err, CloseDecodeError)
+		}
+		ws.Close()
+		s.Close()
 	}
 }

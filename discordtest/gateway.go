@@ -141,7 +141,7 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 		c.fail(CloseInvalidAPIVersion, "Invalid API version", "")
 	} else if e := q.Get("encoding"); e != "" && e != "json" {
 		c.fail(CloseDecodeError, "Only JSON encoding is simulated", "")
-	} else if !knownCompress(c.stream) {
+	} else if !s.acceptsCompress(c.stream) {
 		c.fail(CloseDecodeError, "Invalid transport compression", "")
 	} else {
 		c.sendJSON([]byte(`{"op":10,"d":{"heartbeat_interval":` + strconv.FormatInt(s.cfg.heartbeat.Milliseconds(), 10) + `},"s":null,"t":null}`))
