@@ -104,6 +104,32 @@ type inflater struct {
 
 	fr io.ReadCloser // zlib: raw inflate, after the 2-byte zlib header
 	zr *zstd.Decoder
+	// zstd: the decoder was unwound while writing a block's output (see
+	// zstdSink), and will hand that output over again first.
+	repeat bool
+}
+
+// zstdSink receives the zstd decoder's output, one whole block per Write.
+// A block is read whole before it is decoded, so when the message has no
+// byte left the block being written is the message's last: the sink keeps
+// it and unwinds the decoder right there, a few frames up, instead of
+// letting it ask the source for the next block header deep in its reader.
+// Unwound in Write, the decoder still holds that block as pending output
+// and writes it again on the next call, which the sink then skips.
+type zstdSink struct{ in *inflater }
+
+func (w zstdSink) Write(p []byte) (int, error) {
+	in := w.in
+	if in.repeat {
+		in.repeat = false
+		return len(p), nil
+	}
+	in.out.Write(p)
+	if in.src.off >= len(in.src.b) {
+		in.repeat = true
+		panic(errEndOfMessage)
+	}
+	return len(p), nil
 }
 
 func newInflater(kind Compression) *inflater {
@@ -121,6 +147,7 @@ func (in *inflater) reset() error {
 	in.src = source{}
 	in.pending = in.pending[:0]
 	in.started = false
+	in.repeat = false // Reset drops the decoder's pending output
 	if in.kind == CompressionZstd {
 		if in.zr == nil {
 			zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
@@ -189,7 +216,7 @@ func (in *inflater) drain() (err error) {
 		in.src.b = nil
 	}()
 	if in.kind == CompressionZstd {
-		_, err = in.zr.WriteTo(&in.out)
+		_, err = in.zr.WriteTo(zstdSink{in})
 	} else {
 		_, err = in.out.ReadFrom(in.fr)
 	}

@@ -155,3 +155,33 @@ func TestGroupCompression(t *testing.T) {
 		})
 	}
 }
+
+func BenchmarkInflate(b *testing.B) {
+	frame := []byte(`{"op":0,"s":42,"t":"MESSAGE_CREATE","d":{"id":"1234567890123456789","channel_id":"1234567890123456790","guild_id":"1234567890123456000","author":{"id":"1234567890123451111","username":"user1","discriminator":"0","global_name":"User 1","avatar":null,"bot":false},"content":"load","timestamp":"2024-01-01T00:00:00Z","edited_timestamp":null,"tts":false,"mention_everyone":false,"mentions":[],"mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0,"nonce":"12"}}`)
+	for _, kind := range []Compression{CompressionZlib, CompressionZstd} {
+		b.Run(string(kind), func(b *testing.B) {
+			ps := make([][]byte, 1000)
+			for i := range ps {
+				ps[i] = frame
+			}
+			msgs := compressStream(&testing.T{}, kind, ps)
+			in := newInflater(kind)
+			b.ReportAllocs()
+			i := len(msgs)
+			for b.Loop() {
+				if i == len(msgs) {
+					b.StopTimer()
+					if err := in.reset(); err != nil {
+						b.Fatal(err)
+					}
+					i = 0
+					b.StartTimer()
+				}
+				if _, err := in.inflate(websocket.BinaryMessage, msgs[i]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
