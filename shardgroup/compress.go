@@ -166,6 +166,9 @@ func (in *inflater) reset() error {
 
 var zlibSuffix = []byte{0, 0, 0xff, 0xff}
 
+// maxPending bounds a zlib payload waiting for its sync flush.
+const maxPending = 64 << 20
+
 // inflate decompresses one WebSocket message. It returns the payload, or
 // nil while a zlib payload awaits its sync flush. The payload is valid
 // until the next call. A text message passes through.
@@ -175,6 +178,9 @@ func (in *inflater) inflate(mt int, msg []byte) ([]byte, error) {
 	}
 	if in.kind == CompressionZlib {
 		if !bytes.HasSuffix(msg, zlibSuffix) {
+			if len(in.pending)+len(msg) > maxPending {
+				return nil, fmt.Errorf("zlib-stream: no sync flush in %d bytes", len(in.pending)+len(msg))
+			}
 			in.pending = append(in.pending, msg...)
 			return nil, nil
 		}

@@ -39,7 +39,7 @@ func payloads(n int) [][]byte {
 
 // streams compresses payloads as a Discord gateway does: one stream per
 // connection, one message per payload.
-func compressStream(t *testing.T, kind Compression, ps [][]byte) [][]byte {
+func compressStream(t testing.TB, kind Compression, ps [][]byte) [][]byte {
 	t.Helper()
 	var buf bytes.Buffer
 	var flush func(p []byte)
@@ -164,7 +164,7 @@ func BenchmarkInflate(b *testing.B) {
 			for i := range ps {
 				ps[i] = frame
 			}
-			msgs := compressStream(&testing.T{}, kind, ps)
+			msgs := compressStream(b, kind, ps)
 			in := newInflater(kind)
 			b.ReportAllocs()
 			i := len(msgs)
