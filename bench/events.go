@@ -32,6 +32,7 @@ import (
 func init() {
 	register("events", runEvents)
 	register("compression", runCompression)
+	childKinds["events"] = eventsChild
 }
 
 // The event hot path is measured as issue 13 states it: 16 shards in 4

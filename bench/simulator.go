@@ -204,8 +204,8 @@ func memNow() uint64 {
 
 // runChild runs the helper-process side of a scenario.
 func runChild(kind string, args []string) error {
-	if kind == "events" {
-		return eventsChild(args)
+	if fn, ok := childKinds[kind]; ok {
+		return fn(args)
 	}
 	if kind != "idle" || len(args) != 3 {
 		return fmt.Errorf("unknown child %q %v", kind, args)

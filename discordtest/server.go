@@ -134,7 +134,11 @@ func StartAt(addr string, opts ...Option) (*Server, error) {
 	mux.HandleFunc("/", s.serveGateway)
 	mux.HandleFunc("/resume", s.serveGateway)
 	mux.HandleFunc("/api/", s.serveREST)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	// ReadTimeout bounds a REST request until its handler answers (net/http
+	// cancels a request whose read deadline passes); gateway connections
+	// clear it when they upgrade.
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute, ErrorLog: nil}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
