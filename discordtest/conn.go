@@ -48,8 +48,8 @@ type conn struct {
 	s        *Server
 	ws       *websocket.Conn
 	nc       net.Conn
-	resume   bool // connected on the resume URL
-	zstream  bool // zlib-stream transport compression
+	resume   bool   // connected on the resume URL
+	stream   string // transport compression: "", zlib-stream or zstd-stream
 	wake     chan struct{}
 	ctrl     chan frame
 	closing  chan struct{}
@@ -121,26 +121,19 @@ func (c *conn) writeLoop() {
 		buf   = make([]entry, writeBatch)
 		fb    []byte // frame scratch
 		zbuf  bytes.Buffer
-		zw    *zlib.Writer // zlib-stream context, for the connection's life
+		sc    *streamCompressor // transport compression context, for the connection's life
 		broke bool
 	)
-	defer func() {
-		if zw != nil {
-			_ = zw.Close()
-		}
-	}()
+	defer func() { sc.close() }()
 	write := func(op int, p []byte) {
 		if broke {
 			return
 		}
-		if c.zstream {
-			if zw == nil {
-				zw = zlib.NewWriter(&zbuf)
+		if c.stream != "" && op != websocket.CloseMessage && op != websocket.PongMessage {
+			if sc == nil {
+				sc = newStreamCompressor(c.stream)
 			}
-			zbuf.Reset()
-			_, _ = zw.Write(p)
-			_ = zw.Flush()
-			p, op = zbuf.Bytes(), websocket.BinaryMessage
+			p, op = sc.compress(p), websocket.BinaryMessage
 		} else if c.compress.Load() && len(p) >= compressMin && op == websocket.TextMessage {
 			zbuf.Reset()
 			w := getZlib(&zbuf)

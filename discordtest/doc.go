@@ -36,9 +36,11 @@
 // order, then sends RESUMED. A RESUME of an unknown, ended or expired
 // session, or from an impossible sequence, gets op 9 (d=false). A client
 // close with 1000 or 1001 ends the session; any other close or a dropped
-// connection leaves it resumable for the resume window. Both zlib-stream
-// transport compression (?compress=zlib-stream) and IDENTIFY's compress
-// flag (frames over 1 KiB are zlib-compressed) are honoured.
+// connection leaves it resumable for the resume window. Transport
+// compression (?compress=zlib-stream or zstd-stream, one context per
+// connection; any other value is refused with 4002, and WithCompressions
+// narrows the list) and IDENTIFY's compress flag (frames over 1 KiB are
+// zlib-compressed) are honoured.
 //
 // # Faults and load
 //

@@ -119,7 +119,7 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 		ws:      ws,
 		nc:      ws.NetConn(),
 		resume:  r.URL.Path == "/resume",
-		zstream: q.Get("compress") == "zlib-stream",
+		stream:  q.Get("compress"),
 		wake:    make(chan struct{}, 1),
 		ctrl:    make(chan frame, ctrlQueue),
 		closing: make(chan struct{}),
@@ -141,6 +141,8 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 		c.fail(CloseInvalidAPIVersion, "Invalid API version", "")
 	} else if e := q.Get("encoding"); e != "" && e != "json" {
 		c.fail(CloseDecodeError, "Only JSON encoding is simulated", "")
+	} else if !s.acceptsCompress(c.stream) {
+		c.fail(CloseDecodeError, "Invalid transport compression", "")
 	} else {
 		c.sendJSON([]byte(`{"op":10,"d":{"heartbeat_interval":` + strconv.FormatInt(s.cfg.heartbeat.Milliseconds(), 10) + `},"s":null,"t":null}`))
 		c.readLoop()

@@ -35,6 +35,7 @@ type config struct {
 	applicationID     uint64
 	token             string
 	logger            *slog.Logger
+	compressions      []string // nil: every one the simulator speaks
 
 	// REST
 	globalLimit   int

@@ -83,6 +83,10 @@ type Config struct {
 	// GatewayURL and RESTURL override Discord's (point them at
 	// discordtest in tests).
 	GatewayURL, RESTURL string
+	// Compression is the gateway transport compression (default
+	// shardgroup.DefaultCompression, zstd-stream; CompressionNone for
+	// plain JSON).
+	Compression shardgroup.Compression
 	// MaxConcurrencyOverride replaces /gateway/bot's max_concurrency.
 	MaxConcurrencyOverride int
 	// IdentifyInterval is the time between two IDENTIFYs of a bucket
@@ -175,6 +179,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if n := c.shardsToRun(c.Shards); n > 0 && c.Clusters > n {
 		return c, fmt.Errorf("runtime: Clusters (%d) > Shards (%d): lower Clusters", c.Clusters, n)
+	}
+	switch c.Compression {
+	case "", shardgroup.CompressionZstd, shardgroup.CompressionZlib, shardgroup.CompressionNone:
+	default:
+		return c, fmt.Errorf("runtime: Compression %q is unknown: use %q, %q or %q", string(c.Compression),
+			shardgroup.CompressionZstd, shardgroup.CompressionZlib, shardgroup.CompressionNone)
 	}
 	if c.StatsInterval < 0 {
 		return c, fmt.Errorf("runtime: StatsInterval (%s) is negative: use 0 to send no stats events", c.StatsInterval)

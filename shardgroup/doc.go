@@ -37,4 +37,21 @@
 //
 // A panic in event handling or in a listener is recovered, logged with
 // its stack and counted (ListenerPanics); the shard goes on.
+//
+// # The event path
+//
+// Each shard reads its connection on one goroutine. With transport
+// compression (Config.Compression: zstd-stream by default, zlib-stream or
+// none) the connection is one compressed stream read through one
+// decompression context, kept for the connection's life and reset for the
+// next. The payload's envelope (op, s, t) is read in one pass and d is
+// decoded once, by its type; gateway.Message.RawD is d's text, sharing the
+// read buffer until the next frame.
+//
+// disgo decodes JSON through github.com/disgoorg/json, whose Unmarshal is
+// a variable: importing shardgroup sets it to github.com/goccy/go-json
+// (pure Go, same results as encoding/json on the fleet's corpus of
+// dispatches, a fraction of its CPU). The setting is process-wide and
+// happens at init, before any goroutine; a program that wants
+// encoding/json back sets it in main before starting anything.
 package shardgroup

@@ -45,6 +45,10 @@ type Config struct {
 	// Bus is the fleet's IPC bus, for the user's code (nil: none).
 	Bus   *bus.Bus
 	Hooks Hooks
+
+	// Compression is the gateway transport compression; zero means
+	// DefaultCompression.
+	Compression Compression
 }
 
 // Hooks let the runtime observe a group. Each may be nil. They run on the
@@ -91,6 +95,12 @@ func New(cfg Config) (*Group, error) {
 	}
 	if cfg.IdentifyLimiter == nil {
 		return nil, errors.New("shardgroup: Config.IdentifyLimiter is nil")
+	}
+	if cfg.Compression == "" {
+		cfg.Compression = DefaultCompression
+	}
+	if err := cfg.Compression.validate(); err != nil {
+		return nil, err
 	}
 	if cfg.LargeThreshold == 0 {
 		cfg.LargeThreshold = 50

@@ -154,6 +154,7 @@ type shard struct {
 	// answer is closed when the IDENTIFY sent on the current connection
 	// is answered with READY; nil when none is outstanding. Guarded by mu.
 	answer chan struct{}
+	in     *inflater // transport decompression; used by run's goroutine only
 
 	stop     chan struct{} // closed to stop the shard
 	hurry    chan struct{} // closed when the stop's ctx has ended: wait for nothing more
@@ -403,8 +404,15 @@ func (s *shard) connect(ctx context.Context) error {
 		url = sess.ResumeURL
 		dialTimeout = 10 * time.Second // a dead resume URL is given up sooner
 	}
+	if s.in == nil {
+		s.in = newInflater(s.g.cfg.Compression)
+	}
+	if err := s.in.reset(); err != nil {
+		return err
+	}
+	compress, _ := s.g.cfg.Compression.query()
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json", http.Header{})
+	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json"+compress, http.Header{})
 	cancel()
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
@@ -505,12 +513,15 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
 	leave := ""          // why to reconnect once the outstanding IDENTIFY is answered
 	for {
-		_, r, err := c.NextReader()
+		mt, r, err := c.NextReader()
 		if err == nil {
 			buf.Reset()
 			_, err = buf.ReadFrom(r)
 		}
 		data := buf.Bytes()
+		if err == nil {
+			data, err = s.in.inflate(mt, data)
+		}
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
@@ -524,8 +535,11 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 			return err
 		}
-		var m gateway.Message
-		if err := json.Unmarshal(data, &m); err != nil {
+		if data == nil {
+			continue // a zlib payload continues in the next message
+		}
+		m, err := decodeMessage(data) // m.RawD shares buf: valid until the next frame
+		if err != nil {
 			s.log.Warn("undecodable gateway payload", "err", err)
 			continue
 		}

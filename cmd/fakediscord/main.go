@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ func main() {
 		globalRate  = flag.Int("global-limit", 50, "REST global limit, requests per second")
 		members     = flag.Int("members", 5, "members per guild")
 		verbose     = flag.Bool("v", false, "log connections, closes and violations")
+		compress    = flag.String("compress", "zlib-stream,zstd-stream", "transport compressions the gateway accepts, comma-separated (others are refused with 4002)")
 	)
 	flag.Parse()
 
@@ -41,6 +43,13 @@ func main() {
 		discordtest.WithGlobalRateLimit(*globalRate, time.Second),
 		discordtest.WithGuildShape(*members, 3, 2),
 	}
+	var accepted []string
+	for _, c := range strings.Split(*compress, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			accepted = append(accepted, c)
+		}
+	}
+	opts = append(opts, discordtest.WithCompressions(accepted...))
 	if *shards > 0 {
 		opts = append(opts, discordtest.WithRecommendedShards(*shards))
 	}
