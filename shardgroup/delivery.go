@@ -49,9 +49,10 @@ type heldEvent struct {
 
 // delivery is one shard's delivery state.
 //
-// Lock order: a shard's delivery lock (mu) is taken by its own read loop
-// for each event, and by CutOver, which may hold a new shard's lock while
-// it takes an old shard's; nothing else holds two. colMu is a leaf.
+// Locks: a shard's delivery lock (mu) is held by its own read loop while
+// the shard handles and delivers one event (user code runs under it, and
+// under no other lock), and briefly by CutOver. Nothing holds two
+// delivery locks at once. colMu is a leaf.
 type delivery struct {
 	colMu      sync.Mutex // guards collecting, collected
 	collecting bool

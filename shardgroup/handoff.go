@@ -44,15 +44,20 @@ const poll = 2 * time.Millisecond
 // new shard holds back, from its session's first event, what it receives;
 // the old shards go on delivering and remember per guild the payloads they
 // delivered last. CutOver waits until every new shard is ready, has its
-// guilds, and holds an unbroken run of events; then it sends each shard a
-// heartbeat: once the old shard's ACK is read, the old shard has delivered
-// every event queued to it before the new sessions began; once the new
+// guilds, and holds an unbroken run of events. Then it sends every shard a
+// heartbeat (a barrier): once an old shard's ACK is read, it has delivered
+// every event queued to it before the new sessions began; once a new
 // shard's ACK is read, its session was live when the gateway answered (an
-// invalidated session makes it start again). Then, for each new shard
-// under its delivery lock: each old shard feeding it stops delivering its
-// guilds, the held events after the last one the old shard delivered are
-// delivered, and the new shard goes live. Events without a guild (DMs)
-// follow the same rule on shard 0 (and on every shard that receives them).
+// invalidated session makes CutOver wait for the next one and start
+// again). Then, for each new shard: the old shards feeding it stop
+// delivering its guilds, which fixes what they delivered last; a barrier
+// on the new shard makes sure it holds all of that; and, under its
+// delivery lock, it delivers the held events that come after the old
+// generation's last one per guild, and goes live. Events without a guild
+// (DMs) are matched on shard 0, and on every shard that receives them.
+//
+// A new shard whose session is invalidated after its last barrier loses
+// what the gateway sent it meanwhile, as any invalidated session does.
 //
 // ctx bounds the wait before the first guild changes hands; an error then
 // leaves the old generation serving (call EndRecording on it). After that
