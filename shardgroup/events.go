@@ -86,12 +86,14 @@ func (m *eventManager) HandleHTTPEvent(respond httpserver.RespondFunc, ev httpse
 // a gateway event, the events disgo makes of it are collected instead, so
 // that the shard decides when they are delivered (see Group.deliver).
 func (m *eventManager) DispatchEvent(e bot.Event) {
+	shard := -1
 	if se, ok := e.(interface{ ShardID() int }); ok {
-		if d := m.g.deliv[se.ShardID()]; d != nil && d.collect(e) {
+		shard = se.ShardID()
+		if d := m.g.deliv[shard]; d != nil && d.collect(e) {
 			return
 		}
 	}
-	m.deliver(-1, e)
+	m.deliver(shard, e)
 }
 
 // deliver runs every listener on e, each under its own recover.

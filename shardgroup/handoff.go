@@ -272,9 +272,10 @@ func (s *shard) takeOver(stop <-chan struct{}, epoch int64, sources []*shard, ol
 	}
 	defer d.mu.Unlock()
 	if d.epoch != epoch {
-		// The session was lost after its last barrier: what the gateway
-		// sent it in between is gone, as for any invalidated session.
-		s.log.Warn("reshard: a new shard lost its session during the cut-over; events sent to it meanwhile are lost")
+		// The held run restarted after the shard's last barrier (its
+		// session was invalidated, or it reached MaxHeld): what it held
+		// before is gone, as for any invalidated session.
+		s.log.Warn("reshard: a new shard lost its held events during the cut-over; some events of its guilds are lost")
 	}
 	// For each guild, the last held event the old generation delivered.
 	byKey := map[uint64][]int{}
