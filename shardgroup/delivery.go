@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/gateway"
@@ -72,6 +73,7 @@ type delivery struct {
 	initial map[uint64]struct{}
 
 	// recording
+	req       atomic.Int64 // Record (the new count) or EndRecording (-1) asked; applied under mu
 	hist      map[uint64]*history
 	newCount  int          // the new generation's shard count
 	switched  map[int]bool // new shards that took over this shard's guilds
@@ -88,6 +90,19 @@ func (d *delivery) collect(e bot.Event) bool {
 	}
 	d.collected = append(d.collected, e)
 	return true
+}
+
+// applyLocked puts a Record or EndRecording asked for into effect; mu is
+// held. They take effect at the shard's next event, so that they never
+// wait for a listener: an event delivered meanwhile was received before
+// the new generation began, and CutOver does not need it.
+func (d *delivery) applyLocked() {
+	switch v := d.req.Swap(0); {
+	case v > 0:
+		d.mode, d.hist, d.newCount, d.switched, d.zeroTaken = modeRecording, map[uint64]*history{}, int(v), map[int]bool{}, false
+	case v < 0 && d.mode == modeRecording:
+		d.mode, d.hist, d.switched, d.zeroTaken = modeLive, nil, nil, false
+	}
 }
 
 // drops reports whether a recording shard no longer delivers key's events.
@@ -175,6 +190,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	d := g.deliv[s.id]
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.applyLocked()
 	evs := g.handle(s, d, m, ev)
 	switch d.mode {
 	case modeLive:
@@ -221,25 +237,17 @@ func (g *Group) handle(s *shard, d *delivery, m gateway.Message, ev gateway.Even
 // Record starts a reshard on an old-generation group: its shards go on
 // delivering, remember per guild what they delivered, and stop delivering
 // a guild's events once CutOver has handed it to the new generation of
-// newCount shards.
+// newCount shards. It does not wait for listeners.
 func (g *Group) Record(newCount int) {
 	for _, id := range g.ids {
-		d := g.deliv[id]
-		d.mu.Lock()
-		d.mode, d.hist, d.newCount, d.switched, d.zeroTaken = modeRecording, map[uint64]*history{}, newCount, map[int]bool{}, false
-		d.mu.Unlock()
+		g.deliv[id].req.Store(int64(newCount))
 	}
 }
 
 // EndRecording undoes Record when a reshard gives up before its cut-over:
-// the group delivers every event again.
+// the group delivers every event again. It does not wait for listeners.
 func (g *Group) EndRecording() {
 	for _, id := range g.ids {
-		d := g.deliv[id]
-		d.mu.Lock()
-		if d.mode == modeRecording {
-			d.mode, d.hist, d.switched, d.zeroTaken = modeLive, nil, nil, false
-		}
-		d.mu.Unlock()
+		g.deliv[id].req.Store(-1)
 	}
 }

@@ -2,12 +2,14 @@ package shardgroup
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/events"
+	"github.com/disgoorg/disgo/gateway"
 
 	"github.com/gofleet/fleet/discordtest"
 )
@@ -106,5 +108,66 @@ func TestPanickingListenerDoesNotStarveLaterOnes(t *testing.T) {
 	defer mu.Unlock()
 	if len(shards) != 3 || shards[0] != 0 || shards[1] != 0 || shards[2] != 0 {
 		t.Fatalf("panic hook saw shards %v, want [0 0 0]", shards)
+	}
+}
+
+// A new generation that would have to hold more than MaxHeld events per
+// shard, because the old generation lags, makes CutOver give up with
+// ErrOldGenerationLags; the old generation goes on delivering everything.
+func TestCutOverGivesUpWhenOldGenerationLags(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithMaxConcurrency(2),
+		discordtest.WithIdentifyWindow(time.Nanosecond))
+	defer srv.Close()
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	block := bot.WithEventListenerFunc(func(e *events.MessageCreate) {
+		if e.Message.Content == "block" {
+			close(blocked)
+			<-release
+		}
+	})
+	sn := newSeen()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	old := newGroup(t, srv, []int{0}, 1, nil, block, sn.listener())
+	old.Start(ctx)
+	defer old.Stop(context.Background(), false)
+	waitReady(t, old)
+	old.Record(2)
+
+	var gate Gate
+	next, err := New(Config{ShardIDs: []int{0, 1}, ShardCount: 2, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+		Intents:         gateway.IntentGuilds | gateway.IntentGuildMessages,
+		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST, sn.listener()},
+		Gate: &gate, Generation: 1, MaxHeld: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(ctx)
+	defer next.Stop(context.Background(), false)
+	waitFor(t, next.Loaded)
+
+	g := srv.GuildID(guildOf(t, srv, 0, 2))
+	if _, err := srv.Dispatch(g, "MESSAGE_CREATE", srv.MessageCreate(g, "block", 1000)); err != nil {
+		t.Fatal(err)
+	}
+	<-blocked
+	for i := range 20 {
+		if _, err := srv.Dispatch(g, "MESSAGE_CREATE", srv.MessageCreate(g, "x", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	if err := CutOver(cctx, nil, []*Group{old}, []*Group{next}); !errors.Is(err, ErrOldGenerationLags) {
+		t.Fatalf("CutOver: %v, want ErrOldGenerationLags", err)
+	}
+	old.EndRecording()
+	once.Do(func() { close(release) })
+	// Only the old generation delivered, every message once.
+	exactlyOnce(t, sn.waitN(t, 21), 20)
+	if n := len(sn.waitN(t, 21)); n != 21 {
+		t.Fatalf("saw %d events, want 21", n)
 	}
 }

@@ -110,7 +110,7 @@ func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Group) erro
 		for _, s := range news {
 			all = append(all, s)
 		}
-		if err := barriers(ctx, stop, all); err != nil {
+		if err := barriersWatching(ctx, stop, all, news); err != nil {
 			return err
 		}
 		same := true
@@ -198,6 +198,46 @@ func waitLive(ctx context.Context, stop <-chan struct{}, shards map[int]*shard, 
 	}
 }
 
+// barriersWatching runs barriers, giving up with ErrOldGenerationLags as
+// soon as a new shard overflows its held events while they wait.
+func barriersWatching(ctx context.Context, stop <-chan struct{}, shards []*shard, news map[int]*shard) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var over atomic.Int64
+	over.Store(-1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		for {
+			for id, s := range news {
+				d := s.g.deliv[id]
+				d.mu.Lock()
+				o := d.over
+				d.mu.Unlock()
+				if o {
+					over.Store(int64(id))
+					cancel()
+					return
+				}
+			}
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	err := barriers(ctx, stop, shards)
+	cancel()
+	<-done
+	if id := over.Load(); id >= 0 {
+		return fmt.Errorf("shard %d: %w", id, ErrOldGenerationLags)
+	}
+	return err
+}
+
 // barriers runs a barrier on every shard at once.
 func barriers(ctx context.Context, stop <-chan struct{}, shards []*shard) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -237,6 +277,7 @@ func (s *shard) takeOver(stop <-chan struct{}, epoch int64, sources []*shard, ol
 	for _, o := range sources {
 		od := o.g.deliv[o.id]
 		od.mu.Lock()
+		od.applyLocked()
 		for key, h := range od.hist {
 			if key == 0 && o.id == zeroFrom || key != 0 && int((key>>22)%uint64(newCount)) == s.id {
 				hists[key] = *h
