@@ -118,7 +118,7 @@ func New(cfg Config) (*Group, error) {
 			return nil, fmt.Errorf("shardgroup: shard %d is outside 0..%d", id, cfg.ShardCount-1)
 		}
 		s := &shard{g: g, id: id, count: cfg.ShardCount, token: cfg.Token, log: g.log.With("shard", id),
-			presence: cfg.Presence, stop: make(chan struct{}), done: make(chan struct{})}
+			presence: cfg.Presence, stop: make(chan struct{}), hurry: make(chan struct{}), done: make(chan struct{})}
 		s.session = Session{ShardID: id, ShardCount: cfg.ShardCount}
 		if sess, ok := cfg.Sessions[id]; ok && sess.ShardCount == cfg.ShardCount && sess.SessionID != "" {
 			s.session = sess
@@ -282,6 +282,9 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 	select {
 	case <-done:
 	case <-ctx.Done():
+		for _, s := range g.shards {
+			s.hurryUp() // a shard waiting for a READY to hand over stops waiting
+		}
 		<-done // shards end promptly once their sockets close; never leak them
 	}
 	sessions := make(map[int]Session, len(g.shards))
