@@ -29,7 +29,8 @@ func guildOf(t *testing.T, srv *discordtest.Server, shard, count int) int {
 // A listener blocked on shard 0 does not hold back shard 1 of the same
 // group: shard 1's events reach user code while shard 0's listener waits.
 func TestBlockedListenerDelaysNoOtherShard(t *testing.T) {
-	srv := discordtest.NewServer(discordtest.WithGuilds(8))
+	srv := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithMaxConcurrency(2),
+		discordtest.WithIdentifyWindow(time.Nanosecond))
 	defer srv.Close()
 	blocked, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
