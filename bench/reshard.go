@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"strconv"
 	"sync"
@@ -18,25 +20,55 @@ import (
 func init() { register("reshard", runReshard) }
 
 type reshardResult struct {
-	Scenario        string  `json:"scenario"`
+	Scenario        string       `json:"scenario"`
+	EventsPerSec    int          `json:"events_per_sec"`
+	MaxConcurrency  int          `json:"max_concurrency"`
+	IntervalMS      int          `json:"interval_ms"`
+	Events          int          `json:"events"`
+	LostEvents      int          `json:"lost_events"`
+	DuplicateEvents int          `json:"duplicate_events"`
+	Violations      int          `json:"identify_violations"`
+	Runs            []reshardRun `json:"runs"`
+}
+
+type reshardRun struct {
 	From            int     `json:"from"`
 	To              int     `json:"to"`
-	MaxConcurrency  int     `json:"max_concurrency"`
-	IntervalMS      int     `json:"interval_ms"`
+	Lagging         bool    `json:"lagging"` // one old-generation listener takes 2 ms per event
 	DurationS       float64 `json:"duration_s"`
-	LimitS          float64 `json:"limit_s"`
+	CutOverS        float64 `json:"cut_over_s"`
+	LimitS          float64 `json:"limit_s"` // identify windows the new shards need
 	Events          int     `json:"events"`
 	LostEvents      int     `json:"lost_events"`
 	DuplicateEvents int     `json:"duplicate_events"`
 	Violations      int     `json:"identify_violations"`
 }
 
-// runReshard reshards 8 -> 16 shards while 2,000 messages a second, each
-// with its own nonce, arrive; it reports the time to the cut-over against
-// the identify limit for the new shards, and what user code lost or saw
-// twice across the cut-over.
+// runReshard reshards 8 -> 16 and 16 -> 8 shards, each with the old
+// generation keeping up and lagging, while 3,000 messages a second, each
+// with a unique ID in its content, arrive from 300 ms before the reshard
+// until 300 ms after it; it reports what user code lost or saw twice.
 func runReshard() (any, error) {
-	const from, to, mc, interval, rate = 8, 16, 4, 100 * time.Millisecond, 2000
+	const rate, mc, interval = 3000, 4, 100 * time.Millisecond
+	res := reshardResult{Scenario: "reshard", EventsPerSec: rate, MaxConcurrency: mc, IntervalMS: int(interval.Milliseconds())}
+	for _, c := range []struct {
+		from, to int
+		lag      bool
+	}{{8, 16, false}, {8, 16, true}, {16, 8, false}, {16, 8, true}} {
+		run, err := reshardOnce(c.from, c.to, c.lag, rate, mc, interval)
+		if err != nil {
+			return nil, fmt.Errorf("reshard %d -> %d (lagging %t): %w", c.from, c.to, c.lag, err)
+		}
+		res.Runs = append(res.Runs, run)
+		res.Events += run.Events
+		res.LostEvents += run.LostEvents
+		res.DuplicateEvents += run.DuplicateEvents
+		res.Violations += run.Violations
+	}
+	return res, nil
+}
+
+func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (reshardRun, error) {
 	s := discordtest.NewServer(discordtest.WithGuilds(256), discordtest.WithRecommendedShards(from),
 		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
 	defer s.Close()
@@ -44,10 +76,15 @@ func runReshard() (any, error) {
 	seen := map[string]int{}
 	b := func(int) runtime.Bot {
 		return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+			old := g.ShardCount() == from
 			g.Client().AddEventListeners(bot.NewListenerFunc(func(e *events.MessageCreate) {
 				mu.Lock()
-				seen[string(e.Message.Nonce)]++
+				seen[e.Message.Content]++
 				mu.Unlock()
+			}), bot.NewListenerFunc(func(*events.MessageCreate) {
+				if lag && old {
+					time.Sleep(2 * time.Millisecond) // the lagging listener under test
+				}
 			}))
 			return nil
 		})
@@ -57,12 +94,16 @@ func runReshard() (any, error) {
 		IdentifyInterval: interval, Clusters: 2, Bot: b,
 	})
 	if err != nil {
-		return nil, err
+		return reshardRun{}, err
 	}
 	ready := make(chan struct{}, 1)
+	var cutAt time.Time
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		switch e.Kind {
+		case runtime.EventFleetReady:
 			ready <- struct{}{}
+		case runtime.EventReshardCutOver:
+			cutAt = time.Now()
 		}
 	})
 	errc := make(chan error, 1)
@@ -70,15 +111,17 @@ func runReshard() (any, error) {
 	select {
 	case <-ready:
 	case err := <-errc:
-		return nil, err
+		return reshardRun{}, err
+	case <-time.After(30 * time.Second):
+		return reshardRun{}, errors.New("waited 30 s for the fleet to be ready")
 	}
 
-	// The stream: one message per tick, each to the next guild.
+	// The stream: a message per 1/rate s, each to the next guild.
 	ctx, cancel := context.WithCancel(context.Background())
 	sent := make(chan int, 1)
 	go func() {
-		n := 0
-		t := time.NewTicker(time.Second / rate)
+		n, start := 0, time.Now()
+		t := time.NewTicker(time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
@@ -86,45 +129,58 @@ func runReshard() (any, error) {
 				sent <- n
 				return
 			case <-t.C:
+			}
+			for due := int(time.Since(start).Seconds() * float64(rate)); n < due; n++ {
 				g := s.GuildID(n % s.Guilds())
-				_, _ = s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "x", n))
-				n++
+				_, _ = s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "m"+strconv.Itoa(n), n))
 			}
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // traffic before the reshard
 	start := time.Now()
-	if err := rt.Reshard(context.Background(), runtime.ReshardOptions{Shards: to, Clusters: 4}); err != nil {
-		cancel()
-		return nil, err
-	}
+	err = rt.Reshard(context.Background(), runtime.ReshardOptions{Shards: to, Clusters: 2})
 	duration := time.Since(start)
-	time.Sleep(300 * time.Millisecond)
+	if err == nil {
+		time.Sleep(300 * time.Millisecond) // traffic after it
+	}
 	cancel()
 	n := <-sent
-	time.Sleep(200 * time.Millisecond) // the last messages reach user code
-
+	if err != nil {
+		return reshardRun{}, err
+	}
+	// Wait for user code to have seen every message, up to 10 s; what is
+	// still missing then is lost.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := len(seen)
+		mu.Unlock()
+		if got >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
 	if err := rt.Shutdown(sctx); err != nil {
-		return nil, err
+		return reshardRun{}, err
 	}
 	if err := <-errc; err != nil {
-		return nil, err
+		return reshardRun{}, err
 	}
-	res := reshardResult{Scenario: "reshard", From: from, To: to, MaxConcurrency: mc, IntervalMS: int(interval.Milliseconds()),
-		DurationS: duration.Seconds(), LimitS: math.Ceil(float64(to)/mc) * interval.Seconds(), Events: n,
+	run := reshardRun{From: from, To: to, Lagging: lag, DurationS: duration.Seconds(), CutOverS: cutAt.Sub(start).Seconds(),
+		LimitS: math.Ceil(float64(to)/float64(mc)) * interval.Seconds(), Events: n,
 		Violations: s.Stats().Violations["identify_concurrency"]}
 	mu.Lock()
 	defer mu.Unlock()
 	for i := range n {
-		switch seen[strconv.Itoa(i)] {
+		switch seen["m"+strconv.Itoa(i)] {
 		case 0:
-			res.LostEvents++
+			run.LostEvents++
 		case 1:
 		default:
-			res.DuplicateEvents++
+			run.DuplicateEvents++
 		}
 	}
-	return res, nil
+	return run, nil
 }

@@ -35,9 +35,13 @@ func newUpgrader() upgrader {
 }
 
 // frame is a control payload for the writer: a websocket opcode and data.
+// after, when set, is a sequence of the attached session that must be
+// written before the frame (a heartbeat ACK follows the dispatches queued
+// before its heartbeat, as on Discord's socket).
 type frame struct {
-	op   int
-	data []byte
+	op    int
+	data  []byte
+	after int
 }
 
 // conn is one gateway connection. Its reader runs in the HTTP handler
@@ -100,12 +104,26 @@ func (c *conn) close(code int, reason string) {
 // closing.
 func (c *conn) sendCtrl(op int, data []byte) {
 	select {
-	case c.ctrl <- frame{op, data}:
+	case c.ctrl <- frame{op: op, data: data}:
 	case <-c.closing:
 	}
 }
 
 func (c *conn) sendJSON(data []byte) { c.sendCtrl(websocket.TextMessage, data) }
+
+// sendAck queues a heartbeat ACK behind every dispatch queued so far.
+func (c *conn) sendAck() {
+	f := frame{op: websocket.TextMessage, data: []byte(`{"op":11,"d":null,"s":null,"t":null}`)}
+	if ss := c.attached.Load(); ss != nil {
+		ss.mu.Lock()
+		f.after = ss.seq
+		ss.mu.Unlock()
+	}
+	select {
+	case c.ctrl <- f:
+	case <-c.closing:
+	}
+}
 
 func (c *conn) writeLoop() {
 	defer close(c.wdone)
@@ -150,6 +168,33 @@ func (c *conn) writeLoop() {
 			c.close(closeDrop, "")
 		}
 	}
+	// dispatches writes a batch of queued dispatches and returns the last
+	// sequence written, or 0.
+	dispatches := func() int {
+		ss := c.sess0()
+		if ss == nil {
+			return 0
+		}
+		es, from := ss.take(c, buf)
+		for i, e := range es {
+			fb = appendDispatch(fb[:0], e.t, from+i, e.d)
+			write(websocket.TextMessage, fb)
+		}
+		if len(es) == 0 {
+			return 0
+		}
+		c.eventsSent.Add(int64(len(es)))
+		ss.markSent(c, from+len(es)-1)
+		return from + len(es) - 1
+	}
+	ctrl := func(f frame) {
+		for f.after > 0 && !broke {
+			if last := dispatches(); last == 0 || last >= f.after {
+				break
+			}
+		}
+		write(f.op, f.data)
+	}
 	for {
 		select {
 		case <-c.closing:
@@ -160,7 +205,7 @@ func (c *conn) writeLoop() {
 			return
 		case f := <-c.ctrl:
 			c.delay()
-			write(f.op, f.data)
+			ctrl(f)
 		case <-c.wake:
 			c.delay()
 		}
@@ -169,24 +214,15 @@ func (c *conn) writeLoop() {
 			for n := 0; n < ctrlQueue; n++ {
 				select {
 				case f := <-c.ctrl:
-					write(f.op, f.data)
+					ctrl(f)
 					progressed = true
 					continue
 				default:
 				}
 				break
 			}
-			if ss := c.sess0(); ss != nil {
-				es, from := ss.take(c, buf)
-				for i, e := range es {
-					fb = appendDispatch(fb[:0], e.t, from+i, e.d)
-					write(websocket.TextMessage, fb)
-				}
-				if len(es) > 0 {
-					c.eventsSent.Add(int64(len(es)))
-					ss.markSent(c, from+len(es)-1)
-					progressed = true
-				}
+			if dispatches() > 0 {
+				progressed = true
 			}
 			if !progressed {
 				break

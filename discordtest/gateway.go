@@ -241,7 +241,7 @@ func (c *conn) readLoop() {
 		case opHeartbeat:
 			deadline()
 			if !c.noAcks.Load() {
-				c.sendJSON([]byte(`{"op":11,"d":null,"s":null,"t":null}`))
+				c.sendAck()
 			}
 		case opIdentify, opResume:
 			if identified || c.pending.Load() {

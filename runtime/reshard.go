@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 // ReshardOptions says what to reshard to; zero fields take Discord's
@@ -18,15 +20,19 @@ type ReshardOptions struct {
 // ErrReshardInProgress is returned by a Reshard while another runs.
 var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
 
-// Reshard changes the fleet's shard count with minimal downtime: a new
-// generation of clusters identifies at the new count through the identify
-// queue while the old generation keeps serving. The new generation's
-// listeners hear nothing until every new shard is READY and has received
-// its guilds; then one atomic cut-over makes the old generation stop
-// delivering to user code and the new one start, and the old generation
-// is shut down (its sessions end). If ctx ends or a new cluster cannot be
-// set up before the cut-over, the new generation is stopped and the old
-// one goes on serving.
+// Reshard changes the fleet's shard count without losing or repeating an
+// event: a new generation of clusters identifies at the new count through
+// the identify queue while the old generation keeps serving. The new
+// generation fills its caches and holds back the events it receives
+// (at most shardgroup.DefaultMaxHeld per shard) until every new shard is
+// READY, has received its guilds and holds a live session; then each new
+// shard takes its guilds over from the old shards that served them,
+// delivering the held events the old generation had not delivered (see
+// shardgroup.CutOver), and the old generation is shut down (its sessions
+// end). If ctx ends, a new cluster cannot be set up, or the old generation
+// lags more than a new shard may hold before the cut-over, the new
+// generation is stopped and the old one goes on serving. Once the first
+// guild has changed hands the cut-over completes unless the fleet stops.
 func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	if !r.resharding.TryLock() {
 		return ErrReshardInProgress
@@ -98,11 +104,25 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 			close(loaded)
 		}
 	}
+	// The old generation remembers what it delivers from now on, so that
+	// the cut-over can tell what the new one holds that it has not.
+	oldGroups := make([]*shardgroup.Group, 0, len(old))
+	for _, c := range old {
+		c.mu.Lock()
+		oldGroups = append(oldGroups, c.group)
+		c.mu.Unlock()
+	}
+	for _, g := range oldGroups {
+		g.Record(total)
+	}
 	clusters := make([]*cluster, 0, n)
 	insts := make([]*instance, 0, n)
 	abort := func() {
 		for _, inst := range insts {
 			r.stopInstance(inst, false)
+		}
+		for _, g := range oldGroups {
+			g.EndRecording()
 		}
 	}
 	for i, ids := range plan(0, total-1, n) {
@@ -127,7 +147,19 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		return ErrNotRunning
 	}
 
-	// The cut-over: one store switches which generation's listeners hear.
+	// The cut-over: each new shard takes its guilds over from the old
+	// shards once they have delivered what it does not hold.
+	newGroups := make([]*shardgroup.Group, 0, len(insts))
+	for _, inst := range insts {
+		newGroups = append(newGroups, inst.g)
+	}
+	if err := shardgroup.CutOver(ctx, r.stopping, oldGroups, newGroups); err != nil {
+		abort()
+		if errors.Is(err, shardgroup.ErrCutOverStopped) {
+			return ErrNotRunning
+		}
+		return fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", err)
+	}
 	cut := time.Now()
 	r.gate.Set(env.gen)
 	for _, inst := range insts {

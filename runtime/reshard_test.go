@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,128 +16,221 @@ import (
 	"github.com/gofleet/fleet/shardgroup"
 )
 
-// delivery is one event as user code saw it.
-type delivery struct {
-	shards, shard int // of the delivering group
-	guild         uint64
+// tally counts each message as user code saw it, by the unique ID in its
+// content, and which generation delivered it.
+type tally struct {
+	mu      sync.Mutex
+	seen    map[string]int
+	byCount map[int]int // deliveries by the delivering group's shard count
+	wrong   int         // delivered by a shard that does not own the guild
+	lagGen  atomic.Int64
 }
 
-type deliveries struct {
-	mu  sync.Mutex
-	all []delivery
-}
+func newTally() *tally { return &tally{seen: map[string]int{}, byCount: map[int]int{}} }
 
-func (d *deliveries) bot(int) Bot {
+// bot records every MESSAGE_CREATE; a second listener takes 2 ms per
+// event in the generation whose shard count lagGen holds.
+func (l *tally) bot(int) Bot {
 	return BotFunc(func(_ context.Context, g *shardgroup.Group) error {
 		g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
 			gid, _ := strconv.ParseUint(e.GuildID.String(), 10, 64)
-			d.mu.Lock()
-			d.all = append(d.all, delivery{g.ShardCount(), e.ShardID(), gid})
-			d.mu.Unlock()
+			l.mu.Lock()
+			l.seen[e.Message.Content]++
+			l.byCount[g.ShardCount()]++
+			if discordtest.ShardFor(gid, g.ShardCount()) != e.ShardID() {
+				l.wrong++
+			}
+			l.mu.Unlock()
+		}), bot.NewListenerFunc(func(*devents.MessageCreate) {
+			if l.lagGen.Load() == int64(g.ShardCount()) {
+				time.Sleep(2 * time.Millisecond) // a slow listener, not synchronisation
+			}
 		}))
 		return nil
 	})
 }
 
-func TestReshardUnderLoad(t *testing.T) {
+// check reports messages 0..n-1 that user code saw other than once.
+func (l *tally) check(n int) (lost, dup int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range n {
+		switch l.seen["m"+strconv.Itoa(i)] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	return lost, dup
+}
+
+// stream sends MESSAGE_CREATEs from, from+1, ... at rate per second over
+// the server's guilds, each with its unique ID in its content, until it
+// has sent n or stop closes; it returns the next ID.
+func stream(s *discordtest.Server, rate, from, n int, stop <-chan struct{}) int {
+	start := time.Now()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	next := from
+	for next < from+n {
+		select {
+		case <-stop:
+			return next
+		case <-t.C:
+		}
+		for due := from + min(n, int(time.Since(start).Seconds()*float64(rate))); next < due; next++ {
+			g := s.GuildID(next % s.Guilds())
+			_, _ = s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "m"+strconv.Itoa(next), next))
+		}
+	}
+	return next
+}
+
+// TestReshardExactlyOnce reshards 8 -> 16 -> 8 ... ten times each way,
+// each while 3,000 messages a second arrive from the moment the first new
+// shard has its guilds until 50 ms after the cut-over,
+// with the old generation keeping up and with it lagging (one listener
+// taking 2 ms per event): user code sees every message once.
+func TestReshardExactlyOnce(t *testing.T) {
+	// Each burst runs from the first new shard's guilds to 50 ms after the
+	// cut-over, with at most 150 ms before it.
+	// Under -race, five each way keep the suite short.
+	const rate, maxBurst, after = 3000, 450, 150
+	runs := 10
+	if raceEnabled {
+		runs = 5
+	}
+	for _, lag := range []bool{false, true} {
+		t.Run(map[bool]string{false: "prompt", true: "lagging"}[lag], func(t *testing.T) {
+			s := discordtest.NewServer(discordtest.WithGuilds(64), discordtest.WithRecommendedShards(8),
+				discordtest.WithMaxConcurrency(8), discordtest.WithIdentifyWindow(5*time.Millisecond),
+				discordtest.WithSessionStartLimit(10000, time.Hour), discordtest.WithRouteRateLimit(1000, time.Second))
+			defer s.Close()
+			l := newTally()
+			cfg := testConfig(s)
+			cfg.Bot, cfg.Clusters = l.bot, 2
+			rt, stop, _ := startFleet(t, cfg)
+			defer stop()
+			cuts := 0
+			var begin, cut atomic.Pointer[chan struct{}]
+			rt.Subscribe(func(e Event) {
+				switch {
+				case e.Kind == EventReshardCutOver:
+					cuts++
+					close(*cut.Load())
+				case e.Kind == EventReshardProgress && e.N == 1:
+					close(*begin.Load()) // the first new shard has its guilds
+				}
+			})
+
+			counts := []int{16, 8}
+			n := 0
+			for i := range 2 * runs {
+				to := counts[i%2]
+				if lag {
+					l.lagGen.Store(int64(24 - to)) // the generation being replaced
+				}
+				halt, started, over := make(chan struct{}), make(chan struct{}), make(chan struct{})
+				begin.Store(&started)
+				cut.Store(&over)
+				sent := make(chan int, 1)
+				go func() {
+					select {
+					case <-started:
+					case <-halt:
+					}
+					next := stream(s, rate, n, maxBurst, over)
+					sent <- stream(s, rate, next, after, halt)
+				}()
+				err := rt.Reshard(context.Background(), ReshardOptions{Shards: to, Clusters: 2})
+				if err != nil {
+					close(halt)
+				}
+				n = <-sent
+				if err != nil {
+					t.Fatalf("reshard %d to %d: %v", i, to, err)
+				}
+			}
+			waitFor(t, func() bool {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				return len(l.seen) >= n
+			})
+			lost, dup := l.check(n)
+			l.mu.Lock()
+			wrong, by := l.wrong, l.byCount
+			l.mu.Unlock()
+			t.Logf("%d reshards, %d messages: %d lost, %d duplicated; delivered by 8 shards %d, by 16 %d", 2*runs, n, lost, dup, by[8], by[16])
+			if lost != 0 || dup != 0 || wrong != 0 {
+				t.Fatalf("%d messages: %d lost, %d duplicated, %d delivered by a shard that does not own the guild", n, lost, dup, wrong)
+			}
+			// Both generations delivered in each direction: the held
+			// events after the cut-over reached user code.
+			if cuts != 2*runs || by[8] < after*runs || by[16] < after*runs {
+				t.Fatalf("%d cut-overs; deliveries by generation %v", cuts, by)
+			}
+			if v := s.Stats().Violations; len(v) != 0 {
+				t.Fatalf("violations %v", v)
+			}
+		})
+	}
+}
+
+// TestReshardWaitsForInvalidatedShard invalidates a new shard's session
+// after every new shard has its guilds, before the cut-over: the cut-over
+// waits for its new session, and nothing is lost meanwhile.
+func TestReshardWaitsForInvalidatedShard(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(64), discordtest.WithRecommendedShards(8),
-		discordtest.WithMaxConcurrency(8), discordtest.WithIdentifyWindow(20*time.Millisecond))
+		discordtest.WithMaxConcurrency(8), discordtest.WithIdentifyWindow(5*time.Millisecond), discordtest.WithRouteRateLimit(1000, time.Second))
 	defer s.Close()
-	d := &deliveries{}
+	l := newTally()
 	cfg := testConfig(s)
-	cfg.Bot, cfg.Clusters = d.bot, 2
+	cfg.Bot, cfg.Clusters = l.bot, 2
 	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
-	oldGroups := rt.Groups()
-
+	const victim = 12 // a shard only the new generation has
 	var mu sync.Mutex
-	var progress []Event
-	var cutAt int // deliveries seen before the cut-over
+	var invalidated, cut time.Time
 	rt.Subscribe(func(e Event) {
-		switch e.Kind {
-		case EventReshardProgress, EventReshardDone:
-			mu.Lock()
-			progress = append(progress, e)
-			mu.Unlock()
-		case EventReshardCutOver:
-			d.mu.Lock()
-			cutAt = len(d.all)
-			d.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case e.Kind == EventReshardProgress && e.N == e.Of:
+			s.InvalidateSession(victim, false)
+			invalidated = time.Now()
+		case e.Kind == EventReshardCutOver:
+			cut = time.Now()
 		}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	loaded := make(chan error, 1)
-	go func() {
-		_, err := s.Load(ctx, discordtest.Load{Events: 1 << 30, Rate: 2000})
-		loaded <- err
-	}()
-
-	// A second reshard while the first runs is refused.
-	second := make(chan error, 1)
-	rt.Subscribe(func(e Event) {
-		if e.Kind == EventReshardStarted {
-			go func() { second <- rt.Reshard(context.Background(), ReshardOptions{Shards: 16}) }()
-		}
-	})
-	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 16, Clusters: 4}); err != nil {
+	halt := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() { sent <- stream(s, 3000, 0, 900, halt) }()
+	err := rt.Reshard(context.Background(), ReshardOptions{Shards: 16, Clusters: 2})
+	n := <-sent
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := <-second; !errors.Is(err, ErrReshardInProgress) {
-		t.Fatalf("concurrent Reshard: %v, want ErrReshardInProgress", err)
-	}
-	// Let the new generation serve a while, then stop the load.
-	d.mu.Lock()
-	after := len(d.all)
-	d.mu.Unlock()
-	waitFor(t, func() bool { d.mu.Lock(); defer d.mu.Unlock(); return len(d.all) > after+200 })
-	cancel()
-	<-loaded
-
-	if v := s.Stats().Violations; len(v) != 0 {
-		t.Fatalf("violations %v", v)
-	}
-	d.mu.Lock()
-	all := append([]delivery(nil), d.all...)
-	cut := cutAt
-	d.mu.Unlock()
-	// Before the cut-over only the old generation delivers, after it only
-	// the new one: the generations never interleave.
-	first := len(all)
-	for i, dl := range all {
-		if dl.shards == 16 {
-			first = i
-			break
+	var again time.Time
+	for _, id := range s.Identifies() {
+		if id.Shard == victim && id.Shards == 16 {
+			again = id.At
 		}
-	}
-	if first == 0 || first == len(all) || first > cut {
-		t.Fatalf("first delivery of the new generation at %d of %d (cut-over event at %d)", first, len(all), cut)
-	}
-	for i, dl := range all {
-		want := 8
-		if i >= first {
-			want = 16
-		}
-		if dl.shards != want {
-			t.Fatalf("delivery %d of %d came from the %d-shard generation after the cut-over at %d", i, len(all), dl.shards, first)
-		}
-		if discordtest.ShardFor(dl.guild, dl.shards) != dl.shard {
-			t.Fatalf("guild %d delivered by shard %d of %d", dl.guild, dl.shard, dl.shards)
-		}
-	}
-	for _, g := range oldGroups {
-		if g.State() != shardgroup.StateStopped {
-			t.Fatalf("old cluster %d is %s", g.ID(), g.State())
-		}
-	}
-	groups := rt.Groups()
-	if len(groups) != 4 || groups[0].ShardCount() != 16 {
-		t.Fatalf("after reshard: %d groups of %d shards", len(groups), groups[0].ShardCount())
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if last := progress[len(progress)-1]; last.Kind != EventReshardDone || len(progress) != 17 {
-		t.Fatalf("progress events: %d, last %s", len(progress), last.Kind)
+	if invalidated.IsZero() || !again.After(invalidated) || !cut.After(again) {
+		t.Fatalf("invalidated at %v, shard %d identified again at %v, cut-over at %v: want the cut-over after the new session",
+			invalidated, victim, again, cut)
+	}
+	waitFor(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.seen) >= n
+	})
+	if lost, dup := l.check(n); lost != 0 || dup != 0 {
+		t.Fatalf("%d messages: %d lost, %d duplicated", n, lost, dup)
 	}
 }
 

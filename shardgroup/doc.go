@@ -54,4 +54,21 @@
 // dispatches, a fraction of its CPU). The setting is process-wide and
 // happens at init, before any goroutine; a program that wants
 // encoding/json back sets it in main before starting anything.
+//
+// # Listeners
+//
+// The group gives its disgo client an event manager of its own. Each shard
+// handles its events on its own goroutine, in order: disgo's handlers
+// update the caches, then the listeners run, each under its own recover,
+// so a panicking listener does not keep the ones after it from the event.
+// No lock is shared between shards, so a listener that blocks on one shard
+// delays no other shard. disgo's async events option is not used.
+//
+// # Reshard
+//
+// A group built with a Generation ahead of its Gate is a reshard's new
+// generation: it fills its caches and holds back its events (at most
+// MaxHeld per shard) while the old generation, on which Record was called,
+// goes on delivering. CutOver then hands each guild over so that every
+// event reaches listeners once.
 package shardgroup

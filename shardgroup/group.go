@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,11 +36,13 @@ type Config struct {
 	Presence        *gateway.MessageDataPresenceUpdate
 	// Sessions to resume, by shard ID; other shards identify.
 	Sessions map[int]Session
-	// Gate and Generation gate listeners: events reach them only while
-	// the gate is at Generation (caches are updated regardless). Nil: no
-	// gate.
+	// Gate and Generation: a group whose Generation is ahead of the
+	// gate's when it is built is a reshard's new generation: it fills its
+	// caches but holds events back until CutOver (at most MaxHeld per
+	// shard, default DefaultMaxHeld). Nil: the group delivers at once.
 	Gate       *Gate
 	Generation int64
+	MaxHeld    int
 	// Bus is the fleet's IPC bus, for the user's code (nil: none).
 	Bus   *bus.Bus
 	Hooks Hooks
@@ -70,14 +71,15 @@ type Hooks struct {
 // shards are driven by the group, not by disgo: every goroutine has an
 // owner, and a shard's session can be handed over to a new group.
 type Group struct {
-	cfg     Config
-	client  bot.Client
-	log     *slog.Logger
-	dialer  *websocket.Dialer
-	handler gateway.EventHandlerFunc
-	shards  map[int]*shard // fixed after New
-	ids     []int
-	panics  atomic.Int64
+	cfg    Config
+	client bot.Client
+	log    *slog.Logger
+	dialer *websocket.Dialer
+	shards map[int]*shard    // fixed after New
+	deliv  map[int]*delivery // by shard; fixed after New
+	em     *eventManager
+	ids    []int
+	panics atomic.Int64
 
 	mu      sync.Mutex // guards started, stopped
 	started bool
@@ -108,14 +110,19 @@ func New(cfg Config) (*Group, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxHeld <= 0 {
+		cfg.MaxHeld = DefaultMaxHeld
+	}
 	g := &Group{
 		cfg:    cfg,
 		log:    cfg.Logger.With("cluster", cfg.ID),
 		dialer: &websocket.Dialer{HandshakeTimeout: websocket.DefaultDialer.HandshakeTimeout},
 		shards: make(map[int]*shard, len(cfg.ShardIDs)),
+		deliv:  make(map[int]*delivery, len(cfg.ShardIDs)),
 		ids:    slices.Clone(cfg.ShardIDs),
 	}
 	slices.Sort(g.ids)
+	standby := cfg.Gate != nil && cfg.Generation > cfg.Gate.Generation()
 	for _, id := range g.ids {
 		if id < 0 || id >= cfg.ShardCount {
 			return nil, fmt.Errorf("shardgroup: shard %d is outside 0..%d", id, cfg.ShardCount-1)
@@ -127,74 +134,42 @@ func New(cfg Config) (*Group, error) {
 			s.session = sess
 		}
 		g.shards[id] = s
+		g.deliv[id] = &delivery{maxHeld: cfg.MaxHeld}
+		if standby {
+			g.deliv[id].mode = modeStandby
+		}
 	}
-	opts := append([]bot.ConfigOpt{
-		bot.WithLogger(slog.New(&panicCounter{Handler: g.log.Handler(), g: g})),
-		bot.WithShardManager(manager{g}),
-	}, cfg.ClientOptions...)
-	var gated *gatedManager
-	var emOpts []bot.EventManagerConfigOpt
-	if cfg.Gate != nil {
-		// The client's event manager is wrapped so that listeners get
-		// events only while the gate is at this group's generation; caches
-		// are kept up to date either way. The wrapped manager needs the
-		// client, so it is built after it, with the options the user gave.
-		bc := bot.DefaultConfig(handlers.GetGatewayHandlers(), handlers.GetHTTPServerHandler())
-		bc.Apply(opts)
-		emOpts = append([]bot.EventManagerConfigOpt{bot.WithEventManagerLogger(bc.Logger)}, bc.EventManagerConfigOpts...)
-		gated = &gatedManager{gate: cfg.Gate, gen: cfg.Generation}
-		opts = append(opts, bot.WithEventManager(gated))
-	}
+	opts := append([]bot.ConfigOpt{bot.WithLogger(g.log), bot.WithShardManager(manager{g})}, cfg.ClientOptions...)
+	// The client gets the group's own event manager, built with the
+	// listeners and handlers the options give.
+	bc := bot.DefaultConfig(handlers.GetGatewayHandlers(), handlers.GetHTTPServerHandler())
+	bc.Apply(opts)
+	emc := bot.DefaultEventManagerConfig()
+	emc.Apply(bc.EventManagerConfigOpts)
+	g.em = newEventManager(g, emc)
+	opts = append(opts, bot.WithEventManager(g.em))
 	client, err := disgo.New(cfg.Token, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("shardgroup: group %d: build client: %w", cfg.ID, err)
 	}
-	if gated != nil {
-		gated.EventManager = bot.NewEventManager(client, emOpts...)
-	}
+	g.em.client = client
 	g.client = client
-	g.handler = client.EventManager().HandleGatewayEvent
 	return g, nil
 }
 
-// Gate decides which generation of groups delivers events to listeners.
-// Moving it is atomic with respect to delivery: once Set returns, no group
-// of another generation is delivering or will deliver. Its zero value is
-// at generation 0.
+// Gate says which generation of groups is current: a group built with a
+// later Generation is a reshard's new generation and starts in standby.
+// Its zero value is at generation 0.
 type Gate struct {
-	mu  sync.RWMutex // held for reading while a listener runs
-	gen int64
+	gen atomic.Int64
 }
 
-// Set moves the gate to gen, waiting for deliveries under way.
-func (g *Gate) Set(gen int64) {
-	g.mu.Lock()
-	g.gen = gen
-	g.mu.Unlock()
-}
+// Set moves the gate to gen; groups built afterwards at gen deliver at
+// once.
+func (g *Gate) Set(gen int64) { g.gen.Store(gen) }
 
 // Generation is the gate's generation.
-func (g *Gate) Generation() int64 {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.gen
-}
-
-// gatedManager passes events to listeners only while the gate holds its
-// generation: the atomic cut-over of a reshard.
-type gatedManager struct {
-	bot.EventManager
-	gate *Gate
-	gen  int64
-}
-
-func (m *gatedManager) DispatchEvent(e bot.Event) {
-	m.gate.mu.RLock()
-	defer m.gate.mu.RUnlock()
-	if m.gate.gen == m.gen {
-		m.EventManager.DispatchEvent(e)
-	}
-}
+func (g *Gate) Generation() int64 { return g.gen.Load() }
 
 // Loaded reports whether every shard is ready and has received the
 // GUILD_CREATE of every guild its READY listed.
@@ -353,64 +328,6 @@ func (g *Group) stopShard(ctx context.Context, s *shard, code int) {
 	case <-s.done:
 	case <-ctx.Done():
 	}
-}
-
-// deliver hands an event to the disgo client; a panic there is recovered
-// and counted, and the shard goes on.
-func (g *Group) deliver(s *shard, m gateway.Message) {
-	defer func() {
-		if v := recover(); v != nil {
-			g.panics.Add(1)
-			g.log.Error("recovered panic in event handling", "shard", s.id, "event", m.T, "panic", v, "stack", string(debug.Stack()))
-			if h := g.cfg.Hooks.ListenerPanic; h != nil {
-				h(g, s.id, v)
-			}
-		}
-	}()
-	if h := g.cfg.Hooks.Event; h != nil {
-		h(g, s.id, m.T)
-	}
-	ev, ok := m.D.(gateway.EventData)
-	if !ok {
-		return
-	}
-	if _, unknown := ev.(gateway.EventUnknown); unknown {
-		return
-	}
-	g.handler(m.T, m.S, s.id, ev)
-}
-
-// panicCounter counts disgo's own "recovered from panic" records.
-type panicCounter struct {
-	slog.Handler
-	g *Group
-}
-
-// Enabled is true for errors, so that a panic is counted even when the
-// user's handler drops errors.
-func (p *panicCounter) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelError || p.Handler.Enabled(ctx, l)
-}
-
-func (p *panicCounter) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "recovered from panic in event listener" {
-		p.g.panics.Add(1)
-		if h := p.g.cfg.Hooks.ListenerPanic; h != nil {
-			h(p.g, -1, "listener panic")
-		}
-	}
-	if !p.Handler.Enabled(ctx, r.Level) {
-		return nil
-	}
-	return p.Handler.Handle(ctx, r)
-}
-
-func (p *panicCounter) WithAttrs(as []slog.Attr) slog.Handler {
-	return &panicCounter{Handler: p.Handler.WithAttrs(as), g: p.g}
-}
-
-func (p *panicCounter) WithGroup(name string) slog.Handler {
-	return &panicCounter{Handler: p.Handler.WithGroup(name), g: p.g}
 }
 
 // hook adapters

@@ -141,7 +141,8 @@ type shard struct {
 	presence *gateway.MessageDataPresenceUpdate
 	sends    []time.Time // command times for the 120/60 s limit
 
-	holding atomic.Bool // an identify bucket is taken
+	holding atomic.Bool                 // an identify bucket is taken
+	hb      atomic.Pointer[heartbeater] // the connection's, while it runs
 
 	// Owned by the run goroutine (run, connect, serve):
 	resuming     bool      // the current connection RESUMEs a session
@@ -443,7 +444,9 @@ func (s *shard) connect(ctx context.Context) error {
 		}
 	}()
 	hb := &heartbeater{s: s, c: c, stop: make(chan struct{})}
+	s.hb.Store(hb)
 	defer func() {
+		s.hb.Store(nil)
 		cancel()
 		identifying.Wait()
 		s.releaseBucket()
@@ -565,7 +568,7 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 		case gateway.OpcodeDispatch:
 			s.answered = true
-			s.dispatch(m)
+			s.dispatch(m, data)
 			if m.T == gateway.EventTypeReady {
 				s.mu.Lock()
 				if s.answer != nil {
@@ -628,6 +631,7 @@ func (s *shard) forgetSession() {
 	s.mu.Lock()
 	s.session = Session{ShardID: s.id, ShardCount: s.count}
 	s.mu.Unlock()
+	s.g.sessionLost(s)
 }
 
 // sendNow writes a command that has its own slot (identify, resume,
@@ -688,8 +692,8 @@ func (s *shard) releaseBucket() {
 
 // dispatch hands one event to the group's client, exactly once: the
 // sequence is recorded only after delivery, and a hand-over stops the
-// read loop before it reads the sequence.
-func (s *shard) dispatch(m gateway.Message) {
+// read loop before it reads the sequence. frame is the raw payload.
+func (s *shard) dispatch(m gateway.Message, frame []byte) {
 	switch ev := m.D.(type) {
 	case gateway.EventReady:
 		s.releaseBucket()
@@ -713,7 +717,7 @@ func (s *shard) dispatch(m gateway.Message) {
 		}
 	}
 	s.events.Add(1)
-	s.g.deliver(s, m)
+	s.g.deliver(s, m, frame)
 	s.mu.Lock()
 	s.session.Sequence = m.S
 	s.mu.Unlock()
@@ -726,9 +730,12 @@ type heartbeater struct {
 	c     *websocket.Conn
 	stop  chan struct{}
 	wg    sync.WaitGroup
-	mu    sync.Mutex // guards sent, acked
+	mu    sync.Mutex // guards sent, acked, sentN, ackN, ackCh
 	sent  time.Time
 	acked bool
+	sentN int64         // heartbeats written (see barrier)
+	ackN  int64         // ACKs read
+	ackCh chan struct{} // closed at the next ACK; nil until a barrier waits
 	once  sync.Once
 	kick  chan struct{}
 }
@@ -758,6 +765,11 @@ func (h *heartbeater) beat() {
 func (h *heartbeater) ack() {
 	h.mu.Lock()
 	h.acked = true
+	h.ackN++
+	if h.ackCh != nil {
+		close(h.ackCh)
+		h.ackCh = nil
+	}
 	if !h.sent.IsZero() {
 		h.s.latency.Store(int64(time.Since(h.sent)))
 	}
@@ -796,6 +808,7 @@ func (h *heartbeater) send() {
 	h.s.mu.Unlock()
 	h.mu.Lock()
 	h.sent, h.acked = time.Now(), false
+	h.sentN++
 	h.mu.Unlock()
 	if err := h.s.sendNow(gateway.OpcodeHeartbeat, gateway.MessageDataHeartbeat(seq)); err != nil && !errors.Is(err, net.ErrClosed) {
 		h.s.log.Debug("heartbeat failed", "err", err)
