@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,7 +60,7 @@ type Runtime struct {
 	// Guarded by mu:
 	life      context.Context // the fleet's: cancelled when Run begins to stop
 	endLife   context.CancelFunc
-	stopErr   error // what did not stop, once Run has returned
+	stopErr   error           // what did not stop, once Run has returned
 	stopCtx   context.Context // bounds the stop, once it has begun
 	stopErrs  []error         // what did not stop in time
 	allFailed chan struct{}   // closed when every cluster has failed
