@@ -347,6 +347,9 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		if wctx.Err() == nil { // Setup returned: nothing else uses the client
 			g.Client().Rest().Close(context.Background())
 		}
+		if r.lifeContext().Err() != nil { // the fleet stops: not the Setup's fault
+			err = ErrNotRunning
+		}
 		return nil, fmt.Errorf("runtime: cluster %d: Setup: %w", c.id, err)
 	}
 	inst.bot, inst.cancel = b, icancel

@@ -335,20 +335,20 @@ func (r *Runtime) stop(stop chan struct{}, cancelGroups context.CancelFunc) erro
 	select {
 	case <-supervisors:
 	case <-stopCtx.Done():
-		errs = append(errs, errors.New("cluster supervisors did not stop"))
 	}
 	// Shards still dialling or stuck end with their context; the groups
-	// that gave up on them join them here.
+	// that gave up on them join them now.
 	cancelGroups()
-	r.joinOperations(stopCtx)
-	r.saveSessions()
-	r.closeServices()
 	grace, cancelGrace := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancelGrace()
 	select {
 	case <-supervisors:
 	case <-grace.Done():
+		errs = append(errs, errors.New("cluster supervisors did not stop"))
 	}
+	r.joinOperations(grace)
+	r.saveSessions()
+	r.closeServices()
 	r.waitUserCalls(grace)
 	if stuck := r.stuckUserCalls(); len(stuck) > 0 {
 		errs = append(errs, fmt.Errorf("user code still running: %s", strings.Join(stuck, ", ")))
