@@ -242,7 +242,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	groupCtx, cancelGroups := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelGroups()
 	env.groupCtx = groupCtx
-	saved := r.loadSessions(ctx, total)
+	saved := r.loadSessions(ctx, total, env.gatewayURL)
 
 	// The bus and the services come first: clusters start only once every
 	// service is ready, as in eris-fleet.
