@@ -52,6 +52,7 @@ type Runtime struct {
 	stopFleet   chan struct{}   // closed when the fleet must stop
 	opSlot      chan struct{}   // holds a token while an operation (restart, reshard...) runs
 	reshardBusy atomic.Bool     // a Reshard is under way
+	reshardOp   atomic.Bool     // a reshard operation is started (StartReshard)
 	ready       atomic.Int64
 	everReady   sync.Map // shard ID -> true once it has been ready
 	started     time.Time
