@@ -83,6 +83,10 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 	// failed handles a start that failed; it reports whether to start
 	// again (false: the cluster is parked, or the fleet stops).
 	failed := func(err error) bool {
+		if r.lifeContext().Err() != nil { // the fleet stops: not a failure to count
+			<-stop
+			return false
+		}
 		c.mu.Lock()
 		c.lastErr = err
 		c.mu.Unlock()
@@ -411,7 +415,15 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 		return nil, fmt.Errorf("runtime: soft restart of cluster %d: the old instance keeps serving: %w", c.id, err)
 	}
 	paused := time.Now()
-	sessions, _ := old.g.Stop(context.Background(), true)
+	// A shard that does not stop in time (a connection that hangs) is
+	// left to end on its own; its session, if any, is handed over all the
+	// same, and the new shard identifies if Discord refuses it.
+	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	sessions, stopErr := old.g.Stop(sctx, true)
+	cancel()
+	if stopErr != nil {
+		r.cfg.Logger.Warn("soft restart: old shards did not stop in time", "cluster", c.id, "err", stopErr.Error())
+	}
 	r.publish(c, next.g)
 	next.g.StartResuming(env.groupCtx, sessions)
 	if err := next.activate(); err != nil {
@@ -448,9 +460,8 @@ func (r *Runtime) shutdownHook(ctx context.Context, cluster int, b Bot) error {
 }
 
 // stopInstance stops an instance, each step bounded by ShutdownTimeout.
-func (r *Runtime) stopInstance(inst *instance, keep bool) map[int]shardgroup.Session {
+func (r *Runtime) stopInstance(inst *instance, keep bool) {
 	_ = r.stopInstanceCtx(context.Background(), inst, keep)
-	return nil
 }
 
 // stopInstanceCtx runs the Bot's Shutdown hook and stops the group's

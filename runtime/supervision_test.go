@@ -251,7 +251,7 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 	cfg.Bot, cfg.RestartBackoff = f.bot, time.Millisecond
 	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
-	rec := record(rt, EventClusterRestarted, EventClusterReady)
+	rec := record(rt, EventClusterRestarted)
 	ctx := context.Background()
 	before := rt.Groups()[0]
 	if err := rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "old instance keeps serving") {
@@ -265,12 +265,15 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 		t.Fatalf("Restart = %v, want the Setup panic", err)
 	}
 	// The cluster is restarted under supervision and serves again.
-	waitFor(t, func() bool { return len(rec.of(EventClusterReady)) == 1 })
+	waitFor(t, func() bool {
+		g := rt.Groups()[0]
+		return g != before && g.State() == shardgroup.StateReady
+	})
 	if r := rec.of(EventClusterRestarted); len(r) != 1 || !errors.As(r[0].Err, &pe) {
 		t.Fatalf("restart events %+v, want one for the panic", r)
 	}
-	if w := rt.Workers(); w.Clusters[0].State != "ready" {
-		t.Fatalf("cluster state %q", w.Clusters[0].State)
+	if n := f.calls.Load(); n != 4 {
+		t.Fatalf("Setup called %d times, want 4", n)
 	}
 }
 
@@ -505,6 +508,29 @@ func TestShutdownWhileSoftRestartWaitsOnAHeldShard(t *testing.T) {
 	}
 	if err := <-soft; err == nil {
 		t.Fatal("SoftRestart returned nil though the fleet stopped before the new instance was ready")
+	}
+	<-errc
+}
+
+// panickyHookBot's Shutdown hook panics.
+type panickyHookBot struct{}
+
+func (panickyHookBot) Setup(context.Context, *shardgroup.Group) error { return nil }
+func (panickyHookBot) Shutdown(context.Context) error                { panic("hook bug") }
+
+func TestShutdownHookPanicIsRecovered(t *testing.T) {
+	s := smallServer()
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.Bot = func(int) Bot { return panickyHookBot{} }
+	rt, errc := runReady(t, cfg)
+	// A soft restart runs the old instance's hook: the panic is recovered.
+	if err := rt.SoftRestart(context.Background(), 0); err != nil {
+		t.Fatalf("SoftRestart: %v", err)
+	}
+	err := rt.Shutdown(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "cluster 0: Shutdown hook: runtime: panic: hook bug") {
+		t.Fatalf("Shutdown = %v, want the hook's panic named", err)
 	}
 	<-errc
 }
