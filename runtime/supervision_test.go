@@ -534,3 +534,28 @@ func TestShutdownHookPanicIsRecovered(t *testing.T) {
 	}
 	<-errc
 }
+
+func TestSoftRestartCtxEndingDuringSetupKeepsTheOldInstance(t *testing.T) {
+	s := smallServer()
+	defer s.Close()
+	f := &flakyBot{steps: []func(context.Context) error{
+		func(context.Context) error { return nil },
+		func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }, // the new instance's Setup outlasts the caller
+	}}
+	cfg := testConfig(s)
+	cfg.Bot = f.bot
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	rec := record(rt, EventSoftRestartHandedOver)
+	before, resumes := rt.Groups()[0], s.Stats().Resumes
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := rt.SoftRestart(ctx, 0)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "old instance keeps serving") {
+		t.Fatalf("SoftRestart = %v, want ctx's error and the old instance serving", err)
+	}
+	if rt.Groups()[0] != before || before.State() != shardgroup.StateReady || len(rec.of(EventSoftRestartHandedOver)) != 0 ||
+		s.Stats().Resumes != resumes {
+		t.Fatal("something was handed over")
+	}
+}
