@@ -179,7 +179,9 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					return
 				case opRestart:
 					timer.Stop()
-					_ = r.stopInstanceCtx(op.ctx, inst, false)
+					// Begun, the restart goes through: the old instance's stop
+					// is bounded by ShutdownTimeout, not by the caller.
+					_ = r.stopInstanceCtx(context.Background(), inst, false)
 					inst = nil
 					next, err := r.startInstance(c, env, nil, time.Now().Add(timeout))
 					if err != nil {

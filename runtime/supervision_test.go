@@ -559,3 +559,25 @@ func TestSoftRestartCtxEndingDuringSetupKeepsTheOldInstance(t *testing.T) {
 		t.Fatal("something was handed over")
 	}
 }
+
+func TestDefaultClusterTimeoutFollowsTheIdentifyQueue(t *testing.T) {
+	q16, _ := NewLocalIdentifyQueue(16, 5*time.Second)
+	q1, _ := NewLocalIdentifyQueue(1, 5*time.Second)
+	r := &Runtime{cfg: Config{IdentifyInterval: 5 * time.Second}}
+	for _, tc := range []struct {
+		queue  IdentifyQueue
+		shards []int
+		want   time.Duration
+	}{
+		{q16, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 5*time.Second + readyGrace}, // the first window
+		{q16, []int{48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63}, 20*time.Second + readyGrace},
+		{q1, []int{0, 1, 2, 3}, 20*time.Second + readyGrace},
+		{q1, []int{12, 13, 14, 15}, 80*time.Second + readyGrace}, // 15 shards queue before the last one
+	} {
+		got := r.defaultClusterTimeout(&cluster{shards: tc.shards}, &fleetEnv{queue: tc.queue})
+		if got != tc.want {
+			t.Errorf("shards %v with max_concurrency %d: %s, want %s", tc.shards,
+				tc.queue.(*LocalIdentifyQueue).MaxConcurrency(), got, tc.want)
+		}
+	}
+}
