@@ -207,11 +207,14 @@ func GetOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error)
 
 // WaitForOperation waits, with one short request after another, until an
 // operation has ended or ctx ends. It returns the operation and, if it
-// failed, an error saying why.
+// failed, an error saying why. A query that times out (a busy bus) is
+// asked again; the operation goes on either way.
 func WaitForOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error) {
 	for {
 		op, err := bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id, Wait: operationBusWait})
 		switch {
+		case err != nil && errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil:
+			continue
 		case err != nil:
 			return op, err
 		case op.State == OperationFailed:

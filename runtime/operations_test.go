@@ -10,13 +10,13 @@ import (
 )
 
 func TestReshardOverTheBusOutlivesTheRequestTimeout(t *testing.T) {
-	// One identify bucket, 100 ms windows: the four new shards take about
-	// 400 ms, twice the bus's request timeout.
+	// One identify bucket, 300 ms windows: the four new shards take over
+	// 900 ms, about twice the bus's request timeout.
 	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
-		discordtest.WithIdentifyWindow(100*time.Millisecond))
+		discordtest.WithIdentifyWindow(300*time.Millisecond))
 	defer s.Close()
 	cfg := testConfig(s)
-	cfg.RequestTimeout = 200 * time.Millisecond
+	cfg.RequestTimeout = 500 * time.Millisecond
 	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventReshardDone)
@@ -27,6 +27,9 @@ func TestReshardOverTheBusOutlivesTheRequestTimeout(t *testing.T) {
 	t.Logf("reshard over the bus took %s (request timeout %s)", time.Since(start), cfg.RequestTimeout)
 	if len(rec.of(EventReshardDone)) != 1 {
 		t.Fatal("no reshard_done event")
+	}
+	if took := time.Since(start); took < cfg.RequestTimeout {
+		t.Fatalf("the reshard took %s, less than the request timeout: the test shows nothing", took)
 	}
 	if st := rt.Stats(); st.TotalShards != 4 {
 		t.Fatalf("%d shards after the reshard, want 4", st.TotalShards)
