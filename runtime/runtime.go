@@ -204,15 +204,29 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	r.life, r.endLife = life, endLife
 	r.mu.Unlock()
 	defer endLife()
+	// The start (the request to Discord, the services) also ends with
+	// Shutdown; a start cut short that way returns nil.
+	startCtx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	watchDone := make(chan struct{})
+	defer func() { cancelStart(); <-watchDone }()
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-r.shutdown:
+			cancelStart()
+		case <-startCtx.Done():
+		}
+	}()
 	defer close(r.stopped)
 	defer func() {
-		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		if startCtx.Err() != nil && errors.Is(err, startCtx.Err()) {
 			err = nil // stopped by the caller: not a failure
 		}
 	}()
 	defer r.closeStopping() // once Run stops, whichever way
 
-	gb, err := r.gatewayBot(ctx)
+	gb, err := r.gatewayBot(startCtx)
 	if err != nil {
 		return err
 	}
@@ -243,7 +257,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	groupCtx, cancelGroups := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelGroups()
 	env.groupCtx = groupCtx
-	saved := r.loadSessions(ctx, total, env.gatewayURL)
+	saved := r.loadSessions(startCtx, total, env.gatewayURL)
 
 	// The bus and the services come first: clusters start only once every
 	// service is ready, as in eris-fleet.
@@ -255,7 +269,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	if err := r.admiral(); err != nil {
 		return err
 	}
-	if err := r.services.Start(ctx); err != nil {
+	if err := r.services.Start(startCtx); err != nil {
 		r.closeServices()
 		return err
 	}

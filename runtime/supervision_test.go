@@ -339,38 +339,47 @@ func TestSoftRestartDuringReshardHonoursCtx(t *testing.T) {
 }
 
 func TestCancelRunDuringPreflight(t *testing.T) {
-	arrived := make(chan struct{}, 1)
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case arrived <- struct{}{}:
-		default:
-		}
-		select { // holds /gateway/bot, as a slow Discord would
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer srv.Close()
-	defer close(release)
-	rt, err := New(Config{Token: "t", Bot: nopBot, RESTURL: srv.URL + "/api/v10", GatewayURL: "ws://127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(ctx) }()
-	<-arrived
-	start := time.Now()
-	cancel()
-	err = <-errc
-	took := time.Since(start)
-	if err != nil {
-		t.Fatalf("Run = %v, want nil after its ctx was cancelled", err)
-	}
-	t.Logf("Run returned %s after cancel", took)
-	if took > 100*time.Millisecond+150*time.Millisecond {
-		t.Fatalf("Run returned %s after cancel, want within 100 ms", took)
+	for _, how := range []string{"ctx", "Shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			arrived := make(chan struct{}, 1)
+			release := make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case arrived <- struct{}{}:
+				default:
+				}
+				select { // holds /gateway/bot, as a slow Discord would
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			defer srv.Close()
+			defer close(release)
+			rt, err := New(Config{Token: "t", Bot: nopBot, RESTURL: srv.URL + "/api/v10", GatewayURL: "ws://127.0.0.1:1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() { errc <- rt.Run(ctx) }()
+			<-arrived
+			start := time.Now()
+			if how == "ctx" {
+				cancel()
+			} else if err := rt.Shutdown(context.Background()); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			err = <-errc
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("Run = %v, want nil once stopped", err)
+			}
+			t.Logf("Run returned %s after the stop", took)
+			if took > 100*time.Millisecond+150*time.Millisecond {
+				t.Fatalf("Run returned %s after the stop, want within 100 ms", took)
+			}
+		})
 	}
 }
 
