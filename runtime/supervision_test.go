@@ -525,7 +525,7 @@ func TestShutdownWhileSoftRestartWaitsOnAHeldShard(t *testing.T) {
 type panickyHookBot struct{}
 
 func (panickyHookBot) Setup(context.Context, *shardgroup.Group) error { return nil }
-func (panickyHookBot) Shutdown(context.Context) error                { panic("hook bug") }
+func (panickyHookBot) Shutdown(context.Context) error                 { panic("hook bug") }
 
 func TestShutdownHookPanicIsRecovered(t *testing.T) {
 	s := smallServer()
