@@ -54,7 +54,7 @@ type Event struct {
 	N, Of    int           // progress: n of N shards ready
 	Duration time.Duration // time since Run started, for ready events; the back-off, for cluster_restarted
 	Err      error         // why, for cluster_restarted (the Setup error or timeout), cluster_failed, fatal
-	Stats    *Stats // EventStats: the snapshot
+	Stats    *Stats        // EventStats: the snapshot
 }
 
 // level is the slog level of an event's record.
