@@ -90,3 +90,11 @@ func ctxError(ctx context.Context, to Address, command string) error {
 	}
 	return fmt.Errorf("bus: %s %s: %w", to, command, err)
 }
+
+// NewRemoteError rebuilds, on the caller's side of a Transport that
+// leaves the process, the error a handler returned at addr: its message,
+// and code, the bus sentinel it wrapped (nil if none), which errors.Is
+// matches as it does in strict mode.
+func NewRemoteError(addr Address, command, message string, code error) *RemoteError {
+	return &RemoteError{Address: addr, Command: command, Message: message, code: code}
+}

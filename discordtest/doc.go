@@ -66,9 +66,15 @@
 //
 // # Counters
 //
-// Stats reports connections, IDENTIFYs, RESUMEs, violations by kind and
-// events sent per shard; Identifies lists every IDENTIFY with its time and
-// bucket.
+// Stats reports connections, IDENTIFYs, RESUMEs, violations by kind,
+// events sent per shard and sessions ended by why (SessionsEnded), so a
+// test can tell Discord's own losses (an op 9 d=false) from a client's;
+// Identifies lists every IDENTIFY with its time and bucket.
+//
+// A second RESUME of a live session takes it over (the older connection
+// is closed with 4000) and the session goes on; the close of a connection
+// the session has left does not end it. A failed RESUME (op 9 d=false)
+// ends the session it named.
 //
 // # Locks
 //

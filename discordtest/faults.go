@@ -64,14 +64,13 @@ func (s *Server) InvalidateSession(shard int, resumable bool) int {
 		if shard != AllShards && ss.shard != shard {
 			continue
 		}
-		n++
 		ss.mu.Lock()
 		c := ss.conn
 		ss.mu.Unlock()
-		if !resumable {
-			ss.end()
-			s.dropSession(ss)
+		if !resumable && !s.endSession(ss, SessionEndedInvalidated) {
+			continue // it had ended already
 		}
+		n++
 		if c != nil {
 			c.sendJSON(fmt.Appendf(nil, `{"op":9,"d":%t,"s":null,"t":null}`, resumable))
 		}
@@ -126,7 +125,11 @@ func (s *Server) Restart(keepSessions bool) {
 	}
 	s.mu.Unlock()
 	for _, ss := range lost {
-		ss.end()
+		if ss.end() {
+			s.mu.Lock()
+			s.stats.sessionsEnded[SessionEndedGatewayRestart]++
+			s.mu.Unlock()
+		}
 	}
 	for _, c := range conns {
 		c.close(closeDrop, "")

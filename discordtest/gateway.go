@@ -158,12 +158,13 @@ func (c *conn) end() {
 		// close keeps it; a server close ends it for the codes that
 		// demand a new session.
 		invalidate := c.clientCl == websocket.CloseNormalClosure || c.clientCl == websocket.CloseGoingAway
+		reason := SessionEndedClientClose
 		if c.clientCl == 0 {
 			invalidate = c.code > 0 && closeEndsSession(c.code)
+			reason = SessionEndedCloseCode + strconv.Itoa(c.code)
 		}
-		ss.detach(c, invalidate)
-		if invalidate {
-			s.dropSession(ss)
+		if ss.detach(c, invalidate) {
+			s.forgetSession(ss, true, reason)
 		}
 	}
 	s.mu.Lock()
@@ -355,6 +356,14 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	now := time.Now()
 	bucket := shard % s.cfg.maxConcurrency
 	s.mu.Lock()
+	select {
+	case <-c.closing:
+		// A held IDENTIFY whose client has gone: nobody would read the
+		// READY, so no session starts.
+		s.mu.Unlock()
+		return false
+	default:
+	}
 	last, seen := s.bucketLast[bucket]
 	early := seen && now.Sub(last) < s.cfg.identifyWindow
 	s.identifies = append(s.identifies, Identify{Shard: shard, Shards: shards, Bucket: bucket, At: now, Violation: early})
@@ -378,8 +387,14 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	ss := newSession(newSessionID(), shard, shards, intents, roundPow2(s.cfg.replayBuffer))
 	c.compress.Store(id.Compress)
 	c.shard.Store(int64(shard))
-	ss.attach(c, 0)
 	c.attached.Store(ss)
+	if _, ok := ss.attach(c, 0); !ok {
+		ss.detachedAt = now // its client left as it started: resumable, then expired
+	}
+	// READY is the session's first dispatch: it is queued before the
+	// session can receive any other, and before the guilds are encoded,
+	// as Discord sends it first and the guilds after.
+	ss.append("READY", s.readyPayload(ss))
 	s.sessions[ss.id] = ss
 	s.sessionVer++
 	s.mu.Unlock()
@@ -387,11 +402,6 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	threshold := id.LargeThreshold
 	if threshold == 0 {
 		threshold = 50
-	}
-	// READY goes out before the guilds are encoded, as Discord sends it
-	// first and the guilds after.
-	if !ss.append("READY", s.readyPayload(ss)) {
-		return false
 	}
 	large := s.cfg.membersPerGuild > threshold
 	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {
@@ -416,7 +426,11 @@ func (s *Server) exhausted() {
 	s.sessionVer++
 	s.mu.Unlock()
 	for _, ss := range sessions {
-		ss.end()
+		if ss.end() {
+			s.mu.Lock()
+			s.stats.sessionsEnded[SessionEndedStartLimit]++
+			s.mu.Unlock()
+		}
 	}
 	for _, c := range conns {
 		c.close(CloseAuthenticationFailed, "Session start limit exhausted; token reset.")
@@ -429,17 +443,11 @@ func (s *Server) sweepLocked(now time.Time) {
 		if ss.expired(now, s.cfg.resumeWindow) {
 			delete(s.sessions, id)
 			s.sessionVer++
+			if ss.end() {
+				s.stats.sessionsEnded[SessionEndedExpired]++
+			}
 		}
 	}
-}
-
-func (s *Server) dropSession(ss *session) {
-	s.mu.Lock()
-	if s.sessions[ss.id] == ss {
-		delete(s.sessions, ss.id)
-		s.sessionVer++
-	}
-	s.mu.Unlock()
 }
 
 // guildsOf counts the guilds shard owns out of shards.
@@ -500,14 +508,14 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 	now := time.Now()
 	s.mu.Lock()
 	ss := s.sessions[rd.SessionID]
-	ok := ss != nil && ss.resumable(rd.Seq, now, s.cfg.resumeWindow)
-	if ok && s.refuseResumeLocked(ss.shard) {
-		ok = false
-		delete(s.sessions, ss.id)
-		s.sessionVer++
-		ss.end()
+	why := "unknown"
+	if ss != nil {
+		why = ss.refusal(rd.Seq, now, s.cfg.resumeWindow)
+		if why == "" && s.refuseResumeLocked(ss.shard) {
+			why = SessionEndedResumeRefused
+		}
 	}
-	if ok {
+	if why == "" {
 		s.stats.resumes++
 		if c.resume {
 			s.stats.resumeURL++
@@ -516,13 +524,27 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 		s.stats.resumesRefused++
 	}
 	s.mu.Unlock()
-	if !ok {
+	if why != "" {
+		// Discord answers a failed RESUME with op 9 d=false: the
+		// session is gone, whatever the reason it could not go on.
+		if ss != nil && why != "ended" {
+			s.endSession(ss, why)
+		}
 		c.sendJSON([]byte(`{"op":9,"d":false,"s":null,"t":null}`))
 		return true
 	}
-	c.shard.Store(int64(ss.shard))
 	c.attached.Store(ss)
-	if old := ss.attach(c, rd.Seq); old != nil && old != c {
+	old, ok := ss.attach(c, rd.Seq)
+	if !ok {
+		// The client left while its RESUME was held: the session stays
+		// where it was, resumable.
+		c.attached.Store(nil)
+		return false
+	}
+	c.shard.Store(int64(ss.shard))
+	if old != nil && old != c {
+		// A second RESUME of a live session takes it over; the older
+		// connection is closed and the session goes on here.
 		old.close(CloseUnknownError, "Session resumed elsewhere.")
 	}
 	return ss.append("RESUMED", []byte(`{}`))

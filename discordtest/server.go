@@ -47,6 +47,7 @@ type counters struct {
 	resumesRefused int
 	violations     map[string]int
 	eventsSent     map[int]int64 // by shard id, for connections that ended
+	sessionsEnded  map[string]int
 }
 
 // Identify records one IDENTIFY the server accepted or refused for the
@@ -75,6 +76,10 @@ type Stats struct {
 	Violations map[string]int
 	// EventsSent counts dispatches written to connections, by shard id.
 	EventsSent map[int]int64
+	// SessionsEnded counts sessions that ended, by why (the
+	// SessionEnded* constants; server closes as "close_" and the code).
+	// Sessions lost when the server closes are not counted.
+	SessionsEnded map[string]int
 	// SessionStartsRemaining is session_start_limit.remaining.
 	SessionStartsRemaining int
 	REST                   RESTStats
@@ -126,7 +131,7 @@ func StartAt(addr string, opts ...Option) (*Server, error) {
 		sessions:   map[string]*session{},
 		bucketLast: map[int]time.Time{},
 		startsAt:   time.Now(),
-		stats:      counters{violations: map[string]int{}, eventsSent: map[int]int64{}},
+		stats:      counters{violations: map[string]int{}, eventsSent: map[int]int64{}, sessionsEnded: map[string]int{}},
 	}
 	s.upgrader = newUpgrader()
 	s.rest = newRESTState(cfg)
@@ -134,7 +139,11 @@ func StartAt(addr string, opts ...Option) (*Server, error) {
 	mux.HandleFunc("/", s.serveGateway)
 	mux.HandleFunc("/resume", s.serveGateway)
 	mux.HandleFunc("/api/", s.serveREST)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	// ReadTimeout bounds a REST request until its handler answers (net/http
+	// cancels a request whose read deadline passes); gateway connections
+	// clear it when they upgrade.
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute, ErrorLog: nil}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -229,6 +238,10 @@ func (s *Server) Stats() Stats {
 		ResumesRefused:  s.stats.resumesRefused,
 		Violations:      make(map[string]int, len(s.stats.violations)),
 		EventsSent:      make(map[int]int64, len(s.stats.eventsSent)),
+		SessionsEnded:   make(map[string]int, len(s.stats.sessionsEnded)),
+	}
+	for k, v := range s.stats.sessionsEnded {
+		st.SessionsEnded[k] = v
 	}
 	for _, id := range s.identifies {
 		if !id.Violation {
@@ -264,7 +277,7 @@ func (s *Server) Identifies() []Identify {
 func (s *Server) ResetCounters() {
 	s.mu.Lock()
 	s.identifies = nil
-	s.stats = counters{violations: map[string]int{}, eventsSent: map[int]int64{}}
+	s.stats = counters{violations: map[string]int{}, eventsSent: map[int]int64{}, sessionsEnded: map[string]int{}}
 	for c := range s.conns {
 		c.eventsSent.Store(0)
 	}

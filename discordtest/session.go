@@ -130,47 +130,74 @@ func (ss *session) markSent(c *conn, seq int) {
 }
 
 // attach binds c to the session from sequence seq (the client's last), for
-// IDENTIFY (seq 0) and RESUME. An earlier connection is detached.
-func (ss *session) attach(c *conn, seq int) (old *conn) {
+// IDENTIFY (seq 0) and RESUME. An earlier connection is detached and
+// returned. A connection that is already closing is not attached (ok
+// false): its client has gone, and the session stays where it was.
+func (ss *session) attach(c *conn, seq int) (old *conn, ok bool) {
 	ss.mu.Lock()
+	select {
+	case <-c.closing:
+		ss.mu.Unlock()
+		return nil, false
+	default:
+	}
 	old = ss.conn
 	ss.conn = c
 	c.sent = seq
 	ss.mu.Unlock()
 	ss.cond.Broadcast()
-	return old
+	return old, true
 }
 
-// detach unbinds c; invalidate ends the session (a 1000/1001 close).
-func (ss *session) detach(c *conn, invalidate bool) {
+// detach unbinds c if the session is still bound to it; with invalidate
+// (a 1000/1001 close, or a server close that demands a new session) it
+// also ends the session, and reports whether it did. A connection the
+// session has moved away from (a RESUME elsewhere took it over) no longer
+// speaks for it: its close does not end the session.
+func (ss *session) detach(c *conn, invalidate bool) (ended bool) {
 	ss.mu.Lock()
 	if ss.conn == c {
 		ss.conn = nil
 		ss.detachedAt = time.Now()
-	}
-	if invalidate {
-		ss.ended = true
+		if invalidate && !ss.ended {
+			ss.ended, ended = true, true
+		}
 	}
 	ss.mu.Unlock()
 	ss.cond.Broadcast()
+	return ended
 }
 
-// end invalidates the session and wakes every waiter.
-func (ss *session) end() {
+// end invalidates the session and wakes every waiter. It reports whether
+// the session ended now (false if it had already ended).
+func (ss *session) end() bool {
 	ss.mu.Lock()
+	ended := !ss.ended
 	ss.ended = true
 	ss.mu.Unlock()
 	ss.cond.Broadcast()
+	return ended
 }
 
-// resumable reports whether a RESUME from seq can be served at now.
-func (ss *session) resumable(seq int, now time.Time, window time.Duration) bool {
+// refusal says why a RESUME from seq cannot be served at now: "" if it
+// can, SessionEndedExpired when the resume window has passed,
+// SessionEndedReplayLost when seq is older than the replay buffer,
+// SessionEndedInvalidSeq for a sequence the session never reached, "ended"
+// when the session has ended already.
+func (ss *session) refusal(seq int, now time.Time, window time.Duration) string {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.ended || seq > ss.seq || seq < ss.oldestLocked()-1 {
-		return false
+	switch {
+	case ss.ended:
+		return "ended"
+	case seq > ss.seq:
+		return SessionEndedInvalidSeq
+	case ss.conn == nil && now.Sub(ss.detachedAt) > window:
+		return SessionEndedExpired
+	case seq < ss.oldestLocked()-1:
+		return SessionEndedReplayLost
 	}
-	return ss.conn != nil || now.Sub(ss.detachedAt) <= window
+	return ""
 }
 
 func (ss *session) expired(now time.Time, window time.Duration) bool {
@@ -185,4 +212,38 @@ func (ss *session) owns(guildID uint64) bool {
 		return ss.shard == 0
 	}
 	return ShardFor(guildID, ss.shards) == ss.shard
+}
+
+// Why sessions end, the keys of Stats.SessionsEnded. Only the first two
+// and the last are Discord's own doing in a healthy run; the others follow
+// from what a client did (or a fault a test injected).
+const (
+	SessionEndedInvalidated    = "invalidated"     // InvalidateSession with resumable false (op 9 d=false)
+	SessionEndedResumeRefused  = "resume_refused"  // RefuseResumes
+	SessionEndedClientClose    = "client_close"    // the client closed with 1000 or 1001
+	SessionEndedCloseCode      = "close_"          // prefix: the server closed with this code (4003, 4005, 4007, 4009, ...)
+	SessionEndedExpired        = "expired"         // detached for longer than the resume window
+	SessionEndedReplayLost     = "replay_lost"     // a RESUME from a sequence the replay buffer no longer holds
+	SessionEndedInvalidSeq     = "invalid_seq"     // a RESUME from a sequence the session never reached
+	SessionEndedGatewayRestart = "gateway_restart" // Restart(false)
+	SessionEndedStartLimit     = "start_limit"     // the session start limit ran out
+)
+
+// endSession ends ss, forgets it and counts why, once per session.
+func (s *Server) endSession(ss *session, reason string) bool {
+	return s.forgetSession(ss, ss.end(), reason)
+}
+
+// forgetSession removes an ended session and, if it ended now, counts why.
+func (s *Server) forgetSession(ss *session, ended bool, reason string) bool {
+	s.mu.Lock()
+	if s.sessions[ss.id] == ss {
+		delete(s.sessions, ss.id)
+		s.sessionVer++
+	}
+	if ended {
+		s.stats.sessionsEnded[reason]++
+	}
+	s.mu.Unlock()
+	return ended
 }

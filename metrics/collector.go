@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/runtime"
 	"github.com/gofleet/fleet/shardgroup"
 )
@@ -20,7 +21,8 @@ var shardStates = [...]shardgroup.State{shardgroup.StateIdle, shardgroup.StateCo
 // state rather than an event is not counted on the hot path at all.
 type fleetCollector struct {
 	rt      atomic.Pointer[runtime.Runtime]
-	invalid atomic.Int64 // the limiter hook's last invalid-request count
+	limiter atomic.Pointer[restproxy.Limiter] // AttachLimiter's; an attached runtime's wins
+	invalid atomic.Int64                      // the limiter hook's last invalid-request count
 
 	shards, latency, guilds, cache                     *prometheus.Desc
 	restInvalid, restBuckets, restQueued, restInFlight *prometheus.Desc
@@ -70,15 +72,23 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.shards, prometheus.GaugeValue, float64(byState[i]), st.String())
 	}
 	c.heartbeat.Collect(ch)
+	c.collectREST(ch, rt)
+}
+
+// collectREST reports the REST limiter's gauges: the attached runtime's
+// limiter, or else AttachLimiter's.
+func (c *fleetCollector) collectREST(ch chan<- prometheus.Metric, rt *runtime.Runtime) {
 	invalid := float64(c.invalid.Load())
+	l := c.limiter.Load()
 	if rt != nil {
-		if l := rt.RESTLimiter(); l != nil {
-			st := l.Stats()
-			invalid = float64(st.InvalidRequests) // the window slides between hook calls
-			ch <- prometheus.MustNewConstMetric(c.restBuckets, prometheus.GaugeValue, float64(st.Buckets))
-			ch <- prometheus.MustNewConstMetric(c.restQueued, prometheus.GaugeValue, float64(st.Queued))
-			ch <- prometheus.MustNewConstMetric(c.restInFlight, prometheus.GaugeValue, float64(st.InFlight))
-		}
+		l = rt.RESTLimiter()
+	}
+	if l != nil {
+		st := l.Stats()
+		invalid = float64(st.InvalidRequests) // the window slides between hook calls
+		ch <- prometheus.MustNewConstMetric(c.restBuckets, prometheus.GaugeValue, float64(st.Buckets))
+		ch <- prometheus.MustNewConstMetric(c.restQueued, prometheus.GaugeValue, float64(st.Queued))
+		ch <- prometheus.MustNewConstMetric(c.restInFlight, prometheus.GaugeValue, float64(st.InFlight))
 	}
 	ch <- prometheus.MustNewConstMetric(c.restInvalid, prometheus.GaugeValue, invalid)
 }

@@ -76,6 +76,7 @@
 //	GET  /metrics                            the registry, in Prometheus' formats
 //	GET  /healthz                            200 while every shard is ready or resuming, 503 otherwise
 //	GET  /status                             runtime.Stats as JSON
+//	GET  /page/                              the status page (admin.StatusPage), with operator controls when the operations are on
 //	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
 //	POST /admin/clusters/{id}/restart        runtime.Restart
 //	POST /admin/reshard                      runtime.Reshard; body {"shards": n, "clusters": m}, both optional

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gofleet/fleet/admin"
 	"github.com/gofleet/fleet/runtime"
 	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
@@ -116,6 +117,12 @@ func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) ht
 	}
 	mux.HandleFunc("GET /healthz", h.healthz)
 	mux.HandleFunc("GET /status", h.status)
+	// The status page, with its operator controls when operations are on.
+	page := admin.PageOptions{Logger: opts.Logger}
+	if h.token != nil {
+		page.Operations = "../admin/"
+	}
+	mux.Handle("/page/", http.StripPrefix("/page", admin.StatusPage(rt, page)))
 	admin := http.NewServeMux()
 	admin.HandleFunc("POST /admin/clusters/{id}/soft-restart", h.clusterOp("soft_restart", h.op.SoftRestart))
 	admin.HandleFunc("POST /admin/clusters/{id}/restart", h.clusterOp("restart", h.op.Restart))
@@ -151,7 +158,7 @@ func (h *handler) event(e runtime.Event) {
 
 func (h *handler) index(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\n")
+	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\nGET /page/ (status page)\n")
 	if h.token != nil {
 		io.WriteString(w, "POST /admin/clusters/{id}/soft-restart\nPOST /admin/clusters/{id}/restart\nPOST /admin/reshard\n"+
 			"POST /admin/clusters/soft-restart\nPOST /admin/clusters/restart\nGET /admin/operations/{id}\n"+

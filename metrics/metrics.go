@@ -55,6 +55,7 @@ type config struct {
 	eventTypes     []string
 	process        bool
 	maxLabelValues int
+	restOnly       bool // NewREST
 }
 
 // An Option configures New.
@@ -174,6 +175,9 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 	cs := []prometheus.Collector{m.events.vec, m.fleet, m.identifies, m.identifyWait, m.resumes, m.reconnects,
 		m.clusterRestarts, m.listenerPanics, m.serviceRestarts, m.busRequests, m.busLatency,
 		m.restRequests, m.restRateLimited, m.restQueued, m.restWait}
+	if cfg.restOnly {
+		cs = []prometheus.Collector{m.restRequests, m.restRateLimited, m.restQueued, m.restWait, restGauges{m.fleet}}
+	}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			for _, done := range cs[:i] {

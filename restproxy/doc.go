@@ -51,10 +51,26 @@
 // # Proxy
 //
 // A Server (NewServer) is an http.Handler that forwards Discord REST calls
-// through a Limiter and passes Discord's answers back unchanged; the
-// cmd/restproxy command runs one. Clients point their REST base URL at it
-// (disgo: rest.WithURL("http://proxy:8080/api/v10")) and need no limiter of
-// their own. Requests without a bot token are refused with 401.
+// through a Limiter, adding the bot's token (ServerConfig.Token), and
+// passes Discord's answers back unchanged; the cmd/restproxy command runs
+// one. Clients point their REST base URL at it and need no token and no
+// limiter of their own:
+//
+//	rest.NewClient("", rest.WithURL("http://proxy:8080/api/v10"),
+//		rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+//
+// One Server serves one bot. A request may carry no Authorization or the
+// bot's own token; another token or scheme gets 401 there, before
+// Discord, and is not counted as an invalid request. Routes Discord serves
+// without a bot token (interaction callbacks and follow-ups, webhooks
+// called with their token, GET /gateway) go without it. Paths with dot
+// segments, empty segments or encoded slashes get 400, and only
+// /api/v{N}/... is forwarded. ServerConfig.Secret makes clients send a
+// shared secret in the SecretHeader header (SecretTransport adds it).
+// Bodies stream, bounded by ServerConfig.MaxBodyBytes and cut when they
+// stall for ServerConfig.BodyTimeout; only requests the proxy can send
+// again (no body, or one of at most 64 KiB) are retried. /healthz reports
+// the limiter's state, and /metrics serves ServerConfig.Metrics.
 //
 // # Metrics
 //
@@ -69,4 +85,6 @@
 // request holds only a timer, which it stops when it leaves. Tokens never
 // appear in logs, hooks or errors: routes are templates, and the major
 // parameter, which can hold a webhook token, stays inside the limiter.
+// A Server starts no goroutine of its own: net/http runs its handlers,
+// and its upstream client's idle connections end with Server.Close.
 package restproxy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 
 	"github.com/disgoorg/disgo/rest"
@@ -42,8 +43,8 @@ func ExampleLimiter_ConfigOpt() {
 }
 
 // Processes that cannot share memory share the limiter through the proxy:
-// their clients talk to it instead of to Discord, with no limiter of
-// their own.
+// their clients talk to it instead of to Discord, with no limiter and no
+// token of their own: the proxy holds the bot's token.
 func ExampleNewServer() {
 	srv := discordtest.NewServer()
 	defer srv.Close()
@@ -52,7 +53,7 @@ func ExampleNewServer() {
 	if err != nil {
 		panic(err)
 	}
-	proxy, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: "http://" + srv.Addr()})
+	proxy, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: "http://" + srv.Addr(), Token: srv.Token()})
 	if err != nil {
 		panic(err)
 	}
@@ -60,7 +61,7 @@ func ExampleNewServer() {
 	ps := httptest.NewServer(proxy) // cmd/restproxy serves it in production
 	defer ps.Close()
 
-	c := rest.NewClient(srv.Token(), rest.WithURL(ps.URL+"/api/v10"),
+	c := rest.NewClient("", rest.WithURL(ps.URL+"/api/v10"),
 		rest.WithRateLimiter(rest.NewNoopRateLimiter()), rest.WithLogger(slog.New(slog.DiscardHandler)))
 	defer c.Close(context.Background())
 	gw, err := rest.New(c).GetGatewayBot()
@@ -70,4 +71,37 @@ func ExampleNewServer() {
 	fmt.Println("shards:", gw.Shards)
 	// Output:
 	// shards: 1
+}
+
+// A proxy reachable from other hosts asks its clients for a shared
+// secret; SecretTransport sends it.
+func ExampleSecretTransport() {
+	srv := discordtest.NewServer()
+	defer srv.Close()
+
+	l, err := restproxy.New(restproxy.Config{})
+	if err != nil {
+		panic(err)
+	}
+	proxy, err := restproxy.NewServer(l, restproxy.ServerConfig{Upstream: "http://" + srv.Addr(), Token: srv.Token(), Secret: "s3cret"})
+	if err != nil {
+		panic(err)
+	}
+	defer proxy.Close()
+	ps := httptest.NewServer(proxy)
+	defer ps.Close()
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := rest.NewClient("", rest.WithURL(ps.URL+"/api/v10"), rest.WithRateLimiter(rest.NewNoopRateLimiter()),
+		rest.WithHTTPClient(&http.Client{Transport: restproxy.SecretTransport(tr, "s3cret")}),
+		rest.WithLogger(slog.New(slog.DiscardHandler)))
+	defer c.Close(context.Background())
+	me, err := rest.New(c).GetCurrentUser("")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(me.Username)
+	// Output:
+	// user0
 }

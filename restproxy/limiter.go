@@ -216,6 +216,10 @@ func (l *Limiter) Stats() Stats {
 	}
 }
 
+// Config returns the limiter's configuration with the defaults New
+// applied: the limits it enforces.
+func (l *Limiter) Config() Config { return l.cfg }
+
 // MaxRetries is the number of tries disgo makes after 429s: Retries plus
 // the first.
 func (l *Limiter) MaxRetries() int { return l.cfg.Retries + 1 }

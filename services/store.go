@@ -48,6 +48,8 @@ type storeValue struct {
 type Store struct {
 	mu   sync.Mutex // guards data
 	data map[string]json.RawMessage
+
+	backend StoreBackend // if set, holds the data instead of data (NewStoreOn)
 }
 
 // NewStore returns an empty Store.
@@ -65,6 +67,10 @@ func (s *Store) Spec() Spec {
 // Start registers the store's commands on sc's endpoint.
 func (s *Store) Start(_ context.Context, sc *Context) error {
 	ep := sc.Endpoint()
+	if s.backend != nil {
+		s.handleBackend(ep)
+		return nil
+	}
 	bus.Handle(ep, storeGet, func(_ context.Context, key string) (storeValue, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -26,6 +26,15 @@
 // cannot be retried (4004, 4010–4014) stop the shard and are reported
 // through Hooks.Fatal as a *CloseError.
 //
+// A session the gateway has started is never left behind unread: op 7 or
+// a stop for a hand-over that comes between an IDENTIFY and its READY
+// waits (up to 5 s) for the READY, then resumes or hands over that
+// session. A session whose RESUME keeps failing before any event arrives
+// (5 attempts in a row, or 30 s: a resume URL that does not answer, a
+// RESUME closed with 4002) is dropped, and the shard identifies through
+// the queue. Failed dials are logged as warnings with their cause, at most
+// once per 30 s per shard.
+//
 // A panic in event handling or in a listener is recovered, logged with
 // its stack and counted (ListenerPanics); the shard goes on.
 package shardgroup

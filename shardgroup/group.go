@@ -113,7 +113,7 @@ func New(cfg Config) (*Group, error) {
 			return nil, fmt.Errorf("shardgroup: shard %d is outside 0..%d", id, cfg.ShardCount-1)
 		}
 		s := &shard{g: g, id: id, count: cfg.ShardCount, token: cfg.Token, log: g.log.With("shard", id),
-			presence: cfg.Presence, stop: make(chan struct{}), done: make(chan struct{})}
+			presence: cfg.Presence, stop: make(chan struct{}), hurry: make(chan struct{}), done: make(chan struct{})}
 		s.session = Session{ShardID: id, ShardCount: cfg.ShardCount}
 		if sess, ok := cfg.Sessions[id]; ok && sess.ShardCount == cfg.ShardCount && sess.SessionID != "" {
 			s.session = sess
@@ -308,10 +308,17 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 	select {
 	case <-g.Done():
 	case <-ctx.Done():
+		for _, s := range g.shards {
+			s.hurryUp() // a shard waiting for a READY to hand over stops waiting
+		}
+		// Hurried shards close their sockets at once; one that still runs
+		// after a moment is stuck (a handshake the gateway holds) and is
+		// named. Done joins it later.
+		t := time.NewTimer(hurryGrace)
+		defer t.Stop()
 		select {
 		case <-g.Done():
-			break
-		default:
+		case <-t.C:
 			var stuck []int
 			for _, id := range g.ids {
 				select {
@@ -320,7 +327,9 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 					stuck = append(stuck, id)
 				}
 			}
-			err = fmt.Errorf("shardgroup: group %d: shards %v did not stop: %w", g.cfg.ID, stuck, ctx.Err())
+			if len(stuck) > 0 {
+				err = fmt.Errorf("shardgroup: group %d: shards %v did not stop: %w", g.cfg.ID, stuck, ctx.Err())
+			}
 		}
 	}
 	sessions := make(map[int]Session, len(g.shards))
@@ -336,6 +345,10 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 	}
 	return sessions, err
 }
+
+// hurryGrace is how long Stop waits, once its ctx has ended, for shards
+// told to hurry before it names those still running.
+const hurryGrace = 100 * time.Millisecond
 
 // Done is closed once every shard goroutine has returned, after Stop or
 // the end of Start's context (at once for a group never started).

@@ -1,8 +1,13 @@
 package shardgroup
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
+	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -305,5 +310,190 @@ func TestFatalClose(t *testing.T) {
 	}
 	if g.State() != StateStopped {
 		t.Fatalf("state %s, want stopped", g.State())
+	}
+}
+
+// deadGateway accepts TCP connections and closes them at once, as a
+// gateway host that is down behind its load balancer; it counts them.
+type deadGateway struct {
+	ln    net.Listener
+	conns chan struct{}
+	wg    sync.WaitGroup
+}
+
+func newDeadGateway(t *testing.T) *deadGateway {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &deadGateway{ln: ln, conns: make(chan struct{}, 1000)}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+			d.conns <- struct{}{}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		d.wg.Wait()
+	})
+	return d
+}
+
+func (d *deadGateway) URL() string { return "ws://" + d.ln.Addr().String() }
+
+// A stored session whose resume URL does not answer is dropped after a
+// few attempts; the shard identifies and serves, and the dead session is
+// not handed back as if it were live.
+func TestDeadResumeURLFallsBackToIdentify(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithRecommendedShards(1))
+	defer srv.Close()
+	dead := newDeadGateway(t)
+	g := newGroup(t, srv, []int{0}, 1, map[int]Session{0: {ShardID: 0, ShardCount: 1, SessionID: "gone", Sequence: 7, ResumeURL: dead.URL()}})
+	g.Start(context.Background())
+	waitReady(t, g)
+	sessions, err := g.Stop(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(dead.conns); n != maxResumeFailures {
+		t.Fatalf("the dead resume URL was dialled %d times, want %d", n, maxResumeFailures)
+	}
+	if st := srv.Stats(); st.Identifies != 1 {
+		t.Fatalf("%d IDENTIFYs, want 1", st.Identifies)
+	}
+	if s := sessions[0]; s.SessionID == "gone" || s.ResumeURL != srv.ResumeURL() {
+		t.Fatalf("handed back %+v, want the new session", s)
+	}
+}
+
+// A RESUME the gateway closes with 4002 (here: a session ID that makes it
+// longer than 4096 bytes) is not retried forever.
+func TestRejectedResumeFallsBackToIdentify(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithRecommendedShards(1))
+	defer srv.Close()
+	huge := strings.Repeat("x", 5000)
+	g := newGroup(t, srv, []int{0}, 1, map[int]Session{0: {ShardID: 0, ShardCount: 1, SessionID: huge, Sequence: 7, ResumeURL: srv.ResumeURL()}})
+	g.Start(context.Background())
+	waitReady(t, g)
+	defer g.Stop(context.Background(), false)
+	st := srv.Stats()
+	if n := st.Violations["payload_too_large"]; n != maxResumeFailures {
+		t.Fatalf("%d RESUMEs closed with 4002, want %d", n, maxResumeFailures)
+	}
+	if st.Identifies != 1 {
+		t.Fatalf("%d IDENTIFYs, want 1", st.Identifies)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// A gateway that cannot be reached is a warning with its cause, not
+// repeated for every retry.
+func TestDialFailuresWarnOnce(t *testing.T) {
+	srv := discordtest.NewServer() // only for a token of the right shape
+	defer srv.Close()
+	dead := newDeadGateway(t)
+	var logs syncBuffer
+	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: dead.URL(),
+		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Start(context.Background())
+	for range 3 {
+		<-dead.conns
+	}
+	if _, err := g.Stop(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "gateway dial failed"); n != 1 {
+		t.Fatalf("%d dial warnings for 3 failed dials, want 1:\n%s", n, out)
+	}
+	// The cause follows the wrapper: EOF, a reset or a bad handshake,
+	// depending on when the dead gateway's close reaches the dialler.
+	if !strings.Contains(out, "level=WARN") || !strings.Contains(out, `err="dial gateway: `) {
+		t.Fatalf("the warning does not give the cause:\n%s", out)
+	}
+	if strings.Contains(out, srv.Token()) {
+		t.Fatal("the token is in the log")
+	}
+}
+
+// A hand-over that finds an IDENTIFY sent but unanswered (the gateway
+// holds it) waits for its READY and hands that session over, rather than
+// leaving it live on the gateway with nobody reading it; if the stop's
+// ctx ends first it gives up and no session is left behind.
+func TestHandOverWaitsForHeldIdentify(t *testing.T) {
+	for _, release := range []bool{true, false} {
+		t.Run(fmt.Sprintf("released=%t", release), func(t *testing.T) {
+			srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithRecommendedShards(1))
+			defer srv.Close()
+			srv.HoldShard(0)
+			sent := make(chan struct{}, 1)
+			g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+				Intents: gateway.IntentGuilds, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
+				Hooks: Hooks{Identify: func(*Group, int, time.Duration) { sent <- struct{}{} }}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.Start(context.Background())
+			<-sent
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				sessions map[int]Session
+				err      error
+			}
+			stopped := make(chan result, 1)
+			go func() {
+				s, err := g.Stop(ctx, true)
+				stopped <- result{s, err}
+			}()
+			if release {
+				srv.ReleaseShard(0)
+			} else {
+				cancel()
+			}
+			r := <-stopped
+			st := srv.Stats()
+			if !release {
+				if len(r.sessions) != 0 || st.Sessions != 0 {
+					t.Fatalf("gave up with sessions %v; %d live on the gateway, want none", r.sessions, st.Sessions)
+				}
+				return
+			}
+			if r.err != nil || r.sessions[0].SessionID == "" {
+				t.Fatalf("stop: %v, sessions %v: want the held IDENTIFY's session", r.err, r.sessions)
+			}
+			if st.Identifies != 1 || st.Sessions != 1 {
+				t.Fatalf("%d IDENTIFYs, %d sessions live, want 1 and 1", st.Identifies, st.Sessions)
+			}
+		})
 	}
 }

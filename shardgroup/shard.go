@@ -143,7 +143,21 @@ type shard struct {
 
 	holding atomic.Bool // an identify bucket is taken
 
+	// Owned by the run goroutine (run, connect, serve):
+	resuming     bool      // the current connection RESUMEs a session
+	attemptAt    time.Time // when the current connection was dialled
+	answered     bool      // the current connection received a dispatch
+	resumeFails  int       // resume attempts in a row that got no dispatch
+	failingSince time.Time // when the first of them ended
+	dialFails    int       // dial failures since the last warning
+	dialWarned   time.Time // when the last dial warning was logged
+	// answer is closed when the IDENTIFY sent on the current connection
+	// is answered with READY; nil when none is outstanding. Guarded by mu.
+	answer chan struct{}
+
 	stop     chan struct{} // closed to stop the shard
+	hurry    chan struct{} // closed when the stop's ctx has ended: wait for nothing more
+	hurryOne sync.Once
 	stopCode int           // close code to use when stopping; set before stop closes
 	done     chan struct{} // closed when run returns
 	err      error         // why run returned; read after done
@@ -280,7 +294,10 @@ func (s *shard) run(ctx context.Context) {
 		err := s.connect(ctx)
 		var ce *CloseError
 		if errors.As(err, &ce) {
+			// The state is final before any hook hears of it, so that an
+			// observer woken by the hook sees the shard stopped.
 			s.err = ce
+			s.setState(StateStopped)
 			s.g.shardFatal(s, ce)
 			return
 		}
@@ -295,6 +312,8 @@ func (s *shard) run(ctx context.Context) {
 		if err != nil {
 			s.log.Debug("shard disconnected", "err", err)
 		}
+		s.dialFailed(err)
+		s.resumeFailed(err)
 		if errors.Is(err, errDial) {
 			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
 		} else {
@@ -317,17 +336,74 @@ func (s *shard) run(ctx context.Context) {
 
 var errDial = errors.New("dial gateway")
 
+// A session whose RESUME fails this many times in a row, or for this
+// long, is dropped: the shard identifies anew through the queue.
+const (
+	maxResumeFailures = 5
+	maxResumeFailing  = 30 * time.Second
+)
+
+// dialWarnEvery spaces a shard's warnings about failed dials, so that a
+// dead gateway does not flood the log.
+const dialWarnEvery = 30 * time.Second
+
+// dialFailed warns that the gateway could not be reached, with the cause,
+// at most once per dialWarnEvery (saying how many failures it stands
+// for).
+func (s *shard) dialFailed(err error) {
+	if !errors.Is(err, errDial) {
+		s.dialFails = 0
+		return
+	}
+	s.dialFails++
+	if now := time.Now(); now.Sub(s.dialWarned) >= dialWarnEvery {
+		s.log.Warn("gateway dial failed: retrying", "err", err.Error(), "failures", s.dialFails)
+		s.dialWarned, s.dialFails = now, 0
+	}
+}
+
+// resumeFailed counts a connection that tried to RESUME and ended before
+// any dispatch came (a resume URL that does not answer, a RESUME the
+// gateway closes or answers with op 9 d=true). After maxResumeFailures in
+// a row, or maxResumeFailing, the session is dropped and the shard
+// identifies: an unusable session must not wedge its shard, nor be handed
+// over or saved as if it were live.
+func (s *shard) resumeFailed(err error) {
+	if !s.resuming || s.answered {
+		s.resumeFails = 0
+		return
+	}
+	now := time.Now()
+	if s.resumeFails == 0 {
+		s.failingSince = s.attemptAt
+	}
+	s.resumeFails++
+	if s.resumeFails < maxResumeFailures && now.Sub(s.failingSince) < maxResumeFailing {
+		return
+	}
+	cause := "none"
+	if err != nil {
+		cause = err.Error()
+	}
+	s.log.Warn("session cannot be resumed: identifying anew", "attempts", s.resumeFails, "err", cause)
+	s.resumeFails = 0
+	s.forgetSession()
+}
+
 // connect runs one connection from dial to close.
 func (s *shard) connect(ctx context.Context) error {
 	s.mu.Lock()
 	sess := s.session
 	s.mu.Unlock()
 	resume := sess.SessionID != ""
+	s.resuming, s.answered, s.attemptAt = resume, false, time.Now()
 	url := s.g.cfg.GatewayURL
+	dialTimeout := 30 * time.Second
 	if resume && sess.ResumeURL != "" {
 		url = sess.ResumeURL
+		dialTimeout = 10 * time.Second // a dead resume URL is given up sooner
 	}
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json", http.Header{})
 	cancel()
 	if resp != nil && resp.Body != nil {
@@ -351,8 +427,8 @@ func (s *shard) connect(ctx context.Context) error {
 		defer watch.Done()
 		select {
 		case <-s.stop:
-			cancel()
-			s.closeConn(c, s.stopCode)
+			cancel() // an IDENTIFY still waiting for the queue is not sent
+			s.closeConn(c, s.awaitReady(stopped))
 		case <-ctx.Done():
 			s.closeConn(c, websocket.CloseNormalClosure)
 		case <-stopped:
@@ -369,11 +445,49 @@ func (s *shard) connect(ctx context.Context) error {
 		hb.wg.Wait()
 		s.mu.Lock()
 		s.conn = nil
+		s.answer = nil
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
 	return s.serve(cctx, c, hb, resume, sess, &identifying)
 }
+
+// awaitReady returns the code to close with when the shard is stopped.
+// A stop that keeps sessions (a hand-over) and finds an IDENTIFY sent but
+// not answered waits for its READY, up to readyWait, so that the session
+// it starts is handed over rather than left live on the gateway with
+// nobody reading it (and a second IDENTIFY spent on the shard). If the
+// READY does not come in time (or the ctx of Stop ends first) the
+// connection closes with 1000, so that a session the gateway starts from
+// it late ends at once.
+func (s *shard) awaitReady(ended <-chan struct{}) int {
+	s.mu.Lock()
+	answer, code := s.answer, s.stopCode
+	s.mu.Unlock()
+	if answer == nil || code == websocket.CloseNormalClosure {
+		return code
+	}
+	t := time.NewTimer(readyWait)
+	defer t.Stop()
+	select {
+	case <-answer:
+		return code
+	case <-ended:
+		return code
+	case <-s.hurry:
+		return websocket.CloseNormalClosure
+	case <-t.C:
+		s.log.Warn("stopping shard: its IDENTIFY was not answered in time", "wait", readyWait)
+		return websocket.CloseNormalClosure
+	}
+}
+
+// hurryUp ends a stop's waits at once: the ctx of Stop has ended.
+func (s *shard) hurryUp() { s.hurryOne.Do(func() { close(s.hurry) }) }
+
+// readyWait bounds how long a hand-over waits for the READY of an
+// IDENTIFY already sent.
+const readyWait = 5 * time.Second
 
 func (s *shard) closeConn(c *websocket.Conn, code int) {
 	s.writeMu.Lock()
@@ -389,6 +503,7 @@ func (s *shard) closeConn(c *websocket.Conn, code int) {
 // heartbeats are acknowledged and a close is seen however long the wait.
 func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, resume bool, sess Session, identifying *sync.WaitGroup) error {
 	var buf bytes.Buffer // reused for every frame: the decoder copies what it keeps
+	leave := ""          // why to reconnect once the outstanding IDENTIFY is answered
 	for {
 		_, r, err := c.NextReader()
 		if err == nil {
@@ -435,23 +550,64 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 				return err
 			}
 		case gateway.OpcodeDispatch:
+			s.answered = true
 			s.dispatch(m)
+			if m.T == gateway.EventTypeReady {
+				s.mu.Lock()
+				if s.answer != nil {
+					close(s.answer)
+					s.answer = nil
+				}
+				s.mu.Unlock()
+			}
 		case gateway.OpcodeHeartbeat:
 			hb.beat()
 		case gateway.OpcodeHeartbeatACK:
 			hb.ack()
 		case gateway.OpcodeReconnect:
+			if s.leaveAfterReady(c, &leave, "reconnect requested") {
+				continue
+			}
 			s.closeConn(c, resumableClose)
 			return errors.New("reconnect requested")
 		case gateway.OpcodeInvalidSession:
-			if ok, _ := m.D.(gateway.MessageDataInvalidSession); !ok {
+			ok, _ := m.D.(gateway.MessageDataInvalidSession)
+			if bool(ok) && s.leaveAfterReady(c, &leave, "invalid session") {
+				continue
+			}
+			if !ok {
 				s.forgetSession()
 				s.g.invalidated(s)
 			}
 			s.closeConn(c, resumableClose)
 			return errors.New("invalid session")
 		}
+		if leave != "" && m.Op == gateway.OpcodeDispatch && m.T == gateway.EventTypeReady {
+			s.closeConn(c, resumableClose)
+			return errors.New(leave)
+		}
 	}
+}
+
+// leaveAfterReady defers a reconnect the gateway asked for (op 7, or op 9
+// that keeps the session) while this connection's IDENTIFY is unanswered:
+// the gateway may have started the session already, and leaving before
+// its READY would leave that session live with nobody reading it, and
+// spend a second IDENTIFY. The connection is read on, for at most
+// readyWait, and left once READY has been delivered; the session is then
+// resumed. It reports whether it deferred.
+func (s *shard) leaveAfterReady(c *websocket.Conn, leave *string, why string) bool {
+	s.mu.Lock()
+	waiting := s.answer != nil
+	s.mu.Unlock()
+	if !waiting {
+		return false
+	}
+	if *leave == "" {
+		*leave = why
+		_ = c.SetReadDeadline(time.Now().Add(readyWait))
+	}
+	return true
 }
 
 func (s *shard) forgetSession() {
@@ -477,6 +633,16 @@ func (s *shard) identify(ctx context.Context) error {
 		return err
 	}
 	waited := time.Since(queued)
+	// A stop cancels ctx before it looks for an IDENTIFY to wait for:
+	// under mu, either it sees this one or this one sees the stop.
+	s.mu.Lock()
+	if err := ctx.Err(); err != nil {
+		s.mu.Unlock()
+		s.g.cfg.IdentifyLimiter.UnlockBucket(s.id)
+		return err
+	}
+	s.answer = make(chan struct{})
+	s.mu.Unlock()
 	id := gateway.MessageDataIdentify{
 		Token:          s.token,
 		Properties:     gateway.IdentifyCommandDataProperties{OS: "linux", Browser: "gofleet", Device: "gofleet"},

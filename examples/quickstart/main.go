@@ -120,6 +120,7 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 			return err
 		}
 		defer stopAdmin()
+		fmt.Printf("status page: http://127.0.0.1:%d/page/\n", adminPort)
 	}
 	var ready atomic.Int64
 	rt.Subscribe(func(e runtime.Event) {
@@ -173,7 +174,9 @@ func serveAdmin(port int, h http.Handler) (stop func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin server: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	// ReadTimeout is longer than the admin handler's OperationTimeout (5
+	// minutes): net/http cancels a request whose read deadline passes.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 6 * time.Minute, IdleTimeout: 2 * time.Minute}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/natsfleet"
+)
+
+// childKinds are the helper processes of the scenarios that span
+// processes, by the name given to -child.
+var childKinds = map[string]func(args []string) error{}
+
+func init() {
+	register("bus-nats", runBusNATS)
+	childKinds["bus-nats-service"] = runBusNATSService
+}
+
+// natsInfoEnv carries a child's NATS URL and credentials: the
+// environment, not the command line, so that they do not show in ps.
+const natsInfoEnv = "FLEET_BENCH_NATS"
+
+// busNATSResult is what the "bus-nats" scenario prints.
+type busNATSResult struct {
+	Scenario      string  `json:"scenario"`
+	Processes     int     `json:"processes"`
+	SeqP50us      float64 `json:"seq_p50_us"`
+	SeqP99us      float64 `json:"seq_p99_us"`
+	ConcurrentRPS float64 `json:"concurrent_rps"`
+	Requesters    int     `json:"concurrent_requesters"`
+	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
+	PayloadBytes  int     `json:"payload_bytes"`
+	// Bare nats.go request/reply between the same two processes, in the
+	// same run: what the transport adds to NATS itself.
+	BareSeqP50us      float64 `json:"bare_nats_seq_p50_us"`
+	BareConcurrentRPS float64 `json:"bare_nats_concurrent_rps"`
+}
+
+const (
+	busNATSSeq          = 20_000
+	busNATSPerRequester = 2_000
+	busNATSWarmup       = 5_000
+)
+
+// runBusNATS measures request/reply between two OS processes through an
+// embedded NATS server: this process calls service/bench in a child.
+func runBusNATS() (any, error) {
+	res := busNATSResult{Scenario: "bus-nats", Processes: 2, Requesters: busRequesters, PayloadBytes: 100}
+	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+	child, err := startChild("bus-nats-service", srv.ConnectInfo(), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer child.stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	nc, err := srv.Connect(ctx, natsfleet.Name("bench caller"))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench"})
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+	b := bus.New(bus.Options{Transport: tr, Logger: slog.New(slog.DiscardHandler)})
+	defer b.Close()
+	svc := bus.Service("bench")
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = tr.WaitMember(wctx, svc)
+	wcancel()
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the child process to serve %s: %w", svc, err)
+	}
+	payload := make([]byte, res.PayloadBytes)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	for range busNATSWarmup {
+		if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	lat := make([]time.Duration, busNATSSeq)
+	for i := range lat {
+		start := time.Now()
+		if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+			return nil, fmt.Errorf("sequential: %w", err)
+		}
+		lat[i] = time.Since(start)
+	}
+	slices.Sort(lat)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	res.SeqP50us = us(lat[len(lat)/2])
+	res.SeqP99us = us(lat[len(lat)*99/100])
+
+	var wg sync.WaitGroup
+	errs := make(chan error, busRequesters)
+	gate := make(chan struct{})
+	for range busRequesters {
+		wg.Go(func() {
+			<-gate
+			for range busNATSPerRequester {
+				if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	start := time.Now()
+	close(gate)
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, fmt.Errorf("concurrent: %w", err)
+	}
+	res.ConcurrentRPS = float64(busRequesters*busNATSPerRequester) / elapsed.Seconds()
+
+	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, payload); err != nil {
+		return nil, fmt.Errorf("bare NATS: %w", err)
+	}
+
+	mem, err := measureBus(false, res.PayloadBytes, true)
+	if err != nil {
+		return nil, fmt.Errorf("in memory: %w", err)
+	}
+	res.InMemoryRPS = mem.ConcurrentRPS
+	return res, nil
+}
+
+// runBusNATSService serves service/bench's echo until stdin closes.
+func runBusNATSService([]string) error {
+	nc, tr, err := childTransport("bench service")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	defer tr.Close()
+	b := bus.New(bus.Options{Transport: tr, Logger: slog.New(slog.DiscardHandler)})
+	defer b.Close()
+	ep, err := b.Register(bus.Service("bench"))
+	if err != nil {
+		return err
+	}
+	bus.Handle(ep, "echo", func(_ context.Context, p []byte) ([]byte, error) { return p, nil })
+	if _, err := nc.Subscribe("bare.echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// childTransport connects a child to the parent's NATS.
+func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
+	var info natsfleet.ConnectInfo
+	if err := json.Unmarshal([]byte(os.Getenv(natsInfoEnv)), &info); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", natsInfoEnv, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := natsfleet.Connect(ctx, info.URL, append(info.Options(), natsfleet.Name(name))...)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench"})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, tr, nil
+}
+
+// measureBareNATS measures nats.go's own request/reply with the child's
+// bare.echo subscriber: sequential median and 64-in-flight throughput.
+func measureBareNATS(ctx context.Context, nc *nats.Conn, payload []byte) (p50us, rps float64, err error) {
+	for range busNATSWarmup {
+		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+			return 0, 0, err
+		}
+	}
+	lat := make([]time.Duration, busNATSSeq)
+	for i := range lat {
+		start := time.Now()
+		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+			return 0, 0, err
+		}
+		lat[i] = time.Since(start)
+	}
+	slices.Sort(lat)
+	var wg sync.WaitGroup
+	errs := make(chan error, busRequesters)
+	start := time.Now()
+	for range busRequesters {
+		wg.Go(func() {
+			for range busNATSPerRequester {
+				if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, err
+	}
+	return float64(lat[len(lat)/2].Nanoseconds()) / 1e3, float64(busRequesters*busNATSPerRequester) / elapsed.Seconds(), nil
+}
+
+// child is a helper process: it says "ready" on stdout and stops when its
+// stdin closes.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+}
+
+// startChild starts this binary as helper kind, with info and env in its
+// environment, and waits for its "ready" line.
+func startChild(kind string, info natsfleet.ConnectInfo, env []string, args ...string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	raw, _ := json.Marshal(info)
+	cmd := exec.Command(exe, append([]string{"-child", kind}, args...)...)
+	cmd.Env = append(append(os.Environ(), natsInfoEnv+"="+string(raw)), env...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	ready := make(chan error, 1)
+	go func() {
+		if c.out.Scan() && strings.TrimSpace(c.out.Text()) == "ready" {
+			ready <- nil
+			return
+		}
+		ready <- errors.New("it exited or wrote something else")
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(60 * time.Second):
+		err = errors.New("no answer within 60s")
+	}
+	if err != nil {
+		c.kill()
+		return nil, fmt.Errorf("waiting for child %s to say ready: %w", kind, err)
+	}
+	return c, nil
+}
+
+// line reads the child's next output line, within limit.
+func (c *child) line(limit time.Duration) (string, error) {
+	got := make(chan string, 1)
+	go func() {
+		if c.out.Scan() {
+			got <- c.out.Text()
+		} else {
+			got <- ""
+		}
+	}()
+	select {
+	case s := <-got:
+		if s == "" {
+			return "", errors.New("the child exited")
+		}
+		return s, nil
+	case <-time.After(limit):
+		return "", fmt.Errorf("no line from the child within %v", limit)
+	}
+}
+
+// stop closes the child's stdin and waits for it, killing it after 10 s.
+func (c *child) stop() {
+	_ = c.stdin.Close()
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (c *child) kill() {
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+}

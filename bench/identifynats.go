@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/natsfleet"
+	"github.com/gofleet/fleet/runtime"
+)
+
+func init() {
+	register("identify-nats", runIdentifyNATS)
+	childKinds["identify-nats-slice"] = runIdentifySlice
+}
+
+type identifyNATSResult struct {
+	Scenario       string  `json:"scenario"`
+	Shards         int     `json:"shards"`
+	MaxConcurrency int     `json:"max_concurrency"`
+	IntervalMS     int     `json:"interval_ms"`
+	Processes      int     `json:"processes"`
+	ReadyS         float64 `json:"ready_s"`
+	LimitS         float64 `json:"limit_s"`
+	Ratio          float64 `json:"ratio"`
+	Violations     int     `json:"identify_violations"`
+	Identifies     int     `json:"identifies"`
+}
+
+// runIdentifyNATS starts 256 shards split over 4 processes that share one
+// identify queue through an embedded NATS server, against one simulator,
+// and measures the time until every shard is ready.
+func runIdentifyNATS() (any, error) {
+	const shards, mc, interval, procs = 256, 16, 50 * time.Millisecond, 4
+	res := identifyNATSResult{Scenario: "identify-nats", Shards: shards, MaxConcurrency: mc,
+		IntervalMS: int(interval.Milliseconds()), Processes: procs}
+	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+
+	// Start the processes and let each prepare (connect, open the queue)
+	// before any identifies: the measure starts with the "go" line.
+	per := shards / procs
+	children := make([]*child, 0, procs)
+	defer func() {
+		for _, c := range children {
+			c.stop()
+		}
+	}()
+	for p := range procs {
+		c, err := startChild("identify-nats-slice", srv.ConnectInfo(), []string{"FLEET_BENCH_TOKEN=" + s.Token()}, s.GatewayURL(), s.RESTURL(),
+			strconv.Itoa(shards), strconv.Itoa(p*per), strconv.Itoa((p+1)*per-1), interval.String())
+		if err != nil {
+			return nil, err
+		}
+		children = append(children, c)
+	}
+	start := time.Now()
+	for _, c := range children {
+		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
+			return nil, err
+		}
+	}
+	for i, c := range children {
+		line, err := c.line(2 * time.Minute)
+		if err != nil {
+			return nil, fmt.Errorf("waiting for process %d's shards to be ready: %w", i, err)
+		}
+		if line != "fleet ready" {
+			return nil, fmt.Errorf("process %d: %s", i, line)
+		}
+	}
+	ready := time.Since(start)
+	st := s.Stats()
+	res.ReadyS = ready.Seconds()
+	res.LimitS = math.Ceil(float64(shards)/mc) * interval.Seconds()
+	res.Ratio = res.LimitS / res.ReadyS
+	res.Violations = st.Violations["identify_concurrency"]
+	res.Identifies = st.Identifies
+	return res, nil
+}
+
+// runIdentifySlice runs shards first..last of total against the
+// simulator, identifying through the NATS queue, once told "go" on stdin;
+// it says "fleet ready" when they are, and stops when stdin closes.
+// Args: gateway URL, REST URL, total, first, last, interval.
+func runIdentifySlice(args []string) error {
+	if len(args) != 6 {
+		return fmt.Errorf("identify-nats-slice: want 6 args, got %d", len(args))
+	}
+	total, _ := strconv.Atoi(args[2])
+	first, _ := strconv.Atoi(args[3])
+	last, _ := strconv.Atoi(args[4])
+	interval, err := time.ParseDuration(args[5])
+	if err != nil {
+		return err
+	}
+	var info natsfleet.ConnectInfo
+	if err := json.Unmarshal([]byte(os.Getenv(natsInfoEnv)), &info); err != nil {
+		return fmt.Errorf("%s: %w", natsInfoEnv, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := natsfleet.Connect(ctx, info.URL, append(info.Options(), natsfleet.Name("identify slice "+args[3]))...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	q, err := natsfleet.NewIdentifyQueue(ctx, nc, natsfleet.IdentifyConfig{Prefix: "bench", MaxConcurrency: 16, Interval: interval})
+	if err != nil {
+		return err
+	}
+	token := os.Getenv("FLEET_BENCH_TOKEN")
+	rt, err := runtime.New(runtime.Config{
+		Token: runtime.Token(token), GatewayURL: args[0], RESTURL: args[1],
+		IdentifyInterval: interval, IdentifyQueue: q, Clusters: 4, Bot: nopBot,
+		TotalShards: total, FirstShardID: first, LastShardID: last,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return err
+	}
+	readyc := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if e.Kind == runtime.EventFleetReady {
+			select {
+			case readyc <- struct{}{}:
+			default:
+			}
+		}
+	})
+	fmt.Println("ready")
+	in := make([]byte, 3)
+	if _, err := io.ReadFull(os.Stdin, in); err != nil || strings.TrimSpace(string(in)) != "go" {
+		return errors.New("no go")
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	select {
+	case <-readyc:
+		fmt.Println("fleet ready")
+	case err := <-errc:
+		fmt.Println("run:", err)
+		return err
+	case <-time.After(2 * time.Minute):
+		fmt.Println("not ready in 2 minutes")
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := rt.Shutdown(sctx); err != nil {
+		return err
+	}
+	return <-errc
+}

@@ -1,0 +1,61 @@
+// Package natsfleet holds the fleet's NATS-backed implementations: what
+// the clusters of a fleet share when they run in several processes or on
+// several hosts. A single-process fleet does not link it (the runtime
+// package does not import it).
+//
+// # Connections
+//
+// [StartServer] embeds a NATS server (127.0.0.1, a free or given port,
+// JetStream in a data directory, one generated user) so that one binary
+// needs no external service; its [ConnectInfo] is what the fleet's other
+// processes need to join (pass it privately: it holds the password).
+// [Connect] joins an external NATS with a user and password, a token, an
+// nkey or a creds file, over TLS if asked. It fails at once with an error
+// naming the URL if no server answers, and saying so if the credentials
+// are refused. Everything else takes a *nats.Conn.
+//
+// # Bus
+//
+// [NewTransport] carries the bus across processes: a bus.Bus given it as
+// its Transport reaches the endpoints of every Bus on the same fleet
+// prefix, with the in-memory bus's semantics (deadlines carried, handler
+// errors and panics with the bus's sentinels, ErrUnknownAddress at once
+// when no process serves an address, Send and Publish returning once the
+// remote endpoint queued the message, a window of calls in flight per
+// address for back-pressure). Messages to one address, and replies to one
+// process, are coalesced into one NATS message while the previous one is
+// sent. [Transport.TakeOver] moves an address from one process to another
+// as Bus.Standby and Bus.Replace do within one. The bus/bustest
+// conformance suite runs on it.
+//
+// # Identify queue
+//
+// [NewIdentifyQueue] is a runtime.IdentifyQueue for every process of a
+// fleet: a JetStream key per bucket, taken by compare-and-set and
+// released after READY, so that one IDENTIFY per bucket per interval goes
+// out fleet-wide with every bucket busy at once; a holder that goes
+// silent blocks its bucket for its lease plus one interval.
+//
+// # Store and sessions
+//
+// [NewKVStore] keeps the central store in a JetStream key-value bucket;
+// services.NewStoreOn serves it on the bus so that services.StoreGet and
+// the other helpers work unchanged, and [KVStore.Update] and
+// [KVStore.Increment] change a key without losing a concurrent write.
+// [NewKVSessionStore] is a runtime.SessionStore shared by the processes,
+// each session written with its owner and time.
+//
+// # REST limits
+//
+// [RESTProxy] points every process's disgo REST client at the fleet's
+// REST proxy (restproxy's HTTP form, served by one process), whose limiter
+// is then the only one: one set of buckets and one global limit for the
+// whole fleet.
+//
+// # Faults
+//
+// A message larger than the server's max payload fails with a
+// [*PayloadError] naming the limit. When the connection drops, every call
+// in flight fails with [ErrConnectionLost] (it may or may not have been
+// handled); the connection rejoins by itself with its subscriptions.
+package natsfleet

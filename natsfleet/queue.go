@@ -1,0 +1,193 @@
+package natsfleet
+
+import (
+	"encoding/binary"
+	"errors"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// outQueue coalesces the frames for one subject: whatever is queued while
+// its goroutine publishes goes out in the next message, so that under load
+// one NATS message carries many calls or replies. It is bounded by the
+// senders' windows (calls) and by the calls in flight (replies).
+type outQueue struct {
+	subject string
+	calls   bool // frames are this process's calls (else replies)
+
+	mu   sync.Mutex // guards buf, dead
+	buf  []byte     // frames, each as uvarint length | frame
+	dead bool       // its goroutine has returned: take a new queue
+	wake chan struct{}
+}
+
+// queueIdle is how long a queue's goroutine waits for a frame before it
+// returns (a process that called us may be gone for good).
+const queueIdle = time.Minute
+
+// Lock order: Transport.wmu → outQueue.mu.
+
+// enqueue queues frame for subject; it reports false once the Transport
+// is closed.
+func (t *Transport) enqueue(subject string, calls bool, frame []byte) bool {
+	for {
+		q := t.queue(subject, calls)
+		if q == nil {
+			return false
+		}
+		if q.add(frame) {
+			return true
+		}
+	}
+}
+
+// queue returns the queue for subject, starting its goroutine the first
+// time; nil once the Transport is closed.
+func (t *Transport) queue(subject string, calls bool) *outQueue {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	if q, ok := t.queues[subject]; ok {
+		return q
+	}
+	if t.ctx.Err() != nil {
+		return nil
+	}
+	q := &outQueue{subject: subject, calls: calls, wake: make(chan struct{}, 1)}
+	t.queues[subject] = q
+	t.wg.Add(1)
+	go t.runQueue(q)
+	return q
+}
+
+func (q *outQueue) add(frame []byte) bool {
+	q.mu.Lock()
+	if q.dead {
+		q.mu.Unlock()
+		return false
+	}
+	q.buf = binary.AppendUvarint(q.buf, uint64(len(frame)))
+	q.buf = append(q.buf, frame...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// runQueue publishes q's frames until the Transport closes.
+func (t *Transport) runQueue(q *outQueue) {
+	defer t.wg.Done()
+	var spare []byte
+	idle := time.NewTimer(queueIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case <-q.wake:
+			idle.Reset(queueIdle)
+		case <-idle.C:
+			if t.retire(q) {
+				return
+			}
+			idle.Reset(queueIdle)
+			continue
+		case <-t.ctx.Done():
+			return
+		}
+		// Let the goroutines that are runnable queue their frames too,
+		// while they keep adding some (a few rounds at most): under load
+		// this is what makes one message carry many.
+		for range 4 {
+			q.mu.Lock()
+			n := len(q.buf)
+			q.mu.Unlock()
+			runtime.Gosched()
+			q.mu.Lock()
+			grew := len(q.buf) > n
+			q.mu.Unlock()
+			if !grew {
+				break
+			}
+		}
+		q.mu.Lock()
+		buf := q.buf
+		q.buf = spare[:0]
+		q.mu.Unlock()
+		t.publish(q, buf)
+		spare = buf
+	}
+}
+
+// retire removes an idle queue, unless a frame arrived meanwhile.
+func (t *Transport) retire(q *outQueue) bool {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.buf) > 0 {
+		return false
+	}
+	q.dead = true
+	delete(t.queues, q.subject)
+	return true
+}
+
+// publish sends buf in messages no larger than the server's max payload.
+func (t *Transport) publish(q *outQueue, buf []byte) {
+	max := int(t.nc.MaxPayload())
+	for len(buf) > 0 {
+		n := 0
+		for n < len(buf) {
+			_, rest, ok := nextFrame(buf[n:])
+			if !ok {
+				return
+			}
+			end := len(buf) - len(rest)
+			if n > 0 && max > 0 && end > max {
+				break
+			}
+			n = end
+		}
+		chunk := buf[:n]
+		buf = buf[n:]
+		if !q.calls {
+			if err := t.nc.Publish(q.subject, chunk); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				t.log.Warn("bus replies not sent", "err", err)
+			}
+			continue
+		}
+		ids := callIDs(chunk)
+		t.pmu.Lock()
+		t.batchSeq++
+		seq := t.batchSeq
+		t.batches[seq%batchRing] = batchRecord{seq: seq, ids: ids}
+		t.pmu.Unlock()
+		if err := t.nc.PublishRequest(q.subject, t.inbox+"."+strconv.FormatUint(seq, 36), chunk); err != nil {
+			for _, id := range ids {
+				if p := t.take(id); p != nil {
+					t.finish(p, t.publishError(err, p.to, p.name, len(chunk)))
+				}
+			}
+		}
+	}
+}
+
+// callIDs lists the call ids of the frames in b.
+func callIDs(b []byte) []uint64 {
+	var ids []uint64
+	for len(b) > 0 {
+		frame, rest, ok := nextFrame(b)
+		if !ok {
+			break
+		}
+		b = rest
+		if id, k := binary.Uvarint(frame); k > 0 {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
