@@ -330,8 +330,13 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 func (r *Runtime) stop(stop chan struct{}, cancelGroups context.CancelFunc) error {
 	stopCtx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	defer cancel()
+	// The clusters' stop ends a little earlier, so that a group giving up
+	// on a shard has reported it by the deadline.
+	margin := min(r.cfg.ShutdownTimeout/2, 150*time.Millisecond)
+	clusterCtx, cancelClusters := context.WithTimeout(stopCtx, r.cfg.ShutdownTimeout-margin)
+	defer cancelClusters()
 	r.mu.Lock()
-	r.stopCtx = stopCtx
+	r.stopCtx = clusterCtx
 	r.mu.Unlock()
 	r.closeStopping() // a reshard under way gives up before its cut-over
 	r.endLife()       // operations and Setups under way end
