@@ -333,7 +333,9 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, name string, att
 		return
 	}
 	h.log.Info("admin operation started", slices.Concat(attrs, []any{"operation", op.ID})...)
-	loc := "/admin/operations/" + op.ID
+	// The URL keeps whatever prefix the handler is mounted under.
+	prefix, _, _ := strings.Cut(r.URL.Path, "/admin/")
+	loc := prefix + "/admin/operations/" + op.ID
 	w.Header().Set("Location", loc)
 	writeJSON(w, http.StatusAccepted, struct {
 		runtime.Operation
