@@ -80,7 +80,15 @@
 //	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
 //	POST /admin/clusters/{id}/restart        runtime.Restart
 //	POST /admin/reshard                      runtime.Reshard; body {"shards": n, "clusters": m}, both optional
+//	POST /admin/clusters/soft-restart        rolling soft restart of every cluster (.../restart: hard)
+//	GET  /admin/operations/{id}              a long operation's state, progress and error
 //	POST /admin/services/{name}/soft-restart and .../restart
+//
+// With a LongOperator (the runtime is one), a reshard and a rolling
+// restart run on the runtime's own context: the request is answered at
+// once with 202, the runtime.Operation and its URL (also in Location),
+// which GET /admin/operations/{id} answers until it has ended; a client
+// that goes away cuts nothing short.
 //
 // The operations answer 404 unless HandlerOptions.AdminToken is set, and
 // then need "Authorization: Bearer <token>" (401 otherwise), compared in

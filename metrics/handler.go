@@ -47,6 +47,19 @@ type Operator interface {
 
 var _ Operator = (*runtime.Runtime)(nil)
 
+// LongOperator is an Operator that runs the long operations (a reshard,
+// a rolling restart) on its own context and returns them at once;
+// *runtime.Runtime is one. With it, the handler answers those requests
+// with 202 and the operation's URL, GET /admin/operations/{id}, instead of
+// holding the request (and cutting the work short) until they end.
+type LongOperator interface {
+	StartReshard(opts runtime.ReshardOptions) (runtime.Operation, error)
+	StartRestartAll(hard bool) (runtime.Operation, error)
+	Operation(id string) (runtime.Operation, bool)
+}
+
+var _ LongOperator = (*runtime.Runtime)(nil)
+
 // HandlerOptions configure Handler. The zero value serves /metrics,
 // /healthz and /status, and no operation.
 type HandlerOptions struct {
@@ -59,7 +72,8 @@ type HandlerOptions struct {
 	// healthy (default 30 s): a RESUME takes a moment, an outage longer.
 	// Negative: resuming shards are always healthy.
 	ResumeGrace time.Duration
-	// OperationTimeout bounds an operation (default 5 minutes).
+	// OperationTimeout bounds an operation the handler waits for (default
+	// 5 minutes). The long ones of a LongOperator are not waited for.
 	OperationTimeout time.Duration
 	// Logger records the operations asked for and their results
 	// (default: no logs).
@@ -113,6 +127,9 @@ func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) ht
 	admin.HandleFunc("POST /admin/clusters/{id}/soft-restart", h.clusterOp("soft_restart", h.op.SoftRestart))
 	admin.HandleFunc("POST /admin/clusters/{id}/restart", h.clusterOp("restart", h.op.Restart))
 	admin.HandleFunc("POST /admin/reshard", h.reshard)
+	admin.HandleFunc("POST /admin/clusters/soft-restart", h.restartAll(false))
+	admin.HandleFunc("POST /admin/clusters/restart", h.restartAll(true))
+	admin.HandleFunc("GET /admin/operations/{id}", h.operation)
 	admin.HandleFunc("POST /admin/services/{name}/soft-restart", h.serviceOp(false))
 	admin.HandleFunc("POST /admin/services/{name}/restart", h.serviceOp(true))
 	mux.Handle("/admin/", h.authorized(admin))
@@ -144,6 +161,7 @@ func (h *handler) index(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\nGET /page/ (status page)\n")
 	if h.token != nil {
 		io.WriteString(w, "POST /admin/clusters/{id}/soft-restart\nPOST /admin/clusters/{id}/restart\nPOST /admin/reshard\n"+
+			"POST /admin/clusters/soft-restart\nPOST /admin/clusters/restart\nGET /admin/operations/{id}\n"+
 			"POST /admin/services/{name}/soft-restart\nPOST /admin/services/{name}/restart\n")
 	}
 }
@@ -278,8 +296,66 @@ func (h *handler) reshard(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	opts.Shards, opts.Clusters = body.Shards, body.Clusters
+	if lo, ok := h.op.(LongOperator); ok {
+		h.start(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
+			func() (runtime.Operation, error) { return lo.StartReshard(opts) })
+		return
+	}
 	h.run(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
 		func(ctx context.Context) error { return h.op.Reshard(ctx, opts) })
+}
+
+// restartAll restarts every cluster, one at a time: an operation with a
+// LongOperator, otherwise waited for as the other operations.
+func (h *handler) restartAll(hard bool) http.HandlerFunc {
+	name := "soft_restart_all"
+	if hard {
+		name = "restart_all"
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		lo, ok := h.op.(LongOperator)
+		if !ok {
+			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "the operator runs no long operations"})
+			return
+		}
+		h.start(w, r, name, nil, func() (runtime.Operation, error) { return lo.StartRestartAll(hard) })
+	}
+}
+
+// start begins a long operation and answers 202 with its URL.
+func (h *handler) start(w http.ResponseWriter, r *http.Request, name string, attrs []any, begin func() (runtime.Operation, error)) {
+	attrs = append([]any{"op", name, "remote", r.RemoteAddr}, attrs...)
+	op, err := begin()
+	if err != nil {
+		code := errorStatus(err)
+		h.log.Warn("admin operation refused", slices.Concat(attrs, []any{"status", code, "err", err.Error()})...)
+		writeJSON(w, code, map[string]string{"error": err.Error()})
+		return
+	}
+	h.log.Info("admin operation started", slices.Concat(attrs, []any{"operation", op.ID})...)
+	// The URL keeps whatever prefix the handler is mounted under.
+	prefix, _, _ := strings.Cut(r.URL.Path, "/admin/")
+	loc := prefix + "/admin/operations/" + op.ID
+	w.Header().Set("Location", loc)
+	writeJSON(w, http.StatusAccepted, struct {
+		runtime.Operation
+		URL string `json:"url"`
+	}{op, loc})
+}
+
+// operation answers a long operation's state.
+func (h *handler) operation(w http.ResponseWriter, r *http.Request) {
+	lo, ok := h.op.(LongOperator)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "the operator runs no long operations"})
+		return
+	}
+	op, ok := lo.Operation(r.PathValue("id"))
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown operation (never started, or finished long ago)"})
+		return
+	}
+	writeJSON(w, http.StatusOK, op)
 }
 
 // run performs an operation, bounded by OperationTimeout and by the

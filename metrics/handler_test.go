@@ -3,6 +3,7 @@ package metrics
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -248,4 +249,46 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestAdminLongOperationsAnswer202(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken})
+	poll := func(url string) runtime.Operation {
+		t.Helper()
+		var op runtime.Operation
+		waitFor(t, "operation done", func() bool {
+			code, body := f.do(t, http.MethodGet, url, adminToken, "")
+			if code != http.StatusOK {
+				t.Fatalf("GET %s: %d %s", url, code, body)
+			}
+			if err := json.Unmarshal([]byte(body), &op); err != nil {
+				t.Fatal(err)
+			}
+			return op.State != runtime.OperationRunning
+		})
+		return op
+	}
+	for _, tc := range []struct{ path, body, kind string }{
+		{"/admin/reshard", `{"shards":4}`, runtime.OperationReshard},
+		{"/admin/clusters/soft-restart", "", runtime.OperationSoftRestartAll},
+	} {
+		code, body := f.do(t, http.MethodPost, tc.path, adminToken, tc.body)
+		var started struct {
+			runtime.Operation
+			URL string `json:"url"`
+		}
+		if err := json.Unmarshal([]byte(body), &started); err != nil || code != http.StatusAccepted ||
+			started.Kind != tc.kind || started.URL != "/admin/operations/"+started.ID {
+			t.Fatalf("POST %s: %d %s, want 202 with the operation's URL", tc.path, code, body)
+		}
+		if op := poll(started.URL); op.State != runtime.OperationDone || op.Done != op.Of || op.Of == 0 {
+			t.Fatalf("%s: %+v, want done", tc.path, op)
+		}
+	}
+	if code, _ := f.do(t, http.MethodGet, "/admin/operations/reshard-99", adminToken, ""); code != http.StatusNotFound {
+		t.Fatalf("unknown operation: %d, want 404", code)
+	}
 }

@@ -32,6 +32,7 @@ type cluster struct {
 	startedAt time.Time // when the current group started
 	restarts  int       // restarts since Run began (soft, hard and supervised)
 	parked    string    // "failed" (after MaxRestarts) or "stopped" (ShutdownCluster); "" while running
+	lastErr   error     // why the last start failed
 }
 
 type opKind int
@@ -56,88 +57,139 @@ type instance struct {
 	ready    chan struct{} // closed when every shard is ready
 	ep       *bus.Endpoint // the cluster's bus endpoint for this instance
 	activate func() error  // puts ep in place at the cluster's address
+	cancel   func()        // cancels the ctx Setup got: the instance's life
 }
 
-// supervise runs one cluster until stop closes: it starts a group,
-// restarts it when it is not ready within ClusterTimeout (with back-off,
-// at most MaxRestarts per RestartWindow, then reports the cluster failed),
-// and serves soft and hard restarts.
+// supervise runs one cluster until stop closes: it starts a group and
+// restarts it when its Setup fails or panics, or when it is not ready
+// within the cluster timeout (Setup included), with back-off and jitter,
+// at most MaxRestarts per RestartWindow, then reports the cluster failed.
+// A Setup error wrapping ErrFatal stops the fleet instead. It serves soft
+// and hard restarts.
 //
 // A supervisor may adopt an instance already started (a reshard's new
 // generation).
 func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, stop <-chan struct{}, adopt *instance) {
-	var restarts []time.Time
-	backoff := r.cfg.RestartBackoff
+	budget := r.budget()
 	var inst *instance
 	defer func() {
 		if inst != nil {
-			r.stopInstance(inst, r.cfg.SessionStore != nil)
+			if err := r.stopInstanceCtx(r.stopContext(), inst, r.cfg.SessionStore != nil); err != nil {
+				r.noteStopFailure(fmt.Errorf("cluster %d: %w", c.id, err))
+			}
 		}
 	}()
-	for {
-		var err error
-		if adopt != nil {
-			inst, adopt = adopt, nil
-		} else {
-			inst, err = r.startInstance(c, env, sessions)
+	timeout := r.clusterTimeout(c, env)
+	// failed handles a start that failed; it reports whether to start
+	// again (false: the cluster is parked, or the fleet stops).
+	failed := func(err error) bool {
+		if r.lifeContext().Err() != nil { // the fleet stops: not a failure to count
+			<-stop
+			return false
 		}
-		sessions = nil
-		if err != nil {
+		c.mu.Lock()
+		c.lastErr = err
+		c.mu.Unlock()
+		var pe *PanicError
+		if errors.As(err, &pe) {
+			r.cfg.Logger.Error("cluster setup panicked", "cluster", c.id, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+		}
+		if errors.Is(err, ErrFatal) {
 			select {
 			case env.fatal <- err:
 			default:
 			}
-			<-stop
-			return
+			r.park(c, stop, "failed")
+			return false
 		}
-		var timeout <-chan time.Time // nil: no bound
-		var timer *time.Timer
-		if r.cfg.ClusterTimeout > 0 {
-			timer = time.NewTimer(r.cfg.ClusterTimeout)
-			timeout = timer.C
+		wait, ok := budget.Fail(time.Now())
+		if !ok {
+			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
+				Err: fmt.Errorf("runtime: cluster %d failed after %d restarts within %s: %w", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow, err)})
+			r.park(c, stop, "failed")
+			return false
 		}
-		restart := false
-		for !restart {
+		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: budget.Used(time.Now()),
+			Of: max(r.cfg.MaxRestarts, 0), Duration: wait, Err: err})
+		if f := r.cfg.Observer.ClusterRestart; f != nil {
+			f(c.id)
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	for {
+		deadline := time.Now().Add(timeout)
+		if adopt != nil {
+			inst, adopt = adopt, nil
+		} else {
+			var err error
+			inst, err = r.startInstance(c, env, sessions, deadline)
+			sessions = nil
+			if err != nil {
+				inst = nil
+				if !failed(err) {
+					return
+				}
+				continue
+			}
+		}
+		timer := time.NewTimer(time.Until(deadline))
+		timeoutC := timer.C
+		var why error // set when the instance must be restarted
+		for why == nil {
 			select {
 			case <-stop:
-				if timer != nil {
-					timer.Stop()
-				}
+				timer.Stop()
 				return
 			case <-inst.ready:
 				inst.ready = nil // serve on; no timeout any more
-				timeout = nil
-			case <-timeout:
-				restart = true
+				timer.Stop()
+				timeoutC = nil
+				budget.Up(time.Now())
+			case <-timeoutC:
+				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
 			case op := <-c.ops:
 				switch op.kind {
 				case opSoftRestart:
 					next, err := r.handOver(op.ctx, c, env, inst)
-					if err == nil {
+					if next != nil {
 						inst = next
+						if inst.ready != nil { // the new instance is not ready yet: bound it too
+							timer.Stop()
+							timer = time.NewTimer(timeout)
+							timeoutC = timer.C
+						}
 					}
 					op.reply <- err
 				case opRetire, opShutdown:
-					r.stopInstance(inst, false)
+					timer.Stop()
+					err := r.stopInstanceCtx(op.ctx, inst, false)
 					inst = nil
-					op.reply <- nil
+					op.reply <- err
 					if op.kind == opShutdown {
 						r.events.emit(Event{Kind: EventClusterShutdown, Cluster: c.id, Shard: -1})
 						r.park(c, stop, "stopped")
 					}
 					return
 				case opRestart:
-					r.stopInstance(inst, false)
+					timer.Stop()
+					// Begun, the restart goes through: the old instance's stop
+					// is bounded by ShutdownTimeout, not by the caller.
+					_ = r.stopInstanceCtx(context.Background(), inst, false)
 					inst = nil
-					next, err := r.startInstance(c, env, nil)
+					next, err := r.startInstance(c, env, nil, time.Now().Add(timeout))
 					if err != nil {
-						op.reply <- err
-						select {
-						case env.fatal <- err:
-						default:
+						op.reply <- fmt.Errorf("runtime: restart of cluster %d: the cluster restarts under supervision: %w", c.id, err)
+						if !failed(err) {
+							return
 						}
-						<-stop
-						return
+						break
 					}
 					inst = next
 					r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1})
@@ -145,39 +197,35 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 						f(c.id)
 					}
 					op.reply <- nil
+					timer = time.NewTimer(timeout)
+					timeoutC = timer.C
 				}
 			}
-		}
-		timer.Stop() // restart is set only by the timer
-		r.stopInstance(inst, false)
-		inst = nil
-		now := time.Now()
-		kept := restarts[:0]
-		for _, t := range restarts {
-			if now.Sub(t) < r.cfg.RestartWindow {
-				kept = append(kept, t)
+			if inst == nil { // a hard restart failed: start again
+				break
 			}
 		}
-		restarts = append(kept, now)
-		if r.cfg.MaxRestarts >= 0 && len(restarts) > r.cfg.MaxRestarts {
-			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
-				Err: fmt.Errorf("cluster %d not ready within %s after %d restarts", c.id, r.cfg.ClusterTimeout, r.cfg.MaxRestarts)})
-			r.park(c, stop, "failed")
+		if inst == nil {
+			continue
+		}
+		timer.Stop()
+		_ = r.stopInstanceCtx(context.Background(), inst, false)
+		inst = nil
+		if !failed(why) {
 			return
 		}
-		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: len(restarts), Of: max(r.cfg.MaxRestarts, 0)})
-		if f := r.cfg.Observer.ClusterRestart; f != nil {
-			f(c.id)
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-stop:
-			t.Stop()
-			return
-		}
-		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// notReady lists a group's shards that are not ready.
+func notReady(g *shardgroup.Group) []int {
+	var out []int
+	for _, sh := range g.Shards() {
+		if sh.State != shardgroup.StateReady {
+			out = append(out, sh.ID)
+		}
+	}
+	return out
 }
 
 // park keeps a cluster that has failed or was shut down: it runs nothing
@@ -186,6 +234,9 @@ func (r *Runtime) park(c *cluster, stop <-chan struct{}, state string) {
 	c.mu.Lock()
 	c.parked = state
 	c.mu.Unlock()
+	if state == "failed" {
+		r.checkAllFailed()
+	}
 	for {
 		select {
 		case <-stop:
@@ -277,25 +328,59 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		return nil, err
 	}
 	inst.g = g
-	inst.bot = r.cfg.Bot(c.id)
-	if err := inst.bot.Setup(ctx, g); err != nil {
+	// Setup's ctx is the instance's life: cancelled when the instance
+	// stops or the fleet does. The wait for Setup ends with ctx too.
+	ictx, icancel := context.WithCancel(r.lifeContext())
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	defer context.AfterFunc(ictx, wcancel)()
+	var b Bot
+	err = r.callUser(wctx, fmt.Sprintf("cluster %d: Setup", c.id), func() error {
+		b = r.cfg.Bot(c.id)
+		if b == nil {
+			return fmt.Errorf("Config.Bot returned nil for cluster %d: return a Bot", c.id)
+		}
+		return b.Setup(ictx, g)
+	}, func(err error) {
+		// Setup returned after it was given up on: the instance never
+		// serves, so its Shutdown hook runs now if it was set up.
+		if err == nil {
+			r.shutdownHook(context.Background(), c.id, b)
+		}
 		g.Client().Rest().Close(context.Background())
+	})
+	if err != nil {
+		icancel()
+		if wctx.Err() == nil { // Setup returned: nothing else uses the client
+			g.Client().Rest().Close(context.Background())
+		}
+		if r.lifeContext().Err() != nil { // the fleet stops: not the Setup's fault
+			err = ErrNotRunning
+		}
 		return nil, fmt.Errorf("runtime: cluster %d: Setup: %w", c.id, err)
 	}
+	inst.bot, inst.cancel = b, icancel
 	if inst.activate, err = r.clusterEndpoint(c, inst); err != nil {
+		icancel()
 		g.Client().Rest().Close(context.Background())
 		return nil, fmt.Errorf("runtime: cluster %d: bus endpoint: %w", c.id, err)
 	}
 	return inst, nil
 }
 
-func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session) (*instance, error) {
-	inst, err := r.newInstance(env.groupCtx, c, env, nil)
+// startInstance builds and sets up a new instance and starts its shards;
+// Setup must return before deadline.
+func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, deadline time.Time) (*instance, error) {
+	ctx, cancel := context.WithDeadlineCause(r.lifeContext(), deadline,
+		fmt.Errorf("runtime: cluster %d not set up within its ClusterTimeout", c.id))
+	defer cancel()
+	inst, err := r.newInstance(ctx, c, env, nil)
 	if err != nil {
 		return nil, err
 	}
 	r.publish(c, inst.g)
 	if err := inst.activate(); err != nil {
+		r.stopInstance(inst, false)
 		return nil, err
 	}
 	inst.g.StartResuming(env.groupCtx, sessions)
@@ -316,15 +401,32 @@ func (r *Runtime) publish(c *cluster, g *shardgroup.Group) {
 // shard of the old one closes with a resumable code and the new one
 // RESUMEs its session; Discord replays what arrived in between. A shard
 // whose RESUME is refused identifies through the queue.
+//
+// If ctx ends before the new instance is set up, nothing is handed over:
+// the old instance keeps serving and the error says so. Once the hand-over
+// has begun it completes; a ctx that ends while the new shards resume
+// returns the new instance with ctx's error.
 func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *instance) (*instance, error) {
 	began := time.Now()
 	r.events.emit(Event{Kind: EventSoftRestartStarted, Cluster: c.id, Shard: -1})
 	next, err := r.newInstance(ctx, c, env, old.g.Client().Caches())
+	if err == nil && ctx.Err() != nil {
+		r.stopInstance(next, false) // set up, never served
+		err = ctx.Err()
+	}
 	if err != nil {
-		return nil, err // the old instance keeps serving
+		return nil, fmt.Errorf("runtime: soft restart of cluster %d: the old instance keeps serving: %w", c.id, err)
 	}
 	paused := time.Now()
-	sessions, _ := old.g.Stop(context.Background(), true)
+	// A shard that does not stop in time (a connection that hangs) is
+	// left to end on its own; its session, if any, is handed over all the
+	// same, and the new shard identifies if Discord refuses it.
+	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	sessions, stopErr := old.g.Stop(sctx, true)
+	cancel()
+	if stopErr != nil {
+		r.cfg.Logger.Warn("soft restart: old shards did not stop in time", "cluster", c.id, "err", stopErr.Error())
+	}
 	r.publish(c, next.g)
 	next.g.StartResuming(env.groupCtx, sessions)
 	if err := next.activate(); err != nil {
@@ -334,42 +436,72 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 	case <-next.ready:
 		next.ready = nil
 	case <-ctx.Done():
-		// The new instance goes on connecting; the caller stops waiting.
+		err = fmt.Errorf("runtime: soft restart of cluster %d: handed over, the new instance is still connecting: %w", c.id, ctx.Err())
 	}
 	pause := time.Since(paused)
 	r.events.emit(Event{Kind: EventSoftRestartHandedOver, Cluster: c.id, Shard: -1, N: len(sessions), Of: len(c.shards), Duration: pause})
 	r.stopInstance(old, false) // its shards are stopped already; this runs its Shutdown hook
 	r.events.emit(Event{Kind: EventSoftRestartDone, Cluster: c.id, Shard: -1, Duration: time.Since(began)})
-	return next, nil
+	return next, err
 }
 
-// stopInstance runs the Bot's Shutdown hook (bounded by ShutdownTimeout)
-// and stops the group's shards (a no-op for shards already handed over),
-// keeping their sessions if asked.
-func (r *Runtime) stopInstance(inst *instance, keep bool) map[int]shardgroup.Session {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
-	defer cancel()
-	if s, ok := inst.bot.(BotShutdowner); ok {
-		if err := s.Shutdown(ctx); err != nil {
-			r.cfg.Logger.Warn("cluster shutdown hook failed", "cluster", inst.g.ID(), "err", err.Error())
-		}
+// shutdownHook runs a Bot's Shutdown hook, if it has one, bounded by
+// ShutdownTimeout and ctx, with a panic recovered.
+func (r *Runtime) shutdownHook(ctx context.Context, cluster int, b Bot) error {
+	s, ok := b.(BotShutdowner)
+	if !ok {
+		return nil
 	}
-	sessions, _ := inst.g.Stop(ctx, keep)
-	inst.g.Client().Rest().Close(ctx)
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.ShutdownTimeout)
+	defer cancel()
+	err := r.callUser(ctx, fmt.Sprintf("cluster %d: Shutdown hook", cluster), func() error { return s.Shutdown(ctx) }, nil)
+	if err != nil {
+		r.cfg.Logger.Warn("cluster shutdown hook failed", "cluster", cluster, "err", err.Error())
+		return fmt.Errorf("Shutdown hook: %w", err)
+	}
+	return nil
+}
+
+// stopInstance stops an instance, each step bounded by ShutdownTimeout.
+func (r *Runtime) stopInstance(inst *instance, keep bool) {
+	_ = r.stopInstanceCtx(context.Background(), inst, keep)
+}
+
+// stopInstanceCtx runs the Bot's Shutdown hook and stops the group's
+// shards (a no-op for shards already handed over), keeping their
+// sessions if asked; each step is bounded by ShutdownTimeout and ctx. The
+// error names what did not stop: the hook, or shards, whose goroutines
+// end with the fleet's shard context.
+func (r *Runtime) stopInstanceCtx(ctx context.Context, inst *instance, keep bool) error {
+	var errs []error
+	if inst.bot != nil {
+		// The hook may use most of the time; the shards' close needs little.
+		hctx, cancel := context.WithTimeout(ctx, r.cfg.ShutdownTimeout*3/4)
+		errs = append(errs, r.shutdownHook(hctx, inst.g.ID(), inst.bot))
+		cancel()
+	}
+	if inst.cancel != nil {
+		inst.cancel()
+	}
+	gctx, cancel := context.WithTimeout(ctx, r.cfg.ShutdownTimeout)
+	defer cancel()
+	sessions, err := inst.g.Stop(gctx, keep)
+	errs = append(errs, err)
+	inst.g.Client().Rest().Close(gctx)
 	if inst.ep != nil {
-		_ = inst.ep.Close(ctx) // a replaced endpoint only finishes its handlers
+		_ = inst.ep.Close(gctx) // a replaced endpoint only finishes its handlers
 	}
 	if keep {
 		r.keepSessions(sessions)
 	}
-	return sessions
+	return errors.Join(errs...)
 }
 
 // cluster returns a cluster by ID once the fleet is planned.
 func (r *Runtime) cluster(ctx context.Context, id int) (*cluster, error) {
 	select {
 	case <-r.planned:
-	case <-r.stopped:
+	case <-r.stopping:
 		return nil, ErrNotRunning
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -384,15 +516,74 @@ func (r *Runtime) cluster(ctx context.Context, id int) (*cluster, error) {
 	return nil, fmt.Errorf("%w %d (have 0..%d)", ErrUnknownCluster, id, len(r.clusters)-1)
 }
 
+// acquire takes the runtime's operation slot: one soft or hard restart,
+// cluster shutdown or reshard at a time. It waits for the slot until ctx
+// ends, never holding a lock meanwhile; before Run and once the fleet
+// stops it returns ErrNotRunning at once.
+func (r *Runtime) acquire(ctx context.Context) (release func(), err error) {
+	if err := r.checkRunning(ctx); err != nil {
+		return nil, err
+	}
+	select {
+	case r.opSlot <- struct{}{}:
+	case <-r.stopping:
+		return nil, ErrNotRunning
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-r.stopping:
+		<-r.opSlot
+		return nil, ErrNotRunning
+	default:
+	}
+	return func() { <-r.opSlot }, nil
+}
+
+// checkRunning returns ctx's error if it has ended (nothing is done for a
+// caller already gone), and ErrNotRunning before Run or once the fleet
+// stops.
+func (r *Runtime) checkRunning(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	running := r.running
+	r.mu.Unlock()
+	if !running {
+		return ErrNotRunning
+	}
+	select {
+	case <-r.stopping:
+		return ErrNotRunning
+	default:
+	}
+	return nil
+}
+
+// opContext is ctx, also cancelled when the fleet begins to stop.
+func (r *Runtime) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(r.lifeContext(), cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
 func (r *Runtime) do(ctx context.Context, id int, kind opKind) error {
+	release, err := r.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	c, err := r.cluster(ctx, id)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := r.opContext(ctx)
+	defer cancel()
 	op := clusterOp{kind: kind, ctx: ctx, reply: make(chan error, 1)}
 	select {
 	case c.ops <- op:
-	case <-r.stopped:
+	case <-r.stopping:
 		return ErrNotRunning
 	case <-ctx.Done():
 		return ctx.Err()
@@ -410,39 +601,60 @@ func (r *Runtime) do(ctx context.Context, id int, kind opKind) error {
 // live session is handed over (the old shard closes with a resumable code,
 // the new one RESUMEs), so no IDENTIFY is spent and no event is lost or
 // seen twice. The old instance's Shutdown hook runs after the hand-over.
-// If the new instance's Setup fails, the old one keeps serving and the
-// error is returned.
+// If the new instance's Setup fails, or ctx ends before it is set up, the
+// old one keeps serving and the error is returned. It waits for another
+// operation under way (a reshard, a restart) only until ctx ends, and
+// returns ErrNotRunning before Run.
 func (r *Runtime) SoftRestart(ctx context.Context, cluster int) error {
-	r.restarting.Lock()
-	defer r.restarting.Unlock()
 	return r.do(ctx, cluster, opSoftRestart)
 }
 
 // SoftRestartAll soft-restarts every cluster, one at a time.
 func (r *Runtime) SoftRestartAll(ctx context.Context) error {
+	return r.restartAll(ctx, false, nil)
+}
+
+// restartAll restarts every cluster, one at a time, telling progress
+// (if not nil) after each.
+func (r *Runtime) restartAll(ctx context.Context, hard bool, progress func(done, of int)) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	select { // the clusters are known once the fleet is planned
+	case <-r.planned:
+	case <-r.stopping:
+		return ErrNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	r.mu.Lock()
 	n := len(r.clusters)
 	r.mu.Unlock()
 	for id := range n {
-		if err := r.SoftRestart(ctx, id); err != nil {
-			return fmt.Errorf("runtime: soft restart of cluster %d: %w", id, err)
+		do, what := r.SoftRestart, "soft restart"
+		if hard {
+			do, what = r.Restart, "restart"
+		}
+		if err := do(ctx, id); err != nil {
+			return fmt.Errorf("runtime: %s of cluster %d: %w", what, id, err)
+		}
+		if progress != nil {
+			progress(id+1, n)
 		}
 	}
 	return nil
 }
 
 // Restart restarts a cluster the hard way: its shards close, ending their
-// sessions, and a new instance identifies anew through the queue.
+// sessions, and a new instance identifies anew through the queue. If the
+// new instance's Setup fails, the error is returned and the cluster is
+// restarted under supervision (MaxRestarts, back-off).
 func (r *Runtime) Restart(ctx context.Context, cluster int) error {
-	r.restarting.Lock()
-	defer r.restarting.Unlock()
 	return r.do(ctx, cluster, opRestart)
 }
 
 // ShutdownCluster stops a cluster for good (its sessions end); the other
 // clusters go on. eris-fleet's shutdownCluster.
 func (r *Runtime) ShutdownCluster(ctx context.Context, cluster int) error {
-	r.restarting.Lock()
-	defer r.restarting.Unlock()
 	return r.do(ctx, cluster, opShutdown)
 }

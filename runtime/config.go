@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
@@ -19,6 +20,12 @@ import (
 
 // Bot is the user's code for one cluster instance: Setup registers
 // listeners on the group's disgo client before its shards connect.
+//
+// Setup's ctx lives as long as the instance: it is cancelled when the
+// instance stops, when the fleet stops, or when Setup does not return
+// within ClusterTimeout. A Setup that fails or panics counts against
+// MaxRestarts and the cluster is started again after a back-off; only an
+// error wrapping ErrFatal stops the whole fleet.
 type Bot interface {
 	Setup(ctx context.Context, g *shardgroup.Group) error
 }
@@ -102,15 +109,25 @@ type Config struct {
 	RESTLimiter         *restproxy.Limiter
 	RESTLimiterConfig   restproxy.Config
 	NoSharedRESTLimiter bool
-	// ClusterTimeout bounds how long a cluster may take to become ready
-	// once its shards are through the identify queue (0: no bound).
+	// ClusterTimeout bounds how long a cluster may take to become ready,
+	// its Setup included; a cluster not ready in time is restarted. The
+	// default is derived from the cluster's place in the identify queue:
+	// (windows ahead of its last shard + 1) × IdentifyInterval + 30 s,
+	// where the windows ahead of shard s are (s − first shard) /
+	// max_concurrency, the IDENTIFYs of its bucket that come first when
+	// every shard queues at once. A healthy large cluster waiting its turn
+	// is never cut short; one that never becomes ready is caught.
 	ClusterTimeout time.Duration
-	// ShutdownTimeout bounds a Bot's Shutdown hook (default 10 s).
+	// ShutdownTimeout bounds stopping (default 10 s): a Bot's Shutdown
+	// hook, a cluster's shards, and Shutdown as a whole, which names what
+	// did not stop in time.
 	ShutdownTimeout time.Duration
 	// MaxRestarts is how many times a cluster is restarted within
 	// RestartWindow before it is reported failed (default 5; -1: never
-	// give up). Back-off between restarts doubles from RestartBackoff
-	// (default 1 s) up to a minute.
+	// give up): after a Setup that fails or panics, or ClusterTimeout.
+	// Back-off between restarts doubles from RestartBackoff (default 1 s)
+	// up to a minute, plus up to a quarter at random; it starts again
+	// from RestartBackoff once the cluster has been ready for a minute.
 	MaxRestarts    int
 	RestartWindow  time.Duration
 	RestartBackoff time.Duration
@@ -185,6 +202,12 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		return c, fmt.Errorf("runtime: Compression %q is unknown: use %q, %q or %q", string(c.Compression),
 			shardgroup.CompressionZstd, shardgroup.CompressionZlib, shardgroup.CompressionNone)
+	}
+	if c.GatewayURL != "" {
+		u, err := url.Parse(c.GatewayURL)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			return c, fmt.Errorf("runtime: GatewayURL %q is not a ws:// or wss:// URL with a host: set it to the gateway's URL (wss://gateway.discord.gg) or leave it empty", c.GatewayURL)
+		}
 	}
 	if c.StatsInterval < 0 {
 		return c, fmt.Errorf("runtime: StatsInterval (%s) is negative: use 0 to send no stats events", c.StatsInterval)

@@ -34,10 +34,40 @@
 // resumable close, a dropped connection or a zombie connection, and
 // identify anew after op 9 (d=false). A close that cannot be retried
 // (4004, 4010–4014) makes Run return a *shardgroup.CloseError naming the
-// cause, never a restart loop. A cluster that is not ready within
-// ClusterTimeout is restarted with exponential back-off, at most
-// MaxRestarts times per RestartWindow, then reported failed while the
-// other clusters serve.
+// cause, never a restart loop.
+//
+// User code follows one rule, at start-up and on every restart: a Bot
+// factory or Setup that panics (a *PanicError with the stack), returns a
+// nil Bot or an error, or a cluster not ready within ClusterTimeout (Setup
+// included; on by default, derived from the cluster's place in the
+// identify queue), is restarted after a back-off that doubles, with
+// jitter, at most MaxRestarts times per RestartWindow, then reported
+// failed while the other clusters serve. Only an error wrapping ErrFatal
+// stops the whole fleet; when every cluster has failed, Run returns why.
+// A failed soft restart leaves the old instance serving.
+//
+// # Operations
+//
+// SoftRestart, Restart, ShutdownCluster and Reshard run one at a time: each
+// waits for the one under way only until its ctx ends, does nothing if
+// its ctx has ended, and returns ErrNotRunning before Run. Asked for over
+// the bus or the admin API, a reshard or a rolling restart is an
+// Operation that runs on the runtime's own context, to poll or wait for.
+//
+// # Stopping
+//
+// Shutdown, or the end of Run's ctx, stops everything within
+// ShutdownTimeout: Setups and operations under way are cancelled, Shutdown
+// hooks run, shards close (with a resumable code and their sessions saved,
+// with a SessionStore) and what did not stop in time (a hook or Setup
+// ignoring its ctx, a shard whose connection hangs) is named in the error.
+//
+// # Stored sessions
+//
+// A stored session is resumed only if it is fresh, of this shard count,
+// not saved in the future, and resumes on the gateway's own host: a RESUME
+// carries the token. FileSessionStore refuses a file other users can
+// write. What is refused is summed up in one warning per start.
 //
 // # REST
 //

@@ -52,9 +52,9 @@ type Event struct {
 	Service  string        // for service events
 	Shard    int           // -1 when not about one shard
 	N, Of    int           // progress: n of N shards ready
-	Duration time.Duration // time since Run started, for ready events
-	Err      error
-	Stats    *Stats // EventStats: the snapshot
+	Duration time.Duration // time since Run started, for ready events; the back-off, for cluster_restarted
+	Err      error         // why, for cluster_restarted (the Setup error or timeout), cluster_failed, fatal
+	Stats    *Stats        // EventStats: the snapshot
 }
 
 // level is the slog level of an event's record.

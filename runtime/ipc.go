@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/disgoorg/disgo/discord"
 	"github.com/disgoorg/disgo/sharding"
@@ -33,8 +34,17 @@ const (
 	CmdShutdownService    = "shutdown_service"
 	CmdShutdownCluster    = "shutdown_cluster"
 	CmdTotalShutdown      = "total_shutdown"
-	CmdReshard            = "reshard"
+	CmdReshard            = "reshard"   // ReshardOptions -> Operation (started, not finished)
+	CmdOperation          = "operation" // OperationQuery -> Operation
 )
+
+// OperationQuery asks for an operation by ID; with Wait, the answer waits
+// up to that long (at most 5 s, and half the request's time left) for the
+// operation to end.
+type OperationQuery struct {
+	ID   string        `json:"id"`
+	Wait time.Duration `json:"wait,omitempty"`
+}
 
 // FetchRequest names an object to fetch from the clusters' caches.
 type FetchRequest struct {
@@ -120,10 +130,23 @@ func RestartCluster(ctx context.Context, b *bus.Bus, cluster int, hard bool) err
 	return err
 }
 
-// RestartAllClusters restarts every cluster, one at a time.
+// RestartAllClusters restarts every cluster, one at a time, and returns
+// when they all are. The restarts run on the runtime's own context: ctx
+// bounds only the wait, never the work, however long a request on b may
+// take.
 func RestartAllClusters(ctx context.Context, b *bus.Bus, hard bool) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartAllClusters, RestartRequest{Hard: hard})
+	op, err := StartRestartAllClusters(ctx, b, hard)
+	if err != nil {
+		return err
+	}
+	_, err = WaitForOperation(ctx, b, op.ID)
 	return err
+}
+
+// StartRestartAllClusters starts a rolling restart of every cluster and
+// returns the operation at once.
+func StartRestartAllClusters(ctx context.Context, b *bus.Bus, hard bool) (Operation, error) {
+	return bus.Request[RestartRequest, Operation](ctx, b, bus.Admiral, CmdRestartAllClusters, RestartRequest{Hard: hard})
 }
 
 // RestartService soft-restarts a service (or restarts it, with hard).
@@ -157,10 +180,52 @@ func TotalShutdown(ctx context.Context, b *bus.Bus) error {
 	return err
 }
 
-// RequestReshard reshards the fleet and returns when it is done.
+// RequestReshard reshards the fleet and returns when it is done. The
+// reshard runs on the runtime's own context: ctx bounds only the wait
+// (several short requests on b), never the work, so a reshard that takes
+// longer than the bus's request timeout completes; a ctx that ends
+// returns ctx's error and leaves the reshard running (see
+// StartReshardRequest to poll it).
 func RequestReshard(ctx context.Context, b *bus.Bus, opts ReshardOptions) error {
-	_, err := bus.Request[ReshardOptions, none](ctx, b, bus.Admiral, CmdReshard, opts)
+	op, err := StartReshardRequest(ctx, b, opts)
+	if err != nil {
+		return err
+	}
+	_, err = WaitForOperation(ctx, b, op.ID)
 	return err
+}
+
+// StartReshardRequest starts a reshard and returns the operation at once.
+func StartReshardRequest(ctx context.Context, b *bus.Bus, opts ReshardOptions) (Operation, error) {
+	return bus.Request[ReshardOptions, Operation](ctx, b, bus.Admiral, CmdReshard, opts)
+}
+
+// GetOperation asks for an operation's state.
+func GetOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error) {
+	return bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id})
+}
+
+// WaitForOperation waits, with one short request after another, until an
+// operation has ended or ctx ends. It returns the operation and, if it
+// failed, an error saying why. A query that times out (a busy bus) is
+// asked again; the operation goes on either way.
+func WaitForOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error) {
+	for {
+		op, err := bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id, Wait: operationBusWait})
+		switch {
+		case err != nil && errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil:
+			continue
+		case err != nil:
+			return op, err
+		case op.State == OperationFailed:
+			return op, fmt.Errorf("runtime: operation %s failed: %s", op.ID, op.Err)
+		case op.State == OperationDone:
+			return op, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return op, err
+		}
+	}
 }
 
 // admiral registers the runtime's own commands.
@@ -189,16 +254,8 @@ func (r *Runtime) admiral() error {
 		}
 		return none{}, r.SoftRestart(ctx, q.Cluster)
 	})
-	bus.Handle(ep, CmdRestartAllClusters, func(ctx context.Context, q RestartRequest) (none, error) {
-		if !q.Hard {
-			return none{}, r.SoftRestartAll(ctx)
-		}
-		for _, c := range r.Workers().Clusters {
-			if err := r.Restart(ctx, c.ID); err != nil {
-				return none{}, err
-			}
-		}
-		return none{}, nil
+	bus.Handle(ep, CmdRestartAllClusters, func(_ context.Context, q RestartRequest) (Operation, error) {
+		return r.StartRestartAll(q.Hard)
 	})
 	bus.Handle(ep, CmdRestartService, func(ctx context.Context, q RestartRequest) (none, error) {
 		return none{}, r.RestartService(ctx, q.Service, q.Hard)
@@ -221,8 +278,25 @@ func (r *Runtime) admiral() error {
 		r.beginShutdown() // Run then stops the bus: answer first, never wait here
 		return none{}, nil
 	})
-	bus.Handle(ep, CmdReshard, func(ctx context.Context, q ReshardOptions) (none, error) {
-		return none{}, r.Reshard(ctx, q)
+	bus.Handle(ep, CmdReshard, func(_ context.Context, q ReshardOptions) (Operation, error) {
+		return r.StartReshard(q)
+	})
+	bus.Handle(ep, CmdOperation, func(ctx context.Context, q OperationQuery) (Operation, error) {
+		op, ok := r.Operation(q.ID)
+		if !ok {
+			return Operation{}, fmt.Errorf("%w %q", ErrUnknownOperation, q.ID)
+		}
+		wait := min(q.Wait, maxOperationWaitOverBus)
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl)/2)
+		}
+		if op.State != OperationRunning || wait <= 0 {
+			return op, nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		op, _ = r.WaitOperation(wctx, q.ID)
+		return op, nil
 	})
 	return nil
 }

@@ -34,12 +34,18 @@ var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
 // generation is stopped and the old one goes on serving. Once the first
 // guild has changed hands the cut-over completes unless the fleet stops.
 func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
-	if !r.resharding.TryLock() {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	if !r.reshardBusy.CompareAndSwap(false, true) {
 		return ErrReshardInProgress
 	}
-	defer r.resharding.Unlock()
-	r.restarting.Lock() // no soft restart in between
-	defer r.restarting.Unlock()
+	defer r.reshardBusy.Store(false)
+	release, err := r.acquire(ctx) // no other operation in between
+	if err != nil {
+		return err
+	}
+	defer release()
 	select {
 	case <-r.planned:
 	case <-r.stopped:

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,14 +47,25 @@ type Runtime struct {
 	busNanos atomic.Int64
 	services *services.Manager
 
-	gate       shardgroup.Gate // the generation whose groups deliver to listeners
-	wg         sync.WaitGroup  // counts cluster supervisors
-	stopFleet  chan struct{}   // closed when the fleet must stop
-	resharding sync.Mutex      // one Reshard at a time
-	ready      atomic.Int64
-	everReady  sync.Map // shard ID -> true once it has been ready
-	started    time.Time
-	restarting sync.Mutex // one soft or hard restart at a time
+	gate        shardgroup.Gate // the generation whose groups deliver to listeners
+	wg          sync.WaitGroup  // counts cluster supervisors
+	stopFleet   chan struct{}   // closed when the fleet must stop
+	opSlot      chan struct{}   // holds a token while an operation (restart, reshard...) runs
+	reshardBusy atomic.Bool     // a Reshard is under way
+	reshardOp   atomic.Bool     // a reshard operation is started (StartReshard)
+	ready       atomic.Int64
+	everReady   sync.Map // shard ID -> true once it has been ready
+	started     time.Time
+	user        userCalls
+
+	// Guarded by mu:
+	life      context.Context // the fleet's: cancelled when Run begins to stop
+	endLife   context.CancelFunc
+	stopErr   error           // what did not stop, once Run has returned
+	stopCtx   context.Context // bounds the stop, once it has begun
+	stopErrs  []error         // what did not stop in time
+	allFailed chan struct{}   // closed when every cluster has failed
+	ops       operations
 }
 
 // fleetEnv is what Run learned and built for every cluster.
@@ -85,7 +98,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
 		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
-		stopping: make(chan struct{})}
+		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	r.bus = c.Bus
 	if r.bus == nil {
 		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
@@ -111,9 +124,40 @@ func New(cfg Config) (*Runtime, error) {
 var ErrUnauthorized = errors.New("runtime: Discord refused the token (401): check Config.Token")
 
 // gatewayBot asks GET /gateway/bot, through the shared REST limiter so
-// that it counts against the global limit with everything else.
+// that it counts against the global limit with everything else. disgo's
+// REST client does not pass ctx to its HTTP request, so the request runs
+// on a transport of its own whose connections close when ctx ends.
 func (r *Runtime) gatewayBot(ctx context.Context) (discord.GatewayBot, error) {
-	var opts []rest.ConfigOpt
+	var (
+		mu    sync.Mutex // guards conns
+		conns = map[net.Conn]struct{}{}
+	)
+	dialer := &net.Dialer{Timeout: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			return c, nil
+		},
+		ForceAttemptHTTP2:   true,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	defer tr.CloseIdleConnections()
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for c := range conns {
+			_ = c.Close()
+		}
+	})
+	defer stop()
+	opts := []rest.ConfigOpt{rest.WithHTTPClient(&http.Client{Transport: tr, Timeout: time.Minute})}
 	if r.cfg.RESTURL != "" {
 		opts = append(opts, rest.WithURL(r.cfg.RESTURL))
 	}
@@ -127,6 +171,8 @@ func (r *Runtime) gatewayBot(ctx context.Context) (discord.GatewayBot, error) {
 	gb, err := rest.NewGateway(client).GetGatewayBot(rest.WithCtx(ctx))
 	var re rest.Error
 	switch {
+	case ctx.Err() != nil:
+		return discord.GatewayBot{}, ctx.Err()
 	case errors.As(err, &re) && re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized:
 		return discord.GatewayBot{}, ErrUnauthorized
 	case err != nil:
@@ -137,10 +183,16 @@ func (r *Runtime) gatewayBot(ctx context.Context) (discord.GatewayBot, error) {
 
 // Run asks Discord for the shard count and limits, starts every cluster,
 // and supervises them until ctx ends or Shutdown is called (it then
-// returns nil), or a fatal gateway close (it returns that error). With a
+// returns nil, however early: during the request to Discord too), a
+// fatal gateway close or a Setup error wrapping ErrFatal (it returns that
+// error), or every cluster has failed (it returns why). With a
 // SessionStore, the shards' sessions are resumed at start where they are
 // still fresh, and kept and saved when Run stops.
-func (r *Runtime) Run(ctx context.Context) error {
+//
+// Stopping takes at most ShutdownTimeout: what has not stopped by then
+// (a Shutdown hook or Setup ignoring its ctx, a shard whose connection
+// hangs) is named in the error Run and Shutdown return.
+func (r *Runtime) Run(ctx context.Context) (err error) {
 	r.mu.Lock()
 	if r.running {
 		r.mu.Unlock()
@@ -148,10 +200,33 @@ func (r *Runtime) Run(ctx context.Context) error {
 	}
 	r.running = true
 	r.started = time.Now()
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	r.life, r.endLife = life, endLife
 	r.mu.Unlock()
+	defer endLife()
+	// The start (the request to Discord, the services) also ends with
+	// Shutdown; a start cut short that way returns nil.
+	startCtx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	watchDone := make(chan struct{})
+	defer func() { cancelStart(); <-watchDone }()
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-r.shutdown:
+			cancelStart()
+		case <-startCtx.Done():
+		}
+	}()
 	defer close(r.stopped)
+	defer func() {
+		if startCtx.Err() != nil && errors.Is(err, startCtx.Err()) {
+			err = nil // stopped by the caller: not a failure
+		}
+	}()
+	defer r.closeStopping() // once Run stops, whichever way
 
-	gb, err := r.gatewayBot(ctx)
+	gb, err := r.gatewayBot(startCtx)
 	if err != nil {
 		return err
 	}
@@ -182,7 +257,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	groupCtx, cancelGroups := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelGroups()
 	env.groupCtx = groupCtx
-	saved := r.loadSessions(ctx, total)
+	saved := r.loadSessions(startCtx, total, env.gatewayURL)
 
 	// The bus and the services come first: clusters start only once every
 	// service is ready, as in eris-fleet.
@@ -194,7 +269,7 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if err := r.admiral(); err != nil {
 		return err
 	}
-	if err := r.services.Start(ctx); err != nil {
+	if err := r.services.Start(startCtx); err != nil {
 		r.closeServices()
 		return err
 	}
@@ -234,17 +309,158 @@ func (r *Runtime) Run(ctx context.Context) error {
 	case <-r.shutdown:
 	case runErr = <-env.fatal:
 		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
+	case <-r.allFailed:
+		runErr = r.failure()
+		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
 	}
-	close(r.stopping)   // a reshard under way gives up before its cut-over
-	r.resharding.Lock() // and finishes before the fleet stops
+	stopErr := r.stop(stop, cancelGroups)
+	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})
+	if runErr != nil {
+		return runErr
+	}
+	return stopErr
+}
+
+// stop stops the fleet within ShutdownTimeout: operations under way and
+// Setups end (their ctx is the fleet's life), the operation slot is taken
+// so that none begins, the supervisors stop their clusters (Shutdown
+// hooks, then shards, keeping sessions with a SessionStore), the sessions
+// are saved and the services stopped. What has not stopped by the
+// deadline is named in the error.
+func (r *Runtime) stop(stop chan struct{}, cancelGroups context.CancelFunc) error {
+	stopCtx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	defer cancel()
+	// The clusters' stop ends a little earlier, so that a group giving up
+	// on a shard has reported it by the deadline.
+	margin := min(r.cfg.ShutdownTimeout/2, 150*time.Millisecond)
+	clusterCtx, cancelClusters := context.WithTimeout(stopCtx, r.cfg.ShutdownTimeout-margin)
+	defer cancelClusters()
+	r.mu.Lock()
+	r.stopCtx = clusterCtx
+	r.mu.Unlock()
+	r.closeStopping() // a reshard under way gives up before its cut-over
+	r.endLife()       // operations and Setups under way end
+	var errs []error
+	select {
+	case r.opSlot <- struct{}{}: // held for good: no operation begins now
+	case <-stopCtx.Done():
+		errs = append(errs, errors.New("an operation under way did not end"))
+	}
 	close(stop)
-	r.resharding.Unlock()
-	r.wg.Wait()
+	supervisors := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(supervisors)
+	}()
+	select {
+	case <-supervisors:
+	case <-stopCtx.Done():
+	}
+	// Shards still dialling or stuck end with their context; the groups
+	// that gave up on them join them now.
 	cancelGroups()
+	grace, cancelGrace := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelGrace()
+	select {
+	case <-supervisors:
+	case <-grace.Done():
+		errs = append(errs, errors.New("cluster supervisors did not stop"))
+	}
+	r.joinOperations(grace)
 	r.saveSessions()
 	r.closeServices()
-	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})
-	return runErr
+	r.waitUserCalls(grace)
+	if stuck := r.stuckUserCalls(); len(stuck) > 0 {
+		errs = append(errs, fmt.Errorf("user code still running: %s", strings.Join(stuck, ", ")))
+	}
+	r.mu.Lock()
+	errs = append(r.stopErrs, errs...)
+	r.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		err = fmt.Errorf("runtime: shutdown incomplete after ShutdownTimeout (%s): %w", r.cfg.ShutdownTimeout, err)
+		r.mu.Lock()
+		r.stopErr = err
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// closeStopping closes stopping once; only Run's goroutine calls it.
+func (r *Runtime) closeStopping() {
+	select {
+	case <-r.stopping:
+	default:
+		close(r.stopping)
+	}
+}
+
+// lifeContext is the fleet's context: cancelled when Run begins to stop.
+// Before Run it is already cancelled.
+func (r *Runtime) lifeContext() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.life == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx
+	}
+	return r.life
+}
+
+// stopContext bounds the final stop of a cluster: the stop's deadline
+// once it has begun.
+func (r *Runtime) stopContext() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopCtx == nil {
+		return context.Background()
+	}
+	return r.stopCtx
+}
+
+// noteStopFailure records something that did not stop, for stop's error.
+func (r *Runtime) noteStopFailure(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopErrs = append(r.stopErrs, err)
+}
+
+// checkAllFailed closes allFailed when every cluster has failed: nothing
+// serves and nothing will.
+func (r *Runtime) checkAllFailed() {
+	r.mu.Lock()
+	clusters := append([]*cluster(nil), r.clusters...)
+	r.mu.Unlock()
+	for _, c := range clusters {
+		c.mu.Lock()
+		failed := c.parked == "failed"
+		c.mu.Unlock()
+		if !failed {
+			return
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.allFailed:
+	default:
+		close(r.allFailed)
+	}
+}
+
+// failure is Run's error when every cluster has failed.
+func (r *Runtime) failure() error {
+	r.mu.Lock()
+	clusters := append([]*cluster(nil), r.clusters...)
+	r.mu.Unlock()
+	errs := make([]error, 0, len(clusters))
+	for _, c := range clusters {
+		c.mu.Lock()
+		errs = append(errs, fmt.Errorf("cluster %d: %w", c.id, c.lastErr))
+		c.mu.Unlock()
+	}
+	return fmt.Errorf("runtime: no cluster could start (check GatewayURL, the network and Setup; each cluster was restarted MaxRestarts times): %w", errors.Join(errs...))
 }
 
 // resolve turns config and /gateway/bot into the fleet's shard count,
@@ -315,8 +531,10 @@ func (r *Runtime) clientOptions(carried cache.Caches) []bot.ConfigOpt {
 // RESTLimiter is the limiter every cluster's REST client shares, or nil.
 func (r *Runtime) RESTLimiter() *restproxy.Limiter { return r.cfg.RESTLimiter }
 
-// Shutdown stops every cluster (their Shutdown hooks first, each bounded
-// by ShutdownTimeout) and waits for Run to return, or for ctx.
+// Shutdown stops every cluster (their Shutdown hooks first, then their
+// shards, keeping sessions with a SessionStore, all within
+// ShutdownTimeout), saves the sessions and waits for Run to return, or
+// for ctx. Its error names what did not stop in time.
 func (r *Runtime) Shutdown(ctx context.Context) error {
 	running := r.beginShutdown()
 	if !running {
@@ -324,7 +542,9 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 	}
 	select {
 	case <-r.stopped:
-		return nil
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.stopErr
 	case <-ctx.Done():
 		return fmt.Errorf("runtime: shutdown: %w", ctx.Err())
 	}

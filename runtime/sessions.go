@@ -5,8 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,11 +105,30 @@ func (f FileSessionStore) Save(_ context.Context, sessions []shardgroup.Session)
 
 // Load reads the sessions. A missing file is no sessions; a corrupt,
 // truncated or foreign one is an error (Run then warns and identifies).
+//
+// A file that other users can write is refused: whoever can write it can
+// make the fleet send the token to a host of their choosing. It must not
+// be writable by group or others, and must belong to the process's user.
 func (f FileSessionStore) Load(context.Context) ([]shardgroup.Session, error) {
-	data, err := os.ReadFile(f.Path)
+	file, err := os.Open(f.Path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("runtime: load sessions: %w", err)
+	}
+	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("runtime: load sessions: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return nil, fmt.Errorf("runtime: session file %s is writable by other users (mode %#o): run chmod 600 on it, or remove it", f.Path, perm)
+	}
+	if err := checkOwner(f.Path, fi); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(file)
 	if err != nil {
 		return nil, fmt.Errorf("runtime: load sessions: %w", err)
 	}
@@ -120,8 +144,10 @@ func (f FileSessionStore) Load(context.Context) ([]shardgroup.Session, error) {
 
 // loadSessions returns the stored sessions worth resuming, by shard ID.
 // Nothing stored, or nothing usable, means every shard identifies; a
-// store that cannot be read is a warning, never a failure.
-func (r *Runtime) loadSessions(ctx context.Context, total int) map[int]shardgroup.Session {
+// store that cannot be read is a warning, never a failure. A stored
+// session is checked before it is trusted (see checkSession); the ones
+// refused are summed up in one warning.
+func (r *Runtime) loadSessions(ctx context.Context, total int, gatewayURL string) map[int]shardgroup.Session {
 	if r.cfg.SessionStore == nil {
 		return nil
 	}
@@ -130,19 +156,102 @@ func (r *Runtime) loadSessions(ctx context.Context, total int) map[int]shardgrou
 		r.cfg.Logger.Warn("session store unreadable: every shard identifies", "err", err.Error())
 		return nil
 	}
+	gw, err := url.Parse(gatewayURL)
+	if err != nil {
+		r.cfg.Logger.Warn("gateway URL unparsable: stored sessions not trusted, every shard identifies", "err", err.Error())
+		return nil
+	}
 	out := map[int]shardgroup.Session{}
 	now := time.Now()
+	refused := map[string]int{}
 	for _, s := range sessions {
-		switch {
-		case s.SessionID == "" || s.ShardCount != total || s.ShardID < 0 || s.ShardID >= total:
-			r.cfg.Logger.Warn("stored session does not match the fleet: shard identifies", "shard", s.ShardID, "shard_count", s.ShardCount, "fleet_shards", total)
-		case now.Sub(s.SavedAt) > r.cfg.SessionMaxAge:
-			r.cfg.Logger.Warn("stored session is stale: shard identifies", "shard", s.ShardID, "age", now.Sub(s.SavedAt).Round(time.Second))
-		default:
-			out[s.ShardID] = s
+		if why := checkSession(s, now, total, gw, r.cfg.SessionMaxAge); why != "" {
+			refused[why]++
+			continue
 		}
+		out[s.ShardID] = s
+	}
+	if n := len(sessions) - len(out); n > 0 {
+		reasons := make([]string, 0, len(refused))
+		for why, k := range refused {
+			reasons = append(reasons, fmt.Sprintf("%d %s", k, why))
+		}
+		slices.Sort(reasons)
+		r.cfg.Logger.Warn(fmt.Sprintf("%d of %d stored sessions unusable: %s: those shards identify", n, len(sessions), strings.Join(reasons, ", ")),
+			"unusable", n, "stored", len(sessions))
 	}
 	return out
+}
+
+// checkSession says why a stored session must not be resumed, or "" if it
+// may be: it must name a shard of this fleet's count, be younger than
+// maxAge and not from the future, and resume on the gateway's own host
+// (see resumeURLTrusted), since a RESUME sends the token there.
+func checkSession(s shardgroup.Session, now time.Time, total int, gateway *url.URL, maxAge time.Duration) string {
+	switch {
+	case s.SessionID == "":
+		return "without a session ID"
+	case s.ShardCount != total || s.ShardID < 0 || s.ShardID >= total:
+		return "foreign shard count"
+	case s.SavedAt.After(now):
+		return "saved in the future"
+	case now.Sub(s.SavedAt) > maxAge:
+		return "stale"
+	case s.ResumeURL != "" && !resumeURLTrusted(gateway, s.ResumeURL):
+		return "foreign resume URL"
+	}
+	return ""
+}
+
+// resumeURLTrusted reports whether a resume URL is on the gateway's host:
+// wss:// (ws:// only when the gateway itself is on a loopback address, as
+// a test gateway is), and either the gateway's own host and port, or,
+// for a gateway named by DNS, a host of the same parent domain on the same
+// port (Discord's resume_gateway_url is gateway-us-east1-b.discord.gg for
+// gateway.discord.gg).
+func resumeURLTrusted(gateway *url.URL, resume string) bool {
+	u, err := url.Parse(resume)
+	if err != nil || u.User != nil || u.Host == "" {
+		return false
+	}
+	loopback := isLoopback(gateway.Hostname())
+	switch {
+	case u.Scheme == "wss":
+	case u.Scheme == "ws" && loopback && isLoopback(u.Hostname()):
+	default:
+		return false
+	}
+	if port(u) != port(gateway) {
+		return false
+	}
+	host, gwHost := strings.ToLower(u.Hostname()), strings.ToLower(gateway.Hostname())
+	if host == gwHost {
+		return true
+	}
+	if loopback || net.ParseIP(gwHost) != nil {
+		return false
+	}
+	_, parent, ok := strings.Cut(gwHost, ".")
+	return ok && strings.Contains(parent, ".") && strings.HasSuffix(host, "."+parent)
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// port is a URL's port, or its scheme's default.
+func port(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "ws" {
+		return "80"
+	}
+	return "443"
 }
 
 // keepSessions collects sessions of stopped groups for saveSessions.

@@ -265,7 +265,7 @@ func TestBadSessionStoresFallBackToIdentify(t *testing.T) {
 		{"corrupt", write("corrupt.json", "{not json"), "session store unreadable"},
 		{"truncated", write("truncated.json", good[:len(good)/2]), "session store unreadable"},
 		{"foreign", write("foreign.json", `{"format":"someone-else/7","sessions":[]}`), "session store unreadable"},
-		{"stale", stale, "stored session is stale"},
+		{"stale", stale, "1 of 1 stored sessions unusable: 1 stale"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/restart"
 )
 
 // Lock order (a lock on the left may be held while taking one on its
@@ -27,6 +28,7 @@ const (
 	defaultRestartWindow   = 10 * time.Minute
 	defaultRestartBackoff  = time.Second
 	maxRestartBackoff      = time.Minute
+	restartJitter          = 0.25 // up to a quarter of the back-off added at random
 	defaultShutdownTimeout = 10 * time.Second
 )
 
@@ -45,7 +47,8 @@ type ManagerConfig struct {
 	// restarted within RestartWindow (default 10 min) before it is
 	// reported failed (default 5; -1: never give up). The count starts
 	// again once the service is ready. The wait before a restart doubles
-	// from RestartBackoff (default 1 s) up to a minute.
+	// from RestartBackoff (default 1 s) up to a minute, plus up to a quarter
+	// of it at random so that services failing together spread out.
 	MaxRestarts    int
 	RestartWindow  time.Duration
 	RestartBackoff time.Duration
@@ -595,8 +598,7 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 		}
 		s.ep = ep
 	}
-	var restarts []time.Time
-	backoff := m.cfg.RestartBackoff
+	budget := m.budget()
 	for attempt := 1; ; attempt++ {
 		s.setState(state)
 		inst, err := m.launch(ctx, s)
@@ -614,14 +616,12 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 		if ctx.Err() != nil {
 			return m.abort(ctx, s, err)
 		}
-		now := time.Now()
-		restarts = slices.DeleteFunc(restarts, func(t time.Time) bool { return now.Sub(t) >= m.cfg.RestartWindow })
-		if m.cfg.MaxRestarts >= 0 && len(restarts) >= m.cfg.MaxRestarts {
+		backoff, ok := budget.Fail(time.Now())
+		if !ok {
 			err = fmt.Errorf("%w: %q after %d attempts (MaxRestarts %d per %v): %w", ErrFailed, name, attempt, m.cfg.MaxRestarts, m.cfg.RestartWindow, err)
 			m.fail(s, attempt, err)
 			return err
 		}
-		restarts = append(restarts, now)
 		state = StateRestarting
 		s.mu.Lock()
 		s.state = state
@@ -636,8 +636,14 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 			t.Stop()
 			return m.abort(ctx, s, err)
 		}
-		backoff = min(2*backoff, maxRestartBackoff)
 	}
+}
+
+// budget is a new restart budget for one start: the same rule as the
+// runtime's cluster supervisors.
+func (m *Manager) budget() *restart.Budget {
+	return &restart.Budget{Max: m.cfg.MaxRestarts, Window: m.cfg.RestartWindow, Base: m.cfg.RestartBackoff,
+		Cap: maxRestartBackoff, Jitter: restartJitter}
 }
 
 // fail gives up on s. The caller holds s.op.

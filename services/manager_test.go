@@ -187,8 +187,15 @@ func TestFailedAfterMaxRestarts(t *testing.T) {
 			backoffs = append(backoffs, ev.Backoff)
 		}
 	}
-	if want := []time.Duration{time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond}; !slices.Equal(backoffs, want) {
-		t.Errorf("back-offs = %v, want %v", backoffs, want)
+	// Each back-off doubles, plus up to a quarter of jitter.
+	want := []time.Duration{time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond}
+	if len(backoffs) != len(want) {
+		t.Errorf("back-offs = %v, want %v plus jitter", backoffs, want)
+	}
+	for i := range min(len(backoffs), len(want)) {
+		if backoffs[i] < want[i] || backoffs[i] > want[i]+want[i]/4 {
+			t.Errorf("back-off %d = %v, want %v plus up to a quarter", i, backoffs[i], want[i])
+		}
 	}
 	evs := rec.of("counter")
 	if last := evs[len(evs)-1]; last.Kind != services.EventFailed || last.Attempt != 4 || !errors.Is(last.Err, boom) {

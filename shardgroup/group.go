@@ -81,10 +81,12 @@ type Group struct {
 	ids    []int
 	panics atomic.Int64
 
-	mu      sync.Mutex // guards started, stopped
-	started bool
-	stopped bool
-	wg      sync.WaitGroup
+	mu       sync.Mutex // guards started, stopped
+	started  bool
+	stopped  bool
+	wg       sync.WaitGroup
+	joinOnce sync.Once
+	joined   chan struct{} // closed by Done's goroutine once wg is done
 }
 
 // New builds a group and its disgo client; nothing connects until Start.
@@ -270,9 +272,12 @@ func (g *Group) StartResuming(ctx context.Context, sessions map[int]Session) {
 	}
 }
 
-// Stop stops every shard and waits for its goroutines. With resumable,
-// shards close with a code that keeps their sessions, which it returns so
-// that another group (or process) can resume them; otherwise sessions end.
+// Stop stops every shard and waits for its goroutines, or for ctx. With
+// resumable, shards close with a code that keeps their sessions, which it
+// returns so that another group (or process) can resume them; otherwise
+// sessions end. If ctx ends first, the error names the shards that have
+// not stopped: they end with the context Start was given, and Done is
+// closed once they have.
 func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, error) {
 	code := websocket.CloseNormalClosure
 	if resumable {
@@ -284,18 +289,33 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 	for _, s := range g.shards {
 		s.requestStop(code)
 	}
-	done := make(chan struct{})
-	go func() {
-		g.wg.Wait()
-		close(done)
-	}()
+	var err error
 	select {
-	case <-done:
+	case <-g.Done():
 	case <-ctx.Done():
 		for _, s := range g.shards {
 			s.hurryUp() // a shard waiting for a READY to hand over stops waiting
 		}
-		<-done // shards end promptly once their sockets close; never leak them
+		// Hurried shards close their sockets at once; one that still runs
+		// after a moment is stuck (a handshake the gateway holds) and is
+		// named. Done joins it later.
+		t := time.NewTimer(hurryGrace)
+		defer t.Stop()
+		select {
+		case <-g.Done():
+		case <-t.C:
+			var stuck []int
+			for _, id := range g.ids {
+				select {
+				case <-g.shards[id].done:
+				default:
+					stuck = append(stuck, id)
+				}
+			}
+			if len(stuck) > 0 {
+				err = fmt.Errorf("shardgroup: group %d: shards %v did not stop: %w", g.cfg.ID, stuck, ctx.Err())
+			}
+		}
 	}
 	sessions := make(map[int]Session, len(g.shards))
 	for id, s := range g.shards {
@@ -308,7 +328,32 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 	if !resumable {
 		sessions = nil
 	}
-	return sessions, ctx.Err()
+	return sessions, err
+}
+
+// hurryGrace is how long Stop waits, once its ctx has ended, for shards
+// told to hurry before it names those still running.
+const hurryGrace = 100 * time.Millisecond
+
+// Done is closed once every shard goroutine has returned, after Stop or
+// the end of Start's context (at once for a group never started).
+func (g *Group) Done() <-chan struct{} {
+	g.joinOnce.Do(func() {
+		g.joined = make(chan struct{})
+		g.mu.Lock()
+		started := g.started
+		g.started = true // a Start from now on panics: nothing would join it
+		g.mu.Unlock()
+		if !started {
+			close(g.joined)
+			return
+		}
+		go func() { // ends with the last shard goroutine
+			g.wg.Wait()
+			close(g.joined)
+		}()
+	})
+	return g.joined
 }
 
 func (s *shard) requestStop(code int) {

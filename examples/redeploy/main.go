@@ -31,12 +31,38 @@ import (
 )
 
 func main() {
-	store := flag.String("store", filepath.Join(os.TempDir(), "fleet-sessions.json"), "session file")
+	store := flag.String("store", "", "session file (default: sessions.json in a private directory under the user's cache directory)")
 	flag.Parse()
-	if err := run(*store); err != nil {
+	path, err := storePath(*store)
+	if err == nil {
+		err = run(path)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "redeploy:", err)
 		os.Exit(1)
 	}
+}
+
+// storePath is the session file to use: the flag's, or sessions.json in
+// a directory only this user can enter. A session file carries what a
+// RESUME needs, so it does not belong in a directory others can write,
+// such as /tmp.
+func storePath(flagged string) (string, error) {
+	if flagged != "" {
+		return flagged, nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("no user cache directory (%w): pass -store with a path in a private directory", err)
+	}
+	dir := filepath.Join(cache, "gofleet-redeploy")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "sessions.json"), nil
 }
 
 type counter struct{ messages atomic.Int64 }

@@ -1,0 +1,100 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/gofleet/fleet/discordtest"
+)
+
+func TestReshardOverTheBusOutlivesTheRequestTimeout(t *testing.T) {
+	// One identify bucket, 300 ms windows: the four new shards take over
+	// 900 ms, about twice the bus's request timeout.
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
+		discordtest.WithIdentifyWindow(300*time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.RequestTimeout = 500 * time.Millisecond
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	rec := record(rt, EventReshardDone)
+	start := time.Now()
+	if err := RequestReshard(context.Background(), rt.Bus(), ReshardOptions{Shards: 4}); err != nil {
+		t.Fatalf("RequestReshard: %v", err)
+	}
+	t.Logf("reshard over the bus took %s (request timeout %s)", time.Since(start), cfg.RequestTimeout)
+	if len(rec.of(EventReshardDone)) != 1 {
+		t.Fatal("no reshard_done event")
+	}
+	if took := time.Since(start); took < cfg.RequestTimeout {
+		t.Fatalf("the reshard took %s, less than the request timeout: the test shows nothing", took)
+	}
+	if st := rt.Stats(); st.TotalShards != 4 {
+		t.Fatalf("%d shards after the reshard, want 4", st.TotalShards)
+	}
+}
+
+func TestOperationsCanBePolled(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(10*time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.Clusters = 2
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	ctx := context.Background()
+
+	op, err := rt.StartReshard(ReshardOptions{Shards: 4})
+	if err != nil || op.State != OperationRunning || op.Kind != OperationReshard || op.ID == "" {
+		t.Fatalf("StartReshard = %+v, %v", op, err)
+	}
+	if _, err := rt.StartReshard(ReshardOptions{Shards: 4}); !errors.Is(err, ErrReshardInProgress) {
+		t.Fatalf("a second StartReshard = %v, want ErrReshardInProgress", err)
+	}
+	done, err := rt.WaitOperation(ctx, op.ID)
+	if err != nil || done.State != OperationDone || done.Done != 4 || done.Of != 4 || done.Ended.IsZero() {
+		t.Fatalf("WaitOperation = %+v, %v; want done, 4 of 4", done, err)
+	}
+	polled, err := GetOperation(ctx, rt.Bus(), op.ID)
+	if err != nil || polled.State != OperationDone || polled.Done != 4 {
+		t.Fatalf("GetOperation over the bus = %+v, %v", polled, err)
+	}
+	if _, err := GetOperation(ctx, rt.Bus(), "reshard-99"); err == nil {
+		t.Fatal("an unknown operation was found")
+	}
+
+	// A rolling restart over the bus, its progress counted by cluster.
+	op, err = StartRestartAllClusters(ctx, rt.Bus(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err = WaitForOperation(ctx, rt.Bus(), op.ID)
+	if err != nil || done.State != OperationDone || done.Done != 2 || done.Of != 2 || done.Kind != OperationSoftRestartAll {
+		t.Fatalf("rolling restart = %+v, %v", done, err)
+	}
+}
+
+func TestOperationsEndWithTheFleet(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	rt, stop, _ := startFleet(t, testConfig(s))
+	s.HoldShard(3) // the reshard never completes
+	defer s.ReleaseShard(3)
+	op, err := rt.StartReshard(ReshardOptions{Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	done, err := rt.WaitOperation(context.Background(), op.ID)
+	if !errors.Is(err, ErrNotRunning) || done.State != OperationFailed {
+		t.Fatalf("operation after the stop: %+v, %v; want failed with ErrNotRunning", done, err)
+	}
+	if _, err := rt.StartReshard(ReshardOptions{Shards: 4}); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("StartReshard after the stop = %v", err)
+	}
+}
