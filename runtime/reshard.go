@@ -115,8 +115,13 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	oldGroups := make([]*shardgroup.Group, 0, len(old))
 	for _, c := range old {
 		c.mu.Lock()
-		oldGroups = append(oldGroups, c.group)
+		if c.group != nil { // nil: the cluster never got past Setup; it delivers nothing
+			oldGroups = append(oldGroups, c.group)
+		}
 		c.mu.Unlock()
+	}
+	if len(oldGroups) == 0 {
+		return errors.New("runtime: Reshard: no cluster of the fleet has started: fix what keeps them from starting (see the cluster_failed events) and restart the fleet")
 	}
 	for _, g := range oldGroups {
 		g.Record(total)

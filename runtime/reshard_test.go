@@ -257,3 +257,60 @@ func TestShutdownDuringReshard(t *testing.T) {
 		t.Fatalf("Reshard: %v, want ErrNotRunning", err)
 	}
 }
+
+// A reshard replaces a fleet one of whose clusters failed before it ever
+// ran a group: the new generation covers that cluster's guilds too, and
+// delivers every message once.
+func TestReshardReplacesAFailedCluster(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(5*time.Millisecond), discordtest.WithRouteRateLimit(1000, time.Second))
+	defer s.Close()
+	l := newTally()
+	var broken atomic.Bool
+	broken.Store(true)
+	cfg := testConfig(s)
+	cfg.Clusters, cfg.MaxRestarts, cfg.RestartBackoff = 2, 1, time.Millisecond
+	cfg.Bot = func(id int) Bot {
+		if id == 1 && broken.Load() {
+			return BotFunc(func(context.Context, *shardgroup.Group) error { return errors.New("broken setup") })
+		}
+		return l.bot(id)
+	}
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan Event, 1)
+	rt.Subscribe(func(e Event) {
+		if e.Kind == EventClusterFailed {
+			select {
+			case failed <- e:
+			default:
+			}
+		}
+	})
+	stop := runUntil(t, rt)
+	defer stop()
+	if e := waitEvent(t, failed); e.Cluster != 1 {
+		t.Fatalf("cluster %d failed, want 1", e.Cluster)
+	}
+	broken.Store(false)
+	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 4, Clusters: 2}); err != nil {
+		t.Fatalf("Reshard with a failed cluster: %v", err)
+	}
+	const n = 200
+	for i := range n {
+		gid := s.GuildID(i % 32)
+		if _, err := s.Dispatch(gid, "MESSAGE_CREATE", s.MessageCreate(gid, "m"+strconv.Itoa(i), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.seen) >= n
+	})
+	if lost, dup := l.check(n); lost != 0 || dup != 0 {
+		t.Fatalf("%d messages after the reshard: %d lost, %d duplicated", n, lost, dup)
+	}
+}

@@ -80,14 +80,17 @@ func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Group) erro
 			news[id] = s
 		}
 	}
-	if len(olds) != oldCount || len(news) != newCount {
-		return fmt.Errorf("shardgroup: CutOver needs every shard of both generations (have %d of %d old, %d of %d new)", len(olds), oldCount, len(news), newCount)
+	if len(news) != newCount {
+		return fmt.Errorf("shardgroup: CutOver needs every shard of the new generation (have %d of %d)", len(news), newCount)
 	}
+	// An old shard may be missing (its cluster never got a group to run):
+	// it delivered nothing, so the new shards deliver all they hold of its
+	// guilds.
 	sources := func(j int) []*shard {
 		var out []*shard
 		for o := range oldCount {
-			if o%gcd(oldCount, newCount) == j%gcd(oldCount, newCount) {
-				out = append(out, olds[o])
+			if s, ok := olds[o]; ok && o%gcd(oldCount, newCount) == j%gcd(oldCount, newCount) {
+				out = append(out, s)
 			}
 		}
 		return out
