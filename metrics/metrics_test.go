@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gofleet/fleet/bus"
@@ -89,7 +90,7 @@ func TestNew(t *testing.T) {
 	// A failed New leaves nothing behind: a fresh registry with the Go
 	// collector already there takes New without complaint.
 	reg2 := prometheus.NewRegistry()
-	reg2.MustRegister(prometheus.NewGoCollector())
+	reg2.MustRegister(collectors.NewGoCollector())
 	if _, err := New(reg2, WithMaxLabelValues(4)); err != nil {
 		t.Fatalf("New on a registry with a Go collector: %v", err)
 	}

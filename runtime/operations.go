@@ -53,10 +53,11 @@ type Operation struct {
 
 // operations tracks the long operations. Guarded by Runtime.mu.
 type operations struct {
-	wg    sync.WaitGroup // counts the operations' goroutines
-	byID  map[string]*opRecord
-	order []string // IDs, oldest first
-	next  int
+	wg     sync.WaitGroup // counts the operations' goroutines
+	closed bool           // set by joinOperations: no new operation starts
+	byID   map[string]*opRecord
+	order  []string // IDs, oldest first
+	next   int
 }
 
 type opRecord struct {
@@ -111,13 +112,11 @@ func (r *Runtime) startOperation(kind string, run func(ctx context.Context, prog
 	}
 	life := r.lifeContext()
 	r.mu.Lock()
-	select {
-	case <-r.stopping: // joinOperations may be waiting: start nothing
+	o := &r.ops
+	if o.closed { // joinOperations is waiting: start nothing
 		r.mu.Unlock()
 		return Operation{}, ErrNotRunning
-	default:
 	}
-	o := &r.ops
 	if o.byID == nil {
 		o.byID = map[string]*opRecord{}
 	}
@@ -212,7 +211,8 @@ func (r *Runtime) WaitOperation(ctx context.Context, id string) (Operation, erro
 // joinOperations waits for the operations' goroutines, or ctx: they end
 // with the runtime's context, which the stop has cancelled.
 func (r *Runtime) joinOperations(ctx context.Context) {
-	r.mu.Lock() // an operation started before the stop has been counted
+	r.mu.Lock() // every operation started before this has been counted
+	r.ops.closed = true
 	r.mu.Unlock()
 	done := make(chan struct{})
 	go func() {

@@ -780,6 +780,7 @@ func (m *Manager) stopHook(ctx context.Context, svc Service) error {
 		return st.Stop(ctx)
 	}, nil)
 	if err != nil {
+		//lint:ignore ST1005 the message starts with the name of the Service method that failed
 		return fmt.Errorf("Stop: %w", err)
 	}
 	return nil

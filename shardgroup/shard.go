@@ -122,12 +122,11 @@ const resumableClose = websocket.CloseServiceRestart
 // gateway.Gateway so that the group's bot.Client can use it, but its
 // goroutines are owned: run returns only when they have all ended.
 type shard struct {
-	g       *Group
-	id      int
-	count   int
-	token   string
-	log     *slog.Logger
-	handler gateway.EventHandlerFunc
+	g     *Group
+	id    int
+	count int
+	token string
+	log   *slog.Logger
 
 	state         atomic.Int32
 	pendingGuilds atomic.Int64 // guilds listed in READY not yet created
