@@ -399,6 +399,7 @@ func (c *conn) identify(raw json.RawMessage) bool {
 			return false
 		}
 	}
+	ss.markInitial()
 	return true
 }
 

@@ -63,6 +63,12 @@ type Stats struct {
 	Connections     int // accepted in all
 	OpenConnections int
 	Sessions        int // live sessions, connected or resumable
+	// ReadySessions counts the connected sessions whose READY and every
+	// GUILD_CREATE that follows it have been written to the connection.
+	ReadySessions int
+	// ReadyShards is ReadySessions by shard id (sessions of any shard
+	// count).
+	ReadyShards map[int]int
 	Identifies      int // accepted IDENTIFYs (READY sent)
 	Resumes         int // accepted RESUMEs
 	ResumesViaURL   int // of those, how many came in on resume_gateway_url
@@ -229,6 +235,13 @@ func (s *Server) Stats() Stats {
 		ResumesRefused:  s.stats.resumesRefused,
 		Violations:      make(map[string]int, len(s.stats.violations)),
 		EventsSent:      make(map[int]int64, len(s.stats.eventsSent)),
+		ReadyShards:     map[int]int{},
+	}
+	for _, ss := range s.sessions {
+		if ss.ready() {
+			st.ReadySessions++
+			st.ReadyShards[ss.shard]++
+		}
 	}
 	for _, id := range s.identifies {
 		if !id.Violation {
