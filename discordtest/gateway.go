@@ -460,7 +460,10 @@ func (s *Server) firstGuild(shard, shards int) int {
 func (s *Server) readyPayload(ss *session) []byte {
 	b := make([]byte, 0, 512+64*s.guildsOf(ss.shard, ss.shards))
 	b = append(b, `{"v":10,"user":`...)
-	b = s.appendUser(b, s.cfg.applicationID)
+	b = s.appendSelf(b)
+	// private_channels is no longer in Discord's documentation, but
+	// Discord still sends it (empty for bots) and libraries read it.
+	b = append(b, `,"private_channels":[]`...)
 	b = append(b, `,"guilds":[`...)
 	first := true
 	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {

@@ -21,6 +21,7 @@ type Server struct {
 	wsURL    string // ws://127.0.0.1:port
 	upgrader upgrader
 	rest     *restState
+	world    *world
 
 	wg sync.WaitGroup // counts connection handlers and load generators
 
@@ -68,11 +69,11 @@ type Stats struct {
 	ReadySessions int
 	// ReadyShards is ReadySessions by shard id (sessions of any shard
 	// count).
-	ReadyShards map[int]int
-	Identifies      int // accepted IDENTIFYs (READY sent)
-	Resumes         int // accepted RESUMEs
-	ResumesViaURL   int // of those, how many came in on resume_gateway_url
-	ResumesRefused  int
+	ReadyShards    map[int]int
+	Identifies     int // accepted IDENTIFYs (READY sent)
+	Resumes        int // accepted RESUMEs
+	ResumesViaURL  int // of those, how many came in on resume_gateway_url
+	ResumesRefused int
 	// Violations counts rule breaks by kind: identify_concurrency,
 	// session_start_limit, command_rate, payload_too_large, decode_error,
 	// unknown_opcode, not_authenticated, already_authenticated,
@@ -136,6 +137,7 @@ func StartAt(addr string, opts ...Option) (*Server, error) {
 	}
 	s.upgrader = newUpgrader()
 	s.rest = newRESTState(cfg)
+	s.world = newWorld()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", s.serveGateway)
 	mux.HandleFunc("/resume", s.serveGateway)
