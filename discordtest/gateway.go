@@ -135,6 +135,8 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 	s.conns[c] = struct{}{}
 	s.stats.connections++
 	s.mu.Unlock()
+	s.cfg.logger.Info("discordtest: connection", "remote", r.RemoteAddr, "resume_url", c.resume,
+		"compress", q.Get("compress"), "v", q.Get("v"))
 
 	go c.writeLoop()
 	if v := q.Get("v"); v != "" && v != "10" && v != "9" {
@@ -166,6 +168,16 @@ func (c *conn) end() {
 			s.dropSession(ss)
 		}
 	}
+	by := "server"
+	if c.clientCl != 0 {
+		by = "client"
+	}
+	code := c.code
+	if code == closeDrop {
+		code = 0 // dropped without a close frame
+	}
+	s.cfg.logger.Info("discordtest: connection closed", "shard", c.shardID(), "by", by, "code", code,
+		"reason", c.reason, "events_sent", c.eventsSent.Load())
 	s.mu.Lock()
 	delete(s.conns, c)
 	if n := c.eventsSent.Load(); n > 0 {
@@ -384,6 +396,8 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	s.sessionVer++
 	s.mu.Unlock()
 
+	s.cfg.logger.Info("discordtest: identify", "shard", shard, "shards", shards, "bucket", bucket,
+		"session", ss.id, "intents", intents)
 	threshold := id.LargeThreshold
 	if threshold == 0 {
 		threshold = 50
@@ -521,9 +535,11 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 	}
 	s.mu.Unlock()
 	if !ok {
+		s.cfg.logger.Info("discordtest: resume refused", "session", rd.SessionID, "seq", rd.Seq)
 		c.sendJSON([]byte(`{"op":9,"d":false,"s":null,"t":null}`))
 		return true
 	}
+	s.cfg.logger.Info("discordtest: resume", "shard", ss.shard, "session", ss.id, "seq", rd.Seq, "resume_url", c.resume)
 	c.shard.Store(int64(ss.shard))
 	c.attached.Store(ss)
 	if old := ss.attach(c, rd.Seq); old != nil && old != c {

@@ -5,17 +5,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/disgoorg/disgo/discord"
 	"github.com/disgoorg/disgo/gateway"
+	"github.com/gorilla/websocket"
 )
 
 // docField is one row of a field table in Discord's API reference.
@@ -551,3 +554,41 @@ func TestPayloadShapesCatchMistakes(t *testing.T) {
 		}
 	}
 }
+
+// TestLoggerReportsLifecycle checks that WithLogger sees connections,
+// IDENTIFYs, RESUMEs and closes, and never the token.
+func TestLoggerReportsLifecycle(t *testing.T) {
+	var mu sync.Mutex
+	var buf strings.Builder
+	h := slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil)
+	s := NewServer(WithGuilds(1), WithLogger(slog.New(h)))
+	c := dialRaw(t, s.GatewayURL())
+	sid, seq := c.identify(s.Token(), 0, 1)
+	s.DropShard(0)
+	c2 := dialRaw(t, s.ResumeURL())
+	c2.send(map[string]any{"op": opResume, "d": map[string]any{"token": s.Token(), "session_id": sid, "seq": seq}})
+	c2.readDispatch("RESUMED")
+	_ = c2.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "bye"))
+	c2.closeCode()
+	s.Close()
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	for _, want := range []string{`msg="discordtest: connection"`, `msg="discordtest: identify"`, `msg="discordtest: resume"`,
+		`msg="discordtest: connection closed"`, "by=client code=4000", "by=server code=0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, s.Token()) {
+		t.Error("the token was logged")
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
