@@ -592,3 +592,65 @@ func TestLoggerReportsLifecycle(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestPermissionsEnforced checks that REST calls are judged by the
+// permissions computed from roles and channel overwrites.
+func TestPermissionsEnforced(t *testing.T) {
+	s := NewServer(WithGuilds(2), WithGuildShape(3, 3, 2), WithRouteRateLimit(1000, time.Second),
+		WithGlobalRateLimit(1000, time.Second))
+	defer s.Close()
+	r := &shapeRig{t: t, s: s}
+	ch := strconv.FormatUint(s.ChannelID(0, 1), 10)
+	post := func() (int, string) {
+		st, b := r.rest("POST", "/channels/"+ch+"/messages", `{"content":"x"}`)
+		return st, string(b)
+	}
+	if p := s.Permissions(0, 0, 1); p&(PermViewChannel|PermSendMessages) != PermViewChannel|PermSendMessages {
+		t.Fatalf("the bot's default permissions %b lack view and send", p)
+	}
+	if st, b := post(); st != 200 {
+		t.Fatalf("default world: %d %s", st, b)
+	}
+	everyone := s.GuildID(0)
+	s.SetChannelOverwrites(s.ChannelID(0, 1), Overwrite{ID: everyone, Deny: PermSendMessages})
+	if st, b := post(); st != 403 || !strings.Contains(b, "50013") {
+		t.Errorf("send denied to @everyone: %d %s, want 403 50013", st, b)
+	}
+	// An allow for the bot's role outranks @everyone's deny.
+	s.SetChannelOverwrites(s.ChannelID(0, 1), Overwrite{ID: everyone, Deny: PermSendMessages},
+		Overwrite{ID: s.RoleID(0, 1), Allow: PermSendMessages})
+	if st, b := post(); st != 200 {
+		t.Errorf("role allow over @everyone deny: %d %s", st, b)
+	}
+	// A member overwrite comes last.
+	s.SetChannelOverwrites(s.ChannelID(0, 1), Overwrite{ID: s.RoleID(0, 1), Allow: PermSendMessages},
+		Overwrite{ID: s.ApplicationID(), Member: true, Deny: PermViewChannel})
+	if st, b := post(); st != 403 || !strings.Contains(b, "50001") {
+		t.Errorf("view denied to the bot: %d %s, want 403 50001", st, b)
+	}
+	var ch0 map[string]any
+	s.SetChannelOverwrites(s.ChannelID(0, 1))
+	_ = json.Unmarshal(r.restOK("GET", "/channels/"+ch, "", 200), &ch0)
+	if ows, _ := ch0["permission_overwrites"].([]any); len(ows) != 0 {
+		t.Errorf("overwrites %v after clearing", ows)
+	}
+	// Without send on @everyone and the bot's role, nothing allows it.
+	s.SetRolePermissions(everyone, DefaultEveryonePermissions&^PermSendMessages)
+	if st, b := post(); st != 403 || !strings.Contains(b, "50013") {
+		t.Errorf("send removed from @everyone: %d %s, want 403 50013", st, b)
+	}
+	var roles []map[string]any
+	_ = json.Unmarshal(r.restOK("GET", "/guilds/"+strconv.FormatUint(everyone, 10)+"/roles", "", 200), &roles)
+	if want := strconv.FormatUint(DefaultEveryonePermissions&^PermSendMessages, 10); len(roles) == 0 || roles[0]["permissions"] != want {
+		t.Errorf("@everyone in GET roles %v, want permissions %s", roles, want)
+	}
+	s.SetRolePermissions(s.RoleID(0, 1), PermAdministrator)
+	if st, b := post(); st != 200 {
+		t.Errorf("administrator: %d %s", st, b)
+	}
+	// Nobody outranks the owner: kicking them is refused.
+	owner := strconv.FormatUint(s.MemberID(0, 1), 10)
+	if st, b := r.rest("DELETE", "/guilds/"+strconv.FormatUint(everyone, 10)+"/members/"+owner, ""); st != 403 || !strings.Contains(string(b), "50013") {
+		t.Errorf("kicking the owner: %d %s, want 403 50013", st, b)
+	}
+}
