@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strconv"
 	"sync"
@@ -62,14 +63,15 @@ func runReshard() (any, error) {
 	ready := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
 		if e.Kind == runtime.EventFleetReady {
-			ready <- struct{}{}
+			select { // only the first fleet_ready counts; never block the runtime
+			case ready <- struct{}{}:
+			default:
+			}
 		}
 	})
 	errc := make(chan error, 1)
 	go func() { errc <- rt.Run(context.Background()) }()
-	select {
-	case <-ready:
-	case err := <-errc:
+	if err := awaitFleet(s, from, ready, errc); err != nil {
 		return nil, err
 	}
 
@@ -94,9 +96,14 @@ func runReshard() (any, error) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
-	if err := rt.Reshard(context.Background(), runtime.ReshardOptions{Shards: to, Clusters: 4}); err != nil {
+	rctx, rcancel := context.WithTimeout(context.Background(), fleetReadyBound(s, to))
+	err = rt.Reshard(rctx, runtime.ReshardOptions{Shards: to, Clusters: 4})
+	rcancel()
+	if err != nil {
 		cancel()
-		return nil, err
+		_ = rt.Shutdown(context.Background())
+		<-errc
+		return nil, fmt.Errorf("reshard %d -> %d: %w", from, to, err)
 	}
 	duration := time.Since(start)
 	time.Sleep(300 * time.Millisecond)

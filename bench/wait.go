@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofleet/fleet/discordtest"
@@ -47,4 +49,52 @@ func waitSessionsReady(s *discordtest.Server, sessions int) error {
 // rather than minutes. floor is far below the rate the scenario expects.
 func eventsBound(n int, floor float64) time.Duration {
 	return 10*time.Second + time.Duration(float64(n)/floor*float64(time.Second))
+}
+
+// fleetReadyBound is how long a scenario waits for shards shards of s to
+// become ready: 10 s plus, per identify window the shards need at the
+// server's max_concurrency, the window and a second.
+func fleetReadyBound(s *discordtest.Server, shards int) time.Duration {
+	windows := (shards + s.MaxConcurrency() - 1) / s.MaxConcurrency()
+	return 10*time.Second + time.Duration(windows)*(s.IdentifyWindow()+time.Second)
+}
+
+// loadAndWait sends events with s.Load at rate (0: as fast as the clients
+// read) and waits until got has counted them, both bounded by
+// eventsBound(events, floor); it returns the events per second from the
+// start of the load to the last one counted. got is reset first.
+func loadAndWait(s *discordtest.Server, got *atomic.Int64, events int, rate, floor float64) (float64, error) {
+	got.Store(0)
+	limit := eventsBound(events, floor)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	if _, err := s.Load(ctx, discordtest.Load{Events: events, Rate: rate}); err != nil {
+		return 0, fmt.Errorf("load of %d events: %w (%d received)", events, err, got.Load())
+	}
+	err := waitFor(limit-time.Since(start), fmt.Sprintf("%d MESSAGE_CREATEs to reach user code", events), func() (bool, string) {
+		n := got.Load()
+		return n >= int64(events), fmt.Sprintf("%d arrived", n)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return float64(events) / time.Since(start).Seconds(), nil
+}
+
+// awaitFleet waits for a runtime's fleet_ready (ready) or its end (errc),
+// bounded by fleetReadyBound, then for every session READY with its
+// guilds sent.
+func awaitFleet(s *discordtest.Server, shards int, ready <-chan struct{}, errc <-chan error) error {
+	bound := fleetReadyBound(s, shards)
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-ready:
+	case err := <-errc:
+		return fmt.Errorf("run: %w", err)
+	case <-t.C:
+		return fmt.Errorf("waited %s for the fleet_ready event of %d shards: %+v", bound, shards, s.Stats())
+	}
+	return waitSessionsReady(s, shards)
 }
