@@ -67,6 +67,11 @@ func newControl(s *discordtest.Server) *control {
 	c.mux.HandleFunc("DELETE /loads/{id}", c.stopLoad)
 	c.mux.HandleFunc("POST /restart", c.restart)
 	c.mux.HandleFunc("POST /shards/{shard}/{op}", c.shardOp)
+	c.mux.HandleFunc("POST /guilds/{guild}/availability", c.availability)
+	c.mux.HandleFunc("POST /guilds/{guild}/members/{member}/{event}", c.memberEvent)
+	c.mux.HandleFunc("POST /interactions", c.interaction)
+	c.mux.HandleFunc("PUT /roles/{role}/permissions", c.rolePermissions)
+	c.mux.HandleFunc("PUT /channels/{channel}/overwrites", c.overwrites)
 	c.mux.HandleFunc("POST /rest/fail", c.restFail)
 	c.mux.HandleFunc("POST /rest/shared-limit", c.restShared)
 	c.mux.HandleFunc("POST /rest/latency", c.restLatency)
@@ -480,5 +485,138 @@ func (c *control) restLatency(w http.ResponseWriter, r *http.Request) {
 
 func (c *control) restClear(w http.ResponseWriter, _ *http.Request) {
 	c.s.ClearRESTFaults()
+	reply(w, http.StatusOK, struct{}{})
+}
+
+// guildIndex reads the {guild} path value: a generated guild's index.
+func (c *control) guildIndex(w http.ResponseWriter, r *http.Request) (int, bool) {
+	g, err := strconv.Atoi(r.PathValue("guild"))
+	if err != nil || g < 0 || g >= c.s.Guilds() {
+		reply(w, http.StatusBadRequest, errorBody("guild %q: want an index from 0 to %d", r.PathValue("guild"), c.s.Guilds()-1))
+		return 0, false
+	}
+	return g, true
+}
+
+// availability starts or ends a guild outage.
+func (c *control) availability(w http.ResponseWriter, r *http.Request) {
+	g, ok := c.guildIndex(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Available *bool `json:"available"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Available == nil {
+		reply(w, http.StatusBadRequest, errorBody(`availability needs {"available": true|false}`))
+		return
+	}
+	n, err := c.s.SetGuildAvailable(g, *req.Available)
+	if err != nil {
+		reply(w, http.StatusInternalServerError, errorBody("%v", err))
+		return
+	}
+	reply(w, http.StatusOK, map[string]int{"sessions": n})
+}
+
+// memberEvent dispatches GUILD_MEMBER_ADD, _UPDATE or _REMOVE for a
+// generated member.
+func (c *control) memberEvent(w http.ResponseWriter, r *http.Request) {
+	g, ok := c.guildIndex(w, r)
+	if !ok {
+		return
+	}
+	m, err := strconv.Atoi(r.PathValue("member"))
+	if err != nil || m < 0 {
+		reply(w, http.StatusBadRequest, errorBody("member %q: want a member index (0 is the bot)", r.PathValue("member")))
+		return
+	}
+	var t string
+	var d []byte
+	switch r.PathValue("event") {
+	case "add":
+		t, d = "GUILD_MEMBER_ADD", c.s.GuildMemberAdd(g, m)
+	case "update":
+		t, d = "GUILD_MEMBER_UPDATE", c.s.GuildMemberUpdate(g, m)
+	case "remove":
+		t, d = "GUILD_MEMBER_REMOVE", c.s.GuildMemberRemove(g, m)
+	default:
+		reply(w, http.StatusNotFound, errorBody("member event %q: have add, update, remove", r.PathValue("event")))
+		return
+	}
+	n, err := c.s.Dispatch(c.s.GuildID(g), t, d)
+	if err != nil {
+		reply(w, http.StatusInternalServerError, errorBody("%v", err))
+		return
+	}
+	reply(w, http.StatusOK, map[string]int{"sessions": n})
+}
+
+// interaction dispatches an INTERACTION_CREATE for a slash command and
+// answers with its id and token, for the callback and webhook routes.
+func (c *control) interaction(w http.ResponseWriter, r *http.Request) {
+	req := struct {
+		Guild   int    `json:"guild"`
+		Command string `json:"command"`
+	}{Command: "ping"}
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Guild < 0 || req.Guild >= c.s.Guilds() {
+		reply(w, http.StatusBadRequest, errorBody("guild %d: the server has guilds 0 to %d", req.Guild, c.s.Guilds()-1))
+		return
+	}
+	payload, token := c.s.InteractionCreate(req.Guild, req.Command)
+	var head struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(payload, &head)
+	n, err := c.s.Dispatch(c.s.GuildID(req.Guild), "INTERACTION_CREATE", payload)
+	if err != nil {
+		reply(w, http.StatusInternalServerError, errorBody("%v", err))
+		return
+	}
+	reply(w, http.StatusOK, map[string]any{"id": head.ID, "token": token, "sessions": n})
+}
+
+func (c *control) rolePermissions(w http.ResponseWriter, r *http.Request) {
+	role, err := strconv.ParseUint(r.PathValue("role"), 10, 64)
+	if err != nil {
+		reply(w, http.StatusBadRequest, errorBody("role %q: want a role ID (a guild's ID for @everyone)", r.PathValue("role")))
+		return
+	}
+	var req struct {
+		Permissions snowflake `json:"permissions"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	c.s.SetRolePermissions(role, uint64(req.Permissions))
+	reply(w, http.StatusOK, struct{}{})
+}
+
+func (c *control) overwrites(w http.ResponseWriter, r *http.Request) {
+	channel, err := strconv.ParseUint(r.PathValue("channel"), 10, 64)
+	if err != nil {
+		reply(w, http.StatusBadRequest, errorBody("channel %q: want a channel ID", r.PathValue("channel")))
+		return
+	}
+	var req []struct {
+		ID    snowflake `json:"id"`
+		Type  int       `json:"type"` // 0 role, 1 member, as in Discord's overwrite object
+		Allow snowflake `json:"allow"`
+		Deny  snowflake `json:"deny"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	ows := make([]discordtest.Overwrite, 0, len(req))
+	for _, o := range req {
+		ows = append(ows, discordtest.Overwrite{ID: uint64(o.ID), Member: o.Type == 1, Allow: uint64(o.Allow), Deny: uint64(o.Deny)})
+	}
+	c.s.SetChannelOverwrites(channel, ows...)
 	reply(w, http.StatusOK, struct{}{})
 }

@@ -168,7 +168,9 @@ func (c *client) expect(t *testing.T, what string, match func(gwMsg) bool) gwMsg
 	}
 }
 
-func isDispatch(t string) func(gwMsg) bool { return func(m gwMsg) bool { return m.Op == 0 && m.T == t } }
+func isDispatch(t string) func(gwMsg) bool {
+	return func(m gwMsg) bool { return m.Op == 0 && m.T == t }
+}
 
 // waitStats polls GET /stats until cond holds, failing after 10 s.
 func (f fake) waitStats(t *testing.T, what string, cond func(discordtest.Stats) bool) discordtest.Stats {
@@ -315,6 +317,71 @@ func TestControlAPI(t *testing.T) {
 		if st := f.call(t, "POST", "/rest/fail", `{"route":"GET /nowhere","status":500}`, nil); st != 400 {
 			t.Fatalf("unknown route: %d, want 400", st)
 		}
+	})
+
+	t.Run("world", func(t *testing.T) {
+		c4 := dial(t, f)
+		c4.expect(t, "HELLO", func(m gwMsg) bool { return m.Op == 10 })
+		identify(t, f, c4)
+		var n map[string]int
+		f.mustCall(t, "POST", "/guilds/1/availability", `{"available":false}`, &n)
+		c4.expect(t, "GUILD_DELETE", isDispatch("GUILD_DELETE"))
+		f.mustCall(t, "POST", "/guilds/1/availability", `{"available":true}`, &n)
+		c4.expect(t, "GUILD_CREATE", isDispatch("GUILD_CREATE"))
+		f.mustCall(t, "POST", "/guilds/1/members/2/add", "", &n)
+		c4.expect(t, "GUILD_MEMBER_ADD", isDispatch("GUILD_MEMBER_ADD"))
+		var in struct {
+			ID, Token string
+		}
+		f.mustCall(t, "POST", "/interactions", `{"guild":1,"command":"ping"}`, &in)
+		c4.expect(t, "INTERACTION_CREATE", isDispatch("INTERACTION_CREATE"))
+		resp, err := http.Post(f.rest+"/interactions/"+in.ID+"/"+in.Token+"/callback", "application/json",
+			strings.NewReader(`{"type":4,"data":{"content":"pong"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 204 {
+			t.Fatalf("interaction callback: %d", resp.StatusCode)
+		}
+		c4.expect(t, "the callback's MESSAGE_CREATE", isDispatch("MESSAGE_CREATE"))
+
+		// Deny SEND_MESSAGES to @everyone in guild 1's first channel.
+		var guild struct {
+			ID string `json:"id"`
+		}
+		var chans []struct {
+			ID string `json:"id"`
+		}
+		get := func(path string, out any) {
+			req, _ := http.NewRequest("GET", f.rest+path, nil)
+			req.Header.Set("Authorization", "Bot "+f.token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			_ = json.NewDecoder(resp.Body).Decode(out)
+		}
+		var guilds []struct {
+			ID string `json:"id"`
+		}
+		get("/users/@me/guilds", &guilds)
+		guild.ID = guilds[1].ID
+		get("/guilds/"+guild.ID+"/channels", &chans)
+		f.mustCall(t, "PUT", "/channels/"+chans[0].ID+"/overwrites", fmt.Sprintf(`[{"id":%q,"type":0,"deny":"2048"}]`, guild.ID), nil)
+		req, _ := http.NewRequest("POST", f.rest+"/channels/"+chans[0].ID+"/messages", strings.NewReader(`{"content":"x"}`))
+		req.Header.Set("Authorization", "Bot "+f.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 403 {
+			t.Fatalf("send with SEND_MESSAGES denied: %d, want 403", resp.StatusCode)
+		}
+		f.mustCall(t, "PUT", "/roles/"+guild.ID+"/permissions", `{"permissions":"0"}`, nil)
 	})
 
 	t.Run("bad requests say what to change", func(t *testing.T) {
