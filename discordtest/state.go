@@ -180,14 +180,15 @@ func (w *world) store(m *message) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.order) >= maxMessages {
-		for len(w.order) > 0 && len(w.order) >= maxMessages {
-			if old := w.messages[w.order[0]]; old != nil && old.nonceKey != "" {
+		// Forget the oldest tenth at once, so that the copy is rare.
+		drop := w.order[:maxMessages/10]
+		for _, id := range drop {
+			if old := w.messages[id]; old != nil && old.nonceKey != "" {
 				delete(w.nonces, old.nonceKey)
 			}
-			delete(w.messages, w.order[0])
-			w.order = w.order[1:]
+			delete(w.messages, id)
 		}
-		w.order = append(make([]uint64, 0, maxMessages), w.order...)
+		w.order = append(make([]uint64, 0, maxMessages), w.order[len(drop):]...)
 	}
 	w.messages[m.id] = m
 	w.order = append(w.order, m.id)
@@ -325,7 +326,11 @@ func (s *Server) GuildMemberAdd(i, m int) []byte {
 
 // GuildMemberUpdate returns a GUILD_MEMBER_UPDATE payload for member m of
 // the i-th guild.
-func (s *Server) GuildMemberUpdate(i, m int) []byte { return s.GuildMemberAdd(i, m) }
+func (s *Server) GuildMemberUpdate(i, m int) []byte {
+	b := s.GuildMemberAdd(i, m)
+	// The update event always carries the guild avatar and banner.
+	return append(b[:len(b)-1], `,"avatar":null,"banner":null}`...)
+}
 
 // GuildMemberRemove returns a GUILD_MEMBER_REMOVE payload for member m of
 // the i-th guild.
