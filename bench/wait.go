@@ -34,9 +34,11 @@ func waitFor(limit time.Duration, what string, cond func() (bool, string)) error
 // grows with the identify windows the sessions need and the guilds to
 // send: a second per window and per 10,000 guilds, plus 10 s.
 func waitSessionsReady(s *discordtest.Server, sessions int) error {
-	windows := (sessions + s.MaxConcurrency() - 1) / s.MaxConcurrency()
-	limit := 10*time.Second + time.Duration(windows)*(s.IdentifyWindow()+time.Second) +
-		time.Duration(s.Guilds()/10_000)*time.Second
+	return waitSessionsReadyWithin(s, sessions, fleetReadyBound(s, sessions)+time.Duration(s.Guilds()/10_000)*time.Second)
+}
+
+// waitSessionsReadyWithin is waitSessionsReady with an explicit bound.
+func waitSessionsReadyWithin(s *discordtest.Server, sessions int, limit time.Duration) error {
 	return waitFor(limit, fmt.Sprintf("%d sessions READY with their guilds sent", sessions), func() (bool, string) {
 		st := s.Stats()
 		return st.ReadySessions >= sessions, fmt.Sprintf("%d ready, %d open connections, %d identifies, violations %v",
