@@ -64,16 +64,10 @@ type Stats struct {
 	Connections     int // accepted in all
 	OpenConnections int
 	Sessions        int // live sessions, connected or resumable
-	// ReadySessions counts the connected sessions whose READY and every
-	// GUILD_CREATE that follows it have been written to the connection.
-	ReadySessions int
-	// ReadyShards is ReadySessions by shard id (sessions of any shard
-	// count).
-	ReadyShards    map[int]int
-	Identifies     int // accepted IDENTIFYs (READY sent)
-	Resumes        int // accepted RESUMEs
-	ResumesViaURL  int // of those, how many came in on resume_gateway_url
-	ResumesRefused int
+	Identifies      int // accepted IDENTIFYs (READY sent)
+	Resumes         int // accepted RESUMEs
+	ResumesViaURL   int // of those, how many came in on resume_gateway_url
+	ResumesRefused  int
 	// Violations counts rule breaks by kind: identify_concurrency,
 	// session_start_limit, command_rate, payload_too_large, decode_error,
 	// unknown_opcode, not_authenticated, already_authenticated,
@@ -82,6 +76,12 @@ type Stats struct {
 	Violations map[string]int
 	// EventsSent counts dispatches written to connections, by shard id.
 	EventsSent map[int]int64
+	// ReadySessions counts the connected sessions whose READY and every
+	// GUILD_CREATE that follows it have been written to the connection.
+	ReadySessions int
+	// ReadyShards is ReadySessions by shard id (sessions of any shard
+	// count).
+	ReadyShards map[int]int
 	// SessionStartsRemaining is session_start_limit.remaining.
 	SessionStartsRemaining int
 	REST                   RESTStats
