@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -187,7 +188,12 @@ func bareRate(shards, total int) (float64, error) {
 		bot.WithRestClientConfigOpts(rest.WithURL(s.RESTURL())),
 		bot.WithShardManagerConfigOpts(
 			sharding.WithShardIDs(ids...), sharding.WithShardCount(shards),
-			sharding.WithRateLimiterConfigOpt(sharding.WithMaxConcurrency(shards)),
+			// disgo v0.18.15's ShardManager writes its shard map from
+			// one goroutine per shard (shard_manager_impl.go:113); a
+			// limiter that lets one shard open at a time keeps that
+			// write single, so the scenario cannot crash with a
+			// concurrent map write. The identify window is 1 ms here.
+			sharding.WithRateLimiter(&oneAtATime{}),
 			sharding.WithGatewayConfigOpts(gateway.WithURL(s.GatewayURL()), gateway.WithLogger(quiet),
 				gateway.WithIntents(gateway.IntentGuilds, gateway.IntentGuildMessages)),
 		),
@@ -205,3 +211,18 @@ func bareRate(shards, total int) (float64, error) {
 	}
 	return measure(s, &got, total)
 }
+
+// oneAtATime is a sharding.RateLimiter that lets one shard open at a time.
+type oneAtATime struct{ mu sync.Mutex }
+
+func (*oneAtATime) Close(context.Context) {}
+
+func (l *oneAtATime) WaitBucket(ctx context.Context, _ int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	return nil
+}
+
+func (l *oneAtATime) UnlockBucket(int) { l.mu.Unlock() }

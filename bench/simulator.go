@@ -25,7 +25,8 @@ import (
 type simulatorResult struct {
 	Scenario          string  `json:"scenario"`
 	Shards            int     `json:"shards"`
-	Events            int     `json:"events"`
+	Events            int     `json:"events"` // per round; the better of the rounds counts
+	Rounds            int     `json:"rounds"`
 	EventsPerSec      float64 `json:"events_per_sec"`
 	DisgoEvents       int     `json:"disgo_events"`
 	DisgoEventsPerSec float64 `json:"disgo_events_per_sec"`
@@ -36,9 +37,11 @@ type simulatorResult struct {
 const simShards = 16
 
 func runSimulator() (any, error) {
-	res := simulatorResult{Scenario: "simulator", Shards: simShards, Events: 2_000_000, DisgoEvents: 100_000, IdleConns: 1000}
+	res := simulatorResult{Scenario: "simulator", Shards: simShards, Events: 1_000_000, Rounds: 2, DisgoEvents: 50_000, IdleConns: 1000}
 	var err error
-	if res.EventsPerSec, err = rawThroughput(res.Events); err != nil {
+	// The raw rate is the better of two rounds, so that a moment in which
+	// the machine is busy elsewhere does not stand for the simulator.
+	if res.EventsPerSec, err = rawThroughput(res.Events, res.Rounds); err != nil {
 		return nil, fmt.Errorf("raw clients: %w", err)
 	}
 	if res.DisgoEventsPerSec, err = disgoThroughput(res.DisgoEvents); err != nil {
@@ -69,8 +72,9 @@ func identifyRaw(url, token string, shard, shards int) (*websocket.Conn, error) 
 }
 
 // rawThroughput streams events to 16 identified raw clients that read and
-// discard frames, and returns the MESSAGE_CREATEs delivered per second.
-func rawThroughput(events int) (float64, error) {
+// discard frames, rounds times, and returns the best rate of MESSAGE_CREATEs
+// delivered per second.
+func rawThroughput(events, rounds int) (float64, error) {
 	// The raw clients do not heartbeat: a long interval keeps a slow run
 	// (a busy machine) from being cut off.
 	s := discordtest.NewServer(discordtest.WithGuilds(simShards*4), discordtest.WithMaxConcurrency(simShards),
@@ -96,7 +100,15 @@ func rawThroughput(events int) (float64, error) {
 	if err := waitSessionsReady(s, simShards); err != nil {
 		return 0, err
 	}
-	return timeLoad(s, &received, events, 100_000)
+	best := 0.0
+	for range rounds {
+		rate, err := timeLoad(s, &received, events, 100_000)
+		if err != nil {
+			return 0, err
+		}
+		best = max(best, rate)
+	}
+	return best, nil
 }
 
 // timeLoad sends events as fast as the clients read and returns the
