@@ -224,14 +224,15 @@ type restCall struct {
 // {token} and {emoji} any segment.
 type restRoute struct {
 	method, pattern, route string
-	public                 bool // no bot token: authorised by a token in the path
+	segs                   []string // pattern split at /
+	public                 bool     // no bot token: authorised by a token in the path
 }
 
 // restTable lists every route the simulator serves.
 var restTable = func() []restRoute {
 	var t []restRoute
 	add := func(method, pattern string, public bool) {
-		t = append(t, restRoute{method, pattern, method + " /" + pattern, public})
+		t = append(t, restRoute{method, pattern, method + " /" + pattern, strings.Split(pattern, "/"), public})
 	}
 	add("GET", "gateway", true)
 	add("GET", "gateway/bot", false)
@@ -280,8 +281,8 @@ var restTable = func() []restRoute {
 func matchREST(method, path string) (c restCall, ok, methodOK bool) {
 	seg := strings.Split(strings.Trim(path, "/"), "/")
 	for _, r := range restTable {
-		pat := strings.Split(r.pattern, "/")
-		if len(pat) != len(seg) {
+		pat := r.segs
+		if len(pat) != len(seg) || (pat[0] != seg[0]) {
 			continue
 		}
 		var call restCall

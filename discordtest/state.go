@@ -132,9 +132,13 @@ func snowflakeTime(id uint64) time.Time {
 
 func (w *world) rolePermissions(id uint64, r int) uint64 {
 	w.mu.Lock()
-	p, ok := w.rolePerms[id]
-	w.mu.Unlock()
-	if ok {
+	defer w.mu.Unlock()
+	return w.rolePermissionsLocked(id, r)
+}
+
+// rolePermissionsLocked is rolePermissions with w.mu held.
+func (w *world) rolePermissionsLocked(id uint64, r int) uint64 {
+	if p, ok := w.rolePerms[id]; ok {
 		return p
 	}
 	switch r {
@@ -251,23 +255,26 @@ func (s *Server) permissions(g, m int, channel uint64) uint64 {
 		return permAll // the owner
 	}
 	roles := s.memberRoles(g, m)
-	base := s.world.rolePermissions(guildID(g), 0)
+	user := s.userID(g, m)
+	w := s.world
+	// One lock for the whole computation: REST calls ask for it often.
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	base := w.rolePermissionsLocked(guildID(g), 0)
 	for _, r := range roles {
 		_, idx := idKind(r)
-		base |= s.world.rolePermissions(r, idx)
+		base |= w.rolePermissionsLocked(r, idx)
 	}
 	if base&PermAdministrator != 0 {
 		return permAll
 	}
-	s.world.mu.Lock()
-	ows := s.world.overwrites[channel]
-	s.world.mu.Unlock()
 	var roleAllow, roleDeny uint64
 	var member *Overwrite
+	ows := w.overwrites[channel]
 	for i, o := range ows {
 		switch {
 		case o.Member:
-			if o.ID == s.userID(g, m) {
+			if o.ID == user {
 				member = &ows[i]
 			}
 		case o.ID == guildID(g):
