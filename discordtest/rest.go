@@ -457,10 +457,11 @@ func (s *Server) admitREST(w http.ResponseWriter, r *http.Request, c restCall) b
 		*b = restWindow{resetAt: now.Add(window)}
 	}
 	if b.count >= limit {
-		retry := b.resetAt.Sub(now)
+		resetAt := b.resetAt // b is guarded by rs.mu: read it before unlocking
+		retry := resetAt.Sub(now)
 		rs.limited["user"]++
 		rs.mu.Unlock()
-		setBucketHeaders(h, c.route, limit, 0, b.resetAt, now)
+		setBucketHeaders(h, c.route, limit, 0, resetAt, now)
 		h.Set("X-RateLimit-Scope", "user")
 		h.Set("Retry-After", retryAfterHeader(retry))
 		s.restReply(w, http.StatusTooManyRequests, rateLimitBody(retry, false))
