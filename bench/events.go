@@ -294,8 +294,11 @@ func eventsChild(args []string) error {
 		return err
 	}
 	defer func() { _ = stop() }()
-	if err := waitCount(&guilds, evGuilds, time.Minute); err != nil {
-		return fmt.Errorf("guilds: %w", err)
+	if err := waitFor(time.Minute, fmt.Sprintf("%d GUILD_CREATEs", evGuilds), func() (bool, string) {
+		n := guilds.Load()
+		return n >= int64(evGuilds), fmt.Sprintf("%d arrived", n)
+	}); err != nil {
+		return err
 	}
 	if path := os.Getenv("FLEET_BENCH_CPUPROFILE"); path != "" {
 		// A CPU profile of the measured part, for finding where it goes.
@@ -312,8 +315,11 @@ func eventsChild(args []string) error {
 	cpu1, read1 := usage()
 	start := time.Now()
 	fmt.Println("ready")
-	if err := waitCount(&got, int64(n), 3*time.Minute); err != nil {
-		return fmt.Errorf("MESSAGE_CREATE at the listener: %w", err)
+	if err := waitFor(3*time.Minute, fmt.Sprintf("%d MESSAGE_CREATEs at the listener", n), func() (bool, string) {
+		c := got.Load()
+		return c >= int64(n), fmt.Sprintf("%d arrived", c)
+	}); err != nil {
+		return err
 	}
 	elapsed := time.Since(start)
 	cpu2, read2 := usage()

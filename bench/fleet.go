@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,7 +39,10 @@ func startFleet(s *discordtest.Server, clusters int, b func(int) runtime.Bot) (r
 	readyc := make(chan time.Duration, 1)
 	rt.Subscribe(func(e runtime.Event) {
 		if e.Kind == runtime.EventFleetReady {
-			readyc <- e.Duration
+			select { // only the first fleet_ready counts; never block the runtime
+			case readyc <- e.Duration:
+			default:
+			}
 		}
 	})
 	errc := make(chan error, 1)
@@ -51,15 +55,21 @@ func startFleet(s *discordtest.Server, clusters int, b func(int) runtime.Bot) (r
 		}
 		return <-errc
 	}
+	shards := s.RecommendedShards()
+	bound := fleetReadyBound(s, shards)
 	select {
 	case ready = <-readyc:
-		return ready, stop, nil
 	case err := <-errc:
 		return 0, nil, fmt.Errorf("run: %v", err)
-	case <-time.After(5 * time.Minute):
+	case <-time.After(bound):
 		_ = stop()
-		return 0, nil, fmt.Errorf("fleet not ready in 5 minutes")
+		return 0, nil, fmt.Errorf("waited %s for the fleet_ready event of %d shards: %+v", bound, shards, s.Stats())
 	}
+	if err := waitSessionsReady(s, shards); err != nil {
+		_ = stop()
+		return 0, nil, err
+	}
+	return ready, stop, nil
 }
 
 func nopBot(int) runtime.Bot {
@@ -112,19 +122,7 @@ func countMessages(n *atomic.Int64) bot.EventListener {
 // measure streams events through s and returns events per second seen by
 // the counter.
 func measure(s *discordtest.Server, got *atomic.Int64, events int) (float64, error) {
-	got.Store(0)
-	start := time.Now()
-	if _, err := s.Load(context.Background(), discordtest.Load{Events: events}); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for got.Load() < int64(events) {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%d of %d events arrived", got.Load(), events)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	return float64(events) / time.Since(start).Seconds(), nil
+	return loadAndWait(s, got, events, 0, 2_000)
 }
 
 func runGateway() (any, error) {
@@ -179,7 +177,7 @@ func fleetRate(shards, events int) (float64, error) {
 func bareRate(shards, total int) (float64, error) {
 	s := gatewayServer(shards)
 	defer s.Close()
-	var got, guilds atomic.Int64
+	var got atomic.Int64
 	ids := make([]int, shards)
 	for i := range ids {
 		ids[i] = i
@@ -190,11 +188,16 @@ func bareRate(shards, total int) (float64, error) {
 		bot.WithRestClientConfigOpts(rest.WithURL(s.RESTURL())),
 		bot.WithShardManagerConfigOpts(
 			sharding.WithShardIDs(ids...), sharding.WithShardCount(shards),
-			sharding.WithRateLimiterConfigOpt(sharding.WithMaxConcurrency(shards)),
+			// disgo v0.18.15's ShardManager writes its shard map from
+			// one goroutine per shard (shard_manager_impl.go:113); a
+			// limiter that lets one shard open at a time keeps that
+			// write single, so the scenario cannot crash with a
+			// concurrent map write. The identify window is 1 ms here.
+			sharding.WithRateLimiter(&oneAtATime{}),
 			sharding.WithGatewayConfigOpts(gateway.WithURL(s.GatewayURL()), gateway.WithLogger(quiet),
 				gateway.WithIntents(gateway.IntentGuilds, gateway.IntentGuildMessages)),
 		),
-		bot.WithEventListeners(countMessages(&got), bot.NewListenerFunc(func(*events.GuildReady) { guilds.Add(1) })),
+		bot.WithEventListeners(countMessages(&got)),
 	)
 	if err != nil {
 		return 0, err
@@ -203,12 +206,23 @@ func bareRate(shards, total int) (float64, error) {
 	if err := client.OpenShardManager(context.Background()); err != nil {
 		return 0, err
 	}
-	deadline := time.Now().Add(time.Minute)
-	for guilds.Load() < int64(shards*4) {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("bare shards not ready")
-		}
-		time.Sleep(time.Millisecond)
+	if err := waitSessionsReady(s, shards); err != nil {
+		return 0, fmt.Errorf("bare shards: %w", err)
 	}
 	return measure(s, &got, total)
 }
+
+// oneAtATime is a sharding.RateLimiter that lets one shard open at a time.
+type oneAtATime struct{ mu sync.Mutex }
+
+func (*oneAtATime) Close(context.Context) {}
+
+func (l *oneAtATime) WaitBucket(ctx context.Context, _ int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	return nil
+}
+
+func (l *oneAtATime) UnlockBucket(int) { l.mu.Unlock() }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -101,19 +100,18 @@ func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (
 	rt.Subscribe(func(e runtime.Event) {
 		switch e.Kind {
 		case runtime.EventFleetReady:
-			ready <- struct{}{}
+			select { // only the first fleet_ready counts; never block the runtime
+			case ready <- struct{}{}:
+			default:
+			}
 		case runtime.EventReshardCutOver:
 			cutAt = time.Now()
 		}
 	})
 	errc := make(chan error, 1)
 	go func() { errc <- rt.Run(context.Background()) }()
-	select {
-	case <-ready:
-	case err := <-errc:
+	if err := awaitFleet(s, from, ready, errc); err != nil {
 		return reshardRun{}, err
-	case <-time.After(30 * time.Second):
-		return reshardRun{}, errors.New("waited 30 s for the fleet to be ready")
 	}
 
 	// The stream: a message per 1/rate s, each to the next guild.
@@ -138,7 +136,9 @@ func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (
 	}()
 	time.Sleep(300 * time.Millisecond) // traffic before the reshard
 	start := time.Now()
-	err = rt.Reshard(context.Background(), runtime.ReshardOptions{Shards: to, Clusters: 2})
+	rctx, rcancel := context.WithTimeout(context.Background(), fleetReadyBound(s, to))
+	err = rt.Reshard(rctx, runtime.ReshardOptions{Shards: to, Clusters: 2})
+	rcancel()
 	duration := time.Since(start)
 	if err == nil {
 		time.Sleep(300 * time.Millisecond) // traffic after it

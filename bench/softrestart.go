@@ -79,7 +79,10 @@ func runSoftRestart() (any, error) {
 		defer mu.Unlock()
 		switch e.Kind {
 		case runtime.EventFleetReady:
-			ready <- struct{}{}
+			select { // only the first fleet_ready counts; never block the runtime
+			case ready <- struct{}{}:
+			default:
+			}
 		case runtime.EventSoftRestartStarted:
 			starts[e.Cluster] = e.Time
 		case runtime.EventSoftRestartDone:
@@ -88,22 +91,30 @@ func runSoftRestart() (any, error) {
 	})
 	errc := make(chan error, 1)
 	go func() { errc <- rt.Run(context.Background()) }()
-	select {
-	case <-ready:
-	case err := <-errc:
+	if err := awaitFleet(s, shards, ready, errc); err != nil {
 		return nil, err
 	}
 	identifies := s.Stats().Identifies
 	loaded := make(chan discordtest.LoadResult, 1)
 	loadErr := make(chan error, 1)
+	lctx, lcancel := context.WithTimeout(context.Background(), eventsBound(rate*seconds, rate/4))
+	defer lcancel()
 	go func() {
-		res, err := s.Load(context.Background(), discordtest.Load{Events: rate * seconds, Rate: rate})
+		res, err := s.Load(lctx, discordtest.Load{Events: rate * seconds, Rate: rate})
 		loaded <- res
 		loadErr <- err
 	}()
 	time.Sleep(time.Second) // restart in the middle of the stream
-	if err := rt.SoftRestartAll(context.Background()); err != nil {
-		return nil, err
+	rctx, rcancel := context.WithTimeout(context.Background(), time.Duration(clusters)*fleetReadyBound(s, shards/clusters))
+	err = rt.SoftRestartAll(rctx)
+	rcancel()
+	if err != nil {
+		lcancel()
+		<-loaded
+		<-loadErr
+		_ = rt.Shutdown(context.Background())
+		<-errc
+		return nil, fmt.Errorf("soft restart of %d clusters: %w", clusters, err)
 	}
 	res := <-loaded
 	if err := <-loadErr; err != nil {

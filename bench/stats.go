@@ -114,18 +114,22 @@ func statsRun(shards, clusters, guilds, rate, events int, withStats bool, snapEv
 		cfg.Observer = m.Observer()
 		cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	}
-	rt, stop, err := runFleet(cfg)
+	rt, stop, err := runFleet(cfg, fleetReadyBound(s, shards))
 	if err != nil {
 		return 0, col, err
 	}
 	defer stop()
+	if err := waitSessionsReady(s, shards); err != nil {
+		return 0, col, err
+	}
 	// Every guild is in the caches before the measurement.
-	deadline := time.Now().Add(time.Minute)
-	for rt.Stats().Guilds < guilds {
-		if time.Now().After(deadline) {
-			return 0, col, fmt.Errorf("guilds not loaded in a minute")
-		}
-		time.Sleep(5 * time.Millisecond)
+	err = waitFor(10*time.Second+time.Duration(guilds/1000)*time.Second, fmt.Sprintf("%d guilds in the fleet's caches", guilds),
+		func() (bool, string) {
+			n := rt.Stats().Guilds
+			return n >= guilds, fmt.Sprintf("%d cached", n)
+		})
+	if err != nil {
+		return 0, col, err
 	}
 
 	quit := make(chan struct{})
@@ -162,8 +166,8 @@ func statsRun(shards, clusters, guilds, rate, events int, withStats bool, snapEv
 	return perSec, col, err
 }
 
-// runFleet runs a runtime until its fleet is ready.
-func runFleet(cfg runtime.Config) (*runtime.Runtime, func() error, error) {
+// runFleet runs a runtime until its fleet is ready, for at most bound.
+func runFleet(cfg runtime.Config, bound time.Duration) (*runtime.Runtime, func() error, error) {
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -171,7 +175,10 @@ func runFleet(cfg runtime.Config) (*runtime.Runtime, func() error, error) {
 	readyc := make(chan struct{}, 1)
 	unsub := rt.Subscribe(func(e runtime.Event) {
 		if e.Kind == runtime.EventFleetReady {
-			readyc <- struct{}{}
+			select { // only the first fleet_ready counts; never block the runtime
+			case readyc <- struct{}{}:
+			default:
+			}
 		}
 	})
 	defer unsub()
@@ -190,26 +197,14 @@ func runFleet(cfg runtime.Config) (*runtime.Runtime, func() error, error) {
 		return rt, stop, nil
 	case err := <-errc:
 		return nil, nil, fmt.Errorf("run: %v", err)
-	case <-time.After(5 * time.Minute):
+	case <-time.After(bound):
 		_ = stop()
-		return nil, nil, fmt.Errorf("fleet not ready in 5 minutes")
+		return nil, nil, fmt.Errorf("waited %s for the fleet_ready event", bound)
 	}
 }
 
 // measureAt streams events at rate and returns the events per second user
 // code received, from the first sent to the last received.
 func measureAt(s *discordtest.Server, got *atomic.Int64, events, rate int) (float64, error) {
-	got.Store(0)
-	start := time.Now()
-	if _, err := s.Load(context.Background(), discordtest.Load{Events: events, Rate: float64(rate)}); err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for got.Load() < int64(events) {
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%d of %d events arrived", got.Load(), events)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	return float64(events) / time.Since(start).Seconds(), nil
+	return loadAndWait(s, got, events, float64(rate), float64(rate)/4)
 }

@@ -29,7 +29,25 @@
 //
 // READY lists the shard's guilds as unavailable, then one GUILD_CREATE per
 // guild follows. Guild i has ID (2^30+i)<<22, so (id >> 22) % shards
-// spreads guilds evenly; GuildID(i) returns it.
+// spreads guilds evenly; GuildID(i) returns it. Stats.ReadySessions counts
+// the sessions whose READY and GUILD_CREATEs have all been written, the
+// condition to wait for before a measurement.
+//
+// # Payloads and the world
+//
+// Every payload carries the fields Discord's API reference lists as
+// always present, nullable ones as null (TestPayloadShapes holds them
+// against the reference's field tables). Role 0 is @everyone, which may
+// read, write and react; role 1 is the bot's, the highest, with
+// moderation rights; the other members have the lowest role and member 1
+// owns the guild. Permissions are computed from roles and channel
+// overwrites as Discord does (Permissions), and SetRolePermissions and
+// SetChannelOverwrites change them. Messages get snowflakes minted when
+// they are sent, with a matching timestamp; a nonce is echoed as sent.
+// SetGuildAvailable starts and ends a guild outage (GUILD_DELETE with
+// unavailable, then GUILD_CREATE). GuildMemberAdd, GuildMemberUpdate,
+// GuildMemberRemove, GuildDelete, MessageDelete and InteractionCreate
+// build event payloads for Dispatch.
 //
 // Every session numbers its dispatches and keeps the last ones (see
 // WithReplayBuffer) for RESUME, which replays what the client missed, in
@@ -55,15 +73,27 @@
 //
 // # REST
 //
-// /api/v10 serves GET /gateway, /gateway/bot, /users/@me,
-// /applications/@me, /users/{id}, /guilds/{id}, /guilds/{id}/members/{user}
-// and /channels/{id}, and POST /channels/{id}/messages, which also
-// dispatches MESSAGE_CREATE to the shard owning the channel's guild.
+// /api/v10 (and v9) serves GET /gateway and /gateway/bot; /users/@me,
+// /users/@me/guilds, DELETE /users/@me/guilds/{id}, /users/{id};
+// /applications/@me and /oauth2/applications/@me (with owner), global
+// and guild application commands; /guilds/{id}, its channels, roles and
+// members, member edit, kick and role add and remove; /channels/{id},
+// its messages (create, list, fetch, edit, delete, bulk delete),
+// reactions and typing; interaction callbacks and the interaction
+// webhook (follow-ups, @original). Each write dispatches the event
+// Discord would to the shard owning the guild, and is refused with 403
+// 50001 or 50013 when the bot lacks the permission; unknown objects get
+// Discord's 404 codes (10003, 10004, 10007, 10008, 10013, 10062, ...).
+// POST /channels/{id}/messages honours enforce_nonce: the same nonce
+// from the same author in the same channel within 5 minutes returns the
+// first message. The last 10,000 messages sent through REST are kept.
+//
 // Requests are limited per route and major parameter (channel, guild,
-// webhook) with Discord's X-RateLimit-* headers, and by a global limit;
-// 429s carry retry_after, Retry-After and a scope. 401, 403 and non-shared
-// 429 answers count as invalid requests; past the limit every request gets
-// a Cloudflare-style ban (a 429 without Via). FailNextREST,
+// webhook) with Discord's X-RateLimit-* headers, and by a global limit
+// that interaction callbacks and webhooks are exempt from; 429s carry
+// retry_after, Retry-After and a scope. 401, 403 and non-shared 429
+// answers count as invalid requests; past the limit every request gets a
+// Cloudflare-style ban (a 429 without Via). FailNextREST,
 // SharedRateLimitNext and SetRESTLatency inject faults.
 //
 // # Counters
@@ -81,5 +111,7 @@
 // # Locks
 //
 // Server.mu is taken before a session's mu, never the other way round.
-// The REST state's lock is never held together with Server.mu.
+// The REST state's lock is never held together with Server.mu, and the
+// world's lock (permissions, outages, messages) is never held with any
+// other.
 package discordtest

@@ -135,6 +135,8 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 	s.conns[c] = struct{}{}
 	s.stats.connections++
 	s.mu.Unlock()
+	s.cfg.logger.Info("discordtest: connection", "remote", r.RemoteAddr, "resume_url", c.resume,
+		"compress", q.Get("compress"), "v", q.Get("v"))
 
 	go c.writeLoop()
 	if v := q.Get("v"); v != "" && v != "10" && v != "9" {
@@ -169,6 +171,16 @@ func (c *conn) end() {
 			s.forgetSession(ss, true, reason)
 		}
 	}
+	by := "server"
+	if c.clientCl != 0 {
+		by = "client"
+	}
+	code := c.code
+	if code == closeDrop {
+		code = 0 // dropped without a close frame
+	}
+	s.cfg.logger.Info("discordtest: connection closed", "shard", c.shardID(), "by", by, "code", code,
+		"reason", c.reason, "events_sent", c.eventsSent.Load())
 	s.mu.Lock()
 	delete(s.conns, c)
 	if n := c.eventsSent.Load(); n > 0 {
@@ -401,6 +413,8 @@ func (c *conn) identify(raw json.RawMessage) bool {
 	s.sessionVer++
 	s.mu.Unlock()
 
+	s.cfg.logger.Info("discordtest: identify", "shard", shard, "shards", shards, "bucket", bucket,
+		"session", ss.id, "intents", intents)
 	threshold := id.LargeThreshold
 	if threshold == 0 {
 		threshold = 50
@@ -411,6 +425,7 @@ func (c *conn) identify(raw json.RawMessage) bool {
 			return false
 		}
 	}
+	ss.markInitial()
 	return true
 }
 
@@ -469,7 +484,10 @@ func (s *Server) firstGuild(shard, shards int) int {
 func (s *Server) readyPayload(ss *session) []byte {
 	b := make([]byte, 0, 512+64*s.guildsOf(ss.shard, ss.shards))
 	b = append(b, `{"v":10,"user":`...)
-	b = s.appendUser(b, s.cfg.applicationID)
+	b = s.appendSelf(b)
+	// private_channels is no longer in Discord's documentation, but
+	// Discord still sends it (empty for bots) and libraries read it.
+	b = append(b, `,"private_channels":[]`...)
 	b = append(b, `,"guilds":[`...)
 	first := true
 	for g := s.firstGuild(ss.shard, ss.shards); g < s.cfg.guilds; g += ss.shards {
@@ -527,6 +545,7 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 	}
 	s.mu.Unlock()
 	if why != "" {
+		s.cfg.logger.Info("discordtest: resume refused", "session", rd.SessionID, "seq", rd.Seq, "why", why)
 		// Discord answers a failed RESUME with op 9 d=false: the
 		// session is gone, whatever the reason it could not go on.
 		if ss != nil && why != "ended" {
@@ -535,6 +554,7 @@ func (c *conn) resumeSession(raw json.RawMessage) bool {
 		c.sendJSON([]byte(`{"op":9,"d":false,"s":null,"t":null}`))
 		return true
 	}
+	s.cfg.logger.Info("discordtest: resume", "shard", ss.shard, "session", ss.id, "seq", rd.Seq, "resume_url", c.resume)
 	c.attached.Store(ss)
 	old, ok := ss.attach(c, rd.Seq)
 	if !ok {

@@ -20,7 +20,8 @@ type Load struct {
 	Guilds int
 	// Payload returns the pre-encoded payload for a guild; it is called
 	// once per guild before sending. Default: a MESSAGE_CREATE in the
-	// guild.
+	// guild, built when the load starts, so a guild's events share its
+	// message ID (and the load costs no encoding per event).
 	Payload func(guildID uint64) []byte
 }
 

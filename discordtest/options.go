@@ -243,8 +243,9 @@ func WithToken(token string) Option {
 	}
 }
 
-// WithLogger makes the server log connections, closes and violations.
-// By default it is silent.
+// WithLogger makes the server log every connection, IDENTIFY, RESUME
+// (accepted or refused) and close at Info, and rule violations at Warn.
+// The token is never logged. By default it is silent.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l != nil {

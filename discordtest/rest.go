@@ -1,22 +1,17 @@
 package discordtest
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math"
-	"mime"
-	"mime/multipart"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // RESTStats are the REST counters.
@@ -53,15 +48,13 @@ const (
 	routeCreateMessage = "POST /channels/{id}/messages"
 )
 
-// restRoutes lists every route with its bucket hash: an opaque ID per
-// route, the same for every major parameter, as Discord's
-// X-RateLimit-Bucket.
+// restRoutes gives every route its bucket hash: an opaque ID per route,
+// the same for every major parameter, as Discord's X-RateLimit-Bucket.
 var restRoutes = func() map[string]string {
 	m := map[string]string{}
-	for _, r := range []string{routeGateway, routeGatewayBot, routeMe, routeApplication, routeUser,
-		routeGuild, routeMember, routeChannel, routeCreateMessage} {
-		sum := sha256.Sum256([]byte("discordtest " + r))
-		m[r] = hex.EncodeToString(sum[:16])
+	for _, r := range restTable {
+		sum := sha256.Sum256([]byte("discordtest " + r.route))
+		m[r.route] = hex.EncodeToString(sum[:16])
 	}
 	return m
 }()
@@ -70,8 +63,7 @@ var restRoutes = func() map[string]string {
 // reset lazily when a request finds them expired.
 type restState struct {
 	cfg     *config
-	latency atomic.Int64  // added before each request is judged, in ns
-	msgSeq  atomic.Uint64 // message IDs
+	latency atomic.Int64 // added before each request is judged, in ns
 
 	mu          sync.Mutex // guards every field below
 	closed      bool
@@ -219,62 +211,136 @@ func (s *Server) SetRESTLatency(d time.Duration) { s.rest.latency.Store(int64(d)
 // restCall is one parsed request.
 type restCall struct {
 	route string
-	major string // "channel:<id>", "guild:<id>" or ""
-	ids   [2]uint64
-	auth  bool // needs the bot token and counts against the global limit
+	major string // "channel:<id>", "guild:<id>", "webhook:<id>/<token>", "interaction:<id>" or ""
+	ids   [3]uint64
+	strs  [2]string // {token} and {emoji} parameters, in order
+	auth  bool      // needs the bot token
+	// global: counts against the global limit (interaction callbacks and
+	// webhooks with a token do not).
+	global bool
 }
 
+// restRoute is one row of restTable. In pattern, {id} is a snowflake,
+// {token} and {emoji} any segment.
+type restRoute struct {
+	method, pattern, route string
+	segs                   []string // pattern split at /
+	public                 bool     // no bot token: authorised by a token in the path
+}
+
+// restTable lists every route the simulator serves.
+var restTable = func() []restRoute {
+	var t []restRoute
+	add := func(method, pattern string, public bool) {
+		t = append(t, restRoute{method, pattern, method + " /" + pattern, strings.Split(pattern, "/"), public})
+	}
+	add("GET", "gateway", true)
+	add("GET", "gateway/bot", false)
+	add("GET", "users/@me", false)
+	add("PATCH", "users/@me", false)
+	add("GET", "users/@me/guilds", false)
+	add("DELETE", "users/@me/guilds/{id}", false)
+	add("GET", "users/{id}", false)
+	add("GET", "applications/@me", false)
+	add("GET", "oauth2/applications/@me", false)
+	add("GET", "applications/{id}/commands", false)
+	add("PUT", "applications/{id}/commands", false)
+	add("POST", "applications/{id}/commands", false)
+	add("GET", "applications/{id}/guilds/{id}/commands", false)
+	add("PUT", "applications/{id}/guilds/{id}/commands", false)
+	add("GET", "guilds/{id}", false)
+	add("GET", "guilds/{id}/channels", false)
+	add("GET", "guilds/{id}/roles", false)
+	add("GET", "guilds/{id}/members", false)
+	add("GET", "guilds/{id}/members/{user}", false)
+	add("PATCH", "guilds/{id}/members/{user}", false)
+	add("DELETE", "guilds/{id}/members/{user}", false)
+	add("PUT", "guilds/{id}/members/{user}/roles/{id}", false)
+	add("DELETE", "guilds/{id}/members/{user}/roles/{id}", false)
+	add("GET", "channels/{id}", false)
+	add("GET", "channels/{id}/messages", false)
+	add("POST", "channels/{id}/messages", false)
+	add("POST", "channels/{id}/messages/bulk-delete", false)
+	add("GET", "channels/{id}/messages/{id}", false)
+	add("PATCH", "channels/{id}/messages/{id}", false)
+	add("DELETE", "channels/{id}/messages/{id}", false)
+	add("PUT", "channels/{id}/messages/{id}/reactions/{emoji}/@me", false)
+	add("DELETE", "channels/{id}/messages/{id}/reactions/{emoji}/@me", false)
+	add("GET", "channels/{id}/messages/{id}/reactions/{emoji}", false)
+	add("POST", "channels/{id}/typing", false)
+	add("POST", "interactions/{id}/{token}/callback", true)
+	add("POST", "webhooks/{id}/{token}", true)
+	add("GET", "webhooks/{id}/{token}/messages/{id}", true)
+	add("PATCH", "webhooks/{id}/{token}/messages/{id}", true)
+	add("DELETE", "webhooks/{id}/{token}/messages/{id}", true)
+	return t
+}()
+
 // matchREST parses a path below /api/v10. ok is false for an unknown path;
-// method is false when the path is known but not for that method.
+// methodOK is false when the path is known but not for that method.
 func matchREST(method, path string) (c restCall, ok, methodOK bool) {
 	seg := strings.Split(strings.Trim(path, "/"), "/")
-	id := func(i int) (uint64, bool) {
-		v, err := strconv.ParseUint(seg[i], 10, 64)
-		return v, err == nil && v > 0
-	}
-	c.auth = true
-	want := http.MethodGet
-	switch {
-	case len(seg) == 1 && seg[0] == "gateway":
-		c.route, c.auth = routeGateway, false
-	case len(seg) == 2 && seg[0] == "gateway" && seg[1] == "bot":
-		c.route = routeGatewayBot
-	case len(seg) == 2 && seg[0] == "users" && seg[1] == "@me":
-		c.route = routeMe
-	case len(seg) == 2 && seg[0] == "applications" && seg[1] == "@me":
-		c.route = routeApplication
-	case len(seg) == 2 && seg[0] == "users":
-		c.route = routeUser
-	case len(seg) == 2 && seg[0] == "guilds":
-		c.route = routeGuild
-	case len(seg) == 4 && seg[0] == "guilds" && seg[2] == "members":
-		c.route = routeMember
-	case len(seg) == 2 && seg[0] == "channels":
-		c.route = routeChannel
-	case len(seg) == 3 && seg[0] == "channels" && seg[2] == "messages":
-		c.route, want = routeCreateMessage, http.MethodPost
-	default:
-		return c, false, false
-	}
-	// Path parameters must be snowflakes, or the route does not match.
-	for i, j := 1, 0; i < len(seg); i += 2 {
-		if c.route == routeGatewayBot || seg[i] == "@me" {
-			break
+	for _, r := range restTable {
+		pat := r.segs
+		if len(pat) != len(seg) || (pat[0] != seg[0]) {
+			continue
 		}
-		v, good := id(i)
+		var call restCall
+		ni, ns, good := 0, 0, true
+		for i, p := range pat {
+			switch p {
+			case "{id}", "{user}":
+				// @original stands for an interaction's first answer.
+				if p == "{id}" && seg[i] == "@original" && pat[0] == "webhooks" && i == 4 {
+					ni++
+					continue
+				}
+				v, err := strconv.ParseUint(seg[i], 10, 64)
+				if err != nil || v == 0 {
+					good = false
+				} else {
+					call.ids[ni] = v
+					ni++
+				}
+			case "{token}", "{emoji}":
+				if seg[i] == "" {
+					good = false
+				} else {
+					v, err := url.PathUnescape(seg[i])
+					if err != nil {
+						good = false
+					}
+					call.strs[ns] = v
+					ns++
+				}
+			default:
+				good = good && p == seg[i]
+			}
+			if !good {
+				break
+			}
+		}
 		if !good {
-			return c, false, false
+			continue
 		}
-		c.ids[j] = v
-		j++
+		ok = true
+		if r.method != method {
+			continue
+		}
+		call.route, call.auth, call.global = r.route, !r.public, !r.public
+		switch seg[0] {
+		case "channels":
+			call.major = "channel:" + seg[1]
+		case "guilds":
+			call.major = "guild:" + seg[1]
+		case "webhooks":
+			call.major = "webhook:" + seg[1] + "/" + seg[2]
+		case "interactions":
+			call.major = "interaction:" + seg[1]
+		}
+		return call, true, true
 	}
-	switch seg[0] {
-	case "channels":
-		c.major = "channel:" + seg[1]
-	case "guilds":
-		c.major = "guild:" + seg[1]
-	}
-	return c, true, method == want
+	return restCall{}, ok, false
 }
 
 // restJSONError is Discord's error body.
@@ -355,14 +421,14 @@ func (s *Server) admitREST(w http.ResponseWriter, r *http.Request, c restCall) b
 		s.restReply(w, http.StatusUnauthorized, restJSONError(0, "401: Unauthorized"))
 		return false
 	}
-	if !c.auth {
-		return true
+	if c.route == routeGateway {
+		return true // no token, no limit: Discord serves it from its CDN
 	}
 	rs.mu.Lock()
 	if !now.Before(rs.global.resetAt) {
 		rs.global = restWindow{resetAt: now.Add(s.cfg.globalWindow)}
 	}
-	if rs.global.count >= s.cfg.globalLimit {
+	if c.global && rs.global.count >= s.cfg.globalLimit {
 		retry := rs.global.resetAt.Sub(now)
 		rs.limited["global"]++
 		rs.mu.Unlock()
@@ -391,16 +457,19 @@ func (s *Server) admitREST(w http.ResponseWriter, r *http.Request, c restCall) b
 		*b = restWindow{resetAt: now.Add(window)}
 	}
 	if b.count >= limit {
-		retry := b.resetAt.Sub(now)
+		resetAt := b.resetAt // b is guarded by rs.mu: read it before unlocking
+		retry := resetAt.Sub(now)
 		rs.limited["user"]++
 		rs.mu.Unlock()
-		setBucketHeaders(h, c.route, limit, 0, b.resetAt, now)
+		setBucketHeaders(h, c.route, limit, 0, resetAt, now)
 		h.Set("X-RateLimit-Scope", "user")
 		h.Set("Retry-After", retryAfterHeader(retry))
 		s.restReply(w, http.StatusTooManyRequests, rateLimitBody(retry, false))
 		return false
 	}
-	rs.global.count++
+	if c.global {
+		rs.global.count++
+	}
 	b.count++
 	remaining, resetAt := limit-b.count, b.resetAt
 	var fault restFault
@@ -487,166 +556,6 @@ func retryAfterHeader(d time.Duration) string {
 
 func rateLimitBody(retry time.Duration, global bool) []byte {
 	return fmt.Appendf(nil, `{"message": "You are being rate limited.", "retry_after": %.3f, "global": %t}`, ceilMillis(retry), global)
-}
-
-// handleREST answers a request that went through the limits.
-func (s *Server) handleREST(w http.ResponseWriter, r *http.Request, c restCall) {
-	switch c.route {
-	case routeGateway:
-		s.restReply(w, http.StatusOK, []byte(`{"url":"`+s.wsURL+`"}`))
-	case routeGatewayBot:
-		s.restReply(w, http.StatusOK, s.gatewayBot())
-	case routeMe:
-		s.restReply(w, http.StatusOK, s.appendUser(nil, s.cfg.applicationID))
-	case routeApplication:
-		s.restReply(w, http.StatusOK, s.application())
-	case routeUser:
-		if !s.userExists(c.ids[0]) {
-			s.restReply(w, http.StatusNotFound, restJSONError(10013, "Unknown User"))
-			return
-		}
-		s.restReply(w, http.StatusOK, s.appendUser(nil, c.ids[0]))
-	case routeGuild:
-		g := s.guildOf(c.ids[0])
-		if g < 0 {
-			s.restReply(w, http.StatusNotFound, restJSONError(10004, "Unknown Guild"))
-			return
-		}
-		b := s.appendGuildFields([]byte{'{'}, g)
-		if r.URL.Query().Get("with_counts") == "true" {
-			b = fmt.Appendf(b, `,"approximate_member_count":%d,"approximate_presence_count":0`, s.cfg.membersPerGuild)
-		}
-		s.restReply(w, http.StatusOK, append(b, '}'))
-	case routeMember:
-		g := s.guildOf(c.ids[0])
-		if g < 0 {
-			s.restReply(w, http.StatusNotFound, restJSONError(10004, "Unknown Guild"))
-			return
-		}
-		m := s.memberIndex(g, c.ids[1])
-		if m < 0 {
-			s.restReply(w, http.StatusNotFound, restJSONError(10007, "Unknown Member"))
-			return
-		}
-		s.restReply(w, http.StatusOK, s.appendMember(nil, g, m))
-	case routeChannel:
-		g, ch := s.channelOf(c.ids[0])
-		if g < 0 {
-			s.restReply(w, http.StatusNotFound, restJSONError(10003, "Unknown Channel"))
-			return
-		}
-		s.restReply(w, http.StatusOK, s.appendChannel(nil, g, ch))
-	case routeCreateMessage:
-		s.createMessage(w, r, c.ids[0])
-	}
-}
-
-// guildOf returns the index of the guild with this exact ID, or -1.
-func (s *Server) guildOf(id uint64) int {
-	g := s.guildIndex(id)
-	if g < 0 || guildID(g) != id {
-		return -1
-	}
-	return g
-}
-
-// channelOf returns the guild and index of a channel, or -1, -1.
-func (s *Server) channelOf(id uint64) (g, c int) {
-	g = s.guildIndex(id)
-	kind, idx := idKind(id)
-	if g < 0 || kind != kindChannel || idx >= s.cfg.channelsPerGuild || subID(g, kindChannel, idx) != id {
-		return -1, -1
-	}
-	return g, idx
-}
-
-// memberIndex returns the index of a user among guild g's members, or -1.
-func (s *Server) memberIndex(g int, user uint64) int {
-	if user == s.cfg.applicationID {
-		return 0
-	}
-	kind, m := idKind(user)
-	if s.guildIndex(user) != g || kind != kindUser || m < 1 || m >= s.cfg.membersPerGuild || subID(g, kindUser, m) != user {
-		return -1
-	}
-	return m
-}
-
-func (s *Server) userExists(id uint64) bool {
-	g := s.guildIndex(id)
-	return id == s.cfg.applicationID || (g >= 0 && s.memberIndex(g, id) > 0)
-}
-
-// application encodes GET /applications/@me.
-func (s *Server) application() []byte {
-	b := []byte(`{"id":`)
-	b = appendID(b, s.cfg.applicationID)
-	b = append(b, `,"name":"discordtest","icon":null,"description":"","rpc_origins":[],"bot_public":true,"bot_require_code_grant":false,"bot":`...)
-	b = s.appendUser(b, s.cfg.applicationID)
-	b = append(b, `,"verify_key":"`...)
-	b = append(b, strings.Repeat("0", 64)...)
-	b = append(b, `","team":null,"tags":[],"flags":0,"approximate_guild_count":`...)
-	b = strconv.AppendInt(b, int64(s.cfg.guilds), 10)
-	return append(b, `,"integration_types_config":{}}`...)
-}
-
-// createMessage handles POST /channels/{id}/messages: the bot's message is
-// returned and dispatched as MESSAGE_CREATE to the shard owning the guild.
-func (s *Server) createMessage(w http.ResponseWriter, r *http.Request, channel uint64) {
-	g, _ := s.channelOf(channel)
-	if g < 0 {
-		s.restReply(w, http.StatusNotFound, restJSONError(10003, "Unknown Channel"))
-		return
-	}
-	content, status, body := readMessageCreate(r)
-	if status != 0 {
-		s.restReply(w, status, body)
-		return
-	}
-	msg := s.appendMessage(nil, g, channel, s.cfg.applicationID, s.rest.msgSeq.Add(1), content)
-	_, _ = s.Dispatch(guildID(g), "MESSAGE_CREATE", msg)
-	s.restReply(w, http.StatusOK, msg)
-}
-
-// messageCreate is the part of a message create body the server checks.
-type messageCreate struct {
-	Content    string            `json:"content"`
-	Embeds     []json.RawMessage `json:"embeds"`
-	StickerIDs []json.RawMessage `json:"sticker_ids"`
-}
-
-// readMessageCreate reads a JSON or multipart (payload_json) body. A
-// status other than 0 is Discord's answer to a bad body.
-func readMessageCreate(r *http.Request) (content string, status int, body []byte) {
-	raw, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, 8<<20))
-	if err != nil {
-		return "", http.StatusRequestEntityTooLarge, restJSONError(40005, "Request entity too large")
-	}
-	if mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
-		mr := multipart.NewReader(bytes.NewReader(raw), params["boundary"])
-		raw = nil
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			if p.FormName() == "payload_json" {
-				raw, _ = io.ReadAll(p)
-				break
-			}
-		}
-	}
-	var mc messageCreate
-	if err := json.Unmarshal(raw, &mc); err != nil {
-		return "", http.StatusBadRequest, restJSONError(50109, "The request body contains invalid JSON.")
-	}
-	if mc.Content == "" && len(mc.Embeds) == 0 && len(mc.StickerIDs) == 0 {
-		return "", http.StatusBadRequest, restJSONError(50006, "Cannot send an empty message")
-	}
-	if utf8.RuneCountInString(mc.Content) > 2000 {
-		return "", http.StatusBadRequest, []byte(`{"message": "Invalid Form Body", "code": 50035, "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}}}`)
-	}
-	return mc.Content, 0, nil
 }
 
 // gatewayBot encodes the GET /gateway/bot answer.

@@ -110,8 +110,9 @@ func TestRESTRoutesDecodeWithDisgo(t *testing.T) {
 	if err != nil || u.ID != member || u.Bot {
 		t.Errorf("GET /users/{id}: %+v, %v", u, err)
 	}
+	// A REST message carries no guild_id: that is a gateway extra field.
 	msg, err := c.CreateMessage(channel, discord.MessageCreate{Content: "hello"})
-	if err != nil || msg.Content != "hello" || msg.ChannelID != channel || msg.Author.ID != app || msg.GuildID == nil || *msg.GuildID != guild {
+	if err != nil || msg.Content != "hello" || msg.ChannelID != channel || msg.Author.ID != app || msg.GuildID != nil {
 		t.Errorf("POST /channels/{id}/messages: %+v, %v", msg, err)
 	}
 
@@ -412,4 +413,128 @@ func TestRESTMessageCreateIsDispatched(t *testing.T) {
 	if got.ID != sent.ID || got.Content != "over the gateway" || got.ChannelID != channel || got.Author.ID != snowflake.ID(srv.ApplicationID()) {
 		t.Errorf("MESSAGE_CREATE %+v, want the message the bot sent (%s)", got, sent.ID)
 	}
+}
+
+// TestRESTDailyUseWithDisgo drives the routes a bot uses every day
+// through disgo's REST client, which decodes every answer into its
+// structs.
+func TestRESTDailyUseWithDisgo(t *testing.T) {
+	srv := newRESTServer(t, discordtest.WithGuilds(2), discordtest.WithGuildShape(4, 3, 2),
+		discordtest.WithRouteRateLimit(1000, time.Second), discordtest.WithGlobalRateLimit(1000, time.Second))
+	c := disgoREST(t, srv, srv.Token())
+	app := snowflake.ID(srv.ApplicationID())
+	guild, channel := snowflake.ID(srv.GuildID(1)), snowflake.ID(srv.ChannelID(1, 0))
+	member := snowflake.ID(srv.MemberID(1, 2))
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+
+	info, err := c.GetBotApplicationInfo()
+	must("GET /oauth2/applications/@me", err)
+	if info.ID != app || info.Owner == nil {
+		t.Errorf("application %+v: want its ID and an owner", info)
+	}
+	cmds, err := c.SetGlobalCommands(app, []discord.ApplicationCommandCreate{discord.SlashCommandCreate{Name: "ping", Description: "pong"}})
+	must("PUT commands", err)
+	if len(cmds) != 1 || cmds[0].Name() != "ping" || cmds[0].ID() == 0 {
+		t.Errorf("commands %+v", cmds)
+	}
+	got, err := c.GetGlobalCommands(app, false)
+	must("GET commands", err)
+	if len(got) != 1 {
+		t.Errorf("GET commands: %d, want 1", len(got))
+	}
+	roles, err := c.GetRoles(guild)
+	must("GET roles", err)
+	if len(roles) != 3 || roles[0].Permissions&discord.PermissionSendMessages == 0 || roles[1].Position <= roles[2].Position {
+		t.Errorf("roles %+v: want @everyone able to send, the bot's role highest", roles)
+	}
+	chans, err := c.GetGuildChannels(guild)
+	must("GET guild channels", err)
+	if len(chans) != 3 {
+		t.Errorf("%d channels, want 3", len(chans))
+	}
+	members, err := c.GetMembers(guild, 10, 0)
+	must("GET members", err)
+	if len(members) != 4 {
+		t.Errorf("%d members, want 4", len(members))
+	}
+
+	before := time.Now().Add(-time.Second)
+	msg, err := c.CreateMessage(channel, discord.MessageCreate{Content: "hello", Nonce: "abc", EnforceNonce: true})
+	must("POST message", err)
+	if msg.Nonce != "abc" || msg.CreatedAt.Before(before) || !msg.CreatedAt.Equal(msg.ID.Time()) {
+		t.Errorf("message %+v: want the nonce echoed and an ID minted now", msg)
+	}
+	up, err := c.UpdateMessage(channel, msg.ID, discord.MessageUpdate{Content: ptr("edited")})
+	must("PATCH message", err)
+	if up.Content != "edited" || up.EditedTimestamp == nil {
+		t.Errorf("edited %+v", up)
+	}
+	must("PUT reaction", c.AddReaction(channel, msg.ID, "👍"))
+	users, err := c.GetReactions(channel, msg.ID, "👍", discord.MessageReactionTypeNormal, 0, 25)
+	must("GET reactions", err)
+	if len(users) != 1 || users[0].ID != app {
+		t.Errorf("reactions by %+v, want the bot", users)
+	}
+	fetched, err := c.GetMessage(channel, msg.ID)
+	must("GET message", err)
+	if len(fetched.Reactions) != 1 || !fetched.Reactions[0].Me {
+		t.Errorf("reactions %+v", fetched.Reactions)
+	}
+	must("DELETE reaction", c.RemoveOwnReaction(channel, msg.ID, "👍"))
+	must("typing", c.SendTyping(channel))
+	second, err := c.CreateMessage(channel, discord.MessageCreate{Content: "two"})
+	must("POST message", err)
+	list, err := c.GetMessages(channel, 0, 0, 0, 10)
+	must("GET messages", err)
+	if len(list) != 2 || list[0].ID != second.ID {
+		t.Errorf("messages %d, newest %v; want 2, newest first", len(list), list)
+	}
+	must("bulk delete", c.BulkDeleteMessages(channel, []snowflake.ID{msg.ID, second.ID}))
+	if _, err := c.GetMessage(channel, msg.ID); !isCode(err, 10008) {
+		t.Errorf("GET a deleted message: %v, want 10008", err)
+	}
+
+	_, err = c.UpdateMember(guild, member, discord.MemberUpdate{Nick: ptr("nick")})
+	must("PATCH member", err)
+	must("PUT member role", c.AddMemberRole(guild, member, snowflake.ID(srv.RoleID(1, 2))))
+	if err := c.AddMemberRole(guild, member, snowflake.ID(srv.RoleID(1, 1))); !isCode(err, 50013) {
+		t.Errorf("granting the bot's own role: %v, want 50013", err)
+	}
+	must("kick", c.RemoveMember(guild, member))
+
+	payload, token := srv.InteractionCreate(1, "ping")
+	in, err := discord.UnmarshalInteraction(payload)
+	must("decode interaction", err)
+	must("callback", c.CreateInteractionResponse(in.ID(), token, discord.InteractionResponse{
+		Type: discord.InteractionResponseTypeCreateMessage, Data: discord.MessageCreate{Content: "pong"}}))
+	orig, err := c.GetInteractionResponse(app, token)
+	must("GET @original", err)
+	if orig.Content != "pong" {
+		t.Errorf("@original %q", orig.Content)
+	}
+	fu, err := c.CreateFollowupMessage(app, token, discord.MessageCreate{Content: "more"})
+	must("follow-up", err)
+	if fu.WebhookID == nil {
+		t.Errorf("follow-up %+v has no webhook_id", fu)
+	}
+	must("DELETE @original", c.DeleteInteractionResponse(app, token))
+	err = c.CreateInteractionResponse(in.ID(), token, discord.InteractionResponse{Type: discord.InteractionResponseTypeDeferredCreateMessage})
+	if !isCode(err, 40060) {
+		t.Errorf("second callback: %v, want 40060", err)
+	}
+	must("leave guild", c.LeaveGuild(snowflake.ID(srv.GuildID(0))))
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// isCode reports whether err is Discord's JSON error with code.
+func isCode(err error, code int) bool {
+	var re rest.Error
+	var pre *rest.Error
+	return (errors.As(err, &re) && int(re.Code) == code) || (errors.As(err, &pre) && int(pre.Code) == code)
 }

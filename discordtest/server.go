@@ -21,6 +21,7 @@ type Server struct {
 	wsURL    string // ws://127.0.0.1:port
 	upgrader upgrader
 	rest     *restState
+	world    *world
 
 	wg sync.WaitGroup // counts connection handlers and load generators
 
@@ -80,6 +81,12 @@ type Stats struct {
 	// SessionEnded* constants; server closes as "close_" and the code).
 	// Sessions lost when the server closes are not counted.
 	SessionsEnded map[string]int
+	// ReadySessions counts the connected sessions whose READY and every
+	// GUILD_CREATE that follows it have been written to the connection.
+	ReadySessions int
+	// ReadyShards is ReadySessions by shard id (sessions of any shard
+	// count).
+	ReadyShards map[int]int
 	// SessionStartsRemaining is session_start_limit.remaining.
 	SessionStartsRemaining int
 	REST                   RESTStats
@@ -135,6 +142,7 @@ func StartAt(addr string, opts ...Option) (*Server, error) {
 	}
 	s.upgrader = newUpgrader()
 	s.rest = newRESTState(cfg)
+	s.world = newWorld()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", s.serveGateway)
 	mux.HandleFunc("/resume", s.serveGateway)
@@ -239,9 +247,16 @@ func (s *Server) Stats() Stats {
 		Violations:      make(map[string]int, len(s.stats.violations)),
 		EventsSent:      make(map[int]int64, len(s.stats.eventsSent)),
 		SessionsEnded:   make(map[string]int, len(s.stats.sessionsEnded)),
+		ReadyShards:     map[int]int{},
 	}
 	for k, v := range s.stats.sessionsEnded {
 		st.SessionsEnded[k] = v
+	}
+	for _, ss := range s.sessions {
+		if ss.ready() {
+			st.ReadySessions++
+			st.ReadyShards[ss.shard]++
+		}
 	}
 	for _, id := range s.identifies {
 		if !id.Violation {

@@ -28,6 +28,10 @@ type session struct {
 	conn       *conn      // attached connection or nil
 	detachedAt time.Time
 	ended      bool // invalidated: no more dispatches, no resume
+	// initial is the sequence of the last dispatch of the IDENTIFY's
+	// answer (READY and the shard's GUILD_CREATEs), 0 until all of them
+	// are queued.
+	initial int
 }
 
 func newSession(id string, shard, shards int, intents uint64, maxRing int) *session {
@@ -166,6 +170,23 @@ func (ss *session) detach(c *conn, invalidate bool) (ended bool) {
 	ss.mu.Unlock()
 	ss.cond.Broadcast()
 	return ended
+}
+
+// markInitial records that READY and the shard's GUILD_CREATEs are
+// queued: everything up to the current sequence belongs to them or came
+// after them.
+func (ss *session) markInitial() {
+	ss.mu.Lock()
+	ss.initial = ss.seq
+	ss.mu.Unlock()
+}
+
+// ready reports whether READY and every GUILD_CREATE of the IDENTIFY have
+// been written to the attached connection.
+func (ss *session) ready() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return !ss.ended && ss.initial > 0 && ss.conn != nil && ss.conn.sent >= ss.initial
 }
 
 // end invalidates the session and wakes every waiter. It reports whether
