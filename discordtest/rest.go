@@ -562,7 +562,7 @@ func rateLimitBody(retry time.Duration, global bool) []byte {
 func (s *Server) gatewayBot() []byte {
 	s.mu.Lock()
 	remaining := s.remainingStartsLocked(time.Now())
-	resetAfter := s.cfg.sessionReset - time.Now().Sub(s.startsAt)
+	resetAfter := s.cfg.sessionReset - time.Since(s.startsAt)
 	s.mu.Unlock()
 	b := []byte(`{"url":"` + s.wsURL + `","shards":` + strconv.Itoa(s.RecommendedShards()) + `,"session_start_limit":{"total":`)
 	b = strconv.AppendInt(b, int64(s.cfg.sessionStarts), 10)
