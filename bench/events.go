@@ -367,7 +367,10 @@ func eventsBare(gw, restURL, token string, ls []bot.EventListener) (func() error
 		bot.WithRestClientConfigOpts(rest.WithURL(restURL)),
 		bot.WithShardManagerConfigOpts(
 			sharding.WithShardIDs(ids...), sharding.WithShardCount(evShards),
-			sharding.WithRateLimiterConfigOpt(sharding.WithMaxConcurrency(evShards)),
+			// One shard opens at a time: disgo v0.18.15's ShardManager
+			// writes its shard map from one goroutine per shard (see
+			// oneAtATime in fleet.go).
+			sharding.WithRateLimiter(&oneAtATime{}),
 			sharding.WithGatewayConfigOpts(gateway.WithURL(gw), gateway.WithLogger(quiet),
 				gateway.WithIntents(gateway.IntentGuilds, gateway.IntentGuildMessages)),
 		),
