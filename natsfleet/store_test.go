@@ -59,6 +59,9 @@ func TestKVStoreThroughBus(t *testing.T) {
 	if err != nil || !slices.Equal(keys, []string{"a key with spaces", "guild/1"}) {
 		t.Errorf("StoreKeys = %v, %v", keys, err)
 	}
+	if n, err := services.StoreIncrement(ctx, cb, "a key with spaces", 3); err != nil || n != 10 {
+		t.Errorf("StoreIncrement through the KV backend = %d, %v; want 10", n, err)
+	}
 	if ok, err := services.StoreDelete(ctx, cb, "guild/1"); err != nil || !ok {
 		t.Errorf("StoreDelete = %v, %v", ok, err)
 	}

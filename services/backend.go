@@ -21,6 +21,12 @@ type StoreBackend interface {
 	Clear(ctx context.Context) (int, error)
 }
 
+// StoreIncrementer is a StoreBackend that can add to an integer value in
+// one atomic step; [StoreIncrement] needs it.
+type StoreIncrementer interface {
+	Increment(ctx context.Context, key string, delta int64) (int64, error)
+}
+
 // NewStoreOn returns a Store whose data lives in b: [StoreGet] and the
 // other helpers reach it through the bus as they reach a Store in memory.
 func NewStoreOn(b StoreBackend) *Store {
@@ -47,4 +53,11 @@ func (s *Store) handleBackend(ep *bus.Endpoint) {
 	})
 	bus.Handle(ep, storeKeys, func(ctx context.Context, _ struct{}) ([]string, error) { return b.Keys(ctx) })
 	bus.Handle(ep, storeClear, func(ctx context.Context, _ struct{}) (int, error) { return b.Clear(ctx) })
+	bus.Handle(ep, storeIncr, func(ctx context.Context, d storeDelta) (int64, error) {
+		inc, ok := b.(StoreIncrementer)
+		if !ok {
+			return 0, fmt.Errorf("store: increment %q: the store's backend (%T) has no atomic increment", d.Key, b)
+		}
+		return inc.Increment(ctx, d.Key, d.Delta)
+	})
 }

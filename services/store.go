@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/gofleet/fleet/bus"
@@ -25,7 +26,13 @@ const (
 	storeHas    = "has"    // string → bool
 	storeKeys   = "keys"   // struct{} → []string, sorted
 	storeClear  = "clear"  // struct{} → int (how many keys were removed)
+	storeIncr   = "incr"   // storeDelta → int64 (the new value)
 )
+
+type storeDelta struct {
+	Key   string `json:"key"`
+	Delta int64  `json:"delta"`
+}
 
 type storeEntry struct {
 	Key   string          `json:"key"`
@@ -116,6 +123,19 @@ func (s *Store) Start(_ context.Context, sc *Context) error {
 		clear(s.data)
 		return n, nil
 	})
+	bus.Handle(ep, storeIncr, func(_ context.Context, d storeDelta) (int64, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		var n int64
+		if old, ok := s.data[d.Key]; ok {
+			if err := json.Unmarshal(old, &n); err != nil {
+				return 0, fmt.Errorf("store: increment %q: the value is not an integer", d.Key)
+			}
+		}
+		n += d.Delta
+		s.data[d.Key] = strconv.AppendInt(nil, n, 10)
+		return n, nil
+	})
 	return nil
 }
 
@@ -127,6 +147,13 @@ func StoreSet[V any](ctx context.Context, b *bus.Bus, key string, v V) error {
 	}
 	_, err = bus.Request[storeEntry, struct{}](ctx, b, storeAddr, storeSet, storeEntry{Key: key, Value: raw})
 	return err
+}
+
+// StoreIncrement adds delta to the integer stored under key (a missing
+// key counts as 0) and returns the new value, in one step: two callers
+// never lose an update, as a StoreGet followed by a StoreSet can.
+func StoreIncrement(ctx context.Context, b *bus.Bus, key string, delta int64) (int64, error) {
+	return bus.Request[storeDelta, int64](ctx, b, storeAddr, storeIncr, storeDelta{Key: key, Delta: delta})
 }
 
 // StoreGet returns the value stored under key, decoded into a V, and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -182,5 +183,46 @@ func TestStoreNotRunning(t *testing.T) {
 	}
 	if _, _, err := services.StoreGet[int](context.Background(), b, "k"); !errors.Is(err, bus.ErrUnknownAddress) {
 		t.Errorf("get without a store = %v, want ErrUnknownAddress", err)
+	}
+}
+
+// Increments from many goroutines at once lose no update; a value that is
+// not an integer is refused and left as it was.
+func TestStoreIncrement(t *testing.T) {
+	t.Parallel()
+	b, _ := newStore(t, bus.Options{Strict: true})
+	ctx := testContext(t)
+	const writers, each = 8, 50
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(func() {
+			for range each {
+				if _, err := services.StoreIncrement(ctx, b, "count", 1); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n, _, err := services.StoreGet[int64](ctx, b, "count"); err != nil || n != writers*each {
+		t.Fatalf("count = %d, %v; want %d", n, err, writers*each)
+	}
+	if n, err := services.StoreIncrement(ctx, b, "count", -10); err != nil || n != writers*each-10 {
+		t.Fatalf("increment by -10 = %d, %v; want %d", n, err, writers*each-10)
+	}
+	if err := services.StoreSet(ctx, b, "name", "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := services.StoreIncrement(ctx, b, "name", 1); err == nil || !strings.Contains(err.Error(), "not an integer") {
+		t.Fatalf("increment of a string = %v, want an error saying it is not an integer", err)
+	}
+	if v, _, _ := services.StoreGet[string](ctx, b, "name"); v != "fleet" {
+		t.Fatalf("name = %q after a refused increment, want it unchanged", v)
 	}
 }

@@ -50,8 +50,12 @@ func (b countingBot) Setup(_ context.Context, g *shardgroup.Group) error {
 			g.Logger().Warn("counter unreachable", "err", err)
 			return
 		}
-		n, _, _ := services.StoreGet[int](ctx, g.Bus(), key)
-		_ = services.StoreSet(ctx, g.Bus(), key, n+1) // one listener per cluster at a time: no lost update
+		// Each shard runs its listeners on its own goroutine, so two
+		// shards of a cluster may count at once: the increment is one
+		// step in the store, and no update is lost.
+		if _, err := services.StoreIncrement(ctx, g.Bus(), key, 1); err != nil {
+			g.Logger().Warn("store unreachable", "err", err)
+		}
 	}))
 	return nil
 }
