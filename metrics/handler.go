@@ -32,6 +32,12 @@ type Token string
 // String keeps the token out of formatted output.
 func (Token) String() string { return "REDACTED" }
 
+// GoString keeps the token out of %#v.
+func (Token) GoString() string { return `"REDACTED"` }
+
+// MarshalText keeps the token out of JSON and other encodings.
+func (Token) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+
 // LogValue keeps the token out of logs.
 func (Token) LogValue() slog.Value { return slog.StringValue("REDACTED") }
 

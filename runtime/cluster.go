@@ -319,7 +319,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		hooks.Event = func(g *shardgroup.Group, shard int, t gateway.EventType) { f(g.ID(), shard, string(t)) }
 	}
 	g, err := shardgroup.New(shardgroup.Config{
-		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: string(r.cfg.Token), GatewayURL: env.gatewayURL,
+		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
 		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus,
 		Compression: r.cfg.Compression,

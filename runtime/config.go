@@ -42,14 +42,9 @@ type BotFunc func(ctx context.Context, g *shardgroup.Group) error
 // Setup calls f.
 func (f BotFunc) Setup(ctx context.Context, g *shardgroup.Group) error { return f(ctx, g) }
 
-// Token is a bot token. It redacts itself in logs and formatted output.
-type Token string
-
-// LogValue keeps the token out of logs.
-func (Token) LogValue() slog.Value { return slog.StringValue("REDACTED") }
-
-// String keeps the token out of formatted output.
-func (Token) String() string { return "REDACTED" }
+// Token is a bot token: the shards' own type, which redacts itself in
+// logs, formatted output and encodings.
+type Token = shardgroup.Token
 
 // WhatToLog filters the runtime's event log records by kind, as
 // eris-fleet's whatToLog: with Allow set only those kinds are logged,

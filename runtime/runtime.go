@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	goruntime "runtime"
@@ -530,6 +531,21 @@ func (r *Runtime) clientOptions(carried cache.Caches) []bot.ConfigOpt {
 
 // RESTLimiter is the limiter every cluster's REST client shares, or nil.
 func (r *Runtime) RESTLimiter() *restproxy.Limiter { return r.cfg.RESTLimiter }
+
+// String describes the runtime without its configuration, so that %v,
+// %+v and loggers that format values never print the token.
+func (r *Runtime) String() string {
+	if r == nil {
+		return "runtime.Runtime(nil)"
+	}
+	return fmt.Sprintf("runtime.Runtime{clusters: %d}", r.cfg.Clusters)
+}
+
+// GoString is String, for %#v.
+func (r *Runtime) GoString() string { return r.String() }
+
+// LogValue is String, for slog.
+func (r *Runtime) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // Shutdown stops every cluster (their Shutdown hooks first, then their
 // shards, keeping sessions with a SessionStore, all within

@@ -135,7 +135,7 @@ func TestGroupCompression(t *testing.T) {
 			defer srv.Close()
 			sn := newSeen()
 			g, err := New(Config{
-				ShardIDs: []int{0, 1}, ShardCount: 2, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+				ShardIDs: []int{0, 1}, ShardCount: 2, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 				IdentifyLimiter: noLimit{}, Compression: kind,
 				ClientOptions: []bot.ConfigOpt{quietREST, sn.listener()},
 			})

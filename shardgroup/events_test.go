@@ -84,7 +84,7 @@ func TestPanickingListenerDoesNotStarveLaterOnes(t *testing.T) {
 	var mu sync.Mutex
 	var shards []int
 	g, err := New(Config{
-		ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+		ShardIDs: []int{0}, ShardCount: 1, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST, boom, sn.listener()},
 		Hooks: Hooks{ListenerPanic: func(_ *Group, shard int, _ any) {
 			mu.Lock()
@@ -138,7 +138,7 @@ func TestCutOverGivesUpWhenOldGenerationLags(t *testing.T) {
 	old.Record(2)
 
 	var gate Gate
-	next, err := New(Config{ShardIDs: []int{0, 1}, ShardCount: 2, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+	next, err := New(Config{ShardIDs: []int{0, 1}, ShardCount: 2, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 		Intents:         gateway.IntentGuilds | gateway.IntentGuildMessages,
 		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST, sn.listener()},
 		Gate: &gate, Generation: 1, MaxHeld: 5})

@@ -26,7 +26,7 @@ type Config struct {
 	ID              int
 	ShardIDs        []int // the shards this group runs
 	ShardCount      int   // the fleet's total
-	Token           string
+	Token           Token
 	GatewayURL      string
 	Intents         gateway.Intents
 	LargeThreshold  int // default 50
@@ -129,7 +129,7 @@ func New(cfg Config) (*Group, error) {
 		if id < 0 || id >= cfg.ShardCount {
 			return nil, fmt.Errorf("shardgroup: shard %d is outside 0..%d", id, cfg.ShardCount-1)
 		}
-		s := &shard{g: g, id: id, count: cfg.ShardCount, token: cfg.Token, log: g.log.With("shard", id),
+		s := &shard{g: g, id: id, count: cfg.ShardCount, token: string(cfg.Token), log: g.log.With("shard", id),
 			presence: cfg.Presence, stop: make(chan struct{}), hurry: make(chan struct{}), done: make(chan struct{})}
 		s.session = Session{ShardID: id, ShardCount: cfg.ShardCount}
 		if sess, ok := cfg.Sessions[id]; ok && sess.ShardCount == cfg.ShardCount && sess.SessionID != "" {
@@ -150,7 +150,7 @@ func New(cfg Config) (*Group, error) {
 	emc.Apply(bc.EventManagerConfigOpts)
 	g.em = newEventManager(g, emc)
 	opts = append(opts, bot.WithEventManager(g.em))
-	client, err := disgo.New(cfg.Token, opts...)
+	client, err := disgo.New(string(cfg.Token), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("shardgroup: group %d: build client: %w", cfg.ID, err)
 	}
@@ -186,6 +186,21 @@ func (g *Group) Loaded() bool {
 
 // ID is the group's cluster ID.
 func (g *Group) ID() int { return g.cfg.ID }
+
+// String describes the group without its configuration, so that %v, %+v
+// and loggers that format values never print the token.
+func (g *Group) String() string {
+	if g == nil {
+		return "shardgroup.Group(nil)"
+	}
+	return fmt.Sprintf("shardgroup.Group{id: %d, shards: %v, shard_count: %d}", g.cfg.ID, g.ids, g.cfg.ShardCount)
+}
+
+// GoString is String, for %#v.
+func (g *Group) GoString() string { return g.String() }
+
+// LogValue is String, for slog.
+func (g *Group) LogValue() slog.Value { return slog.StringValue(g.String()) }
 
 // ShardIDs returns the group's shard IDs in order; the slice is a copy.
 func (g *Group) ShardIDs() []int { return slices.Clone(g.ids) }

@@ -77,7 +77,7 @@ func (s *seen) waitN(t *testing.T, n int) []string {
 func newGroup(t *testing.T, srv *discordtest.Server, ids []int, count int, sessions map[int]Session, opts ...bot.ConfigOpt) *Group {
 	t.Helper()
 	g, err := New(Config{
-		ID: 0, ShardIDs: ids, ShardCount: count, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+		ID: 0, ShardIDs: ids, ShardCount: count, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 		Intents:         gateway.IntentGuilds | gateway.IntentGuildMessages,
 		IdentifyLimiter: noLimit{}, Sessions: sessions,
 		ClientOptions: append([]bot.ConfigOpt{quietREST}, opts...),
@@ -292,7 +292,7 @@ func TestFatalClose(t *testing.T) {
 	srv := discordtest.NewServer(discordtest.WithGuilds(2), discordtest.WithPrivilegedIntents(0))
 	defer srv.Close()
 	fatal := make(chan *CloseError, 1)
-	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 		Intents: gateway.IntentMessageContent, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
 		Hooks: Hooks{Fatal: func(_ *Group, e *CloseError) { fatal <- e }}})
 	if err != nil {
@@ -418,7 +418,7 @@ func TestDialFailuresWarnOnce(t *testing.T) {
 	defer srv.Close()
 	dead := newDeadGateway(t)
 	var logs syncBuffer
-	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: dead.URL(),
+	g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: Token(srv.Token()), GatewayURL: dead.URL(),
 		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
@@ -456,7 +456,7 @@ func TestHandOverWaitsForHeldIdentify(t *testing.T) {
 			defer srv.Close()
 			srv.HoldShard(0)
 			sent := make(chan struct{}, 1)
-			g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: srv.GatewayURL(),
+			g, err := New(Config{ShardIDs: []int{0}, ShardCount: 1, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
 				Intents: gateway.IntentGuilds, IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST},
 				Hooks: Hooks{Identify: func(*Group, int, time.Duration) { sent <- struct{}{} }}})
 			if err != nil {

@@ -53,7 +53,7 @@ func TestStopHonoursCtx(t *testing.T) {
 	}()
 	srv := discordtest.NewServer() // for a token disgo accepts
 	defer srv.Close()
-	g, err := New(Config{ID: 3, ShardIDs: []int{0}, ShardCount: 1, Token: srv.Token(), GatewayURL: "ws://" + ln.Addr().String(),
+	g, err := New(Config{ID: 3, ShardIDs: []int{0}, ShardCount: 1, Token: Token(srv.Token()), GatewayURL: "ws://" + ln.Addr().String(),
 		IdentifyLimiter: noLimit{}, ClientOptions: []bot.ConfigOpt{quietREST}})
 	if err != nil {
 		t.Fatal(err)
