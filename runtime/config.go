@@ -207,6 +207,25 @@ func (c Config) withDefaults() (Config, error) {
 	if c.StatsInterval < 0 {
 		return c, fmt.Errorf("runtime: StatsInterval (%s) is negative: use 0 to send no stats events", c.StatsInterval)
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"IdentifyInterval", c.IdentifyInterval}, {"ClusterTimeout", c.ClusterTimeout}, {"ShutdownTimeout", c.ShutdownTimeout},
+		{"RestartWindow", c.RestartWindow}, {"RestartBackoff", c.RestartBackoff}, {"SessionMaxAge", c.SessionMaxAge},
+		{"ServiceTimeout", c.ServiceTimeout}, {"RequestTimeout", c.RequestTimeout},
+	} {
+		if d.v < 0 {
+			return c, fmt.Errorf("runtime: %s (%s) is negative: use a positive duration, or 0 for the default", d.name, d.v)
+		}
+	}
+	if c.GuildsPerShard < 0 || c.MaxConcurrencyOverride < 0 {
+		return c, fmt.Errorf("runtime: GuildsPerShard (%d) and MaxConcurrencyOverride (%d) must not be negative: use 0 for Discord's values",
+			c.GuildsPerShard, c.MaxConcurrencyOverride)
+	}
+	if c.MaxRestarts < -1 {
+		return c, fmt.Errorf("runtime: MaxRestarts (%d) is below -1: use -1 to restart without limit, or 0 for the default (5)", c.MaxRestarts)
+	}
 	if c.Intents == 0 {
 		c.Intents = gateway.IntentGuilds | gateway.IntentGuildMessages
 	}

@@ -107,6 +107,11 @@ func TestValidation(t *testing.T) {
 		{"large bot multiple", func(c *Config) { c.Shards, c.MaxConcurrencyOverride = 20, 16 }, "must be a multiple of 16", true},
 		{"session starts", func(c *Config) { c.Shards = 4 }, "3 session starts remain today but 4 shards must identify", true},
 		{"bad token", func(c *Config) { c.Token = "nope" }, "refused the token (401)", true},
+		{"negative request timeout", func(c *Config) { c.RequestTimeout = -time.Second }, "RequestTimeout (-1s) is negative", false},
+		{"negative cluster timeout", func(c *Config) { c.ClusterTimeout = -1 }, "ClusterTimeout (-1ns) is negative", false},
+		{"negative guilds per shard", func(c *Config) { c.GuildsPerShard = -5 }, "GuildsPerShard (-5) and MaxConcurrencyOverride (0) must not be negative", false},
+		{"negative max concurrency", func(c *Config) { c.MaxConcurrencyOverride = -1 }, "MaxConcurrencyOverride (-1) must not be negative", false},
+		{"max restarts below -1", func(c *Config) { c.MaxRestarts = -5 }, "MaxRestarts (-5) is below -1", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

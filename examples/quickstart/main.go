@@ -42,6 +42,10 @@ func main() {
 	adminPort := flag.Int("admin-port", 0, "serve /metrics, /healthz and /status on 127.0.0.1 at this port (0: off); "+
 		"FLEET_ADMIN_TOKEN enables the POST /admin/ operations")
 	flag.Parse()
+	if err := checkFlags(*duration, *shards, *clusters, *adminPort); err != nil {
+		fmt.Fprintln(os.Stderr, "quickstart:", err)
+		os.Exit(2)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -54,6 +58,23 @@ func main() {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
+}
+
+// checkFlags says what to change in a flag that cannot run.
+func checkFlags(duration time.Duration, shards, clusters, adminPort int) error {
+	switch {
+	case duration < 0:
+		return fmt.Errorf("-duration %s is negative: use 0 to run until Ctrl-C", duration)
+	case shards < 1:
+		return fmt.Errorf("-shards %d: use 1 or more", shards)
+	case clusters < 1:
+		return fmt.Errorf("-clusters %d: use 1 or more", clusters)
+	case clusters > shards:
+		return fmt.Errorf("-clusters %d > -shards %d: use at most one cluster per shard", clusters, shards)
+	case adminPort < 0 || adminPort > 65535:
+		return fmt.Errorf("-admin-port %d: use a port from 1 to 65535, or 0 for none", adminPort)
+	}
+	return nil
 }
 
 // pingBot answers "!ping" with "Pong!".

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -61,6 +62,14 @@ func (b countingBot) Setup(_ context.Context, g *shardgroup.Group) error {
 }
 
 func main() {
+	flag.Usage = func() {
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: services\n\nRuns a fleet of 4 clusters against the simulator, with a counter service and the central store, and prints what they counted.")
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "services: unexpected arguments %q: it takes none (-h says what it does)\n", flag.Args())
+		os.Exit(2)
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "services:", err)
 		os.Exit(1)
