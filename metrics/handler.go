@@ -162,10 +162,10 @@ func (h *handler) event(e runtime.Event) {
 	}
 }
 
-func (h *handler) index(w http.ResponseWriter, _ *http.Request) {
+func (h *handler) index(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\nGET /page/ (status page)\n")
-	if h.token != nil {
+	if h.token != nil && h.allowed(r) { // the operations are listed only to those who may use them
 		io.WriteString(w, "POST /admin/clusters/{id}/soft-restart\nPOST /admin/clusters/{id}/restart\nPOST /admin/reshard\n"+
 			"POST /admin/clusters/soft-restart\nPOST /admin/clusters/restart\nGET /admin/operations/{id}\n"+
 			"POST /admin/services/{name}/soft-restart\nPOST /admin/services/{name}/restart\n")
@@ -247,18 +247,30 @@ func (h *handler) authorized(next http.Handler) http.Handler {
 			http.NotFound(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(got))
-		// Hashes have one length, so the comparison's time says nothing
-		// about the token's length either.
-		if subtle.ConstantTimeCompare(sum[:], h.token) != 1 || !ok {
+		if !h.allowed(r) {
 			h.log.Warn("admin request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="fleet admin"`)
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized"})
+			msg := "unauthorized: send Authorization: Bearer <admin token>"
+			if strings.HasPrefix(r.Header.Get("Authorization"), "Bot ") {
+				msg = "unauthorized: this looks like a bot token (Bot ...); the admin API takes the admin token as Authorization: Bearer <admin token>"
+			}
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": msg})
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// allowed reports whether r carries the admin token.
+func (h *handler) allowed(r *http.Request) bool {
+	if h.token == nil {
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	sum := sha256.Sum256([]byte(got))
+	// Hashes have one length, so the comparison's time says nothing
+	// about the token's length either.
+	return subtle.ConstantTimeCompare(sum[:], h.token) == 1 && ok
 }
 
 func (h *handler) clusterOp(name string, do func(context.Context, int) error) http.HandlerFunc {
@@ -293,8 +305,12 @@ func (h *handler) reshard(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<10))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be {\"shards\": n, \"clusters\": m}: " + err.Error()})
+	if err := dec.Decode(&body); err != nil {
+		msg := "body must be {\"shards\": n, \"clusters\": m} (0: Discord's recommended shard count, the current cluster count)"
+		if !errors.Is(err, io.EOF) {
+			msg += ": " + err.Error()
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
 		return
 	}
 	if body.Shards < 0 || body.Clusters < 0 {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -195,7 +196,8 @@ func TestAdminOperatorAndErrors(t *testing.T) {
 		want       int
 	}{
 		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusOK},
-		{"/admin/reshard", ``, http.StatusOK},
+		{"/admin/reshard", ``, http.StatusBadRequest},
+		{"/admin/reshard", `{}`, http.StatusOK},
 		{"/admin/reshard", `{"shards":-1}`, http.StatusBadRequest},
 		{"/admin/reshard", `{"shard":8}`, http.StatusBadRequest},
 		{"/admin/services/store/restart", ``, http.StatusOK},
@@ -290,5 +292,42 @@ func TestAdminLongOperationsAnswer202(t *testing.T) {
 	}
 	if code, _ := f.do(t, http.MethodGet, "/admin/operations/reshard-99", adminToken, ""); code != http.StatusNotFound {
 		t.Fatalf("unknown operation: %d, want 404", code)
+	}
+}
+
+// GET / lists the operations only to a caller with the admin token, and a
+// bot token sent by mistake is refused with a 401 that says so.
+func TestAdminIndexAndBotToken(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4))
+	defer s.Close()
+	rt, err := runtime.New(runtime.Config{Token: runtime.Token(s.Token()), Bot: nopBot, RESTURL: s.RESTURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const adminToken = "admin-secret"
+	srv := httptest.NewServer(Handler(rt, nil, HandlerOptions{AdminToken: adminToken}))
+	defer srv.Close()
+	get := func(method, path, auth string) (int, string) {
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if _, body := get(http.MethodGet, "/", ""); strings.Contains(body, "/admin/") {
+		t.Errorf("GET / without the token lists the operations:\n%s", body)
+	}
+	if _, body := get(http.MethodGet, "/", "Bearer "+adminToken); !strings.Contains(body, "POST /admin/reshard") {
+		t.Errorf("GET / with the token does not list the operations:\n%s", body)
+	}
+	code, body := get(http.MethodPost, "/admin/clusters/0/restart", "Bot "+s.Token())
+	if code != http.StatusUnauthorized || !strings.Contains(body, "looks like a bot token") || strings.Contains(body, s.Token()) {
+		t.Errorf("POST with a bot token: %d %s, want 401 saying it looks like a bot token, without the token", code, body)
 	}
 }
