@@ -308,6 +308,26 @@ func (c *child) line(limit time.Duration) (string, error) {
 }
 
 // stop closes the child's stdin and waits for it, killing it after 10 s.
+// startAll tells every child "go" and waits, each within limit, for its
+// next line to be want; what names the wait in the error.
+func startAll(children []*child, want, what string, limit time.Duration) error {
+	for _, c := range children {
+		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
+			return err
+		}
+	}
+	for i, c := range children {
+		line, err := c.line(limit)
+		if err != nil {
+			return fmt.Errorf("waiting for process %d's %s: %w", i, what, err)
+		}
+		if line != want {
+			return fmt.Errorf("process %d: %s", i, line)
+		}
+	}
+	return nil
+}
+
 func (c *child) stop() {
 	_ = c.stdin.Close()
 	done := make(chan struct{})

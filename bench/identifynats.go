@@ -70,19 +70,8 @@ func runIdentifyNATS() (any, error) {
 		children = append(children, c)
 	}
 	start := time.Now()
-	for _, c := range children {
-		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
-			return nil, err
-		}
-	}
-	for i, c := range children {
-		line, err := c.line(2 * time.Minute)
-		if err != nil {
-			return nil, fmt.Errorf("waiting for process %d's shards to be ready: %w", i, err)
-		}
-		if line != "fleet ready" {
-			return nil, fmt.Errorf("process %d: %s", i, line)
-		}
+	if err := startAll(children, "fleet ready", "shards to be ready", 2*time.Minute); err != nil {
+		return nil, err
 	}
 	ready := time.Since(start)
 	st := s.Stats()

@@ -76,19 +76,8 @@ func runRESTProcesses() (any, error) {
 		children = append(children, c)
 	}
 	start := time.Now()
-	for _, c := range children {
-		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
-			return nil, err
-		}
-	}
-	for i, c := range children {
-		line, err := c.line(2 * time.Minute)
-		if err != nil {
-			return nil, fmt.Errorf("waiting for process %d's requests: %w", i, err)
-		}
-		if line != "done" {
-			return nil, fmt.Errorf("process %d: %s", i, line)
-		}
+	if err := startAll(children, "done", "requests", 2*time.Minute); err != nil {
+		return nil, err
 	}
 	elapsed := time.Since(start)
 	for _, n := range srv.Stats().REST.RateLimited {
