@@ -305,6 +305,16 @@ func (c *control) getLoad(w http.ResponseWriter, r *http.Request) {
 			reply(w, http.StatusBadRequest, errorBody("wait=%q: want a duration such as 30s, at most 10m", v))
 			return
 		}
+		c.answerLoad(w, r, l, d)
+		return
+	}
+	c.answerLoad(w, r, l, 0)
+}
+
+// answerLoad waits up to d for l to finish (or the request to end), then
+// answers with l's state.
+func (c *control) answerLoad(w http.ResponseWriter, r *http.Request, l *loadRun, d time.Duration) {
+	if d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-l.finished:
@@ -327,17 +337,7 @@ func (c *control) stopLoad(w http.ResponseWriter, r *http.Request) {
 	l.cancel()
 	// Load returns once its ctx ends, unless it waits for a client that
 	// stopped reading: then the answer says it is still running.
-	t := time.NewTimer(5 * time.Second)
-	select {
-	case <-l.finished:
-	case <-t.C:
-	case <-r.Context().Done():
-	}
-	t.Stop()
-	c.mu.Lock()
-	out := *l
-	c.mu.Unlock()
-	reply(w, http.StatusOK, out)
+	c.answerLoad(w, r, l, 5*time.Second)
 }
 
 func (c *control) restart(w http.ResponseWriter, r *http.Request) {
