@@ -157,7 +157,10 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 	if s.client == nil {
 		s.own = http.DefaultTransport.(*http.Transport).Clone()
 		// Enough idle connections for every request a window lets go at
-		// once; bodies pass through as Discord sends them.
+		// once (the default keeps 100 in all, and every request above
+		// that opens a new connection); bodies pass through as Discord
+		// sends them.
+		s.own.MaxIdleConns = 1024
 		s.own.MaxIdleConnsPerHost = 1024
 		s.own.ResponseHeaderTimeout = 60 * time.Second
 		s.own.DisableCompression = true
