@@ -177,13 +177,47 @@ func runProxyChild(args []string) error {
 	return err
 }
 
-// restClient is a disgo REST client with its own keep-alive connections.
-func restClient(url, token string, opts ...rest.ConfigOpt) (rest.Rest, func()) {
+// restClient is a disgo REST client with its own keep-alive connections,
+// and its transport.
+func restClient(url, token string, opts ...rest.ConfigOpt) (rest.Rest, *http.Transport, func()) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// net/http keeps 2 idle connections per host and 100 in all by
+	// default: a client with more requests in flight would open new ones.
+	tr.MaxIdleConns = 0
 	tr.MaxIdleConnsPerHost = 256
 	c := rest.NewClient(token, append([]rest.ConfigOpt{rest.WithURL(url), rest.WithLogger(slog.New(slog.DiscardHandler)),
 		rest.WithHTTPClient(&http.Client{Timeout: 20 * time.Second, Transport: tr})}, opts...)...)
-	return rest.New(c), func() { c.Close(context.Background()); tr.CloseIdleConnections() }
+	return rest.New(c), tr, func() { c.Close(context.Background()); tr.CloseIdleConnections() }
+}
+
+// openConns opens n keep-alive connections of tr to gatewayURL (GET
+// /gateway has no rate limit): n requests at once, whose bodies are read
+// only once all n have their answer, so that no two share a connection.
+// The connections then wait idle in tr.
+func openConns(ctx context.Context, tr *http.Transport, gatewayURL string, n int) error {
+	rss := make([]*http.Response, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, gatewayURL, nil)
+			if err == nil {
+				rss[i], err = tr.RoundTrip(req)
+			}
+			if err == nil && rss[i].StatusCode != http.StatusOK {
+				err = fmt.Errorf("GET /gateway: %s", rss[i].Status)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, rs := range rss {
+		if rs != nil {
+			_, _ = io.Copy(io.Discard, rs.Body)
+			_ = rs.Body.Close()
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func runREST() (any, error) {
@@ -233,22 +267,25 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 		return 0, 0, err
 	}
 	clients := make([]rest.Rest, restClusters)
+	transports := make([]*http.Transport, restClusters)
+	gatewayURL := srv.RESTURL() + "/gateway"
 	if viaProxy {
 		px, err := startProxy("http://"+srv.Addr(), srv.Token(), restGlobal)
 		if err != nil {
 			return 0, 0, err
 		}
 		defer func() { err = errors.Join(err, px.close()) }()
+		gatewayURL = px.url + "/api/v10/gateway"
 		for i := range clients {
-			c, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+			c, tr, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 			defer closeClient()
-			clients[i] = c
+			clients[i], transports[i] = c, tr
 		}
 	} else {
 		for i := range clients {
-			c, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
+			c, tr, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
 			defer closeClient()
-			clients[i] = c
+			clients[i], transports[i] = c, tr
 		}
 	}
 	chans := make([]snowflake.ID, restChannels)
@@ -266,20 +303,16 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 		first     atomic.Value
 	)
 	// A running fleet's clients hold their connections: open them before
-	// the clock (GET /gateway has no route limit).
-	for _, c := range clients {
-		for range restPerCluster {
-			wg.Go(func() {
-				if _, err := c.GetGateway(); err != nil {
-					failed.Add(1)
-					first.CompareAndSwap(nil, err)
-				}
-			})
-		}
+	// the clock, one per request of the workload, all clients at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	warm := make([]error, len(transports))
+	for i, tr := range transports {
+		wg.Go(func() { warm[i] = openConns(ctx, tr, gatewayURL, restPerCluster) })
 	}
 	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return 0, 0, fmt.Errorf("warm-up (proxy %t): %d of %d GET /gateway failed, first: %v", viaProxy, n, requests, first.Load())
+	if err := errors.Join(warm...); err != nil {
+		return 0, 0, fmt.Errorf("warm-up (proxy %t): %w", viaProxy, err)
 	}
 	for _, c := range clients {
 		for i := range restPerCluster {
@@ -328,9 +361,9 @@ func proxyOverhead() (direct, proxied float64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	dc, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
+	dc, _, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
 	defer closeDirect()
-	pc, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+	pc, _, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 	defer closeProxied()
 
 	const warm, n = 200, 3000
