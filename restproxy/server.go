@@ -390,21 +390,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	t := newTicket(r.Method, path)
-	target := *s.upstream
-	target.Path = s.upstream.Path + r.URL.Path
-	target.RawPath = s.upstream.EscapedPath() + r.URL.EscapedPath()
-	target.RawQuery = r.URL.RawQuery
-	targetURL := target.String()
-	header := r.Header.Clone()
-	removeHopHeaders(header)
-	header.Del(SecretHeader)
-	header.Del("Authorization")
-	if auth != "" {
-		header.Set("Authorization", auth)
-	}
-	if header.Get("User-Agent") == "" {
-		header.Set("User-Agent", "DiscordBot (https://github.com/gofleet/fleet, restproxy)")
-	}
+	// The upstream request is built once the limiter lets it go: a burst
+	// of requests queues in the limiter first.
+	var (
+		targetURL string
+		header    http.Header
+	)
 	for attempt := 0; ; attempt++ {
 		if err := s.l.wait(ctx, t, attempt > 0); err != nil {
 			if errors.Is(err, ErrInvalidRequestLimit) {
@@ -413,6 +404,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeJSONError(w, http.StatusServiceUnavailable, "restproxy: the rate limit does not open before the request's deadline")
 			}
 			return // or the client is gone
+		}
+		if header == nil {
+			targetURL, header = s.outgoing(r, auth)
 		}
 		var rbody io.Reader
 		switch {
@@ -506,6 +500,26 @@ func readAll(r io.Reader, size int64) ([]byte, error) {
 			b = append(b, 0)[:len(b)]
 		}
 	}
+}
+
+// outgoing returns the URL and the headers of r's upstream request, with
+// auth ("" for none) as its Authorization.
+func (s *Server) outgoing(r *http.Request, auth string) (string, http.Header) {
+	target := *s.upstream
+	target.Path = s.upstream.Path + r.URL.Path
+	target.RawPath = s.upstream.EscapedPath() + r.URL.EscapedPath()
+	target.RawQuery = r.URL.RawQuery
+	header := r.Header.Clone()
+	removeHopHeaders(header)
+	header.Del(SecretHeader)
+	header.Del("Authorization")
+	if auth != "" {
+		header.Set("Authorization", auth)
+	}
+	if header.Get("User-Agent") == "" {
+		header.Set("User-Agent", "DiscordBot (https://github.com/gofleet/fleet, restproxy)")
+	}
+	return target.String(), header
 }
 
 // send sends an upstream request: through the Server's own transport
