@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -29,6 +31,7 @@ import (
 func init() {
 	register("rest", runREST)
 	childKinds["restproxy"] = runProxyChild
+	childKinds["reverseproxy"] = runReverseProxyChild
 }
 
 // restResult is the rest scenario's line.
@@ -53,6 +56,11 @@ type restResult struct {
 	DirectUS        float64 `json:"direct_us"`
 	ProxiedUS       float64 `json:"proxied_us"`
 	ProxyOverheadUS float64 `json:"proxy_overhead_us"`
+	// The same pair measured again with net/http's ReverseProxy (adding
+	// the token, no limiter) in the proxy's place, in a child process
+	// served alike: what any Go HTTP proxy in its own process adds on
+	// this machine.
+	ReverseProxyOverheadUS float64 `json:"reverse_proxy_overhead_us"`
 }
 
 // The workload of the restproxy issue: 8 clusters, each a disgo REST
@@ -81,11 +89,17 @@ type proxy struct {
 // startProxy starts the child, with a global limit of global requests a
 // second, and waits at most 30 s for its address.
 func startProxy(upstream, token string, global int) (*proxy, error) {
+	return startProxyKind("restproxy", token, upstream, strconv.Itoa(global))
+}
+
+// startProxyKind starts a child of kind with args, and waits at most 30 s
+// for its address.
+func startProxyKind(kind, token string, args ...string) (*proxy, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-child", "restproxy", upstream, strconv.Itoa(global))
+	cmd := exec.Command(exe, append([]string{"-child", kind}, args...)...)
 	cmd.Env = append(os.Environ(), "BENCH_RESTPROXY_TOKEN="+token) // not on the command line
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -159,11 +173,17 @@ func runProxyChild(args []string) error {
 		return err
 	}
 	defer p.Close()
+	return serveChild(p)
+}
+
+// serveChild serves h on a loopback port, as cmd/restproxy serves the
+// proxy, prints its address, and shuts down when stdin closes.
+func serveChild(h http.Handler) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Println("ready", ln.Addr())
@@ -175,6 +195,28 @@ func runProxyChild(args []string) error {
 		err = errors.Join(err, serr)
 	}
 	return err
+}
+
+// runReverseProxyChild serves net/http's ReverseProxy for upstream,
+// adding the bot's token, until stdin closes.
+func runReverseProxyChild(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("reverseproxy child: want the upstream URL, got %q", args)
+	}
+	u, err := url.Parse(args[0])
+	if err != nil {
+		return fmt.Errorf("reverseproxy child: upstream: %w", err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	auth := "Bot " + os.Getenv("BENCH_RESTPROXY_TOKEN")
+	rp := &httputil.ReverseProxy{Transport: tr, Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = u.Host
+		r.Out.Header.Set("Authorization", auth)
+	}}
+	defer tr.CloseIdleConnections()
+	return serveChild(rp)
 }
 
 // restClient is a disgo REST client with its own keep-alive connections,
@@ -245,7 +287,7 @@ func runREST() (any, error) {
 	if r.OverheadUS, err = restOverhead(); err != nil {
 		return nil, err
 	}
-	if r.DirectUS, r.ProxiedUS, err = proxyOverhead(); err != nil {
+	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, err = proxyOverhead(); err != nil {
 		return nil, err
 	}
 	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
@@ -344,35 +386,57 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 // proxyOverhead times GET /users/@me one request at a time, alternating
 // a disgo client straight to a simulator (with an in-process Limiter)
 // and one through a proxy in front of it, with limits far above the
-// rate, and returns each one's median in µs.
-func proxyOverhead() (direct, proxied float64, err error) {
+// rate, and returns each one's median in µs. It then measures the same
+// pair again with net/http's ReverseProxy in the proxy's place, and
+// returns that proxy's median minus its direct one.
+func proxyOverhead() (direct, proxied, reverse float64, err error) {
 	srv, err := discordtest.Start(discordtest.WithGuilds(1), discordtest.WithRouteRateLimit(1<<30, time.Second),
 		discordtest.WithGlobalRateLimit(1<<30, time.Second))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer srv.Close()
 	px, err := startProxy("http://"+srv.Addr(), srv.Token(), 1<<20)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, px.close()) }()
+	rx, err := startProxyKind("reverseproxy", srv.Token(), "http://"+srv.Addr())
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer func() { err = errors.Join(err, rx.close()) }()
 	ld, err := restproxy.New(restproxy.Config{GlobalLimit: 1 << 20})
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	dc, _, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
 	defer closeDirect()
 	pc, _, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 	defer closeProxied()
+	rc, _, closeReverse := restClient(rx.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+	defer closeReverse()
 
+	if direct, proxied, err = timePair(dc, pc); err != nil {
+		return 0, 0, 0, err
+	}
+	d, r, err := timePair(dc, rc)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
+	}
+	return direct, proxied, r - d, nil
+}
+
+// timePair times GET /users/@me one request at a time, alternating a and
+// b, and returns each one's median in µs.
+func timePair(a, b rest.Rest) (float64, float64, error) {
 	const warm, n = 200, 3000
-	ds, ps := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
+	as, bs := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
 	for i := range warm + n {
 		for _, c := range []struct {
 			r rest.Rest
 			d *[]time.Duration
-		}{{dc, &ds}, {pc, &ps}} {
+		}{{a, &as}, {b, &bs}} {
 			start := time.Now()
 			if _, err := c.r.GetCurrentUser(""); err != nil {
 				return 0, 0, fmt.Errorf("GET /users/@me: %w", err)
@@ -382,7 +446,7 @@ func proxyOverhead() (direct, proxied float64, err error) {
 			}
 		}
 	}
-	return medianUS(ds), medianUS(ps), nil
+	return medianUS(as), medianUS(bs), nil
 }
 
 func medianUS(ds []time.Duration) float64 {
