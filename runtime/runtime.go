@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -244,10 +243,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		queue = q
 	}
 	defer queue.Close(context.Background())
-	n := r.cfg.Clusters
-	if n == 0 {
-		n = min(goruntime.NumCPU(), last-first+1)
-	}
+	n := r.cfg.clusterCount(last - first + 1)
 	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
 		fatal: make(chan error, 1), counting: true}
 	if env.gatewayURL == "" {

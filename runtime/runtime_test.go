@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,8 @@ func TestValidation(t *testing.T) {
 		{"negative guilds per shard", func(c *Config) { c.GuildsPerShard = -5 }, "GuildsPerShard (-5) and MaxConcurrencyOverride (0) must not be negative", false},
 		{"negative max concurrency", func(c *Config) { c.MaxConcurrencyOverride = -1 }, "MaxConcurrencyOverride (-1) must not be negative", false},
 		{"max restarts below -1", func(c *Config) { c.MaxRestarts = -5 }, "MaxRestarts (-5) is below -1", false},
+		{"clusters and shards per cluster", func(c *Config) { c.Clusters, c.ShardsPerCluster = 2, 4 }, "Clusters (2) and ShardsPerCluster (4) are both set: remove one", false},
+		{"negative shards per cluster", func(c *Config) { c.ShardsPerCluster = -1 }, "ShardsPerCluster (-1) is negative", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -486,5 +489,33 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	}
 	if err := rt.Restart(ctx, 7); !errors.Is(err, ErrUnknownCluster) {
 		t.Fatalf("unknown cluster: %v", err)
+	}
+}
+
+func TestShardsPerClusterSizesClusters(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(24), discordtest.WithRecommendedShards(6),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.ShardsPerCluster = 4
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	sizes := func() []int {
+		var n []int
+		for _, c := range rt.Workers().Clusters {
+			n = append(n, len(c.Shards))
+		}
+		return n
+	}
+	// ceil(6 / 4) = 2 clusters, split evenly.
+	if got := sizes(); !slices.Equal(got, []int{3, 3}) {
+		t.Fatalf("6 shards at 4 per cluster: cluster sizes %v, want [3 3]", got)
+	}
+	// A reshard keeps the size: ceil(12 / 4) = 3 clusters.
+	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 12}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sizes(); !slices.Equal(got, []int{4, 4, 4}) {
+		t.Fatalf("12 shards at 4 per cluster: cluster sizes %v, want [4 4 4]", got)
 	}
 }
