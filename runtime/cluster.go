@@ -50,6 +50,26 @@ type clusterOp struct {
 	reply chan error
 }
 
+// pendingOp is an operation whose answer waits for something the
+// supervisor sees later (a hard restart: the new instance's ready).
+type pendingOp struct{ op *clusterOp }
+
+// done is the pending operation's ctx's Done, or nil.
+func (p *pendingOp) done() <-chan struct{} {
+	if p.op == nil {
+		return nil
+	}
+	return p.op.ctx.Done()
+}
+
+// answer replies to the pending operation, if any, and forgets it.
+func (p *pendingOp) answer(err error) {
+	if p.op != nil {
+		p.op.reply <- err // buffered: the caller may have gone
+		p.op = nil
+	}
+}
+
 // instance is one running group and the user code on it.
 type instance struct {
 	g        *shardgroup.Group
@@ -72,6 +92,7 @@ type instance struct {
 func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, stop <-chan struct{}, adopt *instance) {
 	budget := r.budget()
 	var inst *instance
+	var restarting pendingOp // a hard restart waiting for its instance to be ready
 	defer func() {
 		if inst != nil {
 			if err := r.stopInstanceCtx(r.stopContext(), inst, r.cfg.SessionStore != nil); err != nil {
@@ -146,14 +167,19 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			select {
 			case <-stop:
 				timer.Stop()
+				restarting.answer(ErrNotRunning)
 				return
 			case <-inst.ready:
 				inst.ready = nil // serve on; no timeout any more
 				timer.Stop()
 				timeoutC = nil
 				budget.Up(time.Now())
+				restarting.answer(nil)
+			case <-restarting.done():
+				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
 			case <-timeoutC:
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
+				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the cluster restarts under supervision: %w", c.id, why))
 			case op := <-c.ops:
 				switch op.kind {
 				case opSoftRestart:
@@ -196,7 +222,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					if f := r.cfg.Observer.ClusterRestart; f != nil {
 						f(c.id)
 					}
-					op.reply <- nil
+					restarting.op = &op // answered once every shard is ready
 					timer = time.NewTimer(timeout)
 					timeoutC = timer.C
 				}
@@ -646,9 +672,12 @@ func (r *Runtime) restartAll(ctx context.Context, hard bool, progress func(done,
 }
 
 // Restart restarts a cluster the hard way: its shards close, ending their
-// sessions, and a new instance identifies anew through the queue. If the
-// new instance's Setup fails, the error is returned and the cluster is
-// restarted under supervision (MaxRestarts, back-off).
+// sessions, and a new instance identifies anew through the queue. It
+// returns once every shard of the new instance is ready. If the new
+// instance's Setup fails, or it is not ready within ClusterTimeout, the
+// error is returned and the cluster is restarted under supervision
+// (MaxRestarts, back-off). If ctx ends first, the restart goes on and
+// ctx's error is returned.
 func (r *Runtime) Restart(ctx context.Context, cluster int) error {
 	return r.do(ctx, cluster, opRestart)
 }

@@ -519,3 +519,82 @@ func TestShardsPerClusterSizesClusters(t *testing.T) {
 		t.Fatalf("12 shards at 4 per cluster: cluster sizes %v, want [4 4 4]", got)
 	}
 }
+
+// TestRestartReturnsWhenReady checks that a hard restart answers only once
+// every shard of the new instance is ready, and that a caller who stops
+// waiting is told the restart goes on.
+func TestRestartReturnsWhenReady(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	groups := make(chan *shardgroup.Group, 4)
+	cfg := testConfig(s)
+	cfg.Clusters = 2
+	cfg.Bot = func(cluster int) Bot {
+		return BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+			if cluster == 1 {
+				select {
+				case groups <- g:
+				default:
+				}
+			}
+			return nil
+		})
+	}
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	<-groups // the first instance
+	shardReady := func(g *shardgroup.Group, id int) bool {
+		for _, sh := range g.Shards() {
+			if sh.ID == id {
+				return sh.State == shardgroup.StateReady
+			}
+		}
+		return false
+	}
+	// restart holds shard 3 of cluster 1 (shards 2 and 3), restarts the
+	// cluster and waits until the new instance's shard 2 is ready.
+	restart := func(ctx context.Context) (*shardgroup.Group, chan error) {
+		s.HoldShard(3)
+		done := make(chan error, 1)
+		go func() { done <- rt.Restart(ctx, 1) }()
+		var g *shardgroup.Group
+		select {
+		case g = <-groups:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no new instance set up")
+		}
+		waitFor(t, func() bool { return shardReady(g, 2) })
+		return g, done
+	}
+
+	// The caller stops waiting: the restart goes on and says so.
+	ctx, cancel := context.WithCancel(context.Background())
+	g, done := restart(ctx)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "still connecting") {
+		t.Fatalf("Restart with its ctx cancelled: %v, want context.Canceled and \"still connecting\"", err)
+	}
+	s.ReleaseShard(3)
+	waitFor(t, func() bool { return g.State() == shardgroup.StateReady })
+
+	// The caller waits: Restart returns once shard 3 is ready too.
+	g, done = restart(context.Background())
+	select {
+	case err := <-done:
+		t.Fatalf("Restart returned (%v) while shard 3 was held", err)
+	default:
+	}
+	s.ReleaseShard(3)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Restart did not return after the shard was released")
+	}
+	if st := g.State(); st != shardgroup.StateReady {
+		t.Fatalf("Restart returned with the cluster %s", st)
+	}
+}
