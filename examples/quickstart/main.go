@@ -48,6 +48,7 @@ type options struct {
 	shardsSet      bool // -shards was given
 	clustersSet    bool // -clusters was given
 	identifyWindow time.Duration
+	maxConc        int
 	gateway, rest  string
 	token          string
 	control        string
@@ -62,6 +63,8 @@ func main() {
 	flag.IntVar(&o.clusters, "clusters", 4, "clusters (at most one per shard; with -gateway or against Discord, the default is one per CPU)")
 	flag.DurationVar(&o.identifyWindow, "identify-window", 100*time.Millisecond,
 		"the embedded simulator's identify window (Discord's: 5s)")
+	flag.IntVar(&o.maxConc, "max-concurrency", 0,
+		"the embedded simulator's max_concurrency (0: the largest of 8, 4, 2 and 1 that divides -shards)")
 	flag.StringVar(&o.gateway, "gateway", "", "gateway URL of a Discord-compatible server (fakediscord's gateway: line); needs -rest and -token")
 	flag.StringVar(&o.rest, "rest", "", "REST base URL of that server (fakediscord's rest: line)")
 	flag.StringVar(&o.token, "token", "", "bot token for that server (fakediscord's token: line; default $DISCORD_TOKEN)")
@@ -98,6 +101,21 @@ func main() {
 // embedded reports whether the quickstart runs its own simulator.
 func (o options) embedded() bool { return o.gateway == "" && o.token == "" }
 
+// maxConcurrency is the embedded simulator's max_concurrency: the flag,
+// or the largest of 8, 4, 2 and 1 that divides -shards, since Discord
+// requires a shard count that is a multiple of it (the large-bot rule):
+// exactly -shards run, and a reshard to 1.5 times as many is valid.
+func (o options) maxConcurrency() int {
+	if o.maxConc > 0 {
+		return o.maxConc
+	}
+	mc := 8
+	for o.shards%mc != 0 {
+		mc /= 2
+	}
+	return mc
+}
+
 // check says what to change in flags that cannot run.
 func (o options) check() error {
 	switch {
@@ -111,6 +129,8 @@ func (o options) check() error {
 		return fmt.Errorf("-clusters %d: use 1 or more", o.clusters)
 	case o.clustersSet && (o.embedded() || o.shardsSet) && o.clusters > o.shards:
 		return fmt.Errorf("-clusters %d > -shards %d: use at most one cluster per shard", o.clusters, o.shards)
+	case o.maxConc < 0 || (o.maxConc > 0 && o.shards%o.maxConc != 0):
+		return fmt.Errorf("-max-concurrency %d: use one that divides -shards %d (Discord's large-bot rule), or 0 to choose one", o.maxConc, o.shards)
 	case o.identifyWindow <= 0:
 		return fmt.Errorf("-identify-window %s: use a positive duration", o.identifyWindow)
 	case o.adminPort < 0 || o.adminPort > 65535:
@@ -172,13 +192,7 @@ func run(ctx context.Context, o options) error {
 	var src pingSource
 	switch {
 	case o.embedded():
-		// Discord's large-bot rule: the shard count is a multiple of
-		// max_concurrency. The simulator takes the largest of 16, 8, 4, 2
-		// and 1 that divides -shards, so that exactly -shards run.
-		mc := 16
-		for o.shards%mc != 0 {
-			mc /= 2
-		}
+		mc := o.maxConcurrency()
 		sim := discordtest.NewServer(
 			discordtest.WithGuilds(5000),
 			discordtest.WithRecommendedShards(o.shards),
@@ -191,9 +205,9 @@ func run(ctx context.Context, o options) error {
 		cfg.Shards = o.shards
 		src = simSource{sim}
 		windows := (o.shards + mc - 1) / mc
-		fmt.Printf("simulator: %d guilds, %d shards, max_concurrency %d (the largest of 16, 8, 4, 2, 1 dividing %d), "+
-			"identify window %s (Discord's: 5s): start-up needs %d windows, %s\n",
-			sim.Guilds(), o.shards, mc, o.shards, sim.IdentifyWindow(), windows, time.Duration(windows)*sim.IdentifyWindow())
+		fmt.Printf("simulator: %d guilds, %d shards, max_concurrency %d, identify window %s (Discord's: 5s): "+
+			"start-up needs %d identify windows, %s\n",
+			sim.Guilds(), o.shards, mc, sim.IdentifyWindow(), windows, time.Duration(windows)*sim.IdentifyWindow())
 	case o.gateway != "":
 		cfg.GatewayURL, cfg.RESTURL = o.gateway, o.rest
 		if o.control != "" {
