@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/disgoorg/disgo/gateway"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/errwrap"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -126,7 +128,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 		wait, ok := budget.Fail(time.Now())
 		if !ok {
 			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
-				Err: fmt.Errorf("runtime: cluster %d failed after %d restarts within %s: %w", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow, err)})
+				Err: errwrap.Wrap(fmt.Sprintf("runtime: cluster %d failed after %d restarts within %s", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow), "runtime", err)})
 			r.park(c, stop, "failed")
 			return false
 		}
@@ -179,7 +181,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
 			case <-timeoutC:
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
-				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the cluster restarts under supervision: %w", c.id, why))
+				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case op := <-c.ops:
 				switch op.kind {
 				case opSoftRestart:
@@ -211,7 +213,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					inst = nil
 					next, err := r.startInstance(c, env, nil, time.Now().Add(timeout))
 					if err != nil {
-						op.reply <- fmt.Errorf("runtime: restart of cluster %d: the cluster restarts under supervision: %w", c.id, err)
+						op.reply <- errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", err)
 						if !failed(err) {
 							return
 						}
@@ -441,7 +443,7 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 		err = ctx.Err()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("runtime: soft restart of cluster %d: the old instance keeps serving: %w", c.id, err)
+		return nil, errwrap.Wrap(fmt.Sprintf("runtime: soft restart of cluster %d: the old instance keeps serving", c.id), "runtime", err)
 	}
 	paused := time.Now()
 	// A shard that does not stop in time (a connection that hangs) is
@@ -662,6 +664,9 @@ func (r *Runtime) restartAll(ctx context.Context, hard bool, progress func(done,
 			do, what = r.Restart, "restart"
 		}
 		if err := do(ctx, id); err != nil {
+			if strings.HasPrefix(err.Error(), "runtime: ") {
+				return err // it names the operation and the cluster, or needs neither
+			}
 			return fmt.Errorf("runtime: %s of cluster %d: %w", what, id, err)
 		}
 		if progress != nil {
