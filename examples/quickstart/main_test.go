@@ -158,3 +158,34 @@ func TestQuickstartAgainstFakediscord(t *testing.T) {
 		t.Errorf("%s violations of Discord's rules", m[6])
 	}
 }
+
+func TestFlags(t *testing.T) {
+	base := options{shards: 16, clusters: 4, identifyWindow: 100 * time.Millisecond}
+	for _, tc := range []struct {
+		name string
+		edit func(*options)
+		want string // "" for none
+	}{
+		{"defaults", func(*options) {}, ""},
+		{"fewer shards than the default clusters", func(o *options) { o.shards = 3 }, ""},
+		{"more clusters than shards", func(o *options) { o.shards, o.clusters, o.clustersSet = 3, 4, true }, "-clusters 4 > -shards 3"},
+		{"gateway alone", func(o *options) { o.gateway, o.token = "ws://x", "t" }, "-gateway and -rest go together"},
+		{"gateway without token", func(o *options) { o.gateway, o.rest = "ws://x", "http://x" }, "-gateway needs -token"},
+		{"control without gateway", func(o *options) { o.control = "http://x" }, "-control needs -gateway"},
+		{"max concurrency not dividing", func(o *options) { o.maxConc = 3 }, "-max-concurrency 3: use one that divides -shards 16"},
+	} {
+		o := base
+		tc.edit(&o)
+		err := o.check()
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	// The simulator's max_concurrency divides -shards, so that exactly
+	// -shards run.
+	for shards, want := range map[int]int{16: 8, 24: 8, 1000: 8, 12: 4, 3: 1, 2: 2} {
+		if got := (options{shards: shards}).maxConcurrency(); got != want {
+			t.Errorf("-shards %d: max_concurrency %d, want %d", shards, got, want)
+		}
+	}
+}
