@@ -67,7 +67,7 @@ func main() {
 		"the embedded simulator's max_concurrency (0: the largest of 8, 4, 2 and 1 that divides -shards)")
 	flag.StringVar(&o.gateway, "gateway", "", "gateway URL of a Discord-compatible server (fakediscord's gateway: line); needs -rest and -token")
 	flag.StringVar(&o.rest, "rest", "", "REST base URL of that server (fakediscord's rest: line)")
-	flag.StringVar(&o.token, "token", "", "bot token for that server (fakediscord's token: line; default $DISCORD_TOKEN)")
+	flag.StringVar(&o.token, "token", "", "bot token for that server (fakediscord's token: line; default $DISCORD_TOKEN, which a real token should use: flags show in ps)")
 	flag.StringVar(&o.control, "control", "", "fakediscord's control API (its control: line): send the pings there")
 	flag.IntVar(&o.adminPort, "admin-port", 0, "serve /metrics, /healthz and /status on 127.0.0.1 at this port (0: off); "+
 		"FLEET_ADMIN_TOKEN enables the POST /admin/ operations")
