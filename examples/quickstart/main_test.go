@@ -18,21 +18,20 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// build compiles a command of this module into dir; under -race with the
-// race detector too, so that it reuses the packages the test compiled.
-func build(t *testing.T, ctx context.Context, dir, pkg string) string {
+// build compiles commands of this module into dir, in one go build; under
+// -race with the race detector too, so that it reuses the packages the
+// test compiled.
+func build(t *testing.T, ctx context.Context, dir string, pkgs ...string) {
 	t.Helper()
-	out := filepath.Join(dir, filepath.Base(pkg))
-	args := []string{"build", "-o", out}
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
 	cmd.Dir = filepath.Join("..", "..")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		t.Fatalf("go build %v: %v\n%s", pkgs, err, b)
 	}
-	return out
 }
 
 // proc is a running command whose stdout is read line by line.
@@ -121,8 +120,8 @@ func TestQuickstartAgainstFakediscord(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	fake := build(t, ctx, dir, "./cmd/fakediscord")
-	quick := build(t, ctx, dir, "./examples/quickstart")
+	build(t, ctx, dir, "./cmd/fakediscord", "./examples/quickstart")
+	fake, quick := filepath.Join(dir, "fakediscord"), filepath.Join(dir, "quickstart")
 
 	f := start(t, ctx, fake, "-guilds", "64", "-shards", "4", "-max-concurrency", "4", "-identify-window", "20ms", "-control")
 	defer f.stop(t)
