@@ -518,6 +518,10 @@ func TestShardsPerClusterSizesClusters(t *testing.T) {
 	if got := sizes(); !slices.Equal(got, []int{4, 4, 4}) {
 		t.Fatalf("12 shards at 4 per cluster: cluster sizes %v, want [4 4 4]", got)
 	}
+	// Stats, which the quickstart's summary reads, follows the reshard.
+	if st := rt.Stats(); st.Shards != 12 || st.ShardsReady != 12 || len(st.Clusters) != 3 {
+		t.Fatalf("after the reshard: %d of %d shards ready in %d clusters, want 12 of 12 in 3", st.ShardsReady, st.Shards, len(st.Clusters))
+	}
 }
 
 // TestRestartReturnsWhenReady checks that a hard restart answers only once
