@@ -31,10 +31,13 @@
 // # Identify queue
 //
 // [NewIdentifyQueue] is a runtime.IdentifyQueue for every process of a
-// fleet: a JetStream key per bucket, taken by compare-and-set and
-// released after READY, so that one IDENTIFY per bucket per interval goes
-// out fleet-wide with every bucket busy at once; a holder that goes
-// silent blocks its bucket for its lease plus one interval.
+// fleet: per bucket, a ticket taken by compare-and-set as soon as a shard
+// asks, and a turn that comes an interval after the process saw the
+// previous ticket's READY reported, so that one IDENTIFY per bucket per
+// interval reaches the gateway fleet-wide, with every bucket busy at once
+// and no process meeting the others at a window's boundary. It compares
+// no clocks between hosts. A holder that goes silent delays its bucket by
+// one interval plus its lease.
 //
 // # Store and sessions
 //
