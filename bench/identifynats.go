@@ -42,6 +42,8 @@ type identifyNATSResult struct {
 	FirstIdentifyMS float64 `json:"first_identify_ms"`
 	SpacingP50MS    float64 `json:"spacing_over_window_p50_ms"`
 	SpacingMinMS    float64 `json:"spacing_over_window_min_ms"`
+	LastIdentifyMS  float64 `json:"last_identify_ms"`
+	SpacingMaxMS    float64 `json:"spacing_over_window_max_ms"`
 	AfterLastMS     float64 `json:"ready_after_last_identify_ms"`
 }
 
@@ -71,11 +73,13 @@ func (r *identifyNATSResult) identifySpacing(ids []discordtest.Identify, start, 
 		last[id.Bucket] = id.At
 	}
 	r.FirstIdentifyMS = ms(first.Sub(start))
+	r.LastIdentifyMS = ms(end.Sub(start))
 	r.AfterLastMS = ms(ready.Sub(end))
 	if len(over) > 0 {
 		slices.Sort(over)
 		r.SpacingP50MS = ms(over[len(over)/2])
 		r.SpacingMinMS = ms(over[0])
+		r.SpacingMaxMS = ms(over[len(over)-1])
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +50,8 @@ type IdentifyConfig struct {
 // the gateway has read its IDENTIFY before the next one's Interval
 // starts counting, whatever the network's jitter; and since each process
 // counts on its own clock from a report it received after that READY,
-// the hosts' clocks need not agree. Turns pass without anyone meeting at
+// the hosts' clocks need not agree (processes of one host, which share
+// a clock, count from the READY itself). Turns pass without anyone meeting at
 // the window's boundary: a turn costs the Interval plus the time from
 // one IDENTIFY to the next process seeing its READY reported.
 //
@@ -65,6 +67,7 @@ type IdentifyQueue struct {
 	ctx     context.Context    // ends when Close begins
 	cancel  context.CancelFunc
 	stop    <-chan struct{} // ctx.Done()
+	clock   string          // this host's clock
 	once    sync.Once
 	wg      sync.WaitGroup // the watch loop and the reporter
 
@@ -96,6 +99,11 @@ type ticketState struct {
 type doneState struct {
 	Done uint64 `json:"done"`
 	Used bool   `json:"used"` // an IDENTIFY went out on it
+	// At is when its READY arrived (unix ns) on the clock named Clock: a
+	// process on the same host counts the Interval from it rather than
+	// from when the report reached it.
+	At    int64  `json:"at,omitempty"`
+	Clock string `json:"clock,omitempty"`
 }
 
 // NewIdentifyQueue creates (or opens) the fleet's identify bucket on nc
@@ -132,6 +140,7 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		wake:      make(chan struct{}, 1),
 		turns:     make([]chan struct{}, cfg.MaxConcurrency),
 	}
+	q.clock = clockID()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.stop = q.ctx.Done()
 	for i := range q.turns {
@@ -242,6 +251,11 @@ func (q *IdentifyQueue) learnDone(k int, st doneState, rev uint64) {
 		v.done, v.doneAt = st.Done, time.Now()
 		if st.Used {
 			v.usedAt = v.doneAt
+			if st.Clock == q.clock && st.At > 0 {
+				if at := time.Unix(0, st.At); at.Before(v.usedAt) {
+					v.usedAt = at
+				}
+			}
 		}
 	}
 	q.changedLocked()
@@ -420,12 +434,26 @@ func (q *IdentifyQueue) UnlockBucket(shardID int) {
 	}
 }
 
+// clockID names the clock this process reads: the kernel's boot id, which
+// every process on the host shares, or else a name of its own.
+func clockID() string {
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id
+		}
+	}
+	return "process-" + randomHex(8)
+}
+
 // done queues the report that ticket of bucket k is done.
 func (q *IdentifyQueue) done(k int, ticket uint64, used bool) {
+	now := time.Now().UnixNano()
 	q.mu.Lock()
 	r := &q.reports[k]
 	r.Done = max(r.Done, ticket)
-	r.Used = r.Used || used
+	if used {
+		r.Used, r.At, r.Clock = true, now, q.clock
+	}
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -493,8 +521,11 @@ func (q *IdentifyQueue) flush(ctx context.Context) {
 		if err != nil && ctx.Err() != nil {
 			// Stopped: keep it for Close's flush.
 			q.mu.Lock()
-			q.reports[k].Done = max(q.reports[k].Done, r.Done)
-			q.reports[k].Used = q.reports[k].Used || r.Used
+			p := &q.reports[k]
+			p.Done = max(p.Done, r.Done)
+			if r.Used && !p.Used {
+				p.Used, p.At, p.Clock = true, r.At, r.Clock
+			}
 			q.mu.Unlock()
 		}
 		// Any other failure leaves the next ticket to wait out its lease.
@@ -535,10 +566,13 @@ func (q *IdentifyQueue) writeDone(ctx context.Context, k int, r doneState) error
 func (q *IdentifyQueue) Close(ctx context.Context) {
 	q.once.Do(func() {
 		q.mu.Lock()
+		now := time.Now().UnixNano()
 		for shard, ticket := range q.held {
-			k := shard % len(q.turns)
-			q.reports[k].Done = max(q.reports[k].Done, ticket)
-			q.reports[k].Used = true
+			r := &q.reports[shard%len(q.turns)]
+			r.Done = max(r.Done, ticket)
+			if !r.Used {
+				r.Used, r.At, r.Clock = true, now, q.clock
+			}
 		}
 		clear(q.held)
 		q.mu.Unlock()
