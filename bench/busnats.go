@@ -73,7 +73,9 @@ func runBusNATS() (any, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	nc, err := srv.Connect(ctx, natsfleet.Name("bench caller"))
+	// The caller's process embeds the server, as a process-mode parent
+	// does, and reaches it through memory; the child connects over TCP.
+	nc, err := srv.ConnectInProcess(ctx, natsfleet.Name("bench caller"))
 	if err != nil {
 		return nil, err
 	}

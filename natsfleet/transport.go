@@ -87,6 +87,8 @@ type Transport struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines waiting for a local endpoint's reply
 
+	serving atomic.Int64 // calls received from other processes and not yet answered
+
 	local atomic.Pointer[map[bus.Address]*binding] // copy-on-write, read without a lock
 
 	mu       sync.Mutex // guards writes to local, peers, changed, closed, announcer
@@ -527,7 +529,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	if !t.enqueue(t.subject(m.To), true, frame) {
+	if !t.enqueue(t.subject(m.To), true, frame, len(w) == 1) {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
@@ -713,6 +715,7 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
 			continue
 		}
+		t.serving.Add(1)
 		t.serve(b, c, replyTo)
 	}
 }
@@ -758,6 +761,7 @@ func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch cha
 		t.respond(to, t.encodeResponse(r, id, addr, name))
 	case <-ctx.Done():
 		// The caller's time is up (or the transport closed): it no longer waits.
+		t.serving.Add(-1)
 	}
 }
 
@@ -778,6 +782,7 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 
 // respond queues a reply frame for the process whose replies go to to.
 func (t *Transport) respond(to string, frame []byte) {
+	alone := t.serving.Add(-1) == 0
 	if to == "" {
 		return
 	}
@@ -785,7 +790,7 @@ func (t *Transport) respond(to string, frame []byte) {
 		id, _ := binary.Uvarint(frame)
 		frame = appendError(nil, id, err)
 	}
-	t.enqueue(to, false, frame)
+	t.enqueue(to, false, frame, alone)
 }
 
 // Members returns the addresses in group served by any process of the
