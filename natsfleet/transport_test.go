@@ -3,17 +3,33 @@ package natsfleet_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/bus/bustest"
+	"github.com/gofleet/fleet/natsfleet"
 )
 
 // TestBusConformance runs the bus's conformance suite on two Buses, each
-// with its own Transport and connection, through the embedded server.
+// with its own Transport and connection, through the embedded server: the
+// caller's over TCP, the server's through memory, as a process that
+// embeds the server connects.
 func TestBusConformance(t *testing.T) {
 	bustest.Run(t, func(t *testing.T, opts bus.Options) bustest.Pair {
 		prefix := newPrefix()
-		ct, st := newTransport(t, prefix), newTransport(t, prefix)
+		ct := newTransport(t, prefix)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		nc, err := srv.ConnectInProcess(ctx, natsfleet.Logger(quiet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		st, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: prefix, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
 		return bustest.Pair{
 			Caller: newBus(t, opts, ct),
 			Server: newBus(t, opts, st),
