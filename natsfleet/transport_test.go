@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/bus/bustest"
 	"github.com/gofleet/fleet/natsfleet"
@@ -12,24 +14,27 @@ import (
 
 // TestBusConformance runs the bus's conformance suite on two Buses, each
 // with its own Transport and connection, through the embedded server: the
-// caller's over TCP, the server's through memory, as a process that
-// embeds the server connects.
+// caller's over TCP writing directly, the server's through memory, as a
+// process that embeds the server connects.
 func TestBusConformance(t *testing.T) {
 	bustest.Run(t, func(t *testing.T, opts bus.Options) bustest.Pair {
 		prefix := newPrefix()
-		ct := newTransport(t, prefix)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		nc, err := srv.ConnectInProcess(ctx, natsfleet.Logger(quiet))
-		if err != nil {
-			t.Fatal(err)
+		transport := func(nc *nats.Conn, err error) *natsfleet.Transport {
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(nc.Close)
+			tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: prefix, Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(tr.Close)
+			return tr
 		}
-		t.Cleanup(nc.Close)
-		st, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: prefix, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(st.Close)
+		ct := transport(srv.Connect(ctx, natsfleet.Logger(quiet), natsfleet.DirectWrites()))
+		st := transport(srv.ConnectInProcess(ctx, natsfleet.Logger(quiet)))
 		return bustest.Pair{
 			Caller: newBus(t, opts, ct),
 			Server: newBus(t, opts, st),
