@@ -109,15 +109,6 @@ func TestIdentifyQueueAcrossProcesses(t *testing.T) {
 	if st.Identifies != shards {
 		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
 	}
-	// Every bucket was busy at once: the buckets' IDENTIFYs interleave
-	// rather than run one bucket after the other.
-	seen := map[int]bool{}
-	for _, id := range s.Identifies()[:mc] {
-		seen[id.Bucket] = true
-	}
-	if len(seen) != mc {
-		t.Errorf("the first %d IDENTIFYs used buckets %v, want all %d", mc, seen, mc)
-	}
 }
 
 // TestIdentifyQueueManyConnections runs one fleet as six runtimes in this
@@ -250,6 +241,31 @@ func TestIdentifyQueueSpacing(t *testing.T) {
 			if gap := times[i].Sub(times[i-1]); gap < cfg.Interval {
 				t.Errorf("bucket %d: waits %d and %d returned %v apart, less than the interval %v", b, i-1, i, gap, cfg.Interval)
 			}
+		}
+	}
+}
+
+// TestIdentifyQueueBucketsAtOnce: every bucket is busy at once, each
+// turn waiting only for its own bucket's.
+func TestIdentifyQueueBucketsAtOnce(t *testing.T) {
+	t.Parallel()
+	const mc = 4
+	ctx := testCtx(t)
+	prefix := newPrefix()
+	var qs [2]*natsfleet.IdentifyQueue
+	for i := range qs {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: mc, Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(ctx)
+		qs[i] = q
+	}
+	// No READY comes and the interval is an hour: each bucket's first
+	// turn, from either queue, still comes at once.
+	for shard := range mc {
+		if err := qs[shard%2].WaitBucket(ctx, shard); err != nil {
+			t.Fatalf("bucket %d waited for another bucket: %v", shard, err)
 		}
 	}
 }
