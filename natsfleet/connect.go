@@ -107,21 +107,6 @@ func Name(name string) Option {
 	}
 }
 
-// DirectWrites makes the goroutine that publishes write the message to
-// the socket at once, instead of leaving it in nats.go's write buffer for
-// the connection's flusher goroutine: one hand-over between goroutines
-// (and threads) less on each message's way, which is most of a
-// request's latency on a loopback. It gives up nats.go's batching of
-// small publishes into one write, which the bus [Transport] does not
-// need since it coalesces its own messages; a connection that publishes
-// many small messages of its own at a high rate may prefer the default.
-func DirectWrites() Option {
-	return func(o *connectOptions) error {
-		o.nats = append(o.nats, nats.WriteBufferSize(1))
-		return nil
-	}
-}
-
 // NATSOptions passes options of nats.go itself, for what this package
 // does not cover (reconnect policy, handlers).
 func NATSOptions(opts ...nats.Option) Option {

@@ -34,11 +34,9 @@
 // On one machine a request's time is mostly hand-overs between
 // goroutines and system calls. The process that embeds the server (in
 // process mode, the parent) connects with [Server.ConnectInProcess],
-// which skips the loopback socket on its side of the server; every
-// process may connect with [DirectWrites], so that a message is written
-// by the goroutine that sends it rather than by nats.go's flusher. `go
-// run ./bench -scenario bus-nats` measures this topology between two
-// processes, beside bare nats.go on the same connections and on default
+// which skips the loopback socket on its side of the server. `go run
+// ./bench -scenario bus-nats` measures this topology between two
+// processes, beside bare nats.go on the same connections and on TCP
 // ones.
 //
 // # Identify queue

@@ -14,7 +14,7 @@ import (
 
 // TestBusConformance runs the bus's conformance suite on two Buses, each
 // with its own Transport and connection, through the embedded server: the
-// caller's over TCP writing directly, the server's through memory, as a
+// caller's over TCP, the server's through memory, as a
 // process that embeds the server connects.
 func TestBusConformance(t *testing.T) {
 	bustest.Run(t, func(t *testing.T, opts bus.Options) bustest.Pair {
@@ -33,7 +33,7 @@ func TestBusConformance(t *testing.T) {
 			t.Cleanup(tr.Close)
 			return tr
 		}
-		ct := transport(srv.Connect(ctx, natsfleet.Logger(quiet), natsfleet.DirectWrites()))
+		ct := transport(srv.Connect(ctx, natsfleet.Logger(quiet)))
 		st := transport(srv.ConnectInProcess(ctx, natsfleet.Logger(quiet)))
 		return bustest.Pair{
 			Caller: newBus(t, opts, ct),
