@@ -249,13 +249,18 @@ func (q *IdentifyQueue) learnDone(k int, st doneState, rev uint64) {
 	v.doneRev = rev
 	if st.Done > v.done {
 		v.done, v.doneAt = st.Done, time.Now()
-		if st.Used {
+		switch {
+		case st.Used:
 			v.usedAt = v.doneAt
 			if st.Clock == q.clock && st.At > 0 {
 				if at := time.Unix(0, st.At); at.Before(v.usedAt) {
 					v.usedAt = at
 				}
 			}
+		case !q.primed:
+			// A report from before this process watched: a used ticket
+			// may have been done just before it, unseen.
+			v.usedAt = v.doneAt
 		}
 	}
 	q.changedLocked()
