@@ -335,20 +335,47 @@ func (q *IdentifyQueue) take(ctx context.Context, k int) (uint64, error) {
 			q.learnIssued(k, st, rev)
 			return st.Issued, nil
 		}
-		if err := q.refresh(ctx, k, key, err); err != nil {
+		if err := q.refresh(ctx, k, key, v.issuedRev, err); err != nil {
 			return 0, err
 		}
 	}
 }
 
-// refresh reads key after a compare-and-set lost to another process; it
-// returns err if that was not the failure.
-func (q *IdentifyQueue) refresh(ctx context.Context, k int, key string, err error) error {
+// refresh learns key's newer value after a compare-and-set at revision
+// tried lost to another process; it returns err if that was not the
+// failure. The watcher brings the value that won, without another
+// request to JetStream (which, when every shard of a fleet asks at once,
+// is what the queue waits on); if it is slow, the key is read.
+func (q *IdentifyQueue) refresh(ctx context.Context, k int, key string, tried uint64, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	if !errors.Is(err, jetstream.ErrKeyExists) && !strings.Contains(err.Error(), "wrong last sequence") {
 		return fmt.Errorf("natsfleet: identify bucket %d: %w", k, err)
+	}
+	timer := time.NewTimer(refreshWait)
+	defer timer.Stop()
+	for {
+		q.mu.Lock()
+		v, changed := q.view[k], q.changed
+		q.mu.Unlock()
+		rev := v.issuedRev
+		if key[0] == 'd' {
+			rev = v.doneRev
+		}
+		if rev > tried {
+			return nil
+		}
+		select {
+		case <-changed:
+			continue
+		case <-timer.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.stop:
+			return errQueueClosed
+		}
+		break
 	}
 	e, err := q.kv.Get(ctx, key)
 	if err != nil {
@@ -360,6 +387,10 @@ func (q *IdentifyQueue) refresh(ctx context.Context, k int, key string, err erro
 	q.learn(e)
 	return nil
 }
+
+// refreshWait is how long a lost compare-and-set waits for the watcher
+// to bring the winning value before reading the key.
+const refreshWait = time.Second
 
 func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 	for {
@@ -559,7 +590,7 @@ func (q *IdentifyQueue) writeDone(ctx context.Context, k int, r doneState) error
 			q.learnDone(k, r, rev)
 			return nil
 		}
-		if err := q.refresh(ctx, k, key, err); err != nil {
+		if err := q.refresh(ctx, k, key, v.doneRev, err); err != nil {
 			return err
 		}
 	}
