@@ -51,9 +51,9 @@ type IdentifyConfig struct {
 // starts counting, whatever the network's jitter; and since each process
 // counts on its own clock from a report it received after that READY,
 // the hosts' clocks need not agree (processes of one host, which share
-// a clock, count from the READY itself). Turns pass without anyone meeting at
-// the window's boundary: a turn costs the Interval plus the time from
-// one IDENTIFY to the next process seeing its READY reported.
+// a clock, count from the READY itself). Turns pass without anyone
+// meeting at the window's boundary: a turn costs the Interval plus the
+// time from one IDENTIFY to its READY.
 //
 // In one process the shards of a bucket take tickets one after the other,
 // each once the previous one's turn came, so a process holds at most one
@@ -274,7 +274,10 @@ func (q *IdentifyQueue) changedLocked() {
 // MaxConcurrency is the number of buckets.
 func (q *IdentifyQueue) MaxConcurrency() int { return len(q.turns) }
 
-var errQueueClosed = errors.New("natsfleet: identify queue closed")
+var (
+	errQueueClosed = errors.New("natsfleet: identify queue closed")
+	errSkipped     = errors.New("natsfleet: identify ticket skipped")
+)
 
 // WaitBucket blocks until the shard's bucket may IDENTIFY, fleet-wide, or
 // ctx ends. Call UnlockBucket once its READY arrived (or the connection
@@ -289,13 +292,22 @@ func (q *IdentifyQueue) WaitBucket(ctx context.Context, shardID int) error {
 		return errQueueClosed
 	}
 	defer func() { q.turns[k] <- struct{}{} }()
-	ticket, err := q.take(ctx, k)
-	if err != nil {
-		return err
-	}
-	if err := q.await(ctx, k, ticket, time.Now()); err != nil {
-		q.abandon(k, ticket)
-		return err
+	var ticket uint64
+	for {
+		var err error
+		if ticket, err = q.take(ctx, k); err != nil {
+			return err
+		}
+		err = q.await(ctx, k, ticket, time.Now())
+		if err == nil {
+			break
+		}
+		if err != errSkipped {
+			q.abandon(k, ticket)
+			return err
+		}
+		// The tickets after this one went on without it (its lease ran
+		// out): its turn is gone, take another.
 	}
 	q.mu.Lock()
 	prev, ok := q.held[shardID]
@@ -411,9 +423,10 @@ func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 }
 
 // await waits for ticket's turn in bucket k: the previous ticket done and
-// an Interval since a used one was, or Interval plus Lease without the
-// previous one done since it could have begun. taken is when this
-// process took the ticket.
+// an Interval since a used one was, or, without that, an Interval plus
+// Lease per ticket ahead since they could have begun. taken is when this
+// process took the ticket. It returns errSkipped if a later ticket was
+// done first: the bucket went on without this one.
 func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken time.Time) error {
 	var timer *time.Timer
 	defer func() {
@@ -427,16 +440,20 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 		q.mu.Unlock()
 		now := time.Now()
 		var at time.Time
-		if v.done+1 >= ticket {
+		if v.done >= ticket {
+			return errSkipped
+		}
+		if v.done+1 == ticket {
 			at = v.usedAt.Add(q.cfg.Interval)
 		} else {
-			// The previous ticket's turn began no earlier than the latest
-			// report or our ticket: past its lease, it is done.
+			// The tickets ahead began no earlier than the latest report
+			// or our ticket, each no earlier than an Interval plus Lease
+			// after the one before: past that, each is done.
 			at = v.doneAt
 			if taken.After(at) {
 				at = taken
 			}
-			at = at.Add(q.cfg.Interval + q.cfg.Lease)
+			at = at.Add(time.Duration(ticket-v.done-1) * (q.cfg.Interval + q.cfg.Lease))
 		}
 		if !now.Before(at) {
 			return nil

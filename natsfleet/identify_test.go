@@ -309,6 +309,57 @@ func TestIdentifyQueueDeadProcess(t *testing.T) {
 	live.UnlockBucket(0)
 }
 
+// TestIdentifyQueueDeadHolderTwoWaiting: when a holder dies with two
+// turns waiting behind it, the first goes after the lease and the second
+// still waits for the first's READY plus an interval.
+func TestIdentifyQueueDeadHolderTwoWaiting(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: 150 * time.Millisecond}
+	ctx := testCtx(t)
+	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.WaitBucket(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadConn.Close() // gone before its READY
+	dead.Close(ctx)
+	var at [2]time.Time
+	var qs [2]*natsfleet.IdentifyQueue
+	for i := range qs {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(ctx)
+		qs[i] = q
+	}
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i, q := range qs {
+		wg.Go(func() {
+			<-gate
+			if err := q.WaitBucket(ctx, 0); err != nil {
+				t.Error(err)
+				return
+			}
+			at[i] = time.Now()
+			q.UnlockBucket(0) // READY at once
+		})
+	}
+	close(gate) // both take their tickets at once
+	wg.Wait()
+	gap := at[1].Sub(at[0]).Abs()
+	if gap < cfg.Interval {
+		t.Errorf("the two turns after a dead holder came %v apart, less than the interval %v", gap, cfg.Interval)
+	}
+}
+
 // TestIdentifyQueueAbandonedTurn: a wait given up keeps its place until
 // the turn before it is done, so the turn after it still waits for that
 // one's READY plus an interval.
