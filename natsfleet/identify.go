@@ -147,6 +147,17 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		q.turns[i] = make(chan struct{}, 1)
 		q.turns[i] <- struct{}{}
 	}
+	// Every key exists before the first ticket, so that a fleet's first
+	// turns are plain compare-and-sets, not creations racing.
+	for k := range cfg.MaxConcurrency {
+		for key, value := range map[string]any{"t": ticketState{}, "d": doneState{}} {
+			data, _ := json.Marshal(value)
+			if _, err := kv.Create(ctx, key+strconv.Itoa(k), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+				q.cancel()
+				return nil, fmt.Errorf("natsfleet: identify bucket %d: %w", k, err)
+			}
+		}
+	}
 	wctx, unwatch := context.WithCancel(context.Background())
 	w, err := kv.WatchAll(wctx)
 	if err != nil {
