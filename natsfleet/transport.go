@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -715,13 +716,15 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
 			continue
 		}
+		// The message's last call, with no other being answered, may be
+		// answered from here.
 		t.serving.Add(1)
-		t.serve(b, c, replyTo)
+		t.serve(b, c, replyTo, len(data) == 0 && t.serving.Load() == 1)
 	}
 }
 
 // serve delivers one call received for b to its receiver.
-func (t *Transport) serve(b *binding, c call, replyTo string) {
+func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
 	ctx, cancel := t.ctx, context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		d := time.Now().Add(time.Duration(c.timeout))
@@ -747,6 +750,20 @@ func (t *Transport) serve(b *binding, c call, replyTo string) {
 		cancel()
 		t.respond(replyTo, appendError(nil, c.id, err))
 		return
+	}
+	if alone {
+		// Let the handler run, and answer from here if it was quick,
+		// rather than hand the wait to a goroutine.
+		for range 3 {
+			runtime.Gosched()
+			select {
+			case r := <-ch:
+				cancel()
+				t.respond(replyTo, t.encodeResponse(r, c.id, b.addr, c.name))
+				return
+			default:
+			}
+		}
 	}
 	t.wg.Add(1)
 	go t.await(ctx, cancel, ch, replyTo, c.id, b.addr, c.name)
