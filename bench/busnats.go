@@ -45,9 +45,13 @@ type busNATSResult struct {
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
 	PayloadBytes  int     `json:"payload_bytes"`
 	// Bare nats.go request/reply between the same two processes, in the
-	// same run: what the transport adds to NATS itself.
-	BareSeqP50us      float64 `json:"bare_nats_seq_p50_us"`
-	BareConcurrentRPS float64 `json:"bare_nats_concurrent_rps"`
+	// same run: on the same connections as the transport, what the
+	// transport adds to NATS itself; and with both processes on TCP, what
+	// the in-process connection saves.
+	BareSeqP50us         float64 `json:"bare_nats_seq_p50_us"`
+	BareConcurrentRPS    float64 `json:"bare_nats_concurrent_rps"`
+	BareTCPSeqP50us      float64 `json:"bare_nats_tcp_seq_p50_us"`
+	BareTCPConcurrentRPS float64 `json:"bare_nats_tcp_concurrent_rps"`
 }
 
 const (
@@ -73,11 +77,18 @@ func runBusNATS() (any, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	nc, err := srv.Connect(ctx, natsfleet.Name("bench caller"))
+	// The caller's process embeds the server, as a process-mode parent
+	// does, and reaches it through memory; the child connects over TCP.
+	nc, err := srv.ConnectInProcess(ctx, natsfleet.Name("bench caller"))
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
+	tcp, err := srv.Connect(ctx, natsfleet.Name("bench TCP caller"))
+	if err != nil {
+		return nil, err
+	}
+	defer tcp.Close()
 	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench"})
 	if err != nil {
 		return nil, err
@@ -138,8 +149,11 @@ func runBusNATS() (any, error) {
 	}
 	res.ConcurrentRPS = float64(busRequesters*busNATSPerRequester) / elapsed.Seconds()
 
-	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, payload); err != nil {
+	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, "bare.echo", payload); err != nil {
 		return nil, fmt.Errorf("bare NATS: %w", err)
+	}
+	if res.BareTCPSeqP50us, res.BareTCPConcurrentRPS, err = measureBareNATS(ctx, tcp, "bare.echo", payload); err != nil {
+		return nil, fmt.Errorf("bare NATS over TCP: %w", err)
 	}
 
 	mem, err := measureBus(false, res.PayloadBytes, true)
@@ -176,15 +190,21 @@ func runBusNATSService([]string) error {
 	return nil
 }
 
-// childTransport connects a child to the parent's NATS.
-func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
+// childConnect connects a child to the parent's NATS.
+func childConnect(name string, opts ...natsfleet.Option) (*nats.Conn, error) {
 	var info natsfleet.ConnectInfo
 	if err := json.Unmarshal([]byte(os.Getenv(natsInfoEnv)), &info); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", natsInfoEnv, err)
+		return nil, fmt.Errorf("%s: %w", natsInfoEnv, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := natsfleet.Connect(ctx, info.URL, append(info.Options(), natsfleet.Name(name))...)
+	return natsfleet.Connect(ctx, info.URL, append(append(info.Options(), natsfleet.Name(name)), opts...)...)
+}
+
+// childTransport connects a child to the parent's NATS and makes it a
+// Transport.
+func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
+	nc, err := childConnect(name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,17 +217,17 @@ func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
 }
 
 // measureBareNATS measures nats.go's own request/reply with the child's
-// bare.echo subscriber: sequential median and 64-in-flight throughput.
-func measureBareNATS(ctx context.Context, nc *nats.Conn, payload []byte) (p50us, rps float64, err error) {
+// subscriber on subject: sequential median and 64-in-flight throughput.
+func measureBareNATS(ctx context.Context, nc *nats.Conn, subject string, payload []byte) (p50us, rps float64, err error) {
 	for range busNATSWarmup {
-		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+		if _, err := nc.RequestWithContext(ctx, subject, payload); err != nil {
 			return 0, 0, err
 		}
 	}
 	lat := make([]time.Duration, busNATSSeq)
 	for i := range lat {
 		start := time.Now()
-		if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+		if _, err := nc.RequestWithContext(ctx, subject, payload); err != nil {
 			return 0, 0, err
 		}
 		lat[i] = time.Since(start)
@@ -219,7 +239,7 @@ func measureBareNATS(ctx context.Context, nc *nats.Conn, payload []byte) (p50us,
 	for range busRequesters {
 		wg.Go(func() {
 			for range busNATSPerRequester {
-				if _, err := nc.RequestWithContext(ctx, "bare.echo", payload); err != nil {
+				if _, err := nc.RequestWithContext(ctx, subject, payload); err != nil {
 					errs <- err
 					return
 				}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,52 @@ type identifyNATSResult struct {
 	Ratio          float64 `json:"ratio"`
 	Violations     int     `json:"identify_violations"`
 	Identifies     int     `json:"identifies"`
+	// Where the time went, as the simulator saw the IDENTIFYs: the first
+	// one after "go", the spacing of consecutive ones of a bucket beyond
+	// the window (median and smallest: the margin kept), and the fleet's
+	// READY after the last one.
+	FirstIdentifyMS float64 `json:"first_identify_ms"`
+	SpacingP50MS    float64 `json:"spacing_over_window_p50_ms"`
+	SpacingMinMS    float64 `json:"spacing_over_window_min_ms"`
+	LastIdentifyMS  float64 `json:"last_identify_ms"`
+	SpacingMaxMS    float64 `json:"spacing_over_window_max_ms"`
+	AfterLastMS     float64 `json:"ready_after_last_identify_ms"`
+}
+
+// identifySpacing fills in where the time went from the simulator's
+// IDENTIFYs, start being the "go" and ready the fleet's readiness.
+func (r *identifyNATSResult) identifySpacing(ids []discordtest.Identify, start, ready time.Time, window time.Duration) {
+	if len(ids) == 0 {
+		return
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	last := map[int]time.Time{}
+	var over []time.Duration
+	first, end := ids[0].At, ids[0].At
+	for _, id := range ids {
+		if id.At.Before(first) {
+			first = id.At
+		}
+		if id.At.After(end) {
+			end = id.At
+		}
+		if id.Violation {
+			continue
+		}
+		if l, ok := last[id.Bucket]; ok {
+			over = append(over, id.At.Sub(l)-window)
+		}
+		last[id.Bucket] = id.At
+	}
+	r.FirstIdentifyMS = ms(first.Sub(start))
+	r.LastIdentifyMS = ms(end.Sub(start))
+	r.AfterLastMS = ms(ready.Sub(end))
+	if len(over) > 0 {
+		slices.Sort(over)
+		r.SpacingP50MS = ms(over[len(over)/2])
+		r.SpacingMinMS = ms(over[0])
+		r.SpacingMaxMS = ms(over[len(over)-1])
+	}
 }
 
 // runIdentifyNATS starts 256 shards split over 4 processes that share one
@@ -73,8 +120,10 @@ func runIdentifyNATS() (any, error) {
 	if err := startAll(children, "fleet ready", "shards to be ready", 2*time.Minute); err != nil {
 		return nil, err
 	}
-	ready := time.Since(start)
+	readyAt := time.Now()
+	ready := readyAt.Sub(start)
 	st := s.Stats()
+	res.identifySpacing(s.Identifies(), start, readyAt, interval)
 	res.ReadyS = ready.Seconds()
 	res.LimitS = math.Ceil(float64(shards)/mc) * interval.Seconds()
 	res.Ratio = res.LimitS / res.ReadyS

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,23 +109,172 @@ func TestIdentifyQueueAcrossProcesses(t *testing.T) {
 	if st.Identifies != shards {
 		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
 	}
-	// Every bucket was busy at once: the buckets' IDENTIFYs interleave
-	// rather than run one bucket after the other.
-	seen := map[int]bool{}
-	for _, id := range s.Identifies()[:mc] {
-		seen[id.Bucket] = true
+}
+
+// TestIdentifyQueueManyConnections runs one fleet as six runtimes in this
+// process, each with its own connection and queue, as six processes
+// would: the simulator sees no IDENTIFY too early for its bucket.
+func TestIdentifyQueueManyConnections(t *testing.T) {
+	t.Parallel()
+	const shards, mc, procs = 48, 4, 6
+	interval := 30 * time.Millisecond
+	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	prefix := newPrefix()
+	ctx := testCtx(t)
+	per := shards / procs
+	ready := make(chan struct{}, procs)
+	errc := make(chan error, procs)
+	rts := make([]*runtime.Runtime, procs)
+	for p := range procs {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: mc, Interval: interval})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := runtime.New(runtime.Config{
+			Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+			IdentifyInterval: interval, IdentifyQueue: q, Clusters: 2,
+			Bot: func(int) runtime.Bot {
+				return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
+			},
+			TotalShards: shards, FirstShardID: p * per, LastShardID: (p+1)*per - 1,
+			Logger: quiet,
+		})
+		if err != nil {
+			q.Close(ctx)
+			t.Fatal(err)
+		}
+		rt.Subscribe(func(e runtime.Event) {
+			if e.Kind == runtime.EventFleetReady {
+				ready <- struct{}{}
+			}
+		})
+		rts[p] = rt
 	}
-	if len(seen) != mc {
-		t.Errorf("the first %d IDENTIFYs used buckets %v, want all %d", mc, seen, mc)
+	for _, rt := range rts {
+		go func() { errc <- rt.Run(context.Background()) }()
+	}
+	for range procs {
+		select {
+		case <-ready:
+		case err := <-errc:
+			t.Fatalf("a runtime stopped before it was ready: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the runtimes were not ready in time")
+		}
+	}
+	for _, rt := range rts {
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+	for range procs {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	st := s.Stats()
+	if v := st.Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations, want 0", v)
+		logIdentifies(t, s.Identifies())
+	}
+	if st.Identifies != shards {
+		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
 	}
 }
 
-// TestIdentifyQueueDeadHolder: a process that took a bucket and went
-// silent blocks it for its lease plus one interval, no longer.
-func TestIdentifyQueueDeadHolder(t *testing.T) {
+// logIdentifies logs the simulator's IDENTIFYs by bucket, with the time
+// since the previous one of the bucket.
+func logIdentifies(t *testing.T, ids []discordtest.Identify) {
+	t.Helper()
+	last := map[int]time.Time{}
+	for _, id := range ids {
+		var gap time.Duration
+		if l, ok := last[id.Bucket]; ok {
+			gap = id.At.Sub(l)
+		}
+		if !id.Violation {
+			last[id.Bucket] = id.At
+		}
+		t.Logf("bucket %d shard %d after %v violation %v", id.Bucket, id.Shard, gap, id.Violation)
+	}
+}
+
+// TestIdentifyQueueSpacing: WaitBucket returns from many queues on their
+// own connections are at least an Interval apart per bucket.
+func TestIdentifyQueueSpacing(t *testing.T) {
 	t.Parallel()
+	const queues, mc, perQueue = 5, 3, 4
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: 10 * time.Millisecond}
+	ctx := testCtx(t)
+	var mu sync.Mutex
+	at := make([][]time.Time, mc)
+	var wg sync.WaitGroup
+	for range queues {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(ctx)
+		for shard := range mc * perQueue {
+			wg.Go(func() {
+				if err := q.WaitBucket(ctx, shard); err != nil {
+					t.Error(err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				at[shard%mc] = append(at[shard%mc], now)
+				mu.Unlock()
+				q.UnlockBucket(shard)
+			})
+		}
+	}
+	wg.Wait()
+	for b, times := range at {
+		if len(times) != queues*perQueue {
+			t.Errorf("bucket %d: %d waits returned, want %d", b, len(times), queues*perQueue)
+		}
+		slices.SortFunc(times, time.Time.Compare)
+		for i := 1; i < len(times); i++ {
+			if gap := times[i].Sub(times[i-1]); gap < cfg.Interval {
+				t.Errorf("bucket %d: waits %d and %d returned %v apart, less than the interval %v", b, i-1, i, gap, cfg.Interval)
+			}
+		}
+	}
+}
+
+// TestIdentifyQueueBucketsAtOnce: every bucket is busy at once, each
+// turn waiting only for its own bucket's.
+func TestIdentifyQueueBucketsAtOnce(t *testing.T) {
+	t.Parallel()
+	const mc = 4
+	ctx := testCtx(t)
 	prefix := newPrefix()
-	cfg := natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: 300 * time.Millisecond}
+	var qs [2]*natsfleet.IdentifyQueue
+	for i := range qs {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: mc, Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(ctx)
+		qs[i] = q
+	}
+	// No READY comes and the interval is an hour: each bucket's first
+	// turn, from either queue, still comes at once.
+	for shard := range mc {
+		if err := qs[shard%2].WaitBucket(ctx, shard); err != nil {
+			t.Fatalf("bucket %d waited for another bucket: %v", shard, err)
+		}
+	}
+}
+
+// TestIdentifyQueueDeadProcess: a process that took its turn and died
+// before READY delays its bucket by one interval plus the lease.
+func TestIdentifyQueueDeadProcess(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: 200 * time.Millisecond}
 	ctx := testCtx(t)
 	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
 	if err != nil {
@@ -141,37 +292,130 @@ func TestIdentifyQueueDeadHolder(t *testing.T) {
 	if err := dead.WaitBucket(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	deadConn.Close() // gone without releasing
+	identified := time.Now()
+	deadConn.Close() // gone before its READY: nothing reported
 	dead.Close(ctx)
 
-	// Bucket 1 is free at once.
-	if err := live.WaitBucket(ctx, 1); err != nil {
+	if err := live.WaitBucket(ctx, 1); err != nil { // bucket 1 is free at once
 		t.Fatal(err)
 	}
 	live.UnlockBucket(1)
-	start := time.Now()
 	if err := live.WaitBucket(ctx, 0); err != nil {
 		t.Fatalf("bucket 0 after its holder died: %v", err)
 	}
-	if d := time.Since(start); d < cfg.Lease/2 {
-		t.Errorf("bucket 0 taken after %v, before the holder's lease (%v) ran out", d, cfg.Lease)
+	if d := time.Since(identified); d < cfg.Lease {
+		t.Errorf("bucket 0 free %v after the dead process's turn, before its lease (%v) ran out", d, cfg.Lease)
 	}
 	live.UnlockBucket(0)
+}
 
-	// A cancelled wait gives its turn back.
-	if err := live.WaitBucket(ctx, 0); err != nil {
+// TestIdentifyQueueDeadHolderTwoWaiting: when a holder dies with two
+// turns waiting behind it, the first goes after the lease and the second
+// still waits for the first's READY plus an interval.
+func TestIdentifyQueueDeadHolderTwoWaiting(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: 150 * time.Millisecond}
+	ctx := testCtx(t)
+	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
+	if err != nil {
 		t.Fatal(err)
 	}
-	cctx, cancel := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() { errc <- live.WaitBucket(cctx, 2) }() // bucket 0 again: busy
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
+	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.WaitBucket(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadConn.Close() // gone before its READY
+	dead.Close(ctx)
+	var at [2]time.Time
+	var qs [2]*natsfleet.IdentifyQueue
+	for i := range qs {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(ctx)
+		qs[i] = q
+	}
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i, q := range qs {
+		wg.Go(func() {
+			<-gate
+			if err := q.WaitBucket(ctx, 0); err != nil {
+				t.Error(err)
+				return
+			}
+			at[i] = time.Now()
+			q.UnlockBucket(0) // READY at once
+		})
+	}
+	close(gate) // both take their tickets at once
+	wg.Wait()
+	gap := at[1].Sub(at[0]).Abs()
+	if gap < cfg.Interval {
+		t.Errorf("the two turns after a dead holder came %v apart, less than the interval %v", gap, cfg.Interval)
+	}
+}
+
+// TestIdentifyQueueAbandonedTurn: a wait given up keeps its place until
+// the turn before it is done, so the turn after it still waits for that
+// one's READY plus an interval.
+func TestIdentifyQueueAbandonedTurn(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: time.Minute}
+	ctx := testCtx(t)
+	queue := func() *natsfleet.IdentifyQueue {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close(ctx) })
+		return q
+	}
+	a, b, c := queue(), queue(), queue()
+	if err := a.WaitBucket(ctx, 0); err != nil { // a identifies
+		t.Fatal(err)
+	}
+	bctx, bcancel := context.WithCancel(ctx)
+	berr := make(chan error, 1)
+	go func() { berr <- b.WaitBucket(bctx, 0) }()
+	cdone := make(chan time.Time, 1)
+	go func() {
+		if err := c.WaitBucket(ctx, 0); err != nil {
+			t.Error(err)
+		}
+		cdone <- time.Now()
+	}()
+	bcancel()
+	if err := <-berr; !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled wait: %v, want context.Canceled", err)
 	}
-	live.UnlockBucket(0)
-	if err := live.WaitBucket(ctx, 0); err != nil {
-		t.Errorf("after a cancelled wait: %v", err)
+	unlocked := time.Now()
+	a.UnlockBucket(0) // a's READY
+	if at := <-cdone; at.Sub(unlocked) < cfg.Interval {
+		t.Errorf("the turn after an abandoned one came %v after the READY before it, less than the interval %v", at.Sub(unlocked), cfg.Interval)
 	}
-	live.UnlockBucket(0)
+	c.UnlockBucket(0)
+}
+
+// TestIdentifyQueueClosed: a wait fails once the queue is closed.
+func TestIdentifyQueueClosed(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.WaitBucket(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- q.WaitBucket(ctx, 0) }() // an hour away
+	q.Close(ctx)
+	if err := <-errc; err == nil {
+		t.Error("a wait returned nil after Close")
+	}
 }

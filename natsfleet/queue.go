@@ -11,18 +11,25 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// outQueue coalesces the frames for one subject: whatever is queued while
-// its goroutine publishes goes out in the next message, so that under load
-// one NATS message carries many calls or replies. It is bounded by the
+// outQueue coalesces the frames for one subject. A sender alone (the only
+// call in flight to the address, the only call being answered) that
+// finds it idle publishes its frame itself, at once, saving a hand-over
+// between goroutines; otherwise the queue's goroutine publishes, and the
+// frames queued meanwhile go out together in its next message, so that
+// under load one NATS message carries many calls or replies. A sender
+// publishes at most two messages before handing the rest to the
+// goroutine, so that no caller keeps publishing for the others. It is bounded by the
 // senders' windows (calls) and by the calls in flight (replies).
 type outQueue struct {
 	subject string
 	calls   bool // frames are this process's calls (else replies)
 
-	mu   sync.Mutex // guards buf, dead
-	buf  []byte     // frames, each as uvarint length | frame
-	dead bool       // its goroutine has returned: take a new queue
-	wake chan struct{}
+	mu    sync.Mutex // guards buf, spare, busy, dead
+	buf   []byte     // frames, each as uvarint length | frame
+	spare []byte     // the last buffer published, for reuse
+	busy  bool       // a sender or the goroutine is publishing
+	dead  bool       // its goroutine has returned: take a new queue
+	wake  chan struct{}
 }
 
 // queueIdle is how long a queue's goroutine waits for a frame before it
@@ -31,17 +38,29 @@ const queueIdle = time.Minute
 
 // Lock order: Transport.wmu → outQueue.mu.
 
-// enqueue queues frame for subject; it reports false once the Transport
-// is closed.
-func (t *Transport) enqueue(subject string, calls bool, frame []byte) bool {
+// enqueue queues frame for subject, and publishes it if the sender is
+// alone and nobody is publishing; it reports false once the Transport is
+// closed.
+func (t *Transport) enqueue(subject string, calls bool, frame []byte, alone bool) bool {
 	for {
 		q := t.queue(subject, calls)
 		if q == nil {
 			return false
 		}
-		if q.add(frame) {
-			return true
+		added, idle := q.add(frame)
+		if !added {
+			continue
 		}
+		switch {
+		case idle && alone:
+			t.drain(q)
+		case idle:
+			select {
+			case q.wake <- struct{}{}:
+			default:
+			}
+		}
+		return true
 	}
 }
 
@@ -63,26 +82,66 @@ func (t *Transport) queue(subject string, calls bool) *outQueue {
 	return q
 }
 
-func (q *outQueue) add(frame []byte) bool {
+// add queues frame; idle is true if nobody was publishing: the caller
+// is then to publish, or to wake the goroutine.
+func (q *outQueue) add(frame []byte) (added, idle bool) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.dead {
-		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	q.buf = binary.AppendUvarint(q.buf, uint64(len(frame)))
 	q.buf = append(q.buf, frame...)
+	if q.busy {
+		return true, false
+	}
+	q.busy = true
+	return true, true
+}
+
+// take returns the queued frames, or nil and marks the queue idle.
+func (q *outQueue) take() []byte {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.buf) == 0 {
+		q.busy = false
+		return nil
+	}
+	buf := q.buf
+	q.buf = q.spare[:0]
+	q.spare = nil
+	return buf
+}
+
+func (q *outQueue) recycle(buf []byte) {
+	q.mu.Lock()
+	if q.spare == nil {
+		q.spare = buf
+	}
 	q.mu.Unlock()
+}
+
+// drain publishes q's frames as the sender that found it idle: two
+// messages at most, then the queue's goroutine takes over.
+func (t *Transport) drain(q *outQueue) {
+	for range 2 {
+		buf := q.take()
+		if buf == nil {
+			return
+		}
+		t.publish(q, buf)
+		q.recycle(buf)
+	}
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
-	return true
 }
 
-// runQueue publishes q's frames until the Transport closes.
+// runQueue publishes what senders handed over, until the Transport
+// closes.
 func (t *Transport) runQueue(q *outQueue) {
 	defer t.wg.Done()
-	var spare []byte
 	idle := time.NewTimer(queueIdle)
 	defer idle.Stop()
 	for {
@@ -98,27 +157,29 @@ func (t *Transport) runQueue(q *outQueue) {
 		case <-t.ctx.Done():
 			return
 		}
-		// Let the goroutines that are runnable queue their frames too,
-		// while they keep adding some (a few rounds at most): under load
-		// this is what makes one message carry many.
-		for range 4 {
-			q.mu.Lock()
-			n := len(q.buf)
-			q.mu.Unlock()
-			runtime.Gosched()
-			q.mu.Lock()
-			grew := len(q.buf) > n
-			q.mu.Unlock()
-			if !grew {
+		for {
+			// Let the goroutines that are runnable queue their frames
+			// too, while they keep adding some (a few rounds at most):
+			// under load this is what makes one message carry many.
+			for range 4 {
+				q.mu.Lock()
+				n := len(q.buf)
+				q.mu.Unlock()
+				runtime.Gosched()
+				q.mu.Lock()
+				grew := len(q.buf) > n
+				q.mu.Unlock()
+				if !grew {
+					break
+				}
+			}
+			buf := q.take()
+			if buf == nil {
 				break
 			}
+			t.publish(q, buf)
+			q.recycle(buf)
 		}
-		q.mu.Lock()
-		buf := q.buf
-		q.buf = spare[:0]
-		q.mu.Unlock()
-		t.publish(q, buf)
-		spare = buf
 	}
 }
 
@@ -128,7 +189,7 @@ func (t *Transport) retire(q *outQueue) bool {
 	defer t.wmu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.buf) > 0 {
+	if len(q.buf) > 0 || q.busy {
 		return false
 	}
 	q.dead = true

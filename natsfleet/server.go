@@ -147,6 +147,16 @@ func (s *Server) Connect(ctx context.Context, opts ...Option) (*nats.Conn, error
 	return Connect(ctx, s.info.URL, append(s.info.Options(), opts...)...)
 }
 
+// ConnectInProcess connects to the server through memory instead of TCP
+// loopback: for the process that embeds it, where each message then
+// skips a socket and its system calls on the way to and from the server
+// (the fleet's other processes still use the URL). Such a connection
+// cannot move to another server: if this one stops, it stays
+// disconnected.
+func (s *Server) ConnectInProcess(ctx context.Context, opts ...Option) (*nats.Conn, error) {
+	return Connect(ctx, s.info.URL, append(append(s.info.Options(), opts...), NATSOptions(nats.InProcessServer(s.ns)))...)
+}
+
 // Close stops the server, waits for it, and removes its data directory
 // if it was a temporary one.
 func (s *Server) Close() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,6 +87,8 @@ type Transport struct {
 	ctx    context.Context // ends when the Transport closes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines waiting for a local endpoint's reply
+
+	serving atomic.Int64 // calls received from other processes and not yet answered
 
 	local atomic.Pointer[map[bus.Address]*binding] // copy-on-write, read without a lock
 
@@ -527,7 +530,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	if !t.enqueue(t.subject(m.To), true, frame) {
+	if !t.enqueue(t.subject(m.To), true, frame, len(w) == 1) {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
@@ -713,12 +716,15 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
 			continue
 		}
-		t.serve(b, c, replyTo)
+		// The message's last call, with no other being answered, may be
+		// answered from here.
+		t.serving.Add(1)
+		t.serve(b, c, replyTo, len(data) == 0 && t.serving.Load() == 1)
 	}
 }
 
 // serve delivers one call received for b to its receiver.
-func (t *Transport) serve(b *binding, c call, replyTo string) {
+func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
 	ctx, cancel := t.ctx, context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		d := time.Now().Add(time.Duration(c.timeout))
@@ -745,6 +751,20 @@ func (t *Transport) serve(b *binding, c call, replyTo string) {
 		t.respond(replyTo, appendError(nil, c.id, err))
 		return
 	}
+	if alone {
+		// Let the handler run, and answer from here if it was quick,
+		// rather than hand the wait to a goroutine.
+		for range 3 {
+			runtime.Gosched()
+			select {
+			case r := <-ch:
+				cancel()
+				t.respond(replyTo, t.encodeResponse(r, c.id, b.addr, c.name))
+				return
+			default:
+			}
+		}
+	}
 	t.wg.Add(1)
 	go t.await(ctx, cancel, ch, replyTo, c.id, b.addr, c.name)
 }
@@ -758,6 +778,7 @@ func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch cha
 		t.respond(to, t.encodeResponse(r, id, addr, name))
 	case <-ctx.Done():
 		// The caller's time is up (or the transport closed): it no longer waits.
+		t.serving.Add(-1)
 	}
 }
 
@@ -778,6 +799,7 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 
 // respond queues a reply frame for the process whose replies go to to.
 func (t *Transport) respond(to string, frame []byte) {
+	alone := t.serving.Add(-1) == 0
 	if to == "" {
 		return
 	}
@@ -785,7 +807,7 @@ func (t *Transport) respond(to string, frame []byte) {
 		id, _ := binary.Uvarint(frame)
 		frame = appendError(nil, id, err)
 	}
-	t.enqueue(to, false, frame)
+	t.enqueue(to, false, frame, alone)
 }
 
 // Members returns the addresses in group served by any process of the
