@@ -45,28 +45,25 @@ func nopBot(int) runtime.Bot {
 // Cleanup stops it.
 func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerOptions) *fleet {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	m, err := New(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := runtime.Config{
 		Token: runtime.Token(s.Token()), Bot: nopBot, GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		IdentifyInterval: s.IdentifyWindow(), Clusters: clusters,
 		ClientOptions: []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))},
-		Observer:      m.Observer(),
 	}
-	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Attach(rt)
+	reg := prometheus.NewPedanticRegistry()
+	m, err := Register(rt, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &fleet{s: s, rt: rt, m: m, reg: reg}
-	f.srv = httptest.NewServer(Handler(rt, reg, opts))
+	f.srv = httptest.NewServer(m.Handler(opts))
 	ready := make(chan struct{}, 1)
 	unsub := rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if _, ok := e.(runtime.FleetReady); ok {
 			ready <- struct{}{}
 		}
 	})

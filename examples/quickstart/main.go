@@ -122,20 +122,16 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 	}
 	var pongs atomic.Int64
 	cfg.Bot = func(int) runtime.Bot { return pingBot{&pongs} }
-	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg)
-	if err != nil {
-		return err
-	}
-	cfg.Observer = m.Observer()
-	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
 	}
-	m.Attach(rt)
+	m, err := metrics.Register(rt, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
 	if adminPort > 0 {
-		stopAdmin, err := serveAdmin(adminPort, metrics.Handler(rt, reg, metrics.HandlerOptions{
+		stopAdmin, err := serveAdmin(adminPort, m.Handler(metrics.HandlerOptions{
 			AdminToken: metrics.Token(os.Getenv("FLEET_ADMIN_TOKEN")), Logger: log}))
 		if err != nil {
 			return err
@@ -145,14 +141,18 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 	}
 	var ready atomic.Int64
 	rt.Subscribe(func(e runtime.Event) {
-		switch e.Kind {
-		case runtime.EventShardReady:
-			ready.Store(int64(e.N))
-			fmt.Printf("shard %d ready (%d of %d) in cluster %d after %s\n", e.Shard, e.N, e.Of, e.Cluster, e.Duration.Round(time.Millisecond))
-		case runtime.EventFleetReady:
-			fmt.Printf("fleet ready: %d shards in %s\n", e.Of, e.Duration.Round(time.Millisecond))
-		case runtime.EventClusterFailed, runtime.EventFatal:
-			fmt.Printf("%s: cluster %d: %v\n", e.Kind, e.Cluster, e.Err)
+		switch e := e.(type) {
+		case runtime.ShardReady:
+			ready.Store(int64(e.Ready))
+		case runtime.StartupProgress:
+			fmt.Printf("starting: %d of %d shards ready, identify window %d of %d, %s elapsed, about %s left%s\n",
+				e.Ready, e.Shards, e.Window, e.Windows, e.Elapsed.Round(time.Millisecond), e.ETA, late(e.Late))
+		case runtime.FleetReady:
+			fmt.Printf("fleet ready: %d shards in %s\n", e.Shards, e.Elapsed.Round(time.Millisecond))
+		case runtime.ClusterFailed:
+			fmt.Printf("cluster_failed: cluster %d: %v\n", e.Cluster, e.Err)
+		case runtime.Fatal:
+			fmt.Printf("fatal: %v\n", e.Err)
 		}
 	})
 
@@ -186,6 +186,14 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 			summary(start, ready.Load(), pings, pongs.Load(), sim)
 		}
 	}
+}
+
+// late says which shards are late, if any.
+func late(shards []int) string {
+	if len(shards) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", late: shards %v", shards)
 }
 
 // serveAdmin serves h on 127.0.0.1:port, never on other interfaces, and
