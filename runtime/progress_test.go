@@ -201,3 +201,44 @@ func TestClusterReadyCountsFromItsInstance(t *testing.T) {
 		t.Fatalf("%v: want at most the %s since the restart began (%s since Run)", r.e, r.at.Sub(before), r.at.Sub(runStart))
 	}
 }
+
+// A shard whose READY does not come is named late in the progress events
+// once two identify windows have passed, and the start-up finishes when
+// it comes.
+func TestStartupProgressNamesLateShards(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	s.HoldShard(3)
+	rt, err := New(testConfig(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := make(chan StartupProgress, 1)
+	ready := make(chan FleetReady, 1)
+	rt.Subscribe(func(e Event) {
+		switch e := e.(type) {
+		case StartupProgress:
+			if slices.Contains(e.Late, 3) {
+				select {
+				case late <- e:
+				default:
+				}
+			}
+		case FleetReady:
+			ready <- e
+		}
+	})
+	stop := runUntil(t, rt)
+	defer stop()
+	p := waitEvent(t, late)
+	// Others may be late too on a loaded machine: the window is 5 ms.
+	if p.Ready == p.Shards || p.ETA <= 0 || !slices.IsSorted(p.Late) {
+		t.Fatalf("%v, want shard 3 late and the start-up not done", p)
+	}
+	s.ReleaseShard(3)
+	waitEvent(t, ready)
+	if p := rt.Startup(); p.Ready != 4 || len(p.Late) != 0 {
+		t.Fatalf("after the READY: %v", p)
+	}
+}
