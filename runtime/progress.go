@@ -29,6 +29,7 @@ type StartupProgress struct {
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// ETA is the identify queue's physical limit for the shards not
 	// ready yet: ceil((Shards − Ready) / MaxConcurrency) identify windows.
+	// It is a lower bound: a window also waits for its READYs.
 	ETA time.Duration `json:"eta_ns"`
 	// Late lists the shards that sent IDENTIFY more than two identify
 	// windows ago and are not ready yet, in order.
