@@ -252,7 +252,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 	hooks := shardgroup.Hooks{
 		Identify: func(g *shardgroup.Group, shard int, waited time.Duration) {
 			if env.counting {
-				r.startup.identified(shard, time.Now())
+				r.startup.identified(shard)
 			}
 			r.events.emit(ShardIdentify{Cluster: g.ID(), Shard: shard, Waited: waited})
 		},
@@ -261,7 +261,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 				r.events.emit(ShardResumed{Cluster: g.ID(), Shard: shard})
 			}
 			if _, seen := r.everReady.LoadOrStore(shard, true); env.counting && !seen {
-				n, last := r.startup.shardReady(shard, time.Now())
+				n, last := r.startup.shardReady(shard)
 				r.events.emit(ShardReady{Cluster: g.ID(), Shard: shard, Ready: n, Of: env.shards, Elapsed: time.Since(r.started)})
 				if last {
 					r.emitLast()

@@ -54,12 +54,14 @@ func (e StartupProgress) LogValue() slog.Value {
 // Startup reports where the fleet's start-up stands; the zero value
 // before Run has planned the fleet. The caller owns Late.
 func (r *Runtime) Startup() StartupProgress {
-	return r.startup.snapshot(time.Now())
+	return r.startup.snapshot()
 }
 
 // startup follows the first generation's start-up for StartupProgress.
 type startup struct {
 	emitMu sync.Mutex // held while a progress event is made and emitted, so that they go out in order
+
+	clock func() time.Time // nil: time.Now; read under mu, so that what is recorded keeps its order
 
 	mu         sync.Mutex // guards the fields below
 	planned    bool
@@ -81,21 +83,28 @@ func (s *startup) plan(began time.Time, shards, mc int, interval time.Duration) 
 	s.sentAt, s.ready, s.done = map[int]time.Time{}, map[int]bool{}, make(chan struct{})
 }
 
-// identified records a shard's IDENTIFY at now.
-func (s *startup) identified(shard int, now time.Time) {
+func (s *startup) nowLocked() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
+}
+
+// identified records a shard's IDENTIFY.
+func (s *startup) identified(shard int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.planned || !s.doneAt.IsZero() {
 		return
 	}
 	if _, ok := s.sentAt[shard]; !ok {
-		s.sentAt[shard] = now
+		s.sentAt[shard] = s.nowLocked()
 	}
 }
 
-// shardReady records a shard ready at now; it returns how many are, and
-// whether it was the last.
-func (s *startup) shardReady(shard int, now time.Time) (n int, last bool) {
+// shardReady records a shard ready; it returns how many are, and whether
+// it was the last.
+func (s *startup) shardReady(shard int) (n int, last bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.planned || !s.doneAt.IsZero() || s.ready[shard] {
@@ -105,18 +114,19 @@ func (s *startup) shardReady(shard int, now time.Time) (n int, last bool) {
 	if len(s.ready) < s.shards {
 		return len(s.ready), false
 	}
-	s.doneAt = now
+	s.doneAt = s.nowLocked()
 	close(s.done)
 	return len(s.ready), true
 }
 
-// snapshot is the progress at now.
-func (s *startup) snapshot(now time.Time) StartupProgress {
+// snapshot is the progress now.
+func (s *startup) snapshot() StartupProgress {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.planned {
 		return StartupProgress{}
 	}
+	now := s.nowLocked()
 	p := StartupProgress{Ready: len(s.ready), Shards: s.shards, MaxConcurrency: s.mc,
 		Window: ceilDiv(len(s.sentAt), s.mc), Windows: ceilDiv(s.shards, s.mc), Elapsed: now.Sub(s.began)}
 	if !s.doneAt.IsZero() {
@@ -156,7 +166,7 @@ func (r *Runtime) progressLoop(stop <-chan struct{}) {
 			select {
 			case <-done: // the last event is out, or about to be
 			default:
-				r.events.emit(s.snapshot(time.Now()))
+				r.events.emit(s.snapshot())
 			}
 			s.emitMu.Unlock()
 			t.Reset(every) // counted from the event: never two in one window
@@ -168,5 +178,5 @@ func (r *Runtime) progressLoop(stop <-chan struct{}) {
 func (r *Runtime) emitLast() {
 	r.startup.emitMu.Lock()
 	defer r.startup.emitMu.Unlock()
-	r.events.emit(r.startup.snapshot(time.Now()))
+	r.events.emit(r.startup.snapshot())
 }

@@ -110,50 +110,62 @@ func TestStartupProgress(t *testing.T) {
 // time: windows from the IDENTIFYs sent, an ETA from the shards not
 // ready, late shards from when they identified.
 func TestStartupProgressSteps(t *testing.T) {
-	var s startup
 	t0 := time.Unix(1000, 0)
+	now := t0
+	s := startup{clock: func() time.Time { return now }}
+	at := func(d time.Duration) { now = t0.Add(d) }
 	sec := time.Second
 	s.plan(t0, 8, 2, sec) // 8 shards, max_concurrency 2: 4 windows of 1 s
-	step := func(at time.Duration, want StartupProgress) {
+	step := func(want StartupProgress) {
 		t.Helper()
-		got := s.snapshot(t0.Add(at))
+		got := s.snapshot()
 		want.Shards, want.Windows, want.MaxConcurrency = 8, 4, 2
 		if !slices.Equal(got.Late, want.Late) || got.Late == nil != (want.Late == nil) {
-			t.Fatalf("at %s: late %v, want %v", at, got.Late, want.Late)
+			t.Fatalf("at %s: late %v, want %v", now.Sub(t0), got.Late, want.Late)
 		}
 		got.Late, want.Late = nil, nil
 		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("at %s: %+v, want %+v", at, got, want)
+			t.Fatalf("at %s: %+v, want %+v", now.Sub(t0), got, want)
 		}
 	}
-	if p := (&startup{}).snapshot(t0); p.Shards != 0 || p.ETA != 0 {
+	if p := (&startup{}).snapshot(); p.Shards != 0 || p.ETA != 0 {
 		t.Fatalf("before plan: %+v", p)
 	}
-	step(0, StartupProgress{Window: 0, ETA: 4 * sec})
-	s.identified(0, t0)
-	s.identified(1, t0)
-	step(500*time.Millisecond, StartupProgress{Window: 1, ETA: 4 * sec, Elapsed: 500 * time.Millisecond})
-	s.shardReady(0, t0.Add(600*time.Millisecond))
-	step(700*time.Millisecond, StartupProgress{Ready: 1, Window: 1, ETA: 4 * sec, Elapsed: 700 * time.Millisecond})
-	s.identified(2, t0.Add(1600*time.Millisecond))
-	s.identified(1, t0.Add(1700*time.Millisecond)) // a second IDENTIFY counts once, from the first
-	s.shardReady(2, t0.Add(1700*time.Millisecond))
+	step(StartupProgress{Window: 0, ETA: 4 * sec})
+	s.identified(0)
+	s.identified(1)
+	at(500 * time.Millisecond)
+	step(StartupProgress{Window: 1, ETA: 4 * sec, Elapsed: 500 * time.Millisecond})
+	at(600 * time.Millisecond)
+	s.shardReady(0)
+	at(700 * time.Millisecond)
+	step(StartupProgress{Ready: 1, Window: 1, ETA: 4 * sec, Elapsed: 700 * time.Millisecond})
+	at(1600 * time.Millisecond)
+	s.identified(2)
+	at(1700 * time.Millisecond)
+	s.identified(1) // a second IDENTIFY counts once, from the first
+	s.shardReady(2)
 	// Shard 1 identified 2.5 windows ago and is not ready: late.
-	step(2500*time.Millisecond, StartupProgress{Ready: 2, Window: 2, ETA: 3 * sec, Elapsed: 2500 * time.Millisecond, Late: []int{1}})
+	at(2500 * time.Millisecond)
+	step(StartupProgress{Ready: 2, Window: 2, ETA: 3 * sec, Elapsed: 2500 * time.Millisecond, Late: []int{1}})
+	at(3 * sec)
 	for _, id := range []int{1, 3, 4, 5, 6} {
-		s.identified(id, t0.Add(3*sec))
-		if n, last := s.shardReady(id, t0.Add(3*sec)); last {
+		s.identified(id)
+		if n, last := s.shardReady(id); last {
 			t.Fatalf("shard %d (%d ready) reported last", id, n)
 		}
 	}
-	step(3*sec, StartupProgress{Ready: 7, Window: 4, ETA: sec, Elapsed: 3 * sec})
-	s.identified(7, t0.Add(3500*time.Millisecond))
-	if n, last := s.shardReady(7, t0.Add(4*sec)); !last || n != 8 {
+	step(StartupProgress{Ready: 7, Window: 4, ETA: sec, Elapsed: 3 * sec})
+	at(3500 * time.Millisecond)
+	s.identified(7)
+	at(4 * sec)
+	if n, last := s.shardReady(7); !last || n != 8 {
 		t.Fatalf("the eighth shard: %d ready, last %v", n, last)
 	}
 	// Done: the elapsed time stops at the last READY.
-	step(9*sec, StartupProgress{Ready: 8, Window: 4, Elapsed: 4 * sec})
-	if n, last := s.shardReady(7, t0.Add(5*sec)); last || n != 8 {
+	at(9 * sec)
+	step(StartupProgress{Ready: 8, Window: 4, Elapsed: 4 * sec})
+	if n, last := s.shardReady(7); last || n != 8 {
 		t.Fatalf("a shard ready again after the start-up: %d, last %v", n, last)
 	}
 }

@@ -144,7 +144,7 @@ func (r *Runtime) Stats() Stats {
 	if env != nil {
 		st.Shards, st.TotalShards = env.shards, env.total
 	}
-	st.Startup = r.startup.snapshot(now)
+	st.Startup = r.startup.snapshot()
 	// users maps a user to 1 + the index of the last cluster that counted
 	// it, so one map counts distinct users per cluster and fleet-wide.
 	users := map[snowflake.ID]int32{}
