@@ -300,13 +300,13 @@ func startTestFleet(t *testing.T, shards, clusters int) *testFleet {
 	f := &testFleet{s: s, rt: rt, restarts: make(chan int, 16)}
 	ready := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		switch e.Kind {
-		case runtime.EventFleetReady:
+		switch e := e.(type) {
+		case runtime.FleetReady:
 			select {
 			case ready <- struct{}{}:
 			default:
 			}
-		case runtime.EventClusterRestarted:
+		case runtime.ClusterRestarted:
 			select {
 			case f.restarts <- e.Cluster:
 			default:

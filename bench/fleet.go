@@ -39,9 +39,9 @@ func startFleet(s *discordtest.Server, clusters int, b func(int) runtime.Bot, co
 	}
 	readyc := make(chan time.Duration, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if e, ok := e.(runtime.FleetReady); ok {
 			select { // only the first fleet_ready counts; never block the runtime
-			case readyc <- e.Duration:
+			case readyc <- e.Elapsed:
 			default:
 			}
 		}

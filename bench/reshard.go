@@ -98,13 +98,13 @@ func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (
 	ready := make(chan struct{}, 1)
 	var cutAt time.Time
 	rt.Subscribe(func(e runtime.Event) {
-		switch e.Kind {
-		case runtime.EventFleetReady:
+		switch e.(type) {
+		case runtime.FleetReady:
 			select { // only the first fleet_ready counts; never block the runtime
 			case ready <- struct{}{}:
 			default:
 			}
-		case runtime.EventReshardCutOver:
+		case runtime.ReshardCutOver:
 			cutAt = time.Now()
 		}
 	})

@@ -77,16 +77,16 @@ func runSoftRestart() (any, error) {
 	rt.Subscribe(func(e runtime.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		switch e.Kind {
-		case runtime.EventFleetReady:
+		switch e := e.(type) {
+		case runtime.FleetReady:
 			select { // only the first fleet_ready counts; never block the runtime
 			case ready <- struct{}{}:
 			default:
 			}
-		case runtime.EventSoftRestartStarted:
-			starts[e.Cluster] = e.Time
-		case runtime.EventSoftRestartDone:
-			windows[e.Cluster] = [2]time.Time{starts[e.Cluster], e.Time}
+		case runtime.SoftRestartStarted:
+			starts[e.Cluster] = time.Now()
+		case runtime.SoftRestartDone:
+			windows[e.Cluster] = [2]time.Time{starts[e.Cluster], time.Now()}
 		}
 	})
 	errc := make(chan error, 1)

@@ -106,15 +106,6 @@ func statsRun(shards, clusters, guilds, rate, events int, withStats bool, snapEv
 		},
 	}
 	reg := prometheus.NewRegistry()
-	var m *metrics.Metrics
-	if withStats {
-		var err error
-		if m, err = metrics.New(reg); err != nil {
-			return 0, col, err
-		}
-		cfg.Observer = m.Observer()
-		cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
-	}
 	rt, stop, err := runFleet(cfg, fleetReadyBound(s, shards))
 	if err != nil {
 		return 0, col, err
@@ -136,7 +127,11 @@ func statsRun(shards, clusters, guilds, rate, events int, withStats bool, snapEv
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	if withStats {
-		m.Attach(rt)
+		// Registered once the fleet is ready: what is measured is the
+		// load that follows.
+		if _, err := metrics.Register(rt, reg); err != nil {
+			return 0, col, err
+		}
 		scrape := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 		wg.Go(func() {
 			snap, scr := time.NewTicker(snapEvery), time.NewTicker(scrapeEvery)
@@ -175,7 +170,7 @@ func runFleet(cfg runtime.Config, bound time.Duration) (*runtime.Runtime, func()
 	}
 	readyc := make(chan struct{}, 1)
 	unsub := rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if _, ok := e.(runtime.FleetReady); ok {
 			select { // only the first fleet_ready counts; never block the runtime
 			case readyc <- struct{}{}:
 			default:

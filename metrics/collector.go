@@ -25,6 +25,8 @@ type fleetCollector struct {
 	invalid atomic.Int64                      // the limiter hook's last invalid-request count
 
 	shards, latency, guilds, cache                     *prometheus.Desc
+	startReady, startShards, startWindow, startWindows *prometheus.Desc
+	startETA, startLate                                *prometheus.Desc
 	restInvalid, restBuckets, restQueued, restInFlight *prometheus.Desc
 	heartbeat                                          prometheus.Histogram
 
@@ -40,6 +42,14 @@ func newFleetCollector() *fleetCollector {
 		guilds: prometheus.NewDesc("fleet_guilds", "Guilds in a cluster's cache, by cluster.", []string{"cluster"}, nil),
 		cache: prometheus.NewDesc("fleet_cache_entries", "Entries of a cluster's disgo caches, by cluster and cache.",
 			[]string{"cluster", "cache"}, nil),
+		startReady:   prometheus.NewDesc("fleet_startup_shards_ready", "Shards of the start-up ready.", nil, nil),
+		startShards:  prometheus.NewDesc("fleet_startup_shards", "Shards the start-up starts: the runtime's.", nil, nil),
+		startWindow:  prometheus.NewDesc("fleet_startup_identify_window", "Identify window the start-up has reached.", nil, nil),
+		startWindows: prometheus.NewDesc("fleet_startup_identify_windows", "Identify windows the start-up needs: shards / max_concurrency, rounded up.", nil, nil),
+		startETA: prometheus.NewDesc("fleet_startup_eta_seconds",
+			"Time the identify queue needs at least for the shards not ready yet; 0 once every shard is.", nil, nil),
+		startLate: prometheus.NewDesc("fleet_startup_late_shards",
+			"Shards that sent IDENTIFY more than two identify windows ago and are not ready yet.", nil, nil),
 		restInvalid: prometheus.NewDesc("fleet_rest_invalid_requests",
 			"REST 401, 403 and non-shared 429 responses in Discord's invalid-request window (a ban comes at 10,000).", nil, nil),
 		restBuckets:  prometheus.NewDesc("fleet_rest_limiter_buckets", "Rate-limit buckets the shared REST limiter tracks.", nil, nil),
@@ -56,7 +66,8 @@ func newFleetCollector() *fleetCollector {
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.shards, c.latency, c.guilds, c.cache, c.restInvalid,
-		c.restBuckets, c.restQueued, c.restInFlight} {
+		c.restBuckets, c.restQueued, c.restInFlight, c.startReady, c.startShards, c.startWindow, c.startWindows,
+		c.startETA, c.startLate} {
 		ch <- d
 	}
 	c.heartbeat.Describe(ch)
@@ -67,12 +78,27 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	rt := c.rt.Load()
 	if rt != nil {
 		c.collectGroups(ch, rt, byState[:])
+		c.collectStartup(ch, rt.Startup())
 	}
 	for i, st := range shardStates {
 		ch <- prometheus.MustNewConstMetric(c.shards, prometheus.GaugeValue, float64(byState[i]), st.String())
 	}
 	c.heartbeat.Collect(ch)
 	c.collectREST(ch, rt)
+}
+
+// collectStartup reports the start-up's progress.
+func (c *fleetCollector) collectStartup(ch chan<- prometheus.Metric, p runtime.StartupProgress) {
+	for _, m := range []struct {
+		d *prometheus.Desc
+		v float64
+	}{
+		{c.startReady, float64(p.Ready)}, {c.startShards, float64(p.Shards)},
+		{c.startWindow, float64(p.Window)}, {c.startWindows, float64(p.Windows)},
+		{c.startETA, p.ETA.Seconds()}, {c.startLate, float64(len(p.Late))},
+	} {
+		ch <- prometheus.MustNewConstMetric(m.d, prometheus.GaugeValue, m.v)
+	}
 }
 
 // collectREST reports the REST limiter's gauges: the attached runtime's

@@ -4,20 +4,18 @@
 // # Wiring
 //
 // The collectors go on a registry the caller owns (never the global
-// default, unless that is what the caller passes). The runtime reports
-// what it does through the Observer and the REST limiter's hooks, which
-// must be in its Config before runtime.New; Attach then lets the
-// scrape-time collector read the runtime's state:
+// default, unless that is what the caller passes). Register wires
+// everything in one call, before or after Run: the collectors, the
+// runtime's Observer (dispatches, bus requests, and REST requests through
+// the limiter the runtime built), a subscription to its events (which
+// also tells the handler when shards disconnect), and the scrape-time
+// collector that reads its state:
 //
-//	reg := prometheus.NewRegistry()
-//	m, err := metrics.New(reg)
-//	...
-//	cfg.Observer = m.Observer()
-//	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 //	rt, err := runtime.New(cfg)
 //	...
-//	m.Attach(rt)
-//	mux.Handle("/", metrics.Handler(rt, reg, metrics.HandlerOptions{}))
+//	m, err := metrics.Register(rt, prometheus.NewRegistry())
+//	...
+//	mux.Handle("/", m.Handler(metrics.HandlerOptions{}))
 //
 // The handler binds nothing itself: mount it on a server of your own,
 // on a loopback or private address.
@@ -50,6 +48,10 @@
 //	fleet_cache_entries{cluster,cache}              entries of a cluster's disgo caches
 //	fleet_rest_invalid_requests                     401, 403 and non-shared 429s in Discord's 10-minute window
 //	fleet_rest_limiter_buckets, fleet_rest_limiter_queued_requests, fleet_rest_limiter_in_flight_requests
+//	fleet_startup_shards_ready, fleet_startup_shards  the start-up's progress (runtime.Runtime.Startup)
+//	fleet_startup_identify_window, fleet_startup_identify_windows  identify windows reached, needed
+//	fleet_startup_eta_seconds                       the identify queue's limit for the shards not ready; 0 once all are
+//	fleet_startup_late_shards                       shards that identified two windows ago and are not ready
 //
 // plus the Go and process collectors.
 //
@@ -64,7 +66,7 @@
 //
 // # Cost
 //
-// Observer.GatewayEvent runs on a shard's read loop for every event. Its
+// The Observer's GatewayEvent runs on a shard's read loop for every event. Its
 // counters are resolved once per shard and event name and kept in a
 // table; in steady state an event costs a map lookup and an atomic add,
 // and allocates nothing.
@@ -75,7 +77,7 @@
 //
 //	GET  /metrics                            the registry, in Prometheus' formats
 //	GET  /healthz                            200 while every shard is ready or resuming, 503 otherwise
-//	GET  /status                             runtime.Stats as JSON
+//	GET  /status                             runtime.Stats as JSON, the start-up's progress included
 //	GET  /page/                              the status page (admin.StatusPage), with operator controls when the operations are on
 //	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
 //	POST /admin/clusters/{id}/restart        runtime.Restart: answered once every shard of the new instance is ready

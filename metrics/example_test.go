@@ -17,28 +17,29 @@ func ExampleNew() {
 	if err != nil {
 		panic(err)
 	}
-	// In a real fleet the runtime calls the observer: put it in
-	// runtime.Config.Observer.
-	obs := m.Observer()
-	obs.GatewayEvent(0, 2, "MESSAGE_CREATE")
-	obs.GatewayEvent(0, 2, "MESSAGE_CREATE")
-	obs.GatewayEvent(0, 2, "A_NAME_NOBODY_KNOWS")
-	n, _ := testutil.GatherAndCount(reg, "fleet_gateway_events_total")
+	// A REST limiter built without a runtime reports through the hooks
+	// (Register wires them for a runtime's own limiter).
+	hooks := m.RESTHooks()
+	hooks.Response("/channels/{channel.id}/messages", "POST", 200)
+	hooks.Response("/channels/{channel.id}/messages", "POST", 200)
+	hooks.Response("/gateway/bot", "GET", 200)
+	n, _ := testutil.GatherAndCount(reg, "fleet_rest_requests_total")
 	fmt.Println(n, "series")
 	// Output: 2 series
 }
 
-func ExampleHandler() {
-	reg := prometheus.NewRegistry()
-	m, _ := metrics.New(reg)
-	cfg := runtime.Config{Token: "token", Bot: func(int) runtime.Bot { return nil }, Observer: m.Observer()}
-	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
-	rt, err := runtime.New(cfg)
+func ExampleRegister() {
+	rt, err := runtime.New(runtime.Config{Token: "token", Bot: func(int) runtime.Bot { return nil }})
 	if err != nil {
 		panic(err)
 	}
-	m.Attach(rt)
-	h := metrics.Handler(rt, reg, metrics.HandlerOptions{})
+	// One call: collectors on the registry, the runtime's hot paths, its
+	// REST limiter and its events.
+	m, err := metrics.Register(rt, prometheus.NewRegistry())
+	if err != nil {
+		panic(err)
+	}
+	h := m.Handler(metrics.HandlerOptions{})
 	// Serve h on a loopback address of your own; here, a recorder.
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))

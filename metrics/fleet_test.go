@@ -45,28 +45,25 @@ func nopBot(int) runtime.Bot {
 // Cleanup stops it.
 func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerOptions) *fleet {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	m, err := New(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := runtime.Config{
 		Token: runtime.Token(s.Token()), Bot: nopBot, GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		IdentifyInterval: s.IdentifyWindow(), Clusters: clusters,
 		ClientOptions: []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))},
-		Observer:      m.Observer(),
 	}
-	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Attach(rt)
+	reg := prometheus.NewPedanticRegistry()
+	m, err := Register(rt, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &fleet{s: s, rt: rt, m: m, reg: reg}
-	f.srv = httptest.NewServer(Handler(rt, reg, opts))
+	f.srv = httptest.NewServer(m.Handler(opts))
 	ready := make(chan struct{}, 1)
 	unsub := rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if _, ok := e.(runtime.FleetReady); ok {
 			ready <- struct{}{}
 		}
 	})
@@ -281,6 +278,14 @@ func TestScrapeMatchesSimulator(t *testing.T) {
 	if got := sum(fams, "fleet_identifies_total", nil); got != shards {
 		t.Fatalf("fleet_identifies_total %v, want %d", got, shards)
 	}
+	// The start-up is over: every shard ready, nothing left to wait for.
+	for name, want := range map[string]float64{"fleet_startup_shards_ready": shards, "fleet_startup_shards": shards,
+		"fleet_startup_identify_window": 1, "fleet_startup_identify_windows": 1, "fleet_startup_eta_seconds": 0,
+		"fleet_startup_late_shards": 0} {
+		if got := sum(fams, name, nil); got != want {
+			t.Fatalf("%s %v, want %v", name, got, want)
+		}
+	}
 
 	// Labels stay bounded: the load added at most MESSAGE_CREATE and
 	// other per shard, the whole fleet has a few series per shard, and no
@@ -369,5 +374,8 @@ func TestStatusServesTheSnapshot(t *testing.T) {
 	if st.Shards != 2 || len(st.Clusters) != 1 || len(st.Clusters[0].Shards) != 2 ||
 		st.Clusters[0].Shards[1].State != shardgroup.StateReady {
 		t.Fatalf("status %+v", st)
+	}
+	if p := st.Startup; p.Ready != 2 || p.Shards != 2 || p.Window != 1 || p.Windows != 1 || p.ETA != 0 || p.Elapsed <= 0 {
+		t.Fatalf("status startup %+v, want 2 of 2 ready in one window", p)
 	}
 }

@@ -86,16 +86,39 @@ type HandlerOptions struct {
 	Logger *slog.Logger
 }
 
-// Handler returns the admin handler for rt: GET /metrics (from g; nil:
-// 404), GET /healthz, GET /status, and the POST /admin/ operations (see the
-// package documentation). It binds nothing: mount it on a server of your
-// own, on a loopback or private address. It subscribes to rt's events to
-// learn when shards disconnect; build one per runtime. It panics if rt is
-// nil.
+// Handler returns the admin handler for the attached runtime (see
+// Register): GET /metrics (from Register's registry when it is a
+// prometheus.Gatherer; otherwise 404), GET /healthz, GET /status, and the
+// POST /admin/ operations (see the package documentation). It binds
+// nothing: mount it on a server of your own, on a loopback or private
+// address. It panics if no runtime is attached.
+func (m *Metrics) Handler(opts HandlerOptions) http.Handler {
+	m.attachMu.Lock()
+	rt := m.attached
+	m.attachMu.Unlock()
+	if rt == nil {
+		panic("metrics: Handler with no runtime attached: use Register")
+	}
+	return newHandler(rt, m.gatherer, opts, m.down)
+}
+
+// Handler is Metrics.Handler for a runtime without collectors, or with a
+// gatherer of your own: it subscribes to rt's events to learn when shards
+// disconnect; build one per runtime. It panics if rt is nil.
 func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) http.Handler {
 	if rt == nil {
 		panic("metrics: Handler with a nil runtime")
 	}
+	down := newDownTracker()
+	rt.Subscribe(func(e runtime.Event) {
+		if e, ok := e.(runtime.ShardDisconnected); ok {
+			down.left(e.Shard, time.Now())
+		}
+	})
+	return newHandler(rt, g, opts, down)
+}
+
+func newHandler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions, down *downTracker) http.Handler {
 	if opts.ResumeGrace == 0 {
 		opts.ResumeGrace = 30 * time.Second
 	}
@@ -105,7 +128,7 @@ func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) ht
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{rt: rt, opts: opts, log: opts.Logger.With("component", "admin"), down: map[int]time.Time{}}
+	h := &handler{rt: rt, opts: opts, log: opts.Logger.With("component", "admin"), down: down}
 	h.op = opts.Operator
 	if h.op == nil {
 		h.op = rt
@@ -114,7 +137,6 @@ func Handler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions) ht
 		sum := sha256.Sum256([]byte(opts.AdminToken))
 		h.token = sum[:]
 	}
-	rt.Subscribe(h.event)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", h.index)
@@ -148,18 +170,22 @@ type handler struct {
 	opts  HandlerOptions
 	log   *slog.Logger
 	token []byte // SHA-256 of the admin token; nil: operations disabled
-
-	mu   sync.Mutex        // guards down
-	down map[int]time.Time // shard -> when it left ready, or was first seen not ready
+	down  *downTracker
 }
 
-// event records when a shard leaves ready.
-func (h *handler) event(e runtime.Event) {
-	if e.Kind == runtime.EventShardDisconnected && e.Shard >= 0 {
-		h.mu.Lock()
-		h.down[e.Shard] = e.Time
-		h.mu.Unlock()
-	}
+// downTracker remembers when shards left ready.
+type downTracker struct {
+	mu sync.Mutex        // guards at
+	at map[int]time.Time // shard -> when it left ready, or was first seen not ready
+}
+
+func newDownTracker() *downTracker { return &downTracker{at: map[int]time.Time{}} }
+
+// left records that a shard left ready at t.
+func (d *downTracker) left(shard int, t time.Time) {
+	d.mu.Lock()
+	d.at[shard] = t
+	d.mu.Unlock()
 }
 
 func (h *handler) index(w http.ResponseWriter, r *http.Request) {
@@ -194,25 +220,25 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	var bad []string
-	h.mu.Lock()
+	h.down.mu.Lock()
 	present := make(map[int]bool, len(all))
 	for _, s := range all {
 		present[s.info.ID] = true
 	}
-	for id := range h.down {
+	for id := range h.down.at {
 		if !present[id] {
-			delete(h.down, id) // resharded away
+			delete(h.down.at, id) // resharded away
 		}
 	}
 	for _, s := range all {
 		if s.info.State == shardgroup.StateReady {
-			delete(h.down, s.info.ID)
+			delete(h.down.at, s.info.ID)
 			continue
 		}
-		since, ok := h.down[s.info.ID]
+		since, ok := h.down.at[s.info.ID]
 		if !ok {
 			since = now
-			h.down[s.info.ID] = now
+			h.down.at[s.info.ID] = now
 		}
 		downFor := now.Sub(since).Round(time.Millisecond)
 		if s.info.State == shardgroup.StateResuming && (h.opts.ResumeGrace < 0 || downFor < h.opts.ResumeGrace) {
@@ -220,7 +246,7 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 		}
 		bad = append(bad, fmt.Sprintf("shard %d (cluster %d): %s, not ready for %s", s.info.ID, s.cluster, s.info.State, downFor))
 	}
-	h.mu.Unlock()
+	h.down.mu.Unlock()
 	if len(bad) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "unhealthy: %d of %d shards not ready\n%s\n", len(bad), len(all), strings.Join(bad, "\n"))

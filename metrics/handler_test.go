@@ -30,9 +30,9 @@ func TestAdminOperations(t *testing.T) {
 	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken, Logger: log})
 	done := make(chan runtime.EventKind, 8)
 	f.rt.Subscribe(func(e runtime.Event) {
-		switch e.Kind {
-		case runtime.EventSoftRestartDone, runtime.EventClusterRestarted:
-			done <- e.Kind
+		switch e.(type) {
+		case runtime.SoftRestartDone, runtime.ClusterRestarted:
+			done <- e.Kind()
 		}
 	})
 

@@ -15,6 +15,7 @@ import (
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/services"
 )
 
 // MaxLabelValues is the default cap on the distinct values of a label fed
@@ -47,8 +48,12 @@ type Metrics struct {
 
 	commands, services, routes *labelSet
 
-	attachMu    sync.Mutex // guards unsubscribe
-	unsubscribe func()     // from the attached runtime's events
+	down     *downTracker        // when shards left ready, for the handler's /healthz
+	gatherer prometheus.Gatherer // Register's registry, for Handler's /metrics
+
+	attachMu    sync.Mutex       // guards attached, unsubscribe
+	attached    *runtime.Runtime // the runtime observed
+	unsubscribe func()           // from the attached runtime's events
 }
 
 type config struct {
@@ -113,6 +118,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 			Help: "Gateway dispatches received, by shard and event name (names outside the known set count as other).",
 		}, []string{"shard", "event"}), cfg.eventTypes),
 		fleet: newFleetCollector(),
+		down:  newDownTracker(),
 		identifies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleet_identifies_total",
 			Help: "IDENTIFYs sent, by shard.",
@@ -201,10 +207,34 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 	return m, nil
 }
 
-// Attach makes the scrape-time gauges read rt (shards by state, heartbeat
-// latencies, guilds and cache sizes per cluster, the REST limiter's state)
-// and subscribes to rt's events to count service restarts. Attaching
-// another runtime replaces the first; nil detaches.
+// Register creates the fleet's collectors on reg, as New does, and
+// attaches them to rt (see Attach): the one step that wires a runtime's
+// metrics. It may be called before or after rt.Run. With a reg that is
+// also a prometheus.Gatherer (a *prometheus.Registry is), m.Handler
+// serves its /metrics.
+func Register(rt *runtime.Runtime, reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
+	if rt == nil {
+		return nil, errors.New("metrics: Register with a nil runtime: pass the one runtime.New returned")
+	}
+	m, err := New(reg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		m.gatherer = g
+	}
+	m.Attach(rt)
+	return m, nil
+}
+
+// Attach feeds the collectors from rt: it becomes rt's Observer (gateway
+// dispatches, bus requests, and REST requests through the limiter rt
+// built), its lifecycle events are counted (IDENTIFYs, resumes, closes,
+// restarts, listener panics, service restarts), and the scrape-time
+// gauges read its state (shards by state, heartbeat latencies, guilds and
+// cache sizes per cluster, the start-up's progress, the REST limiter's
+// state). Attaching another runtime replaces the first; nil detaches.
+// Register does it for you.
 func (m *Metrics) Attach(rt *runtime.Runtime) {
 	m.attachMu.Lock()
 	defer m.attachMu.Unlock()
@@ -212,39 +242,55 @@ func (m *Metrics) Attach(rt *runtime.Runtime) {
 		m.unsubscribe()
 		m.unsubscribe = nil
 	}
+	if m.attached != nil {
+		m.attached.Observe(runtime.Observer{})
+	}
+	m.attached = rt
 	m.fleet.rt.Store(rt)
 	if rt != nil {
+		rt.Observe(m.observer())
 		m.unsubscribe = rt.Subscribe(m.runtimeEvent)
 	}
 }
 
+// runtimeEvent counts what a lifecycle event says.
 func (m *Metrics) runtimeEvent(e runtime.Event) {
-	if e.Kind == runtime.EventServiceRestarted && e.Service != "" {
-		m.ServiceRestarted(e.Service)
+	switch e := e.(type) {
+	case runtime.ShardIdentify:
+		m.identifies.WithLabelValues(strconv.Itoa(e.Shard)).Inc()
+		m.identifyWait.Observe(e.Waited.Seconds())
+	case runtime.ShardResumed:
+		m.resumes.WithLabelValues(strconv.Itoa(e.Shard)).Inc()
+	case runtime.ShardClosed:
+		m.reconnects.WithLabelValues(closeCode(e.Code)).Inc()
+	case runtime.ShardZombie:
+		m.reconnects.WithLabelValues("zombie").Inc()
+	case runtime.ShardDisconnected:
+		m.down.left(e.Shard, time.Now())
+	case runtime.ClusterRestarted:
+		m.clusterRestarts.WithLabelValues(strconv.Itoa(e.Cluster)).Inc()
+	case runtime.ListenerPanic:
+		m.listenerPanics.WithLabelValues(strconv.Itoa(e.Cluster)).Inc()
+	case services.Restarted:
+		if e.Service != "" {
+			m.ServiceRestarted(e.Service)
+		}
 	}
 }
 
-// Observer returns the runtime hooks that feed the counters; put it in
-// runtime.Config.Observer.
-func (m *Metrics) Observer() runtime.Observer {
+// observer is the hot paths' part: gateway dispatches, bus requests and
+// REST requests.
+func (m *Metrics) observer() runtime.Observer {
 	return runtime.Observer{
 		GatewayEvent: func(_, shard int, eventType string) { m.events.inc(shard, eventType) },
-		Identify: func(_, shard int, waited time.Duration) {
-			m.identifies.WithLabelValues(strconv.Itoa(shard)).Inc()
-			m.identifyWait.Observe(waited.Seconds())
-		},
-		Resume:         func(_, shard int) { m.resumes.WithLabelValues(strconv.Itoa(shard)).Inc() },
-		Close:          func(_, _, code int) { m.reconnects.WithLabelValues(closeCode(code)).Inc() },
-		Zombie:         func(int, int) { m.reconnects.WithLabelValues("zombie").Inc() },
-		ClusterRestart: func(cluster int) { m.clusterRestarts.WithLabelValues(strconv.Itoa(cluster)).Inc() },
-		ListenerPanic:  func(cluster, _ int) { m.listenerPanics.WithLabelValues(strconv.Itoa(cluster)).Inc() },
-		BusRequest:     m.ObserveBusRequest,
+		BusRequest:   m.ObserveBusRequest,
+		REST:         m.RESTHooks(),
 	}
 }
 
-// RESTHooks returns the REST limiter hooks that feed the REST metrics;
-// put them in runtime.Config.RESTLimiterConfig.Hooks (or the
-// restproxy.Config of a limiter you build).
+// RESTHooks returns the REST limiter hooks that feed the REST metrics.
+// Attach gives them to the limiter the runtime builds; put them in the
+// restproxy.Config of a limiter you build yourself.
 func (m *Metrics) RESTHooks() restproxy.Hooks {
 	return restproxy.Hooks{
 		Response: func(route, method string, status int) {

@@ -15,25 +15,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/services"
 )
 
 // exercise feeds every hook once, so that every vector has a child.
 func exercise(m *Metrics) {
-	o, h := m.Observer(), m.RESTHooks()
+	o, h := m.observer(), m.RESTHooks()
 	o.GatewayEvent(0, 1, "MESSAGE_CREATE")
-	o.Identify(0, 1, 20*time.Millisecond)
-	o.Resume(0, 1)
-	o.Close(0, 1, 4000)
-	o.Zombie(0, 1)
-	o.ClusterRestart(0)
-	o.ListenerPanic(0, 1)
+	for _, e := range []runtime.Event{
+		runtime.ShardIdentify{Cluster: 0, Shard: 1, Waited: 20 * time.Millisecond},
+		runtime.ShardResumed{Cluster: 0, Shard: 1},
+		runtime.ShardClosed{Cluster: 0, Shard: 1, Code: 4000},
+		runtime.ShardZombie{Cluster: 0, Shard: 1},
+		runtime.ClusterRestarted{Cluster: 0},
+		runtime.ListenerPanic{Cluster: 0, Shard: 1, Value: "boom"},
+		services.Restarted{Service: "store", Attempt: 2},
+	} {
+		m.runtimeEvent(e)
+	}
 	h.Response("/channels/{channel.id}/messages", "POST", 200)
 	h.RateLimited("/channels/{channel.id}/messages", "user")
 	h.Queued("/channels/{channel.id}/messages")
 	h.Waited("/channels/{channel.id}/messages", time.Millisecond)
 	h.InvalidRequests(3)
 	m.ObserveBusRequest("get", time.Millisecond, nil)
-	m.ServiceRestarted("store")
 }
 
 func TestCollectorsLint(t *testing.T) {
@@ -101,8 +107,8 @@ func TestNew(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Observer().GatewayEvent(0, 0, "A")
-	m.Observer().GatewayEvent(0, 0, "MESSAGE_CREATE")
+	m.observer().GatewayEvent(0, 0, "A")
+	m.observer().GatewayEvent(0, 0, "MESSAGE_CREATE")
 	if got := testutil.ToFloat64(m.events.vec.WithLabelValues("0", other)); got != 1 {
 		t.Fatalf("other %v", got)
 	}
@@ -114,12 +120,12 @@ func TestLabelsStayBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, h := m.Observer(), m.RESTHooks()
+	o, h := m.observer(), m.RESTHooks()
 	const shards = 4
 	for i := range 10_000 {
 		o.GatewayEvent(0, i%shards, fmt.Sprintf("EVENT_%d", i%1000)) // unknown names
 		o.GatewayEvent(0, i%shards, "MESSAGE_CREATE")
-		o.Close(0, i%shards, 1000+i%5000)
+		m.runtimeEvent(runtime.ShardClosed{Shard: i % shards, Code: 1000 + i%5000})
 		h.Response(fmt.Sprintf("/route/%d", i%1000), "GET", 200)
 		h.RateLimited("", fmt.Sprintf("scope%d", i))
 		m.ObserveBusRequest(fmt.Sprintf("cmd%d", i%1000), time.Microsecond, errors.New("x"))
@@ -158,7 +164,7 @@ func TestGatewayEventDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := m.Observer().GatewayEvent
+	f := m.observer().GatewayEvent
 	f(0, 3, "MESSAGE_CREATE") // the first event of a kind resolves its counter
 	f(0, 3, "SOMETHING_ELSE")
 	if n := testing.AllocsPerRun(1000, func() {
@@ -174,7 +180,7 @@ func BenchmarkGatewayEvent(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := m.Observer().GatewayEvent
+	f := m.observer().GatewayEvent
 	types := []string{"MESSAGE_CREATE", "GUILD_CREATE", "TYPING_START", "UNKNOWN"}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

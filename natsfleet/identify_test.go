@@ -49,7 +49,7 @@ func identifyChild(a childArgs) error {
 	}
 	readyc := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if _, ok := e.(runtime.FleetReady); ok {
 			select {
 			case readyc <- struct{}{}:
 			default:

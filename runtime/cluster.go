@@ -127,16 +127,13 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 		}
 		wait, ok := budget.Fail(time.Now())
 		if !ok {
-			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
+			r.events.emit(ClusterFailed{Cluster: c.id,
 				Err: errwrap.Wrap(fmt.Sprintf("runtime: cluster %d failed after %d restarts within %s", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow), "runtime", err)})
 			r.park(c, stop, "failed")
 			return false
 		}
-		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: budget.Used(time.Now()),
-			Of: max(r.cfg.MaxRestarts, 0), Duration: wait, Err: err})
-		if f := r.cfg.Observer.ClusterRestart; f != nil {
-			f(c.id)
-		}
+		r.events.emit(ClusterRestarted{Cluster: c.id, Restarts: budget.Used(time.Now()),
+			MaxRestarts: max(r.cfg.MaxRestarts, 0), Backoff: wait, Err: err})
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
@@ -201,7 +198,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					inst = nil
 					op.reply <- err
 					if op.kind == opShutdown {
-						r.events.emit(Event{Kind: EventClusterShutdown, Cluster: c.id, Shard: -1})
+						r.events.emit(ClusterShutdown{Cluster: c.id})
 						r.park(c, stop, "stopped")
 					}
 					return
@@ -220,10 +217,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 						break
 					}
 					inst = next
-					r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1})
-					if f := r.cfg.Observer.ClusterRestart; f != nil {
-						f(c.id)
-					}
+					r.events.emit(ClusterRestarted{Cluster: c.id, Hard: true})
 					restarting.op = &op // answered once every shard is ready
 					timer = time.NewTimer(timeout)
 					timeoutC = timer.C
@@ -281,39 +275,37 @@ func (r *Runtime) park(c *cluster, stop <-chan struct{}, state string) {
 // so a new cache would stay empty.
 func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, caches cache.Caches) (*instance, error) {
 	inst := &instance{ready: make(chan struct{})}
+	began := time.Now() // this instance's start, for ClusterReady
 	var readyOnce sync.Once
-	obs := r.cfg.Observer
 	hooks := shardgroup.Hooks{
 		Identify: func(g *shardgroup.Group, shard int, waited time.Duration) {
-			r.events.emit(Event{Kind: EventShardIdentify, Cluster: g.ID(), Shard: shard, Duration: waited})
-			if f := obs.Identify; f != nil {
-				f(g.ID(), shard, waited)
+			if env.counting {
+				r.startup.identified(shard)
 			}
+			r.events.emit(ShardIdentify{Cluster: g.ID(), Shard: shard, Waited: waited})
 		},
 		ShardReady: func(g *shardgroup.Group, shard, guilds int, resumed bool) {
 			if resumed {
-				r.events.emit(Event{Kind: EventShardResumed, Cluster: g.ID(), Shard: shard})
-				if f := obs.Resume; f != nil {
-					f(g.ID(), shard)
-				}
+				r.events.emit(ShardResumed{Cluster: g.ID(), Shard: shard})
 			}
 			if _, seen := r.everReady.LoadOrStore(shard, true); env.counting && !seen {
-				n := int(r.ready.Add(1))
-				r.events.emit(Event{Kind: EventShardReady, Cluster: g.ID(), Shard: shard, N: n, Of: env.shards, Duration: time.Since(r.started)})
-				if n == env.shards {
-					r.events.emit(Event{Kind: EventFleetReady, Cluster: -1, Shard: -1, N: n, Of: env.shards, Duration: time.Since(r.started)})
+				n, last := r.startup.shardReady(shard)
+				r.events.emit(ShardReady{Cluster: g.ID(), Shard: shard, Ready: n, Of: env.shards, Elapsed: time.Since(r.started)})
+				if last {
+					r.emitLast()
+					r.events.emit(FleetReady{Shards: n, Elapsed: time.Since(r.started)})
 				}
 			}
 			if g.State() == shardgroup.StateReady {
 				readyOnce.Do(func() {
 					close(inst.ready)
-					r.events.emit(Event{Kind: EventClusterReady, Cluster: g.ID(), Shard: -1, Duration: time.Since(r.started)})
+					r.events.emit(ClusterReady{Cluster: g.ID(), Took: time.Since(began)})
 				})
 			}
 		},
 		ShardState: func(g *shardgroup.Group, shard int, from, to shardgroup.State) {
 			if from == shardgroup.StateReady && to == shardgroup.StateDisconnected {
-				r.events.emit(Event{Kind: EventShardDisconnected, Cluster: g.ID(), Shard: shard})
+				r.events.emit(ShardDisconnected{Cluster: g.ID(), Shard: shard})
 			}
 		},
 		GuildsLoaded: func(g *shardgroup.Group, shard int) {
@@ -322,19 +314,13 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 			}
 		},
 		Close: func(g *shardgroup.Group, shard, code int) {
-			if f := obs.Close; f != nil {
-				f(g.ID(), shard, code)
-			}
+			r.events.emit(ShardClosed{Cluster: g.ID(), Shard: shard, Code: code})
 		},
 		Zombie: func(g *shardgroup.Group, shard int) {
-			if f := obs.Zombie; f != nil {
-				f(g.ID(), shard)
-			}
+			r.events.emit(ShardZombie{Cluster: g.ID(), Shard: shard})
 		},
-		ListenerPanic: func(g *shardgroup.Group, shard int, _ any) {
-			if f := obs.ListenerPanic; f != nil {
-				f(g.ID(), shard)
-			}
+		ListenerPanic: func(g *shardgroup.Group, shard int, v any) {
+			r.events.emit(ListenerPanic{Cluster: g.ID(), Shard: shard, Value: v})
 		},
 		Fatal: func(g *shardgroup.Group, err *shardgroup.CloseError) {
 			select {
@@ -343,8 +329,10 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 			}
 		},
 	}
-	if f := obs.GatewayEvent; f != nil {
-		hooks.Event = func(g *shardgroup.Group, shard int, t gateway.EventType) { f(g.ID(), shard, string(t)) }
+	hooks.Event = func(g *shardgroup.Group, shard int, t gateway.EventType) {
+		if o := r.observer.Load(); o != nil && o.GatewayEvent != nil {
+			o.GatewayEvent(g.ID(), shard, string(t))
+		}
 	}
 	g, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
@@ -436,7 +424,7 @@ func (r *Runtime) publish(c *cluster, g *shardgroup.Group) {
 // returns the new instance with ctx's error.
 func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *instance) (*instance, error) {
 	began := time.Now()
-	r.events.emit(Event{Kind: EventSoftRestartStarted, Cluster: c.id, Shard: -1})
+	r.events.emit(SoftRestartStarted{Cluster: c.id})
 	next, err := r.newInstance(ctx, c, env, old.g.Client().Caches())
 	if err == nil && ctx.Err() != nil {
 		r.stopInstance(next, false) // set up, never served
@@ -467,9 +455,9 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 		err = fmt.Errorf("runtime: soft restart of cluster %d: handed over, the new instance is still connecting: %w", c.id, ctx.Err())
 	}
 	pause := time.Since(paused)
-	r.events.emit(Event{Kind: EventSoftRestartHandedOver, Cluster: c.id, Shard: -1, N: len(sessions), Of: len(c.shards), Duration: pause})
+	r.events.emit(SoftRestartHandedOver{Cluster: c.id, Sessions: len(sessions), Shards: len(c.shards), Pause: pause})
 	r.stopInstance(old, false) // its shards are stopped already; this runs its Shutdown hook
-	r.events.emit(Event{Kind: EventSoftRestartDone, Cluster: c.id, Shard: -1, Duration: time.Since(began)})
+	r.events.emit(SoftRestartDone{Cluster: c.id, Took: time.Since(began)})
 	return next, err
 }
 

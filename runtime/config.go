@@ -159,20 +159,18 @@ type Config struct {
 	Bus            *bus.Bus
 	RequestTimeout time.Duration
 	StrictBus      bool
-	// StatsInterval is how often an EventStats carries a Stats snapshot
-	// (default 60 s, eris-fleet's statsInterval; StatsOff, or any negative
-	// value, sends none). Snapshots are taken on a goroutine of their own,
-	// never on a shard's.
+	// StatsInterval is how often a StatsReport event carries a Stats
+	// snapshot (default 60 s, eris-fleet's statsInterval; StatsOff, or any
+	// negative value, sends none). Snapshots are taken on a goroutine of
+	// their own, never on a shard's.
 	StatsInterval time.Duration
-	// Observer receives what the fleet does, for metrics.
-	Observer Observer
 	// StartingStatus is the presence shards identify with.
 	StartingStatus *gateway.MessageDataPresenceUpdate
 }
 
 const maxGuildsPerShard = 2500
 
-// StatsOff as Config.StatsInterval turns the periodic EventStats off
+// StatsOff as Config.StatsInterval turns the periodic StatsReport events off
 // (eris-fleet's statsInterval "disable").
 const StatsOff time.Duration = -1
 
@@ -318,21 +316,4 @@ func plan(first, last, n int) [][]int {
 		out = append(out, ids)
 	}
 	return out
-}
-
-// Observer is told what the fleet does, for metrics (package metrics
-// implements one). Every field may be nil. The funcs run on the goroutine
-// that did the work, GatewayEvent on a shard's read loop for every event:
-// they must be quick and must not block.
-type Observer struct {
-	GatewayEvent   func(cluster, shard int, eventType string)
-	Identify       func(cluster, shard int, waited time.Duration)
-	Resume         func(cluster, shard int)
-	Close          func(cluster, shard, code int) // a close the gateway sent
-	Zombie         func(cluster, shard int)
-	ClusterRestart func(cluster int)
-	ListenerPanic  func(cluster, shard int)
-	// BusRequest is told of every bus request made on the runtime's own
-	// bus (not a Config.Bus given by the user).
-	BusRequest func(command string, d time.Duration, err error)
 }

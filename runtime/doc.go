@@ -76,8 +76,22 @@
 //
 // # Events and logs
 //
-// Lifecycle events (EventKind) reach Subscribe callbacks as typed values
-// and Config.Logger as records with event, cluster and shard attributes,
-// filtered by Config.WhatToLog; warnings and errors are always logged. The
-// token is a Token, which never prints.
+// Lifecycle events reach Subscribe callbacks as typed values, one type
+// per kind (ShardReady, ClusterRestarted, StartupProgress...; the services
+// package's for services), and Config.Logger as one record each with an
+// event attribute and the event's fields (LogValue), filtered by
+// Config.WhatToLog; warnings and errors are always logged. Each duration
+// means one thing, named by its field: Took, Pause, Elapsed, Backoff.
+//
+// While the first generation starts, a StartupProgress event per identify
+// window (at least every 10 s) tells shards ready of total, the identify
+// window reached of those needed, the time elapsed, an ETA from the
+// identify queue's rule (ceil(shards left / max_concurrency) windows) and
+// the shards that are late; a last one comes at fleet-ready. The
+// per-shard events (ShardIdentify, ShardReady) are logged at Debug.
+// Runtime.Startup and Stats.Startup answer the same at any time.
+//
+// Observe sets the Observer, told of the hot paths (every dispatch, bus
+// request and REST request) for metrics; package metrics does it in
+// metrics.Register. The token is a Token, which never prints.
 package runtime

@@ -76,12 +76,11 @@ func (r *Runtime) StartReshard(opts ReshardOptions) (Operation, error) {
 	op, err := r.startOperation(OperationReshard, func(ctx context.Context, progress func(done, of int)) error {
 		defer r.reshardOp.Store(false)
 		unsub := r.Subscribe(func(e Event) {
-			if e.Kind == EventReshardProgress || e.Kind == EventReshardStarted {
-				if e.Kind == EventReshardStarted {
-					progress(0, e.Of)
-				} else {
-					progress(e.N, e.Of)
-				}
+			switch e := e.(type) {
+			case ReshardStarted:
+				progress(0, e.To)
+			case ReshardProgress:
+				progress(e.Loaded, e.Of)
 			}
 		})
 		defer unsub()

@@ -155,7 +155,7 @@ func TestErrorPrefixesDoNotRepeat(t *testing.T) {
 	add("Restart before Run", rt.Restart(ctx, 0))
 	ready := make(chan struct{})
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
+		if _, ok := e.(runtime.FleetReady); ok {
 			close(ready)
 		}
 	})
@@ -177,7 +177,7 @@ func TestErrorPrefixesDoNotRepeat(t *testing.T) {
 	add("SoftRestartAll with a failing Setup", rt.SoftRestartAll(ctx))
 	failed := make(chan error, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventClusterFailed {
+		if e, ok := e.(runtime.ClusterFailed); ok {
 			failed <- e.Err
 		}
 	})

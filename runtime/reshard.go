@@ -96,7 +96,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	}
 
 	began := time.Now()
-	r.events.emit(Event{Kind: EventReshardStarted, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total})
+	r.events.emit(ReshardStarted{From: oldEnv.total, To: total})
 	loaded := make(chan struct{})
 	var mu sync.Mutex
 	seen := map[int]bool{}
@@ -109,7 +109,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 			return
 		}
 		seen[shard] = true
-		r.events.emit(Event{Kind: EventReshardProgress, Cluster: -1, Shard: shard, N: len(seen), Of: total, Duration: time.Since(began)})
+		r.events.emit(ReshardProgress{Shard: shard, Loaded: len(seen), Of: total, Elapsed: time.Since(began)})
 		if len(seen) == total {
 			close(loaded)
 		}
@@ -192,7 +192,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		}()
 	}
 	r.mu.Unlock()
-	r.events.emit(Event{Kind: EventReshardCutOver, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total, Duration: cut.Sub(began)})
+	r.events.emit(ReshardCutOver{From: oldEnv.total, To: total, StartUp: cut.Sub(began)})
 
 	// The old generation goes, its sessions with it.
 	for _, c := range old {
@@ -203,6 +203,6 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		case <-stop:
 		}
 	}
-	r.events.emit(Event{Kind: EventReshardDone, Cluster: -1, Shard: -1, N: oldEnv.total, Of: total, Duration: time.Since(began)})
+	r.events.emit(ReshardDone{From: oldEnv.total, To: total, Took: time.Since(began)})
 	return nil
 }

@@ -116,11 +116,14 @@ func TestReshardExactlyOnce(t *testing.T) {
 			cuts := 0
 			var begin, cut atomic.Pointer[chan struct{}]
 			rt.Subscribe(func(e Event) {
-				switch {
-				case e.Kind == EventReshardCutOver:
+				switch e := e.(type) {
+				case ReshardCutOver:
 					cuts++
 					close(*cut.Load())
-				case e.Kind == EventReshardProgress && e.N == 1:
+				case ReshardProgress:
+					if e.Loaded != 1 {
+						break
+					}
 					close(*begin.Load()) // the first new shard has its guilds
 				}
 			})
@@ -196,11 +199,13 @@ func TestReshardWaitsForInvalidatedShard(t *testing.T) {
 	rt.Subscribe(func(e Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		switch {
-		case e.Kind == EventReshardProgress && e.N == e.Of:
-			s.InvalidateSession(victim, false)
-			invalidated = time.Now()
-		case e.Kind == EventReshardCutOver:
+		switch e := e.(type) {
+		case ReshardProgress:
+			if e.Loaded == e.Of {
+				s.InvalidateSession(victim, false)
+				invalidated = time.Now()
+			}
+		case ReshardCutOver:
 			cut = time.Now()
 		}
 	})
@@ -243,7 +248,7 @@ func TestShutdownDuringReshard(t *testing.T) {
 	defer s.ReleaseShard(3)
 	started := make(chan struct{})
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventReshardStarted {
+		if _, ok := e.(ReshardStarted); ok {
 			close(started)
 		}
 	})
@@ -280,9 +285,9 @@ func TestReshardReplacesAFailedCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed := make(chan Event, 1)
+	failed := make(chan ClusterFailed, 1)
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventClusterFailed {
+		if e, ok := e.(ClusterFailed); ok {
 			select {
 			case failed <- e:
 			default:

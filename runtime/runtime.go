@@ -28,8 +28,9 @@ import (
 // identify limit, supervises them and stops them. It is eris-fleet's
 // Admiral, with goroutines for processes.
 type Runtime struct {
-	cfg    Config
-	events *events
+	cfg      Config
+	events   *events
+	observer atomic.Pointer[Observer] // Observe's; nil: none
 
 	mu       sync.Mutex // guards the fields below
 	running  bool
@@ -54,7 +55,7 @@ type Runtime struct {
 	opSlot      chan struct{}   // holds a token while an operation (restart, reshard...) runs
 	reshardBusy atomic.Bool     // a Reshard is under way
 	reshardOp   atomic.Bool     // a reshard operation is started (StartReshard)
-	ready       atomic.Int64
+	startup     startup
 	everReady   sync.Map // shard ID -> true once it has been ready
 	started     time.Time
 	user        userCalls
@@ -88,18 +89,19 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
+		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
+		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	if c.RESTLimiter == nil && !c.NoSharedRESTLimiter {
 		lc := c.RESTLimiterConfig
 		if lc.Logger == nil {
 			lc.Logger = c.Logger
 		}
-		if c.RESTLimiter, err = restproxy.New(lc); err != nil {
+		lc.Hooks = r.observedREST(lc.Hooks)
+		if r.cfg.RESTLimiter, err = restproxy.New(lc); err != nil {
 			return nil, errwrap.Wrap("runtime: Config.RESTLimiterConfig", "restproxy", err)
 		}
 	}
-	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
-		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
-		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	r.bus = c.Bus
 	if r.bus == nil {
 		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
@@ -111,9 +113,7 @@ func New(cfg Config) (*Runtime, error) {
 		Specs: specs, StartTimeout: c.ServiceTimeout, StartTogether: c.StartServicesTogether,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow, RestartBackoff: c.RestartBackoff,
 		ShutdownTimeout: c.ShutdownTimeout, Logger: c.Logger,
-		OnEvent: func(e services.Event) {
-			r.events.emit(Event{Kind: EventKind(e.Kind), Cluster: -1, Shard: -1, Service: e.Service, N: e.Attempt, Err: e.Err})
-		},
+		OnEvent: func(e services.Event) { r.events.emit(e) },
 	})
 	if err != nil {
 		return nil, errwrap.Wrap("runtime: Config.Services", "services", err)
@@ -276,6 +276,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	r.mu.Lock()
 	r.stopFleet = stop
 	r.env = env
+	r.startup.plan(r.started, env.shards, mc, r.cfg.IdentifyInterval)
 	for i, ids := range plan(first, last, n) {
 		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
 		r.clusters = append(r.clusters, c)
@@ -298,6 +299,11 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 			r.statsLoop(stop, r.cfg.StatsInterval)
 		}()
 	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.progressLoop(stop)
+	}()
 	close(r.planned)
 	r.mu.Unlock()
 
@@ -306,13 +312,13 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	case <-ctx.Done():
 	case <-r.shutdown:
 	case runErr = <-env.fatal:
-		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
+		r.events.emit(Fatal{Err: runErr})
 	case <-r.allFailed:
 		runErr = r.failure()
-		r.events.emit(Event{Kind: EventFatal, Cluster: -1, Shard: -1, Err: runErr})
+		r.events.emit(Fatal{Err: runErr})
 	}
 	stopErr := r.stop(stop, cancelGroups)
-	r.events.emit(Event{Kind: EventShutdown, Cluster: -1, Shard: -1})
+	r.events.emit(FleetShutdown{})
 	if runErr != nil {
 		return runErr
 	}
@@ -564,15 +570,15 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 }
 
 // observeBus counts a request on the runtime's bus for Stats and passes
-// it to the Observer.
+// it to the observer.
 func (r *Runtime) observeBus(command string, d time.Duration, err error) {
 	r.busReqs.Add(1)
 	r.busNanos.Add(int64(d))
 	if err != nil {
 		r.busFails.Add(1)
 	}
-	if f := r.cfg.Observer.BusRequest; f != nil {
-		f(command, d, err)
+	if o := r.observer.Load(); o != nil && o.BusRequest != nil {
+		o.BusRequest(command, d, err)
 	}
 }
 

@@ -58,14 +58,14 @@ func TestStartupAtTheIdentifyLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleetReady := make(chan Event, 1)
+	fleetReady := make(chan FleetReady, 1)
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
+		if e, ok := e.(FleetReady); ok {
 			fleetReady <- e
 		}
 	})
 	stop := runUntil(t, rt)
-	var ev Event
+	var ev FleetReady
 	select {
 	case ev = <-fleetReady:
 	case <-time.After(20 * time.Second):
@@ -78,13 +78,13 @@ func TestStartupAtTheIdentifyLimit(t *testing.T) {
 	if len(st.Violations) != 0 || st.Identifies != 64 {
 		t.Fatalf("violations %v, identifies %d", st.Violations, st.Identifies)
 	}
-	if ev.N != 64 || ev.Of != 64 {
+	if ev.Shards != 64 {
 		t.Fatalf("fleet ready event %+v", ev)
 	}
 	// Four rounds of 16 identifies: the bound is 4 windows plus 300 ms.
-	t.Logf("fleet ready in %s", ev.Duration)
-	if ev.Duration > 700*time.Millisecond && !raceEnabled {
-		t.Fatalf("fleet ready in %s, want <= 700ms", ev.Duration)
+	t.Logf("fleet ready in %s", ev.Elapsed)
+	if ev.Elapsed > 700*time.Millisecond && !raceEnabled {
+		t.Fatalf("fleet ready in %s, want <= 700ms", ev.Elapsed)
 	}
 	if groups := rt.Groups(); len(groups) != 4 {
 		t.Fatalf("%d groups", len(groups))
@@ -200,7 +200,7 @@ func (c *counter) wait(t *testing.T, nonce string) {
 	}
 }
 
-func waitEvent(t *testing.T, ch <-chan Event) Event {
+func waitEvent[E any](t *testing.T, ch <-chan E) E {
 	t.Helper()
 	select {
 	case e := <-ch:
@@ -208,7 +208,8 @@ func waitEvent(t *testing.T, ch <-chan Event) Event {
 	case <-time.After(10 * time.Second):
 		t.Fatal("event never came")
 	}
-	return Event{}
+	var zero E
+	return zero
 }
 
 func TestFaultsRecover(t *testing.T) {
@@ -294,14 +295,14 @@ func TestClusterNeverReadyIsRestartedThenFailed(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var restarted []int
-	failed := make(chan Event, 1)
+	failed := make(chan ClusterFailed, 1)
 	rt.Subscribe(func(e Event) {
-		switch e.Kind {
-		case EventClusterRestarted:
+		switch e := e.(type) {
+		case ClusterRestarted:
 			mu.Lock()
 			restarted = append(restarted, e.Cluster)
 			mu.Unlock()
-		case EventClusterFailed:
+		case ClusterFailed:
 			failed <- e
 		}
 	})
@@ -398,8 +399,8 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	stopped := make(chan int, 4)
 	cfg.Bot = func(int) Bot { return hookBot{stopped} }
 	rt, stop, e := startFleet(t, cfg)
-	if e.Of != 2 {
-		t.Fatalf("fleet of %d shards, want 2", e.Of)
+	if e.Shards != 2 {
+		t.Fatalf("fleet of %d shards, want 2", e.Shards)
 	}
 	var ids []int
 	for _, g := range rt.Groups() {

@@ -367,7 +367,7 @@ func (tr *tracker) watch(rt *Runtime) {
 	}
 	tr.mu.Unlock()
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventShardResumed {
+		if e, ok := e.(ShardResumed); ok {
 			tr.mu.Lock()
 			tr.resumed[e.Shard]++
 			tr.mu.Unlock()

@@ -82,9 +82,9 @@ func runReady(t *testing.T, cfg Config) (*Runtime, <-chan error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan Event, 1)
+	ready := make(chan FleetReady, 1)
 	unsub := rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
+		if e, ok := e.(FleetReady); ok {
 			ready <- e
 		}
 	})
@@ -97,15 +97,15 @@ func runReady(t *testing.T, cfg Config) (*Runtime, <-chan error) {
 
 // startFleet runs a runtime and waits for it to be ready; it returns the
 // fleet-ready event and a func that shuts the runtime down.
-func startFleet(t *testing.T, cfg Config) (*Runtime, func() error, Event) {
+func startFleet(t *testing.T, cfg Config) (*Runtime, func() error, FleetReady) {
 	t.Helper()
 	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan Event, 1)
+	ready := make(chan FleetReady, 1)
 	unsub := rt.Subscribe(func(e Event) {
-		if e.Kind == EventFleetReady {
+		if e, ok := e.(FleetReady); ok {
 			ready <- e
 		}
 	})
@@ -132,9 +132,9 @@ func TestSoftRestartUnderLoad(t *testing.T) {
 	var paused []time.Duration
 	var mu sync.Mutex
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventSoftRestartHandedOver {
+		if e, ok := e.(SoftRestartHandedOver); ok {
 			mu.Lock()
-			paused = append(paused, e.Duration)
+			paused = append(paused, e.Pause)
 			mu.Unlock()
 		}
 	})

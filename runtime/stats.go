@@ -15,9 +15,6 @@ import (
 	"github.com/gofleet/fleet/shardgroup"
 )
 
-// EventStats carries a Stats snapshot, every Config.StatsInterval.
-const EventStats EventKind = "stats"
-
 // largeThreshold is the member count above which Discord calls a guild
 // large: the large_threshold shards identify with (shardgroup's default).
 const largeThreshold = 50
@@ -50,6 +47,9 @@ type Stats struct {
 	Services []ServiceStats `json:"services"`
 	Bus      BusStats       `json:"bus"`
 	REST     RESTStats      `json:"rest"`
+	// Startup is where the start-up stands (Runtime.Startup): once every
+	// shard is ready, how long it took.
+	Startup StartupProgress `json:"startup"`
 }
 
 // MemoryStats is the process's memory. Clusters share one process, so a
@@ -144,6 +144,7 @@ func (r *Runtime) Stats() Stats {
 	if env != nil {
 		st.Shards, st.TotalShards = env.shards, env.total
 	}
+	st.Startup = r.startup.snapshot()
 	// users maps a user to 1 + the index of the last cluster that counted
 	// it, so one map counts distinct users per cluster and fleet-wide.
 	users := map[snowflake.ID]int32{}
@@ -286,7 +287,7 @@ func residentSetSize() uint64 {
 	return pages * uint64(os.Getpagesize())
 }
 
-// statsLoop emits an EventStats every interval until stop closes. A
+// statsLoop emits a StatsReport every interval until stop closes. A
 // snapshot is taken on this goroutine, never on a shard's; a slow one
 // delays the next tick instead of piling up.
 func (r *Runtime) statsLoop(stop <-chan struct{}, interval time.Duration) {
@@ -304,5 +305,5 @@ func (r *Runtime) statsLoop(stop <-chan struct{}, interval time.Duration) {
 }
 
 func (r *Runtime) emitStats(st *Stats) {
-	r.events.emit(Event{Kind: EventStats, Cluster: -1, Shard: -1, Stats: st})
+	r.events.emit(StatsReport{Stats: st})
 }

@@ -128,9 +128,9 @@ func TestStatsLoopEmitsAndStops(t *testing.T) {
 		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
 	rt, stop, _ := startFleet(t, testConfig(s))
-	got := make(chan Event, 16)
+	got := make(chan StatsReport, 16)
 	unsub := rt.Subscribe(func(e Event) {
-		if e.Kind == EventStats {
+		if e, ok := e.(StatsReport); ok {
 			select {
 			case got <- e:
 			default:
@@ -144,7 +144,7 @@ func TestStatsLoopEmitsAndStops(t *testing.T) {
 		rt.statsLoop(quit, time.Millisecond)
 	}()
 	for range 3 {
-		if e := waitEvent(t, got); e.Cluster != -1 || e.Shard != -1 {
+		if e := waitEvent(t, got); e.Stats == nil || e.Stats.Shards != 2 {
 			t.Fatalf("stats event %+v", e)
 		}
 	}
@@ -239,7 +239,7 @@ func TestStatsEvents(t *testing.T) {
 	}
 	got := make(chan *Stats, 1)
 	rt.Subscribe(func(e Event) {
-		if e.Kind == EventStats && e.Stats != nil && e.Stats.ShardsReady == 2 {
+		if e, ok := e.(StatsReport); ok && e.Stats != nil && e.Stats.ShardsReady == 2 {
 			select {
 			case got <- e.Stats:
 			default:

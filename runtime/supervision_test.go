@@ -28,7 +28,7 @@ func record(rt *Runtime, kinds ...EventKind) *recorder {
 	rec := &recorder{ch: make(chan Event, 64)}
 	rt.Subscribe(func(e Event) {
 		for _, k := range kinds {
-			if e.Kind == k {
+			if e.Kind() == k {
 				rec.mu.Lock()
 				rec.events = append(rec.events, e)
 				rec.mu.Unlock()
@@ -47,7 +47,20 @@ func (rec *recorder) of(k EventKind) []Event {
 	defer rec.mu.Unlock()
 	var out []Event
 	for _, e := range rec.events {
-		if e.Kind == k {
+		if e.Kind() == k {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// eventsOf returns the recorded events of type T, in order.
+func eventsOf[T Event](rec *recorder) []T {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var out []T
+	for _, e := range rec.events {
+		if e, ok := e.(T); ok {
 			out = append(out, e)
 		}
 	}
@@ -92,7 +105,7 @@ func TestSetupPanicIsRestarted(t *testing.T) {
 	stop := runUntil(t, rt)
 	waitEvent(t, rec.ch) // restarted, restarted, then ready
 	waitFor(t, func() bool { return len(rec.of(EventFleetReady)) == 1 })
-	restarts := rec.of(EventClusterRestarted)
+	restarts := eventsOf[ClusterRestarted](rec)
 	if len(restarts) != 2 {
 		t.Fatalf("%d restarts, want 2: %+v", len(restarts), restarts)
 	}
@@ -100,7 +113,7 @@ func TestSetupPanicIsRestarted(t *testing.T) {
 	if !errors.As(restarts[0].Err, &pe) || pe.Value != "setup bug" || !strings.Contains(string(pe.Stack), "supervision_test.go") {
 		t.Fatalf("first restart's error %v, want a *PanicError with the stack", restarts[0].Err)
 	}
-	if restarts[0].N != 1 || restarts[1].N != 2 || restarts[1].Of != 5 || !strings.Contains(restarts[1].Err.Error(), "not yet") {
+	if restarts[0].Restarts != 1 || restarts[1].Restarts != 2 || restarts[1].MaxRestarts != 5 || restarts[1].Hard || !strings.Contains(restarts[1].Err.Error(), "not yet") {
 		t.Fatalf("restart events %+v", restarts)
 	}
 	if err := stop(); err != nil {
@@ -269,7 +282,7 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 		g := rt.Groups()[0]
 		return g != before && g.State() == shardgroup.StateReady
 	})
-	if r := rec.of(EventClusterRestarted); len(r) != 1 || !errors.As(r[0].Err, &pe) {
+	if r := eventsOf[ClusterRestarted](rec); len(r) != 1 || !errors.As(r[0].Err, &pe) {
 		t.Fatalf("restart events %+v, want one for the panic", r)
 	}
 	if n := f.calls.Load(); n != 4 {

@@ -76,7 +76,7 @@ func ExampleManager_SoftRestart() {
 	var events []services.EventKind
 	m, err := services.NewManager(b, services.ManagerConfig{
 		Specs:   []services.Spec{spec},
-		OnEvent: func(ev services.Event) { events = append(events, ev.Kind) },
+		OnEvent: func(ev services.Event) { events = append(events, ev.Kind()) },
 	})
 	if err != nil {
 		panic(err)

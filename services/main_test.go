@@ -53,18 +53,35 @@ func (r *recorder) of(name string) []services.Event {
 	defer r.mu.Unlock()
 	var out []services.Event
 	for _, ev := range r.events {
-		if ev.Service == name {
+		if eventService(ev) == name {
 			out = append(out, ev)
 		}
 	}
 	return out
 }
 
+// eventService is the service an event is about.
+func eventService(ev services.Event) string {
+	switch ev := ev.(type) {
+	case services.Ready:
+		return ev.Service
+	case services.StartingError:
+		return ev.Service
+	case services.Restarted:
+		return ev.Service
+	case services.Failed:
+		return ev.Service
+	case services.Stopped:
+		return ev.Service
+	}
+	return ""
+}
+
 // kinds returns the kinds of the events about service name, in order.
 func (r *recorder) kinds(name string) []services.EventKind {
 	var out []services.EventKind
 	for _, ev := range r.of(name) {
-		out = append(out, ev.Kind)
+		out = append(out, ev.Kind())
 	}
 	return out
 }
@@ -205,4 +222,12 @@ func (in *instances) get(id int) *counter {
 
 func requestID(ctx context.Context, b *bus.Bus, name string) (int, error) {
 	return bus.Request[struct{}, int](ctx, b, bus.Service(name), "id", struct{}{})
+}
+
+// stoppedErr is a Stopped event's error, or nil for another event.
+func stoppedErr(ev services.Event) error {
+	if st, ok := ev.(services.Stopped); ok {
+		return st.Err
+	}
+	return nil
 }

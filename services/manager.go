@@ -319,11 +319,11 @@ func (m *Manager) SoftRestart(ctx context.Context, name string) error {
 		return fmt.Errorf("services: soft restart %q: %w (%s): use Restart", name, ErrNotReady, s.getState())
 	}
 	s.setState(StateRestarting)
-	m.emit(Event{Kind: EventRestarted, Service: name, Attempt: 1})
+	m.emit(Restarted{Service: name, Attempt: 1})
 	inst, err := m.launch(ctx, s)
 	if err != nil {
 		s.setState(StateReady)
-		m.emit(Event{Kind: EventStartingError, Service: name, Attempt: 1, Err: err})
+		m.emit(StartingError{Service: name, Attempt: 1, Err: err})
 		return fmt.Errorf("services: soft restart %q: the old instance keeps serving: %w", name, err)
 	}
 	old, prev, err := m.swap(s, inst)
@@ -334,7 +334,7 @@ func (m *Manager) SoftRestart(ctx context.Context, name string) error {
 	s.mu.Lock()
 	s.restarts++
 	s.mu.Unlock()
-	m.emit(Event{Kind: EventReady, Service: name, Attempt: 1})
+	m.emit(Ready{Service: name, Attempt: 1})
 	if err := m.retire(ctx, old, prev); err != nil {
 		return fmt.Errorf("services: soft restart %q: the new instance serves, the old one did not stop cleanly: %w", name, err)
 	}
@@ -362,7 +362,7 @@ func (m *Manager) Restart(ctx context.Context, name string) error {
 	s.state, s.startedAt = StateRestarting, time.Time{}
 	s.restarts++
 	s.mu.Unlock()
-	m.emit(Event{Kind: EventRestarted, Service: name, Attempt: 1})
+	m.emit(Restarted{Service: name, Attempt: 1})
 	stopErr := m.halt(ctx, s)
 	if stopErr != nil {
 		stopErr = fmt.Errorf("services: restart %q: the old instance did not stop cleanly: %w", name, stopErr)
@@ -448,7 +448,7 @@ func (m *Manager) stop(ctx context.Context, s *service, verb string) error {
 	err := m.halt(ctx, s)
 	s.setState(StateStopped)
 	if running {
-		m.emit(Event{Kind: EventShutdown, Service: s.spec.Name, Err: err})
+		m.emit(Stopped{Service: s.spec.Name, Err: err})
 	}
 	if err != nil {
 		return fmt.Errorf("services: %s %q: %w", verb, s.spec.Name, err)
@@ -608,12 +608,12 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 			old, _, err = m.swap(s, inst)
 			if err == nil {
 				_ = old.Close(ctx) // the placeholder: no handler ever ran on it
-				m.emit(Event{Kind: EventReady, Service: name, Attempt: attempt})
+				m.emit(Ready{Service: name, Attempt: attempt})
 				return nil
 			}
 			err = errors.Join(err, m.discard(ctx, inst))
 		}
-		m.emit(Event{Kind: EventStartingError, Service: name, Attempt: attempt, Err: err})
+		m.emit(StartingError{Service: name, Attempt: attempt, Err: err})
 		if ctx.Err() != nil {
 			return m.abort(ctx, s, err)
 		}
@@ -630,7 +630,7 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 		s.restarts++
 		s.err = err
 		s.mu.Unlock()
-		m.emit(Event{Kind: EventRestarted, Service: name, Attempt: attempt + 1, Backoff: backoff, Err: err})
+		m.emit(Restarted{Service: name, Attempt: attempt + 1, Backoff: backoff, Err: err})
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
@@ -654,7 +654,7 @@ func (m *Manager) fail(s *service, attempt int, err error) {
 	s.mu.Lock()
 	s.state, s.startedAt, s.err = StateFailed, time.Time{}, err
 	s.mu.Unlock()
-	m.emit(Event{Kind: EventFailed, Service: s.spec.Name, Attempt: attempt, Err: err})
+	m.emit(Failed{Service: s.spec.Name, Attempt: attempt, Err: err})
 }
 
 // abort stops starting s because ctx ended: the caller gave up or the

@@ -230,20 +230,16 @@ func run(ctx context.Context, o options) error {
 
 	c := &counts{}
 	cfg.Bot = func(int) runtime.Bot { return pingBot{c} }
-	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg)
-	if err != nil {
-		return err
-	}
-	cfg.Observer = m.Observer()
-	cfg.RESTLimiterConfig.Hooks = m.RESTHooks()
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
 	}
-	m.Attach(rt)
+	m, err := metrics.Register(rt, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
 	if o.adminPort > 0 {
-		stopAdmin, err := serveAdmin(o.adminPort, metrics.Handler(rt, reg, metrics.HandlerOptions{
+		stopAdmin, err := serveAdmin(o.adminPort, m.Handler(metrics.HandlerOptions{
 			AdminToken: metrics.Token(os.Getenv("FLEET_ADMIN_TOKEN")), Logger: log}))
 		if err != nil {
 			return err
@@ -327,21 +323,34 @@ func drain(c *counts, pinging bool, errc chan error) {
 // printEvent prints the events an operator watches for; with verbose,
 // each shard's ready too.
 func printEvent(e runtime.Event, ready *atomic.Bool, verbose bool) {
-	switch e.Kind {
-	case runtime.EventShardReady:
+	switch e := e.(type) {
+	case runtime.ShardReady:
 		if verbose {
-			fmt.Printf("shard %d ready (%d of %d) in cluster %d after %s\n", e.Shard, e.N, e.Of, e.Cluster, e.Duration.Round(time.Millisecond))
+			fmt.Printf("shard %d ready (%d of %d) in cluster %d after %s\n", e.Shard, e.Ready, e.Of, e.Cluster, e.Elapsed.Round(time.Millisecond))
 		}
-	case runtime.EventFleetReady:
+	case runtime.StartupProgress:
+		fmt.Printf("starting: %d of %d shards ready, identify window %d of %d, %s elapsed, about %s left%s\n",
+			e.Ready, e.Shards, e.Window, e.Windows, e.Elapsed.Round(time.Millisecond), e.ETA, late(e.Late))
+	case runtime.FleetReady:
 		ready.Store(true)
-		fmt.Printf("fleet ready: %d shards in %s; pinging\n", e.Of, e.Duration.Round(time.Millisecond))
-	case runtime.EventReshardStarted:
-		fmt.Printf("reshard: %d shards to %d\n", e.N, e.Of)
-	case runtime.EventReshardDone:
+		fmt.Printf("fleet ready: %d shards in %s; pinging\n", e.Shards, e.Elapsed.Round(time.Millisecond))
+	case runtime.ReshardStarted:
+		fmt.Printf("reshard: %d shards to %d\n", e.From, e.To)
+	case runtime.ReshardDone:
 		fmt.Println("reshard done")
-	case runtime.EventClusterFailed, runtime.EventFatal:
-		fmt.Printf("%s: cluster %d: %v\n", e.Kind, e.Cluster, e.Err)
+	case runtime.ClusterFailed:
+		fmt.Printf("cluster_failed: cluster %d: %v\n", e.Cluster, e.Err)
+	case runtime.Fatal:
+		fmt.Printf("fatal: %v\n", e.Err)
 	}
+}
+
+// late says which shards are late, if any.
+func late(shards []int) string {
+	if len(shards) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", late: shards %v", shards)
 }
 
 // serveAdmin serves h on 127.0.0.1:port, never on other interfaces, and

@@ -83,8 +83,8 @@ func runOnce(ctx context.Context, cfg runtime.Config, stopAfterReady bool) error
 	}
 	ready := make(chan time.Duration, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
-			ready <- e.Duration
+		if e, ok := e.(runtime.FleetReady); ok {
+			ready <- e.Elapsed
 		}
 	})
 	errc := make(chan error, 1)

@@ -91,11 +91,11 @@ func run() error {
 	}
 	ready := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		switch e.Kind {
-		case runtime.EventServiceReady:
+		switch e := e.(type) {
+		case services.Ready:
 			fmt.Printf("service %s ready\n", e.Service)
-		case runtime.EventFleetReady:
-			fmt.Printf("fleet ready: %d shards\n", e.Of)
+		case runtime.FleetReady:
+			fmt.Printf("fleet ready: %d shards\n", e.Shards)
 			ready <- struct{}{}
 		}
 	})
