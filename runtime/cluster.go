@@ -102,22 +102,22 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			r.park(c, stop, "failed")
 			return false
 		}
-		wait, ok := budget.Fail(time.Now())
+		wait, ok := budget.Fail(r.clock.Now())
 		if !ok {
 			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
 				Err: fmt.Errorf("runtime: cluster %d failed after %d restarts within %s: %w", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow, err)})
 			r.park(c, stop, "failed")
 			return false
 		}
-		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: budget.Used(time.Now()),
+		r.events.emit(Event{Kind: EventClusterRestarted, Cluster: c.id, Shard: -1, N: budget.Used(r.clock.Now()),
 			Of: max(r.cfg.MaxRestarts, 0), Duration: wait, Err: err})
 		if f := r.cfg.Observer.ClusterRestart; f != nil {
 			f(c.id)
 		}
-		t := time.NewTimer(wait)
+		t := r.clock.NewTimer(wait)
 		defer t.Stop()
 		select {
-		case <-t.C:
+		case <-t.C():
 			return true
 		case <-stop:
 			return false
@@ -151,7 +151,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				inst.ready = nil // serve on; no timeout any more
 				timer.Stop()
 				timeoutC = nil
-				budget.Up(time.Now())
+				budget.Up(r.clock.Now())
 			case <-timeoutC:
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
 			case op := <-c.ops:

@@ -19,6 +19,7 @@ import (
 	"github.com/disgoorg/disgo/rest"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/clock"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
@@ -30,6 +31,7 @@ import (
 type Runtime struct {
 	cfg    Config
 	events *events
+	clock  clock.Clock // times restart back-off and the restart budget; tests step a fake one
 
 	mu       sync.Mutex // guards the fields below
 	running  bool
@@ -97,7 +99,7 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("runtime: RESTLimiterConfig: %w", err)
 		}
 	}
-	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
+	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog), clock: clock.Real{},
 		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
 		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	r.bus = c.Bus
