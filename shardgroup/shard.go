@@ -132,6 +132,7 @@ type shard struct {
 	pendingGuilds atomic.Int64 // guilds listed in READY not yet created
 	latency       atomic.Int64
 	events        atomic.Int64
+	zombies       atomic.Int64 // connections closed for want of heartbeat ACKs
 
 	mu       sync.Mutex // guards the fields below
 	session  Session    // session id, last sequence, resume URL
@@ -225,13 +226,13 @@ func (s *shard) Send(ctx context.Context, op gateway.Opcode, d gateway.MessageDa
 		s.mu.Unlock()
 	}
 	for {
-		wait := s.reserveSend(time.Now())
+		wait := s.reserveSend(s.g.clock.Now())
 		if wait == 0 {
 			break
 		}
-		t := time.NewTimer(wait)
+		t := s.g.clock.NewTimer(wait)
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
@@ -790,6 +791,7 @@ func (h *heartbeater) loop(interval time.Duration) {
 			h.mu.Unlock()
 			if zombie {
 				h.s.log.Warn("heartbeat not acknowledged: reconnecting", "shard", h.s.id)
+				h.s.zombies.Add(1)
 				h.s.g.zombie(h.s)
 				h.s.closeConn(h.c, resumableClose)
 				return
