@@ -27,6 +27,14 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 	return zero
 }
 
+// stopWithin stops g, giving up after d (a test that failed may have
+// left a shard stuck).
+func stopWithin(g *Group, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, _ = g.Stop(ctx, false)
+}
+
 // note sends v on ch unless ch is full: hooks must not block.
 func note[T any](ch chan<- T, v T) {
 	select {
@@ -64,7 +72,7 @@ func TestZombieConnectionIsCountedAndResumed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	g.Start(ctx)
-	defer g.Stop(context.Background(), false)
+	defer stopWithin(g, 10*time.Second)
 	var before discordtest.Stats
 	var counted int64
 	for attempt := 1; ; attempt++ {
@@ -105,11 +113,45 @@ func TestZombieConnectionIsCountedAndResumed(t *testing.T) {
 	}
 }
 
+// TestCommandWindowSteps steps the gateway command limit in made-up
+// time: Discord allows 120 payloads per connection per 60 s, the IDENTIFY
+// and heartbeats included, and two slots are kept for heartbeats.
+func TestCommandWindowSteps(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	fake := fclock.NewFake(t0)
+	s := &shard{g: &Group{clock: fake}}
+	for i, st := range []struct {
+		at        time.Duration // since t0
+		handshake bool          // the connection's IDENTIFY is sent first
+		send      int           // commands that must go at once
+		wait      time.Duration // then the next one's wait (0: it goes)
+	}{
+		{at: 0, handshake: true, send: 117, wait: time.Minute}, // the IDENTIFY's minute: 117
+		{at: 30 * time.Second, wait: 30 * time.Second},
+		{at: time.Minute, send: 118, wait: time.Minute}, // all have left the window: 118 a minute
+		{at: 90 * time.Second, wait: 30 * time.Second},
+		{at: 2*time.Minute - 1, wait: 1},
+		{at: 2 * time.Minute, send: 118, wait: time.Minute},
+	} {
+		fake.Set(t0.Add(st.at))
+		if st.handshake {
+			_ = s.sendNow(gateway.OpcodeIdentify, gateway.MessageDataIdentify{}) // not connected: counted, not written
+		}
+		for n := range st.send {
+			if w := s.reserveSend(fake.Now()); w != 0 {
+				t.Fatalf("step %d (at %s): command %d waits %s, want it to go", i, st.at, n+1, w)
+			}
+		}
+		if w := s.reserveSend(fake.Now()); w != st.wait {
+			t.Fatalf("step %d (at %s): after %d commands the next waits %s, want %s", i, st.at, st.send, w, st.wait)
+		}
+	}
+}
+
 // TestSendLimitKeepsRoomForHeartbeats checks the gateway command limit at
-// its boundary, in made-up time: 118 commands go at once, the 119th waits
-// for the first to leave the 60 s window, and a heartbeat still goes
-// meanwhile, so that with the IDENTIFY the connection stays within
-// Discord's 120 per 60 s.
+// its boundary against the simulator, which enforces Discord's 120 per
+// 60 s: after the IDENTIFY, 117 commands go at once, the 118th waits for
+// the minute to pass, and a heartbeat still goes meanwhile.
 func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	// The only heartbeat is the one the gateway asks for.
 	srv := discordtest.NewServer(discordtest.WithGuilds(1), discordtest.WithIdentifyWindow(time.Nanosecond),
@@ -121,12 +163,12 @@ func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	g.Start(ctx)
-	defer g.Stop(context.Background(), false)
+	defer stopWithin(g, 10*time.Second)
 	waitReady(t, g)
 	s := g.shards[0]
 	presence := gateway.MessageDataPresenceUpdate{Status: discord.OnlineStatusIdle}
 
-	for i := range 118 {
+	for i := range 117 {
 		if err := s.Send(ctx, gateway.OpcodePresenceUpdate, presence); err != nil {
 			t.Fatalf("command %d: %v", i+1, err)
 		}
@@ -148,14 +190,14 @@ func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	var pending []time.Duration
 	select {
 	case err := <-sent:
-		t.Fatalf("the 119th command was sent at once (err %v)", err)
+		t.Fatalf("the 118th command was sent at once (err %v)", err)
 	case pending = <-waiting:
 	}
 	if len(pending) != 1 {
-		t.Fatalf("the 119th command did not wait (timers %v)", pending)
+		t.Fatalf("the 118th command did not wait (timers %v)", pending)
 	}
 	if pending[0] != time.Minute {
-		t.Fatalf("the 119th command waits %s, want 1m (until the first leaves the window)", pending[0])
+		t.Fatalf("the 118th command waits %s, want 1m (until the IDENTIFY leaves the window)", pending[0])
 	}
 
 	// A heartbeat does not wait: it is written and acknowledged.
@@ -174,7 +216,7 @@ func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	fake.Advance(time.Minute - time.Nanosecond)
 	select {
 	case err := <-sent:
-		t.Fatalf("the 119th command went before the window moved on (err %v)", err)
+		t.Fatalf("the 118th command went before the window moved on (err %v)", err)
 	default:
 	}
 	scancel()
