@@ -146,7 +146,7 @@ func TestIdentifyQueueManyConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		rt.Subscribe(func(e runtime.Event) {
-			if e.Kind == runtime.EventFleetReady {
+			if e.Kind() == runtime.EventFleetReady {
 				ready <- struct{}{}
 			}
 		})

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gofleet/fleet/internal/clock"
 )
 
 // A ticket is one request's passage through the limiter: taken by wait,
@@ -191,7 +193,7 @@ func (l *Limiter) wait(ctx context.Context, t *ticket, front bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	start := time.Now()
+	start := l.clock.Now()
 	l.mu.Lock()
 	if err := l.guardLocked(start); err != nil {
 		l.mu.Unlock()
@@ -222,18 +224,18 @@ func (l *Limiter) wait(ctx context.Context, t *ticket, front bool) error {
 	if w.stage == stageDone {
 		l.mu.Unlock()
 		if h := l.cfg.Hooks.Waited; h != nil {
-			h(t.route, time.Since(start))
+			h(t.route, l.clock.Now().Sub(start))
 		}
 		return nil
 	}
-	var timer *time.Timer
+	var timer clock.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
 	for queued := false; w.stage != stageDone; {
-		now := time.Now()
+		now := l.clock.Now()
 		var until time.Time
 		switch {
 		case w.stage == stageBucket && b.queue[0] == w:
@@ -256,16 +258,16 @@ func (l *Limiter) wait(ctx context.Context, t *ticket, front bool) error {
 		var tick <-chan time.Time
 		if !until.IsZero() {
 			if timer == nil {
-				timer = time.NewTimer(until.Sub(now))
+				timer = l.clock.NewTimer(until.Sub(now))
 			} else {
 				timer.Reset(until.Sub(now))
 			}
-			tick = timer.C
+			tick = timer.C()
 		}
 		select {
 		case <-ctx.Done():
 			l.mu.Lock()
-			l.cancelLocked(w, time.Now())
+			l.cancelLocked(w, l.clock.Now())
 			l.mu.Unlock()
 			return ctx.Err()
 		case <-w.ready:
@@ -273,12 +275,12 @@ func (l *Limiter) wait(ctx context.Context, t *ticket, front bool) error {
 		}
 		l.mu.Lock()
 		if w.stage != stageDone {
-			l.pumpLocked(b, time.Now())
+			l.pumpLocked(b, l.clock.Now())
 		}
 	}
 	l.mu.Unlock()
 	if h := l.cfg.Hooks.Waited; h != nil {
-		h(t.route, time.Since(start))
+		h(t.route, l.clock.Now().Sub(start))
 	}
 	return nil
 }
@@ -449,7 +451,7 @@ func readRateLimit(rs *http.Response) rateLimit {
 // or failed (rs nil; sent says whether it may have reached Discord), and
 // learns from the answer. For a 429 it returns the scope.
 func (l *Limiter) done(t *ticket, rs *http.Response, sent bool) (scope string) {
-	now := time.Now()
+	now := l.clock.Now()
 	status := 0
 	var rl rateLimit
 	if rs != nil {

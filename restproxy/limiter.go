@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/disgoorg/disgo/rest"
+
+	"github.com/gofleet/fleet/internal/clock"
 )
 
 // ErrInvalidRequestLimit is returned, wrapped with the count, instead of
@@ -91,8 +93,9 @@ type Stats struct {
 // safe for concurrent use and starts no goroutine: buckets and windows
 // advance lazily, and only a waiting request holds a timer.
 type Limiter struct {
-	cfg Config // defaults applied
-	log *slog.Logger
+	cfg   Config // defaults applied
+	log   *slog.Logger
+	clock clock.Clock // the real clock; tests step a fake one
 
 	mu       sync.Mutex        // guards every field below; the only lock
 	routes   map[string]string // "METHOD route" -> X-RateLimit-Bucket
@@ -165,6 +168,7 @@ func New(cfg Config) (*Limiter, error) {
 	return &Limiter{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "restproxy"),
+		clock:   clock.Real{},
 		routes:  map[string]string{},
 		buckets: map[bucketKey]*bucket{},
 		pruneAt: 4096,
@@ -212,7 +216,7 @@ func (l *Limiter) Stats() Stats {
 		Buckets:         len(seen),
 		Queued:          l.queued,
 		InFlight:        l.inflight,
-		InvalidRequests: l.invalid.count(time.Now()),
+		InvalidRequests: l.invalid.count(l.clock.Now()),
 	}
 }
 

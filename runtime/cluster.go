@@ -125,19 +125,19 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			r.park(c, stop, "failed")
 			return false
 		}
-		wait, ok := budget.Fail(time.Now())
+		wait, ok := budget.Fail(r.clock.Now())
 		if !ok {
 			r.events.emit(ClusterFailed{Cluster: c.id,
 				Err: errwrap.Wrap(fmt.Sprintf("runtime: cluster %d failed after %d restarts within %s", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow), "runtime", err)})
 			r.park(c, stop, "failed")
 			return false
 		}
-		r.events.emit(ClusterRestarted{Cluster: c.id, Restarts: budget.Used(time.Now()),
+		r.events.emit(ClusterRestarted{Cluster: c.id, Restarts: budget.Used(r.clock.Now()),
 			MaxRestarts: max(r.cfg.MaxRestarts, 0), Backoff: wait, Err: err})
-		t := time.NewTimer(wait)
+		t := r.clock.NewTimer(wait)
 		defer t.Stop()
 		select {
-		case <-t.C:
+		case <-t.C():
 			return true
 		case <-stop:
 			return false
@@ -172,7 +172,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				inst.ready = nil // serve on; no timeout any more
 				timer.Stop()
 				timeoutC = nil
-				budget.Up(time.Now())
+				budget.Up(r.clock.Now())
 				restarting.answer(nil)
 			case <-restarting.done():
 				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/gofleet/fleet/internal/clock"
 )
 
 // IdentifyQueue spaces IDENTIFYs by Discord's rule: one per bucket
@@ -24,6 +26,7 @@ type IdentifyQueue interface {
 type LocalIdentifyQueue struct {
 	interval time.Duration
 	buckets  []*identifyBucket
+	clock    clock.Clock // the real clock; tests step a fake one
 }
 
 type identifyBucket struct {
@@ -39,7 +42,7 @@ func NewLocalIdentifyQueue(maxConcurrency int, interval time.Duration) (*LocalId
 	if maxConcurrency < 1 || interval <= 0 {
 		return nil, fmt.Errorf("runtime: identify queue needs max_concurrency >= 1 and an interval > 0, got %d and %s", maxConcurrency, interval)
 	}
-	q := &LocalIdentifyQueue{interval: interval, buckets: make([]*identifyBucket, maxConcurrency)}
+	q := &LocalIdentifyQueue{interval: interval, buckets: make([]*identifyBucket, maxConcurrency), clock: clock.Real{}}
 	for i := range q.buckets {
 		b := &identifyBucket{turn: make(chan struct{}, 1)}
 		b.turn <- struct{}{}
@@ -60,13 +63,13 @@ func (q *LocalIdentifyQueue) WaitBucket(ctx context.Context, shardID int) error 
 		return ctx.Err()
 	}
 	b.mu.Lock()
-	wait := time.Until(b.next)
+	wait := b.next.Sub(q.clock.Now())
 	b.mu.Unlock()
 	if wait > 0 {
-		t := time.NewTimer(wait)
+		t := q.clock.NewTimer(wait)
 		defer t.Stop()
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-ctx.Done():
 			b.turn <- struct{}{}
 			return ctx.Err()
@@ -80,7 +83,7 @@ func (q *LocalIdentifyQueue) WaitBucket(ctx context.Context, shardID int) error 
 func (q *LocalIdentifyQueue) UnlockBucket(shardID int) {
 	b := q.buckets[shardID%len(q.buckets)]
 	b.mu.Lock()
-	b.next = time.Now().Add(q.interval)
+	b.next = q.clock.Now().Add(q.interval)
 	b.mu.Unlock()
 	select {
 	case b.turn <- struct{}{}:

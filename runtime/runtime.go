@@ -18,6 +18,7 @@ import (
 	"github.com/disgoorg/disgo/rest"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/clock"
 	"github.com/gofleet/fleet/internal/errwrap"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/services"
@@ -31,6 +32,7 @@ type Runtime struct {
 	cfg      Config
 	events   *events
 	observer atomic.Pointer[Observer] // Observe's; nil: none
+	clock    clock.Clock              // times restart back-off and the restart budget; tests step a fake one
 
 	mu       sync.Mutex // guards the fields below
 	running  bool
@@ -89,7 +91,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
+	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog), clock: clock.Real{},
 		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
 		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	if c.RESTLimiter == nil && !c.NoSharedRESTLimiter {

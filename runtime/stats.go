@@ -99,6 +99,7 @@ type ShardStats struct {
 	Latency time.Duration    `json:"latency_ns"` // last heartbeat round trip; 0 before the first
 	Guilds  int              `json:"guilds"`     // in its cluster's cache
 	Events  int64            `json:"events"`     // dispatches received by this instance
+	Zombies int64            `json:"zombies"`    // connections this instance closed for want of heartbeat ACKs
 }
 
 // ServiceStats describes one service (see services.Info).
@@ -197,7 +198,7 @@ func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark 
 	cs.Shards = make([]ShardStats, len(infos))
 	index := make(map[int]int, len(infos)) // shard ID -> position
 	for i, in := range infos {
-		cs.Shards[i] = ShardStats{ID: in.ID, State: in.State, Latency: time.Duration(in.Latency), Events: in.Events}
+		cs.Shards[i] = ShardStats{ID: in.ID, State: in.State, Latency: time.Duration(in.Latency), Events: in.Events, Zombies: in.Zombies}
 		index[in.ID] = i
 	}
 

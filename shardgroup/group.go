@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/gofleet/fleet/bus"
+	fclock "github.com/gofleet/fleet/internal/clock"
 )
 
 // Config describes one group. The runtime fills it; tests may too.
@@ -80,6 +81,7 @@ type Group struct {
 	em     *eventManager
 	ids    []int
 	panics atomic.Int64
+	clock  fclock.Clock // times the gateway command limit; tests step a fake one
 
 	mu       sync.Mutex // guards started, stopped
 	started  bool
@@ -122,6 +124,7 @@ func New(cfg Config) (*Group, error) {
 		shards: make(map[int]*shard, len(cfg.ShardIDs)),
 		deliv:  make(map[int]*delivery, len(cfg.ShardIDs)),
 		ids:    slices.Clone(cfg.ShardIDs),
+		clock:  fclock.Real{},
 	}
 	slices.Sort(g.ids)
 	standby := cfg.Gate != nil && cfg.Generation > cfg.Gate.Generation()
@@ -230,6 +233,10 @@ type ShardInfo struct {
 	State   State
 	Latency int64 // heartbeat round trip, ns
 	Events  int64
+	// Zombies counts the connections closed because the gateway stopped
+	// acknowledging heartbeats (each is followed by a reconnect and a
+	// RESUME).
+	Zombies int64
 }
 
 // Shards reports every shard's state.
@@ -237,7 +244,8 @@ func (g *Group) Shards() []ShardInfo {
 	out := make([]ShardInfo, 0, len(g.ids))
 	for _, id := range g.ids {
 		s := g.shards[id]
-		out = append(out, ShardInfo{ID: id, State: State(s.state.Load()), Latency: s.latency.Load(), Events: s.events.Load()})
+		out = append(out, ShardInfo{ID: id, State: State(s.state.Load()), Latency: s.latency.Load(), Events: s.events.Load(),
+			Zombies: s.zombies.Load()})
 	}
 	return out
 }

@@ -399,13 +399,13 @@ func (s *shard) barrier(ctx context.Context) error {
 
 func (h *heartbeater) barrier(ctx context.Context) error {
 	for {
-		wait := h.s.reserveSend(time.Now())
+		wait := h.s.reserveSend(h.s.g.clock.Now())
 		if wait == 0 {
 			break
 		}
-		t := time.NewTimer(wait)
+		t := h.s.g.clock.NewTimer(wait)
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()

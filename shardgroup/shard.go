@@ -132,6 +132,7 @@ type shard struct {
 	pendingGuilds atomic.Int64 // guilds listed in READY not yet created
 	latency       atomic.Int64
 	events        atomic.Int64
+	zombies       atomic.Int64 // connections closed for want of heartbeat ACKs
 
 	mu       sync.Mutex // guards the fields below
 	session  Session    // session id, last sequence, resume URL
@@ -212,8 +213,10 @@ func (s *shard) CloseWithCode(ctx context.Context, code int, _ string) {
 	s.g.stopShard(ctx, s, code)
 }
 
-// Send writes a gateway command, within the 120-per-minute limit (two
-// slots are kept for heartbeats).
+// Send writes a gateway command within Discord's limit of 120 payloads
+// per connection per 60 s, which counts every payload: two slots are
+// kept for heartbeats and the IDENTIFY or RESUME takes one, so 117
+// commands go in the handshake's minute and 118 in any later one.
 func (s *shard) Send(ctx context.Context, op gateway.Opcode, d gateway.MessageData) error {
 	data, err := json.Marshal(gateway.Message{Op: op, D: d})
 	if err != nil {
@@ -225,13 +228,13 @@ func (s *shard) Send(ctx context.Context, op gateway.Opcode, d gateway.MessageDa
 		s.mu.Unlock()
 	}
 	for {
-		wait := s.reserveSend(time.Now())
+		wait := s.reserveSend(s.g.clock.Now())
 		if wait == 0 {
 			break
 		}
-		t := time.NewTimer(wait)
+		t := s.g.clock.NewTimer(wait)
 		select {
-		case <-t.C:
+		case <-t.C():
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
@@ -633,12 +636,18 @@ func (s *shard) forgetSession() {
 	s.g.sessionLost(s)
 }
 
-// sendNow writes a command that has its own slot (identify, resume,
-// heartbeat).
+// sendNow writes a command that does not wait for the command limit: a
+// heartbeat, which has a slot kept, or the IDENTIFY or RESUME, the
+// connection's first command, which is counted in the window.
 func (s *shard) sendNow(op gateway.Opcode, d gateway.MessageData) error {
 	data, err := json.Marshal(gateway.Message{Op: op, D: d})
 	if err != nil {
 		return err
+	}
+	if op != gateway.OpcodeHeartbeat {
+		s.mu.Lock()
+		s.sends = append(s.sends, s.g.clock.Now())
+		s.mu.Unlock()
 	}
 	return s.write(data)
 }
@@ -790,6 +799,7 @@ func (h *heartbeater) loop(interval time.Duration) {
 			h.mu.Unlock()
 			if zombie {
 				h.s.log.Warn("heartbeat not acknowledged: reconnecting", "shard", h.s.id)
+				h.s.zombies.Add(1)
 				h.s.g.zombie(h.s)
 				h.s.closeConn(h.c, resumableClose)
 				return
