@@ -65,13 +65,20 @@ func decodeData(data []byte, e envelope) (m gateway.Message, err error) {
 		// The most frequent dispatches skip UnmarshalEventData's call of
 		// json.Unmarshal, which would only find and call the same
 		// UnmarshalJSON (discord.Message's, promoted) after scanning d.
+		// Messages of the usual shape are read in one pass (scanMessage).
 		case gateway.EventTypeMessageCreate:
 			var d gateway.EventMessageCreate
-			err = d.UnmarshalJSON(e.D)
+			if !scanMessage(e.D, &d.Message) {
+				d = gateway.EventMessageCreate{}
+				err = d.UnmarshalJSON(e.D)
+			}
 			m.D = d
 		case gateway.EventTypeMessageUpdate:
 			var d gateway.EventMessageUpdate
-			err = d.UnmarshalJSON(e.D)
+			if !scanMessage(e.D, &d.Message) {
+				d = gateway.EventMessageUpdate{}
+				err = d.UnmarshalJSON(e.D)
+			}
 			m.D = d
 		default:
 			m.D, err = gateway.UnmarshalEventData(e.D, e.T)
