@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/gorilla/websocket"
 	"github.com/klauspost/compress/flate"
@@ -67,7 +68,8 @@ var errEndOfMessage = errors.New("shardgroup: end of compressed message")
 // errEndOfMessage, which inflate recovers: unlike an error, the panic
 // leaves nothing sticky in the decompressor, and the next message simply
 // continues the stream. The decompressors read through io.ByteReader, so
-// they never read ahead of what they decode.
+// they never read ahead of what they decode. (zstd is read so that it
+// seldom asks: see readZstd.)
 type source struct {
 	b   []byte
 	off int
@@ -101,38 +103,13 @@ func (s *source) ReadByte() (byte, error) {
 type inflater struct {
 	kind    Compression
 	src     source
-	out     bytes.Buffer // the payload, reused
+	out     bytes.Buffer // zlib: the payload, reused
+	zout    []byte       // zstd: the payload, reused
 	pending []byte       // zlib: a payload's first messages, until the flush
 	started bool         // zlib: the stream header has been read
 
 	fr io.ReadCloser // zlib: raw inflate, after the 2-byte zlib header
 	zr *zstd.Decoder
-	// zstd: the decoder was unwound while writing a block's output (see
-	// zstdSink), and will hand that output over again first.
-	repeat bool
-}
-
-// zstdSink receives the zstd decoder's output, one whole block per Write.
-// A block is read whole before it is decoded, so when the message has no
-// byte left the block being written is the message's last: the sink keeps
-// it and unwinds the decoder right there, a few frames up, instead of
-// letting it ask the source for the next block header deep in its reader.
-// Unwound in Write, the decoder still holds that block as pending output
-// and writes it again on the next call, which the sink then skips.
-type zstdSink struct{ in *inflater }
-
-func (w zstdSink) Write(p []byte) (int, error) {
-	in := w.in
-	if in.repeat {
-		in.repeat = false
-		return len(p), nil
-	}
-	in.out.Write(p)
-	if in.src.off >= len(in.src.b) {
-		in.repeat = true
-		panic(errEndOfMessage)
-	}
-	return len(p), nil
 }
 
 func newInflater(kind Compression) *inflater {
@@ -150,10 +127,12 @@ func (in *inflater) reset() error {
 	in.src = source{}
 	in.pending = in.pending[:0]
 	in.started = false
-	in.repeat = false // Reset drops the decoder's pending output
 	if in.kind == CompressionZstd {
 		if in.zr == nil {
-			zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+			// The stream's frame never ends, so its checksum, which
+			// comes at the end of the frame, is never read: it is not
+			// computed either.
+			zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.IgnoreChecksum(true))
 			if err != nil {
 				return err
 			}
@@ -206,8 +185,12 @@ func (in *inflater) inflate(mt int, msg []byte) ([]byte, error) {
 	}
 	in.src = source{b: msg}
 	in.out.Reset()
+	in.zout = in.zout[:0]
 	if err := in.drain(); err != nil {
 		return nil, fmt.Errorf("%s: %w", in.kind, err)
+	}
+	if in.kind == CompressionZstd {
+		return in.zout, nil
 	}
 	return in.out.Bytes(), nil
 }
@@ -225,12 +208,37 @@ func (in *inflater) drain() (err error) {
 		in.src.b = nil
 	}()
 	if in.kind == CompressionZstd {
-		_, err = in.zr.WriteTo(zstdSink{in})
-	} else {
-		_, err = in.out.ReadFrom(in.fr)
+		return in.readZstd()
 	}
+	_, err = in.out.ReadFrom(in.fr)
 	if err == nil {
 		err = io.ErrUnexpectedEOF // the stream ended: Discord never ends it
 	}
 	return err
+}
+
+// readZstd reads the message's output into zout. The decoder, reading
+// synchronously, returns one block's output per Read, and asks the source
+// for the next block only when a Read finds no output left: so once a
+// Read has returned with room to spare and the source is empty, the
+// message is whole, and no Read is made that would ask past it. (When a
+// block's output exactly fills the room, the next Read may ask, and the
+// source's panic ends the message as for zlib.)
+func (in *inflater) readZstd() error {
+	for {
+		if cap(in.zout)-len(in.zout) < 512 {
+			in.zout = slices.Grow(in.zout, max(4096, cap(in.zout)))
+		}
+		n, err := in.zr.Read(in.zout[len(in.zout):cap(in.zout)])
+		in.zout = in.zout[:len(in.zout)+n]
+		if err != nil {
+			if err == io.EOF { //nolint:errorlint // the decoder returns it as is
+				err = io.ErrUnexpectedEOF // the stream ended: Discord never ends it
+			}
+			return err
+		}
+		if in.src.off >= len(in.src.b) && len(in.zout) < cap(in.zout) {
+			return nil
+		}
+	}
 }

@@ -185,3 +185,28 @@ func BenchmarkInflate(b *testing.B) {
 		})
 	}
 }
+
+// TestInflateZstdExactFill decodes zstd payloads whose output exactly
+// fills the room the inflater has for it, so that it reads on and the
+// message ends at the source: the stream goes on after each.
+func TestInflateZstdExactFill(t *testing.T) {
+	var ps [][]byte
+	for _, n := range []int{4096, 8192, 100, 16384, 3, 32768, 4096} {
+		p := bytes.Repeat([]byte("x"), n)
+		copy(p, fmt.Sprintf("payload %d ", len(ps)))
+		ps = append(ps, p)
+	}
+	in := newInflater(CompressionZstd)
+	if err := in.reset(); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range compressStream(t, CompressionZstd, ps) {
+		got, err := in.inflate(websocket.BinaryMessage, m)
+		if err != nil {
+			t.Fatalf("payload %d: %v", i, err)
+		}
+		if !bytes.Equal(got, ps[i]) {
+			t.Fatalf("payload %d: got %d bytes %.20q, want %d", i, len(got), got, len(ps[i]))
+		}
+	}
+}

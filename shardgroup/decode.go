@@ -35,11 +35,24 @@ type envelope struct {
 
 // decodeMessage decodes one gateway payload as disgo's gateway.Message
 // does: the envelope in one pass (scanEnvelope, or the general decoder for
-// shapes it leaves), then d by the payload's opcode and type alone. RawD
+// shapes it leaves), then d by the payload's opcode and type alone; the d
+// of a usual message is read in the envelope's pass. RawD
 // is d's text and shares data's memory: it is valid only as long as data
 // is (in the read loop, until the next frame is read).
 func decodeMessage(data []byte) (gateway.Message, error) {
-	e, ok := scanEnvelope(data)
+	var ms messageScan
+	e, ok := scanEnvelope(data, &ms)
+	if ok && ms.of(e) {
+		// A message read with its envelope: what decodeData's
+		// scanMessage would read.
+		m := gateway.Message{Op: e.Op, S: e.S, T: e.T, RawD: e.D}
+		if e.T == gateway.EventTypeMessageCreate {
+			m.D = gateway.EventMessageCreate{Message: ms.m}
+		} else {
+			m.D = gateway.EventMessageUpdate{Message: ms.m}
+		}
+		return m, nil
+	}
 	if !ok {
 		e = envelope{}
 		if err := gojson.Unmarshal(data, &e); err != nil {
@@ -65,13 +78,20 @@ func decodeData(data []byte, e envelope) (m gateway.Message, err error) {
 		// The most frequent dispatches skip UnmarshalEventData's call of
 		// json.Unmarshal, which would only find and call the same
 		// UnmarshalJSON (discord.Message's, promoted) after scanning d.
+		// Messages of the usual shape are read in one pass (scanMessage).
 		case gateway.EventTypeMessageCreate:
 			var d gateway.EventMessageCreate
-			err = d.UnmarshalJSON(e.D)
+			if !scanMessage(e.D, &d.Message) {
+				d = gateway.EventMessageCreate{}
+				err = d.UnmarshalJSON(e.D)
+			}
 			m.D = d
 		case gateway.EventTypeMessageUpdate:
 			var d gateway.EventMessageUpdate
-			err = d.UnmarshalJSON(e.D)
+			if !scanMessage(e.D, &d.Message) {
+				d = gateway.EventMessageUpdate{}
+				err = d.UnmarshalJSON(e.D)
+			}
 			m.D = d
 		default:
 			m.D, err = gateway.UnmarshalEventData(e.D, e.T)

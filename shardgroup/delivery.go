@@ -55,9 +55,11 @@ type heldEvent struct {
 // under no other lock), and briefly by CutOver. Nothing holds two
 // delivery locks at once. colMu is a leaf.
 type delivery struct {
-	colMu      sync.Mutex // guards collecting, collected
+	colMu      sync.Mutex // guards collecting, collected, live, spare
 	collecting bool
 	collected  []bot.Event
+	live       bool        // the events collected are delivered at once (not held)
+	spare      []bot.Event // a delivered event's slice, for the next one
 
 	mu   sync.Mutex // held while the shard's events reach listeners; guards the fields below
 	mode mode
@@ -197,6 +199,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 		for _, e := range evs {
 			g.em.deliver(s.id, e)
 		}
+		d.recycle(evs)
 	case modeRecording:
 		raw := field(frame, "d")
 		key := guildKey(string(m.T), raw)
@@ -206,17 +209,38 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 		for _, e := range evs {
 			g.em.deliver(s.id, e)
 		}
+		d.recycle(evs)
 		d.record(key, maphash.Bytes(payloadSeed, raw))
 	case modeStandby:
 		d.hold(m.T, ev, evs, field(frame, "d"))
 	}
 }
 
+// recycle keeps the slice of an event's delivered disgo events for the
+// next event's.
+func (d *delivery) recycle(evs []bot.Event) {
+	clear(evs)
+	d.colMu.Lock()
+	d.spare = evs[:0]
+	d.colMu.Unlock()
+}
+
+// liveNow reports whether the disgo events of the event being handled
+// are delivered at once, to the listeners there are now.
+func (d *delivery) liveNow() bool {
+	d.colMu.Lock()
+	defer d.colMu.Unlock()
+	return d.collecting && d.live
+}
+
 // handle runs disgo's handler for one gateway event and returns the disgo
 // events it made. A panic in the handler is recovered and counted.
 func (g *Group) handle(s *shard, d *delivery, m gateway.Message, ev gateway.EventData) (evs []bot.Event) {
 	d.colMu.Lock()
-	d.collecting = true
+	d.collecting, d.live = true, d.mode != modeStandby
+	if d.live {
+		d.collected, d.spare = d.spare, nil
+	}
 	d.colMu.Unlock()
 	defer func() {
 		d.colMu.Lock()

@@ -46,7 +46,21 @@
 // decompression context, kept for the connection's life and reset for the
 // next. The payload's envelope (op, s, t) is read in one pass and d is
 // decoded once, by its type; gateway.Message.RawD is d's text, sharing the
-// read buffer until the next frame.
+// read buffer until the next frame. A MESSAGE_CREATE or MESSAGE_UPDATE of
+// the usual shape (a user's message without components, embeds,
+// attachments or references) is read into disgo's Message in that same
+// pass; any other shape goes to the general decoder, with the same
+// result.
+//
+// disgo's MESSAGE_CREATE handler makes three events of each message
+// (MessageCreate, and GuildMessageCreate or DMMessageCreate); the group's
+// own handler updates the caches the same way but builds only the events
+// some listener may take: listeners made with bot.NewListenerFunc or
+// bot.NewListenerChan take their type parameter's events, a
+// ListenerAdapter those it has functions for, any other listener every
+// event. A reshard's new generation builds them all, for the listeners
+// there will be at the cut-over. A client built with other gateway
+// handlers keeps them.
 //
 // disgo decodes JSON through github.com/disgoorg/json, whose Unmarshal is
 // a variable: importing shardgroup sets it to github.com/goccy/go-json

@@ -3,6 +3,7 @@ package shardgroup
 import (
 	"bytes"
 
+	"github.com/disgoorg/disgo/discord"
 	"github.com/disgoorg/disgo/gateway"
 )
 
@@ -12,8 +13,10 @@ import (
 // type names, numbers it does not expect, malformed text), and the caller
 // then decodes the payload with the general decoder, which gives the same
 // result or the error. d itself is only delimited here: the decoder of its
-// type validates it.
-func scanEnvelope(data []byte) (e envelope, ok bool) {
+// type validates it; except that, when ms is not nil and t came before d
+// and names a message create or update, d is read into ms in the same
+// pass (see messageScan).
+func scanEnvelope(data []byte, ms *messageScan) (e envelope, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return e, false
@@ -39,7 +42,16 @@ func scanEnvelope(data []byte) (e envelope, ok bool) {
 			return e, false
 		}
 		i = skipSpace(data, i+1)
-		end := skipValue(data, i)
+		end := -1
+		if ms != nil && string(key) == "d" && (e.T == gateway.EventTypeMessageCreate || e.T == gateway.EventTypeMessageUpdate) {
+			ms.m, ms.d = discord.Message{}, nil
+			if end = messageAt(data, i, &ms.m); end >= 0 {
+				ms.t, ms.d = e.T, data[i:end]
+			}
+		}
+		if end < 0 {
+			end = skipValue(data, i)
+		}
 		if end < 0 {
 			return e, false
 		}
@@ -90,6 +102,20 @@ func scanEnvelope(data []byte) (e envelope, ok bool) {
 			return e, false
 		}
 	}
+}
+
+// messageScan is the d of a MESSAGE_CREATE or MESSAGE_UPDATE read by
+// scanMessage's readers while its envelope is read: t names the dispatch
+// and d is the text it was read from (nil if it was not read).
+type messageScan struct {
+	m discord.Message
+	t gateway.EventType
+	d []byte
+}
+
+// of reports whether the scan is of e's d, and e a dispatch of its type.
+func (ms *messageScan) of(e envelope) bool {
+	return ms.d != nil && e.Op == gateway.OpcodeDispatch && ms.t == e.T && len(ms.d) == len(e.D) && &ms.d[0] == &e.D[0]
 }
 
 func skipSpace(b []byte, i int) int {

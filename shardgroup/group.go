@@ -147,11 +147,12 @@ func New(cfg Config) (*Group, error) {
 	opts := append([]bot.ConfigOpt{bot.WithLogger(g.log), bot.WithShardManager(manager{g})}, cfg.ClientOptions...)
 	// The client gets the group's own event manager, built with the
 	// listeners and handlers the options give.
-	bc := bot.DefaultConfig(handlers.GetGatewayHandlers(), handlers.GetHTTPServerHandler())
+	defaults := handlers.GetGatewayHandlers()
+	bc := bot.DefaultConfig(defaults, handlers.GetHTTPServerHandler())
 	bc.Apply(opts)
 	emc := bot.DefaultEventManagerConfig()
 	emc.Apply(bc.EventManagerConfigOpts)
-	g.em = newEventManager(g, emc)
+	g.em = newEventManager(g, emc, defaults)
 	opts = append(opts, bot.WithEventManager(g.em))
 	client, err := disgo.New(string(cfg.Token), opts...)
 	if err != nil {
