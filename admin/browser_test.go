@@ -412,10 +412,10 @@ func TestBrowserStatusPage(t *testing.T) {
 			chromedp.SendKeys(chromedp.CSS("#guild"), fmt.Sprint(guild)),
 			chromedp.Click(chromedp.CSS(`#find button[type=submit]`)))
 		cluster := -1
-		for _, g := range f.rt.Groups() {
-			for _, in := range g.Shards() {
+		for _, c := range f.rt.Clusters() {
+			for _, in := range c.Shards {
 				if in.ID == shard {
-					cluster = g.ID()
+					cluster = c.ID
 				}
 			}
 		}

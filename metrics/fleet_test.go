@@ -15,6 +15,7 @@ import (
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/cache"
 	"github.com/disgoorg/disgo/discord"
+	"github.com/disgoorg/disgo/rest"
 	"github.com/disgoorg/snowflake/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -228,9 +229,12 @@ func TestScrapeMatchesSimulator(t *testing.T) {
 	const route = "POST /channels/{id}/messages"
 	s.FailNextREST(route, http.StatusTooManyRequests, 2)
 	s.SharedRateLimitNext(route, 1)
-	rest := f.rt.Groups()[0].Client().Rest()
+	// A REST client on the fleet's shared limiter, as every cluster's is.
+	rc := rest.NewClient(s.Token(), rest.WithURL(s.RESTURL()), f.rt.RESTLimiter().ConfigOpt())
+	defer rc.Close(context.Background())
+	channels := rest.NewChannels(rc)
 	for i := range 3 {
-		if _, err := rest.CreateMessage(snowflake.ID(s.ChannelID(i, 0)), discord.MessageCreate{Content: "hi"}); err != nil {
+		if _, err := channels.CreateMessage(snowflake.ID(s.ChannelID(i, 0)), discord.MessageCreate{Content: "hi"}); err != nil {
 			t.Fatalf("CreateMessage: %v", err)
 		}
 	}

@@ -78,7 +78,7 @@ func TestIPC(t *testing.T) {
 	t.Run("fetchGuild routed to the owning cluster", func(t *testing.T) {
 		// READY comes before the guilds: wait until they are all cached.
 		waitFor(t, func() bool {
-			for _, g := range rt.Groups() {
+			for _, g := range rt.groups() {
 				if !g.Loaded() {
 					return false
 				}

@@ -85,7 +85,7 @@ func TestStartupAtTheIdentifyLimit(t *testing.T) {
 	if ev.Duration > 700*time.Millisecond && !raceEnabled {
 		t.Fatalf("fleet ready in %s, want <= 700ms", ev.Duration)
 	}
-	if groups := rt.Groups(); len(groups) != 4 {
+	if groups := rt.groups(); len(groups) != 4 {
 		t.Fatalf("%d groups", len(groups))
 	}
 }
@@ -399,7 +399,7 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 		t.Fatalf("fleet of %d shards, want 2", e.Of)
 	}
 	var ids []int
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		ids = append(ids, g.ShardIDs()...)
 		if g.ShardCount() != 4 {
 			t.Fatalf("shard count %d, want 4", g.ShardCount())
@@ -411,8 +411,8 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(stopped); n != len(rt.Groups()) {
-		t.Fatalf("%d Shutdown hooks ran, want %d", n, len(rt.Groups()))
+	if n := len(stopped); n != len(rt.groups()) {
+		t.Fatalf("%d Shutdown hooks ran, want %d", n, len(rt.groups()))
 	}
 	for _, id := range s.Identifies() {
 		if id.Shard < 2 || id.Shards != 4 {
@@ -433,7 +433,7 @@ func TestClustersShareTheRESTLimiter(t *testing.T) {
 	channel := snowflake.ID(s.ChannelID(0, 0))
 	var wg sync.WaitGroup
 	errs := make(chan error, 4*15)
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for range 15 {
 			wg.Add(1)
 			go func() {
@@ -472,7 +472,7 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	}
 	// The new instance identifies its two shards anew.
 	waitFor(t, func() bool { return s.Stats().Identifies == before+2 })
-	waitFor(t, func() bool { return rt.Groups()[1].State() == shardgroup.StateReady })
+	waitFor(t, func() bool { return rt.groups()[1].State() == shardgroup.StateReady })
 
 	if err := rt.ShutdownCluster(ctx, 0); err != nil {
 		t.Fatal(err)

@@ -269,7 +269,7 @@ func restartUnderFaults(rt *Runtime, s *discordtest.Server, cluster int, shards 
 func waitClusterReady(rt *Runtime, cluster int) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		g := rt.Groups()[cluster]
+		g := rt.groups()[cluster]
 		if g.State() == shardgroup.StateReady {
 			return nil
 		}
@@ -358,7 +358,7 @@ func (tr *tracker) bot(int) Bot {
 // watch records each shard's session at the start, and the RESUMEDs.
 func (tr *tracker) watch(rt *Runtime) {
 	tr.mu.Lock()
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for _, id := range g.ShardIDs() {
 			if sid := g.Client().ShardManager().Shard(id).SessionID(); sid != nil {
 				tr.lastSess[id] = *sid
@@ -435,7 +435,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 			if !ok { // the shard is between sessions: try again
 				select {
 				case <-deadline:
-					t.Fatalf("shard %d: no session took a message in 20s: %v", shard, rt.Groups())
+					t.Fatalf("shard %d: no session took a message in 20s: %v", shard, rt.groups())
 				case <-time.After(time.Millisecond):
 				}
 				continue
@@ -451,7 +451,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 				case <-tr.notify:
 				case <-deadline:
 					var states []shardgroup.ShardInfo
-					for _, g := range rt.Groups() {
+					for _, g := range rt.groups() {
 						states = append(states, g.Shards()...)
 					}
 					st := tr.s.Stats()
@@ -473,7 +473,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 // gap (checked apart too).
 func (tr *tracker) account(rt *Runtime, shards int) (lost, excused int, unexcused []string, dups int) {
 	current := map[int]string{}
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for _, id := range g.ShardIDs() {
 			if sid := g.Client().ShardManager().Shard(id).SessionID(); sid != nil {
 				current[id] = *sid

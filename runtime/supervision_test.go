@@ -253,11 +253,11 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 	defer stop()
 	rec := record(rt, EventClusterRestarted)
 	ctx := context.Background()
-	before := rt.Groups()[0]
+	before := rt.groups()[0]
 	if err := rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "old instance keeps serving") {
 		t.Fatalf("SoftRestart = %v, want the Setup error", err)
 	}
-	if rt.Groups()[0] != before || before.State() != shardgroup.StateReady {
+	if rt.groups()[0] != before || before.State() != shardgroup.StateReady {
 		t.Fatal("the old instance does not serve after a failed soft restart")
 	}
 	var pe *PanicError
@@ -266,7 +266,7 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 	}
 	// The cluster is restarted under supervision and serves again.
 	waitFor(t, func() bool {
-		g := rt.Groups()[0]
+		g := rt.groups()[0]
 		return g != before && g.State() == shardgroup.StateReady
 	})
 	if r := rec.of(EventClusterRestarted); len(r) != 1 || !errors.As(r[0].Err, &pe) {
@@ -556,14 +556,14 @@ func TestSoftRestartCtxEndingDuringSetupKeepsTheOldInstance(t *testing.T) {
 	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventSoftRestartHandedOver)
-	before, resumes := rt.Groups()[0], s.Stats().Resumes
+	before, resumes := rt.groups()[0], s.Stats().Resumes
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	err := rt.SoftRestart(ctx, 0)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "old instance keeps serving") {
 		t.Fatalf("SoftRestart = %v, want ctx's error and the old instance serving", err)
 	}
-	if rt.Groups()[0] != before || before.State() != shardgroup.StateReady || len(rec.of(EventSoftRestartHandedOver)) != 0 ||
+	if rt.groups()[0] != before || before.State() != shardgroup.StateReady || len(rec.of(EventSoftRestartHandedOver)) != 0 ||
 		s.Stats().Resumes != resumes {
 		t.Fatal("something was handed over")
 	}

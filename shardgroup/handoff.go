@@ -63,20 +63,20 @@ const poll = 2 * time.Millisecond
 // leaves the old generation serving (call EndRecording on it). After that
 // there is no way back: CutOver returns when every new shard is live, or
 // with ErrCutOverStopped when stop closes.
-func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Group) error {
+func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Runner) error {
 	if len(old) == 0 || len(next) == 0 {
 		return errors.New("shardgroup: CutOver needs an old and a new generation")
 	}
-	oldCount, newCount := old[0].cfg.ShardCount, next[0].cfg.ShardCount
+	oldCount, newCount := old[0].g.cfg.ShardCount, next[0].g.cfg.ShardCount
 	olds := map[int]*shard{}
-	for _, g := range old {
-		for id, s := range g.shards {
+	for _, r := range old {
+		for id, s := range r.g.shards {
 			olds[id] = s
 		}
 	}
 	news := map[int]*shard{}
-	for _, g := range next {
-		for id, s := range g.shards {
+	for _, r := range next {
+		for id, s := range r.g.shards {
 			news[id] = s
 		}
 	}
