@@ -490,7 +490,9 @@ func (manager) OpenShard(context.Context, int) error {
 }
 
 // CloseShard does nothing: the group's Runner stops the shards.
-func (m manager) CloseShard(_ context.Context, id int) { m.g.refuseClose("ShardManager.CloseShard", id) }
+func (m manager) CloseShard(_ context.Context, id int) {
+	m.g.refuseClose("ShardManager.CloseShard", id)
+}
 
 // refuseClose logs a close asked for through the disgo client, which
 // does nothing.
