@@ -35,15 +35,28 @@ func testConfig(s *discordtest.Server) Config {
 // down and returns Run's error.
 func runUntil(t *testing.T, rt *Runtime) func() error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		return <-errc
+		<-rt.Done()
+		return rt.Err()
+	}
+}
+
+// waitReady waits until rt's fleet is ready, failing the test if Run
+// returns first.
+func waitReady(t *testing.T, rt *Runtime) {
+	t.Helper()
+	select {
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run returned before the fleet was ready: %v", rt.Err())
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleet not ready")
 	}
 }
 
@@ -216,7 +229,7 @@ func TestFaultsRecover(t *testing.T) {
 	c := newCounter()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = c.bot, 2
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	n := 0
 	// send dispatches the next event once a session (connected or
 	// resumable) owns its guild: a shard that lost its session gets
@@ -264,11 +277,11 @@ func itoa(i int) string { return strconv.Itoa(i) }
 func TestAuthenticationCloseStopsRunQuickly(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	_, errc := runReady(t, testConfig(s))
+	rt := runReady(t, testConfig(s))
 	s.CloseShard(0, discordtest.CloseAuthenticationFailed, "Authentication failed.")
 	select {
-	case err := <-errc:
-		if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+	case <-rt.Done():
+		if err := rt.Err(); err == nil || !strings.Contains(err.Error(), "authentication failed") {
 			t.Fatalf("Run: %v", err)
 		}
 	case <-time.After(time.Second):
@@ -331,7 +344,7 @@ func TestWhatToLogAndNoToken(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.WhatToLog = WhatToLog{Deny: []EventKind{EventShardIdentify}}
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -394,9 +407,9 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID = 4, 2, 3
 	stopped := make(chan int, 4)
 	cfg.Bot = func(int) Bot { return hookBot{stopped} }
-	rt, stop, e := startFleet(t, cfg)
-	if e.Of != 2 {
-		t.Fatalf("fleet of %d shards, want 2", e.Of)
+	rt, stop := startFleet(t, cfg)
+	if n := rt.Stats().Shards; n != 2 {
+		t.Fatalf("fleet of %d shards, want 2", n)
 	}
 	var ids []int
 	for _, g := range rt.groups() {
@@ -428,7 +441,7 @@ func TestClustersShareTheRESTLimiter(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 4
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	channel := snowflake.ID(s.ChannelID(0, 0))
 	var wg sync.WaitGroup
@@ -463,7 +476,7 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 2
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	ctx := context.Background()
 	before := s.Stats().Identifies

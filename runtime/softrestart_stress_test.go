@@ -73,14 +73,15 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 	tr := newTracker(s)
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = tr.bot, clusters
-	rt, runErr := runReady(t, cfg)
+	rt := runReady(t, cfg)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		if err := <-runErr; err != nil {
+		<-rt.Done()
+		if err := rt.Err(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()
@@ -100,8 +101,8 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 			began := time.Now()
 			n, err := restartUnderFaults(rt, s, c, []int{2 * c, 2*c + 1}, rng, &trace)
 			if errors.Is(err, ErrNotRunning) {
-				err = fmt.Errorf("%w (Run returned %v)", err, <-runErr)
-				runErr = closedErr
+				<-rt.Done()
+				err = fmt.Errorf("%w (Run returned %v)", err, rt.Err())
 			}
 			if testing.Verbose() {
 				t.Logf("round %d cluster %d: %s", round, c, time.Since(began))
@@ -158,13 +159,6 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 func (k faultKind) String() string {
 	return [...]string{"op7", "op9-resumable", "op9-invalid", "drop", "hold", "release"}[k]
 }
-
-// closedErr stands for Run's error once it has been read.
-var closedErr = func() <-chan error {
-	c := make(chan error, 1)
-	c <- nil
-	return c
-}()
 
 func diffCounts(before, after map[string]int) map[string]int {
 	out := map[string]int{}
