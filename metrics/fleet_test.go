@@ -65,14 +65,7 @@ func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerO
 	m.Attach(rt)
 	f := &fleet{s: s, rt: rt, m: m, reg: reg}
 	f.srv = httptest.NewServer(Handler(rt, reg, opts))
-	ready := make(chan struct{}, 1)
-	unsub := rt.Subscribe(func(e runtime.Event) {
-		if e.Kind == runtime.EventFleetReady {
-			ready <- struct{}{}
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	t.Cleanup(func() {
 		f.srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -80,19 +73,17 @@ func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerO
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		if err := <-errc; err != nil {
-			t.Errorf("Run: %v", err)
+		if <-rt.Done(); rt.Err() != nil {
+			t.Errorf("Run: %v", rt.Err())
 		}
 	})
 	select {
-	case <-ready:
-	case err := <-errc:
-		errc <- err
-		t.Fatalf("Run: %v", err)
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run: %v", rt.Err())
 	case <-time.After(20 * time.Second):
 		t.Fatal("fleet not ready")
 	}
-	unsub()
 	return f
 }
 

@@ -156,18 +156,17 @@ func run(ctx context.Context, shards, clusters, adminPort int, verbose bool) err
 		}
 	})
 
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(ctx) }()
+	go rt.Run(ctx)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	start, pings := time.Now(), 0
 	for {
 		select {
-		case err := <-errc:
+		case <-rt.Done():
 			fmt.Print("stopped:")
 			summary(start, ready.Load(), pings, pongs.Load(), sim)
-			return err
+			return rt.Err()
 		case <-tick.C:
 			// No pings in the last second before a -duration stop, so
 			// that every one sent is answered.
