@@ -36,9 +36,10 @@ var clock atomic.Int64
 // poll is how often CutOver looks at shard states while it waits.
 const poll = 2 * time.Millisecond
 
-// CutOver hands event delivery from an old generation of groups (on which
-// Record was called before the new one started) to a new generation (built
-// in standby, see Config.Gate) with every event delivered once.
+// CutOver hands event delivery from an old generation of groups (whose
+// runners' Record was called before the new one started) to a new
+// generation (built in standby, see Config.Gate) with every event
+// delivered once.
 //
 // Both generations receive the same payload for the same guild event. A
 // new shard holds back, from its session's first event, what it receives;
@@ -60,7 +61,7 @@ const poll = 2 * time.Millisecond
 // what the gateway sent it meanwhile, as any invalidated session does.
 //
 // ctx bounds the wait before the first guild changes hands; an error then
-// leaves the old generation serving (call EndRecording on it). After that
+// leaves the old generation serving (call EndRecording on its runners). After that
 // there is no way back: CutOver returns when every new shard is live, or
 // with ErrCutOverStopped when stop closes.
 func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Runner) error {
