@@ -61,9 +61,9 @@ const poll = 2 * time.Millisecond
 // what the gateway sent it meanwhile, as any invalidated session does.
 //
 // ctx bounds the wait before the first guild changes hands; an error then
-// leaves the old generation serving (call EndRecording on its runners). After that
-// there is no way back: CutOver returns when every new shard is live, or
-// with ErrCutOverStopped when stop closes.
+// leaves the old generation serving (call EndRecording on its runners).
+// After that there is no way back: CutOver returns when every new shard
+// is live, or with ErrCutOverStopped when stop closes.
 func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Runner) error {
 	if len(old) == 0 || len(next) == 0 {
 		return errors.New("shardgroup: CutOver needs an old and a new generation")
