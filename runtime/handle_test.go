@@ -187,8 +187,12 @@ func TestClustersMatchesStats(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.Clusters = 2
 	cfg.ClientOptions = []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))}
-	if before, err := New(cfg); err != nil || len(before.Clusters()) != 0 {
-		t.Fatalf("Clusters before Run = %+v (%v), want none", before.Clusters(), err)
+	before, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := before.Clusters(); len(got) != 0 {
+		t.Fatalf("Clusters before Run = %+v, want none", got)
 	}
 	rt, stop := startFleet(t, cfg)
 	defer stop()
