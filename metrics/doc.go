@@ -78,7 +78,7 @@
 //	GET  /status                             runtime.Stats as JSON
 //	GET  /page/                              the status page (admin.StatusPage), with operator controls when the operations are on
 //	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
-//	POST /admin/clusters/{id}/restart        runtime.Restart
+//	POST /admin/clusters/{id}/restart        runtime.Restart: answered once every shard of the new instance is ready
 //	POST /admin/reshard                      runtime.Reshard; body {"shards": n, "clusters": m}, both optional
 //	POST /admin/clusters/soft-restart        rolling soft restart of every cluster (.../restart: hard)
 //	GET  /admin/operations/{id}              a long operation's state, progress and error

@@ -25,11 +25,12 @@
 // 0), max_concurrency and the session start limit, checks that enough
 // starts remain, and splits the shards (or the slice
 // FirstShardID..LastShardID of TotalShards) into Config.Clusters
-// contiguous ranges. Each cluster is a shardgroup group: one disgo client
-// and its shards, which the runtime starts, stops and restarts. The user's
-// Bot.Setup gets the cluster's *shardgroup.Group before its shards
-// connect, so listeners see READY: its ID, shards, disgo client, a bus
-// client for calls and its logger, and nothing that starts or stops it.
+// contiguous ranges (or ranges of about Config.ShardsPerCluster). Each
+// cluster is a shardgroup group: one disgo client and its shards, which
+// the runtime starts, stops and restarts. The user's Bot.Setup gets the
+// cluster's *shardgroup.Group before its shards connect, so listeners see
+// READY: its ID, shards, disgo client, a bus client for calls and its
+// logger, and nothing that starts or stops it.
 //
 // # Start-up at Discord's limit
 //

@@ -124,7 +124,11 @@ func GetWorkers(ctx context.Context, b bus.Client) (Workers, error) {
 	return bus.Request[none, Workers](ctx, b, bus.Admiral, CmdWorkers, none{})
 }
 
-// RestartCluster soft-restarts a cluster (or restarts it, with hard).
+// RestartCluster soft-restarts a cluster (or restarts it, with hard). It
+// answers once the cluster serves again, which for a hard restart is when
+// every shard has identified: give ctx a deadline for that (the bus's
+// default is RequestTimeout); a caller that stops waiting leaves the
+// restart going on.
 func RestartCluster(ctx context.Context, b bus.Client, cluster int, hard bool) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartCluster, RestartRequest{Cluster: cluster, Hard: hard})
 	return err

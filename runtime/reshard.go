@@ -11,7 +11,8 @@ import (
 )
 
 // ReshardOptions says what to reshard to; zero fields take Discord's
-// recommendation (Shards) and the current cluster count (Clusters).
+// recommendation (Shards) and the current cluster count (Clusters), or
+// clusters of Config.ShardsPerCluster shards when that is set.
 type ReshardOptions struct {
 	Shards   int
 	Clusters int
@@ -81,7 +82,10 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		return fmt.Errorf("runtime: Reshard to %d shards: must be a multiple of %d (max_concurrency %d)", total, mc, mc)
 	}
 	n := opts.Clusters
-	if n == 0 {
+	switch {
+	case n == 0 && r.cfg.ShardsPerCluster > 0:
+		n = r.cfg.clusterCount(total)
+	case n == 0:
 		n = min(len(old), total)
 	}
 	if n > total {
