@@ -298,15 +298,8 @@ func startTestFleet(t *testing.T, shards, clusters int) *testFleet {
 		t.Fatal(err)
 	}
 	f := &testFleet{s: s, rt: rt, restarts: make(chan int, 16)}
-	ready := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		switch e := e.(type) {
-		case runtime.FleetReady:
-			select {
-			case ready <- struct{}{}:
-			default:
-			}
-		case runtime.ClusterRestarted:
+		if e, ok := e.(runtime.ClusterRestarted); ok {
 			select {
 			case f.restarts <- e.Cluster:
 			default:
@@ -314,8 +307,7 @@ func startTestFleet(t *testing.T, shards, clusters int) *testFleet {
 		}
 	})
 	f.srv = httptest.NewServer(metrics.Handler(rt, nil, metrics.HandlerOptions{AdminToken: adminToken}))
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	t.Cleanup(func() {
 		f.srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -323,14 +315,14 @@ func startTestFleet(t *testing.T, shards, clusters int) *testFleet {
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		if err := <-errc; err != nil {
-			t.Errorf("Run: %v", err)
+		if <-rt.Done(); rt.Err() != nil {
+			t.Errorf("Run: %v", rt.Err())
 		}
 	})
 	select {
-	case <-ready:
-	case err := <-errc:
-		t.Fatalf("Run: %v", err)
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run: %v", rt.Err())
 	case <-time.After(30 * time.Second):
 		t.Fatal("the fleet was not ready within 30 s")
 	}
@@ -412,10 +404,10 @@ func TestBrowserStatusPage(t *testing.T) {
 			chromedp.SendKeys(chromedp.CSS("#guild"), fmt.Sprint(guild)),
 			chromedp.Click(chromedp.CSS(`#find button[type=submit]`)))
 		cluster := -1
-		for _, g := range f.rt.Groups() {
-			for _, in := range g.Shards() {
+		for _, c := range f.rt.Clusters() {
+			for _, in := range c.Shards {
 				if in.ID == shard {
-					cluster = g.ID()
+					cluster = c.ID
 				}
 			}
 		}

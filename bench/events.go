@@ -344,15 +344,15 @@ func eventsFleet(gw, restURL, token string, compress shardgroup.Compression, ls 
 	if err != nil {
 		return nil, err
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			return err
 		}
-		return <-errc
+		<-rt.Done()
+		return rt.Err()
 	}, nil
 }
 

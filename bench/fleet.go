@@ -37,31 +37,24 @@ func startFleet(s *discordtest.Server, clusters int, b func(int) runtime.Bot, co
 	if err != nil {
 		return 0, nil, err
 	}
-	readyc := make(chan time.Duration, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if e, ok := e.(runtime.FleetReady); ok {
-			select { // only the first fleet_ready counts; never block the runtime
-			case readyc <- e.Elapsed:
-			default:
-			}
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	start := time.Now()
+	go rt.Run(context.Background())
 	stop = func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			return err
 		}
-		return <-errc
+		<-rt.Done()
+		return rt.Err()
 	}
 	shards := s.RecommendedShards()
 	bound := fleetReadyBound(s, shards)
 	select {
-	case ready = <-readyc:
-	case err := <-errc:
-		return 0, nil, fmt.Errorf("run: %v", err)
+	case <-rt.Ready():
+		ready = time.Since(start)
+	case <-rt.Done():
+		return 0, nil, fmt.Errorf("run: %v", rt.Err())
 	case <-time.After(bound):
 		_ = stop()
 		return 0, nil, fmt.Errorf("waited %s for the fleet_ready event of %d shards: %+v", bound, shards, s.Stats())

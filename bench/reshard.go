@@ -95,22 +95,14 @@ func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (
 	if err != nil {
 		return reshardRun{}, err
 	}
-	ready := make(chan struct{}, 1)
 	var cutAt time.Time
 	rt.Subscribe(func(e runtime.Event) {
-		switch e.(type) {
-		case runtime.FleetReady:
-			select { // only the first fleet_ready counts; never block the runtime
-			case ready <- struct{}{}:
-			default:
-			}
-		case runtime.ReshardCutOver:
+		if _, ok := e.(runtime.ReshardCutOver); ok {
 			cutAt = time.Now()
 		}
 	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	if err := awaitFleet(s, from, ready, errc); err != nil {
+	go rt.Run(context.Background())
+	if err := awaitFleet(s, from, rt); err != nil {
 		return reshardRun{}, err
 	}
 
@@ -165,8 +157,8 @@ func reshardOnce(from, to int, lag bool, rate, mc int, interval time.Duration) (
 	if err := rt.Shutdown(sctx); err != nil {
 		return reshardRun{}, err
 	}
-	if err := <-errc; err != nil {
-		return reshardRun{}, err
+	if <-rt.Done(); rt.Err() != nil {
+		return reshardRun{}, rt.Err()
 	}
 	run := reshardRun{From: from, To: to, Lagging: lag, DurationS: duration.Seconds(), CutOverS: cutAt.Sub(start).Seconds(),
 		LimitS: math.Ceil(float64(to)/float64(mc)) * interval.Seconds(), Events: n,

@@ -70,7 +70,6 @@ func runSoftRestart() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	ready := make(chan struct{}, 1)
 	var mu sync.Mutex
 	windows := map[int][2]time.Time{} // cluster -> hand-over start, end
 	starts := map[int]time.Time{}
@@ -78,20 +77,14 @@ func runSoftRestart() (any, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		switch e := e.(type) {
-		case runtime.FleetReady:
-			select { // only the first fleet_ready counts; never block the runtime
-			case ready <- struct{}{}:
-			default:
-			}
 		case runtime.SoftRestartStarted:
 			starts[e.Cluster] = time.Now()
 		case runtime.SoftRestartDone:
 			windows[e.Cluster] = [2]time.Time{starts[e.Cluster], time.Now()}
 		}
 	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	if err := awaitFleet(s, shards, ready, errc); err != nil {
+	go rt.Run(context.Background())
+	if err := awaitFleet(s, shards, rt); err != nil {
 		return nil, err
 	}
 	identifies := s.Stats().Identifies
@@ -113,7 +106,7 @@ func runSoftRestart() (any, error) {
 		<-loaded
 		<-loadErr
 		_ = rt.Shutdown(context.Background())
-		<-errc
+		<-rt.Done()
 		return nil, fmt.Errorf("soft restart of %d clusters: %w", clusters, err)
 	}
 	res := <-loaded
@@ -137,8 +130,8 @@ func runSoftRestart() (any, error) {
 	if err := rt.Shutdown(ctx); err != nil {
 		return nil, err
 	}
-	if err := <-errc; err != nil {
-		return nil, err
+	if <-rt.Done(); rt.Err() != nil {
+		return nil, rt.Err()
 	}
 
 	a.mu.Lock()

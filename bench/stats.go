@@ -168,31 +168,21 @@ func runFleet(cfg runtime.Config, bound time.Duration) (*runtime.Runtime, func()
 	if err != nil {
 		return nil, nil, err
 	}
-	readyc := make(chan struct{}, 1)
-	unsub := rt.Subscribe(func(e runtime.Event) {
-		if _, ok := e.(runtime.FleetReady); ok {
-			select { // only the first fleet_ready counts; never block the runtime
-			case readyc <- struct{}{}:
-			default:
-			}
-		}
-	})
-	defer unsub()
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	stop := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			return err
 		}
-		return <-errc
+		<-rt.Done()
+		return rt.Err()
 	}
 	select {
-	case <-readyc:
+	case <-rt.Ready():
 		return rt, stop, nil
-	case err := <-errc:
-		return nil, nil, fmt.Errorf("run: %v", err)
+	case <-rt.Done():
+		return nil, nil, fmt.Errorf("run: %v", rt.Err())
 	case <-time.After(bound):
 		_ = stop()
 		return nil, nil, fmt.Errorf("waited %s for the fleet_ready event", bound)

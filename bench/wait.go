@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/runtime"
 )
 
 // waitFor polls cond until it holds, and fails after limit with an error
@@ -84,17 +85,17 @@ func loadAndWait(s *discordtest.Server, got *atomic.Int64, events int, rate, flo
 	return float64(events) / time.Since(start).Seconds(), nil
 }
 
-// awaitFleet waits for a runtime's fleet_ready (ready) or its end (errc),
-// bounded by fleetReadyBound, then for every session READY with its
+// awaitFleet waits for a runtime's fleet to be ready or for its Run to
+// end, bounded by fleetReadyBound, then for every session READY with its
 // guilds sent.
-func awaitFleet(s *discordtest.Server, shards int, ready <-chan struct{}, errc <-chan error) error {
+func awaitFleet(s *discordtest.Server, shards int, rt *runtime.Runtime) error {
 	bound := fleetReadyBound(s, shards)
 	t := time.NewTimer(bound)
 	defer t.Stop()
 	select {
-	case <-ready:
-	case err := <-errc:
-		return fmt.Errorf("run: %w", err)
+	case <-rt.Ready():
+	case <-rt.Done():
+		return fmt.Errorf("run: %w", rt.Err())
 	case <-t.C:
 		return fmt.Errorf("waited %s for the fleet_ready event of %d shards: %+v", bound, shards, s.Stats())
 	}

@@ -24,7 +24,9 @@
 // [Gather] asks every member of a group and returns each member's answer
 // or error, keeping what arrived when time runs out. [Publish] delivers an
 // event to the subscribers of an address or a group; [Subscribe] watches
-// the events of the whole bus.
+// the events of the whole bus. They take a [Client]: the *Bus itself, or
+// [Bus.Client] for code that may call but must not close the bus or
+// register endpoints.
 //
 // # Timeouts and errors
 //

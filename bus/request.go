@@ -32,7 +32,8 @@ func putReply(c chan Response) { replyPool.Put(c) }
 //
 // Without strict mode, req and the reply are passed as they are, not
 // copied: do not change them after sending, or after replying.
-func Request[Req, Resp any](ctx context.Context, b *Bus, to Address, command string, req Req) (Resp, error) {
+func Request[Req, Resp any](ctx context.Context, c Client, to Address, command string, req Req) (Resp, error) {
+	b := c.bus()
 	if b.observe == nil {
 		return request[Req, Resp](ctx, b, to, command, req)
 	}
@@ -77,7 +78,8 @@ func request[Req, Resp any](ctx context.Context, b *Bus, to Address, command str
 // Like Request it fails at once for an unknown address or command, and
 // waits while the mailbox is full, until ctx ends (or the DefaultTimeout
 // passes, if ctx has no deadline). The handler's error is logged.
-func Send[Req any](ctx context.Context, b *Bus, to Address, command string, req Req) error {
+func Send[Req any](ctx context.Context, c Client, to Address, command string, req Req) error {
+	b := c.bus()
 	var payload any = req
 	if b.strict {
 		c, err := roundTrip(b.codec, req, "payload")
@@ -112,7 +114,8 @@ type Reply[Resp any] struct {
 // The members handle the request in parallel, each in its own workers.
 // Gather queues it at one member after the other, so a member whose
 // mailbox is full delays the queuing at the next ones, within ctx.
-func Gather[Req, Resp any](ctx context.Context, b *Bus, group Address, command string, req Req) ([]Reply[Resp], error) {
+func Gather[Req, Resp any](ctx context.Context, c Client, group Address, command string, req Req) ([]Reply[Resp], error) {
+	b := c.bus()
 	if b.closed.Load() {
 		return nil, fmt.Errorf("%w: Gather %s %s", ErrClosed, group, command)
 	}
@@ -195,7 +198,8 @@ type Event struct {
 // DefaultTimeout passes, if ctx has no deadline). It fails with
 // ErrUnknownAddress for a concrete address that is not registered; an
 // endpoint without a subscriber for the event is skipped.
-func Publish(ctx context.Context, b *Bus, to Address, event string, payload any) error {
+func Publish(ctx context.Context, c Client, to Address, event string, payload any) error {
+	b := c.bus()
 	if b.closed.Load() {
 		return fmt.Errorf("%w: Publish %s %s", ErrClosed, to, event)
 	}
@@ -233,15 +237,15 @@ func Publish(ctx context.Context, b *Bus, to Address, event string, payload any)
 	return nil
 }
 
-// Subscribe calls fn for every event named event published on b, to any
-// address. fn is called by [Publish], in its goroutine and with its
+// Subscribe calls fn for every event named event published on c's bus, to
+// any address. fn is called by [Publish], in its goroutine and with its
 // context, after the event was queued for the endpoints: it must return
 // quickly. A panic in fn is recovered and logged. Calling unsubscribe
 // removes exactly this subscription; calling it again does nothing. To
 // receive only the events for one address, in that endpoint's workers, use
 // [Endpoint.Subscribe].
-func Subscribe(b *Bus, event string, fn func(ctx context.Context, ev Event)) (unsubscribe func()) {
-	return b.subs.add(event, fn)
+func Subscribe(c Client, event string, fn func(ctx context.Context, ev Event)) (unsubscribe func()) {
+	return c.bus().subs.add(event, fn)
 }
 
 // deliverError adds context to an error from Transport.Deliver.

@@ -127,13 +127,13 @@ func (c *fleetCollector) collectGroups(ch chan<- prometheus.Metric, rt *runtime.
 	// A metric reported twice fails the whole scrape: report each cluster
 	// and shard once, whatever a restart or reshard under way does.
 	clusters, shards := map[int]bool{}, map[int]bool{}
-	for _, g := range rt.Groups() {
-		if clusters[g.ID()] {
+	for _, cl := range rt.Clusters() {
+		if clusters[cl.ID] {
 			continue
 		}
-		clusters[g.ID()] = true
-		cluster := strconv.Itoa(g.ID())
-		for _, sh := range g.Shards() {
+		clusters[cl.ID] = true
+		cluster := strconv.Itoa(cl.ID)
+		for _, sh := range cl.Shards {
 			if shards[sh.ID] {
 				continue
 			}
@@ -144,27 +144,26 @@ func (c *fleetCollector) collectGroups(ch chan<- prometheus.Metric, rt *runtime.
 			if sh.Latency <= 0 {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, float64(sh.Latency)/1e9, strconv.Itoa(sh.ID))
-			if c.seen[sh.ID] != sh.Latency {
-				c.seen[sh.ID] = sh.Latency
-				c.heartbeat.Observe(float64(sh.Latency) / 1e9)
+			ch <- prometheus.MustNewConstMetric(c.latency, prometheus.GaugeValue, sh.Latency.Seconds(), strconv.Itoa(sh.ID))
+			if c.seen[sh.ID] != int64(sh.Latency) {
+				c.seen[sh.ID] = int64(sh.Latency)
+				c.heartbeat.Observe(sh.Latency.Seconds())
 			}
 		}
-		caches := g.Client().Caches()
-		ch <- prometheus.MustNewConstMetric(c.guilds, prometheus.GaugeValue, float64(caches.GuildsLen()), cluster)
+		ch <- prometheus.MustNewConstMetric(c.guilds, prometheus.GaugeValue, float64(cl.Guilds), cluster)
 		for _, e := range []struct {
 			name string
 			n    int
 		}{
-			{"guilds", caches.GuildsLen()},
-			{"channels", caches.ChannelsLen()},
-			{"roles", caches.RolesAllLen()},
-			{"members", caches.MembersAllLen()},
-			{"presences", caches.PresencesAllLen()},
-			{"voice_states", caches.VoiceStatesAllLen()},
-			{"messages", caches.MessagesAllLen()},
-			{"emojis", caches.EmojisAllLen()},
-			{"stickers", caches.StickersAllLen()},
+			{"guilds", cl.Cache.Guilds},
+			{"channels", cl.Cache.Channels},
+			{"roles", cl.Cache.Roles},
+			{"members", cl.Cache.Members},
+			{"presences", cl.Cache.Presences},
+			{"voice_states", cl.Cache.VoiceStates},
+			{"messages", cl.Cache.Messages},
+			{"emojis", cl.Cache.Emojis},
+			{"stickers", cl.Cache.Stickers},
 		} {
 			ch <- prometheus.MustNewConstMetric(c.cache, prometheus.GaugeValue, float64(e.n), cluster, e.name)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/cache"
 	"github.com/disgoorg/disgo/discord"
+	"github.com/disgoorg/disgo/rest"
 	"github.com/disgoorg/snowflake/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -61,14 +62,7 @@ func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerO
 	}
 	f := &fleet{s: s, rt: rt, m: m, reg: reg}
 	f.srv = httptest.NewServer(m.Handler(opts))
-	ready := make(chan struct{}, 1)
-	unsub := rt.Subscribe(func(e runtime.Event) {
-		if _, ok := e.(runtime.FleetReady); ok {
-			ready <- struct{}{}
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	t.Cleanup(func() {
 		f.srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -76,19 +70,17 @@ func startFleet(t *testing.T, s *discordtest.Server, clusters int, opts HandlerO
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		if err := <-errc; err != nil {
-			t.Errorf("Run: %v", err)
+		if <-rt.Done(); rt.Err() != nil {
+			t.Errorf("Run: %v", rt.Err())
 		}
 	})
 	select {
-	case <-ready:
-	case err := <-errc:
-		errc <- err
-		t.Fatalf("Run: %v", err)
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run: %v", rt.Err())
 	case <-time.After(20 * time.Second):
 		t.Fatal("fleet not ready")
 	}
-	unsub()
 	return f
 }
 
@@ -225,9 +217,12 @@ func TestScrapeMatchesSimulator(t *testing.T) {
 	const route = "POST /channels/{id}/messages"
 	s.FailNextREST(route, http.StatusTooManyRequests, 2)
 	s.SharedRateLimitNext(route, 1)
-	rest := f.rt.Groups()[0].Client().Rest()
+	// A REST client on the fleet's shared limiter, as every cluster's is.
+	rc := rest.NewClient(s.Token(), rest.WithURL(s.RESTURL()), f.rt.RESTLimiter().ConfigOpt())
+	defer rc.Close(context.Background())
+	channels := rest.NewChannels(rc)
 	for i := range 3 {
-		if _, err := rest.CreateMessage(snowflake.ID(s.ChannelID(i, 0)), discord.MessageCreate{Content: "hi"}); err != nil {
+		if _, err := channels.CreateMessage(snowflake.ID(s.ChannelID(i, 0)), discord.MessageCreate{Content: "hi"}); err != nil {
 			t.Fatalf("CreateMessage: %v", err)
 		}
 	}

@@ -206,12 +206,12 @@ func (h *handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	now := time.Now()
 	type shard struct {
 		cluster int
-		info    shardgroup.ShardInfo
+		info    runtime.ShardStats
 	}
 	var all []shard
-	for _, g := range h.rt.Groups() {
-		for _, in := range g.Shards() {
-			all = append(all, shard{g.ID(), in})
+	for _, c := range h.rt.Clusters() {
+		for _, in := range c.Shards {
+			all = append(all, shard{c.ID, in})
 		}
 	}
 	if len(all) == 0 {

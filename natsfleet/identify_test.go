@@ -47,23 +47,13 @@ func identifyChild(a childArgs) error {
 	if err != nil {
 		return err
 	}
-	readyc := make(chan struct{}, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if _, ok := e.(runtime.FleetReady); ok {
-			select {
-			case readyc <- struct{}{}:
-			default:
-			}
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	fmt.Println("ready")
 	select {
-	case <-readyc:
+	case <-rt.Ready():
 		fmt.Println("fleet ready")
-	case err := <-errc:
-		return err
+	case <-rt.Done():
+		return rt.Err()
 	case <-time.After(2 * time.Minute):
 		fmt.Println("not ready in 2 minutes")
 	}
@@ -73,7 +63,8 @@ func identifyChild(a childArgs) error {
 	if err := rt.Shutdown(sctx); err != nil {
 		return err
 	}
-	return <-errc
+	<-rt.Done()
+	return rt.Err()
 }
 
 // TestIdentifyQueueAcrossProcesses runs one fleet's shards in three

@@ -31,6 +31,7 @@ type cluster struct {
 
 	mu        sync.Mutex // guards the fields below
 	group     *shardgroup.Group
+	runner    *shardgroup.Runner
 	startedAt time.Time // when the current group started
 	restarts  int       // restarts since Run began (soft, hard and supervised)
 	parked    string    // "failed" (after MaxRestarts) or "stopped" (ShutdownCluster); "" while running
@@ -74,7 +75,8 @@ func (p *pendingOp) answer(err error) {
 
 // instance is one running group and the user code on it.
 type instance struct {
-	g        *shardgroup.Group
+	g        *shardgroup.Group  // what Setup gets
+	run      *shardgroup.Runner // g's lifecycle, which only the runtime holds
 	bot      Bot
 	ready    chan struct{} // closed when every shard is ready
 	ep       *bus.Endpoint // the cluster's bus endpoint for this instance
@@ -293,6 +295,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 				r.events.emit(ShardReady{Cluster: g.ID(), Shard: shard, Ready: n, Of: env.shards, Elapsed: time.Since(r.started)})
 				if last {
 					r.emitLast()
+					close(r.fleetReady) // last is true once
 					r.events.emit(FleetReady{Shards: n, Elapsed: time.Since(r.started)})
 				}
 			}
@@ -334,16 +337,17 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 			o.GatewayEvent(g.ID(), shard, string(t))
 		}
 	}
-	g, err := shardgroup.New(shardgroup.Config{
+	run, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
-		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus,
+		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus.Client(),
 		Compression: r.cfg.Compression,
 	})
 	if err != nil {
 		return nil, err
 	}
-	inst.g = g
+	g := run.Group()
+	inst.run, inst.g = run, g
 	// Setup's ctx is the instance's life: cancelled when the instance
 	// stops or the fleet does. The wait for Setup ends with ctx too.
 	ictx, icancel := context.WithCancel(r.lifeContext())
@@ -394,21 +398,21 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 	if err != nil {
 		return nil, err
 	}
-	r.publish(c, inst.g)
+	r.publish(c, inst.run)
 	if err := inst.activate(); err != nil {
 		r.stopInstance(inst, false)
 		return nil, err
 	}
-	inst.g.StartResuming(env.groupCtx, sessions)
+	inst.run.StartResuming(env.groupCtx, sessions)
 	return inst, nil
 }
 
-func (r *Runtime) publish(c *cluster, g *shardgroup.Group) {
+func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {
 	c.mu.Lock()
 	if c.group != nil {
 		c.restarts++
 	}
-	c.group, c.startedAt = g, time.Now()
+	c.runner, c.group, c.startedAt = run, run.Group(), time.Now()
 	c.mu.Unlock()
 }
 
@@ -438,13 +442,13 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 	// left to end on its own; its session, if any, is handed over all the
 	// same, and the new shard identifies if Discord refuses it.
 	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
-	sessions, stopErr := old.g.Stop(sctx, true)
+	sessions, stopErr := old.run.Stop(sctx, true)
 	cancel()
 	if stopErr != nil {
 		r.cfg.Logger.Warn("soft restart: old shards did not stop in time", "cluster", c.id, "err", stopErr.Error())
 	}
-	r.publish(c, next.g)
-	next.g.StartResuming(env.groupCtx, sessions)
+	r.publish(c, next.run)
+	next.run.StartResuming(env.groupCtx, sessions)
 	if err := next.activate(); err != nil {
 		r.cfg.Logger.Error("cluster endpoint hand-over failed", "cluster", c.id, "err", err.Error())
 	}
@@ -501,7 +505,7 @@ func (r *Runtime) stopInstanceCtx(ctx context.Context, inst *instance, keep bool
 	}
 	gctx, cancel := context.WithTimeout(ctx, r.cfg.ShutdownTimeout)
 	defer cancel()
-	sessions, err := inst.g.Stop(gctx, keep)
+	sessions, err := inst.run.Stop(gctx, keep)
 	errs = append(errs, err)
 	inst.g.Client().Rest().Close(gctx)
 	if inst.ep != nil {

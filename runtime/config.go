@@ -20,7 +20,9 @@ import (
 )
 
 // Bot is the user's code for one cluster instance: Setup registers
-// listeners on the group's disgo client before its shards connect.
+// listeners on the group's disgo client before its shards connect. The
+// group is the cluster as its code sees it (ID, shards, disgo client, bus
+// client, logger); the runtime starts and stops it.
 //
 // Setup's ctx lives as long as the instance: it is cancelled when the
 // instance stops, when the fleet stops, or when Setup does not return

@@ -9,15 +9,28 @@
 //	...
 //	err = rt.Run(ctx) // until ctx ends, Shutdown, or a fatal close
 //
+// Run blocks; to go on once the fleet is ready, run it in the background
+// and wait on Ready and Done:
+//
+//	go rt.Run(ctx)
+//	select {
+//	case <-rt.Ready(): // every shard has been ready
+//	case <-rt.Done():
+//		return rt.Err() // Run failed or was stopped first
+//	}
+//
 // # Plan
 //
 // Run asks GET /gateway/bot for the recommended shard count (Config.Shards
 // 0), max_concurrency and the session start limit, checks that enough
 // starts remain, and splits the shards (or the slice
 // FirstShardID..LastShardID of TotalShards) into Config.Clusters
-// contiguous ranges (or ranges of about Config.ShardsPerCluster). Each cluster is a shardgroup.Group: one disgo client
-// and its shards. The user's Bot.Setup runs on the group before its shards
-// connect, so listeners see READY.
+// contiguous ranges (or ranges of about Config.ShardsPerCluster). Each
+// cluster is a shardgroup group: one disgo client and its shards, which
+// the runtime starts, stops and restarts. The user's Bot.Setup gets the
+// cluster's *shardgroup.Group before its shards connect, so listeners see
+// READY: its ID, shards, disgo client, a bus client for calls and its
+// logger, and nothing that starts or stops it.
 //
 // # Start-up at Discord's limit
 //
@@ -73,6 +86,12 @@
 //
 // Every cluster's REST client shares one restproxy.Limiter, so the fleet
 // together respects each bucket and the global limit.
+//
+// # Snapshots
+//
+// Clusters and Stats describe the fleet at one moment, as values the
+// caller owns: Clusters cheaply (states, latencies, cache sizes), Stats
+// with counts that walk the caches. Workers lists clusters and services.
 //
 // # Events and logs
 //

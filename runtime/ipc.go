@@ -86,23 +86,23 @@ type none struct{}
 
 // FetchGuild asks the cluster that owns a guild for it; nil when no
 // cluster has it.
-func FetchGuild(ctx context.Context, b *bus.Bus, id snowflake.ID) (*discord.Guild, error) {
+func FetchGuild(ctx context.Context, b bus.Client, id snowflake.ID) (*discord.Guild, error) {
 	return bus.Request[FetchRequest, *discord.Guild](ctx, b, bus.Admiral, CmdFetchGuild, FetchRequest{ID: id})
 }
 
 // FetchMember asks the cluster that owns a guild for one of its members.
-func FetchMember(ctx context.Context, b *bus.Bus, guildID, userID snowflake.ID) (*discord.Member, error) {
+func FetchMember(ctx context.Context, b bus.Client, guildID, userID snowflake.ID) (*discord.Member, error) {
 	return bus.Request[FetchRequest, *discord.Member](ctx, b, bus.Admiral, CmdFetchMember, FetchRequest{ID: userID, GuildID: guildID})
 }
 
 // FetchUser asks every cluster for a user; nil when none knows it.
-func FetchUser(ctx context.Context, b *bus.Bus, id snowflake.ID) (*discord.User, error) {
+func FetchUser(ctx context.Context, b bus.Client, id snowflake.ID) (*discord.User, error) {
 	return bus.Request[FetchRequest, *discord.User](ctx, b, bus.Admiral, CmdFetchUser, FetchRequest{ID: id})
 }
 
 // FetchChannel asks every cluster for a guild channel; nil when none
 // knows it.
-func FetchChannel(ctx context.Context, b *bus.Bus, id snowflake.ID) (discord.Channel, error) {
+func FetchChannel(ctx context.Context, b bus.Client, id snowflake.ID) (discord.Channel, error) {
 	raw, err := bus.Request[FetchRequest, json.RawMessage](ctx, b, bus.Admiral, CmdFetchChannel, FetchRequest{ID: id})
 	if err != nil || len(raw) == 0 || string(raw) == "null" {
 		return nil, err
@@ -115,12 +115,12 @@ func FetchChannel(ctx context.Context, b *bus.Bus, id snowflake.ID) (discord.Cha
 }
 
 // GetStats asks the admiral for a Stats snapshot.
-func GetStats(ctx context.Context, b *bus.Bus) (Stats, error) {
+func GetStats(ctx context.Context, b bus.Client) (Stats, error) {
 	return bus.Request[none, Stats](ctx, b, bus.Admiral, CmdStats, none{})
 }
 
 // GetWorkers lists the clusters and services.
-func GetWorkers(ctx context.Context, b *bus.Bus) (Workers, error) {
+func GetWorkers(ctx context.Context, b bus.Client) (Workers, error) {
 	return bus.Request[none, Workers](ctx, b, bus.Admiral, CmdWorkers, none{})
 }
 
@@ -129,7 +129,7 @@ func GetWorkers(ctx context.Context, b *bus.Bus) (Workers, error) {
 // every shard has identified: give ctx a deadline for that (the bus's
 // default is RequestTimeout); a caller that stops waiting leaves the
 // restart going on.
-func RestartCluster(ctx context.Context, b *bus.Bus, cluster int, hard bool) error {
+func RestartCluster(ctx context.Context, b bus.Client, cluster int, hard bool) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartCluster, RestartRequest{Cluster: cluster, Hard: hard})
 	return err
 }
@@ -138,7 +138,7 @@ func RestartCluster(ctx context.Context, b *bus.Bus, cluster int, hard bool) err
 // when they all are. The restarts run on the runtime's own context: ctx
 // bounds only the wait, never the work, however long a request on b may
 // take.
-func RestartAllClusters(ctx context.Context, b *bus.Bus, hard bool) error {
+func RestartAllClusters(ctx context.Context, b bus.Client, hard bool) error {
 	op, err := StartRestartAllClusters(ctx, b, hard)
 	if err != nil {
 		return err
@@ -149,37 +149,37 @@ func RestartAllClusters(ctx context.Context, b *bus.Bus, hard bool) error {
 
 // StartRestartAllClusters starts a rolling restart of every cluster and
 // returns the operation at once.
-func StartRestartAllClusters(ctx context.Context, b *bus.Bus, hard bool) (Operation, error) {
+func StartRestartAllClusters(ctx context.Context, b bus.Client, hard bool) (Operation, error) {
 	return bus.Request[RestartRequest, Operation](ctx, b, bus.Admiral, CmdRestartAllClusters, RestartRequest{Hard: hard})
 }
 
 // RestartService soft-restarts a service (or restarts it, with hard).
-func RestartService(ctx context.Context, b *bus.Bus, name string, hard bool) error {
+func RestartService(ctx context.Context, b bus.Client, name string, hard bool) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartService, RestartRequest{Service: name, Hard: hard})
 	return err
 }
 
 // RestartAllServices restarts every service, one at a time.
-func RestartAllServices(ctx context.Context, b *bus.Bus, hard bool) error {
+func RestartAllServices(ctx context.Context, b bus.Client, hard bool) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartAllServices, RestartRequest{Hard: hard})
 	return err
 }
 
 // ShutdownCluster stops a cluster for good.
-func ShutdownCluster(ctx context.Context, b *bus.Bus, cluster int) error {
+func ShutdownCluster(ctx context.Context, b bus.Client, cluster int) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownCluster, RestartRequest{Cluster: cluster})
 	return err
 }
 
 // ShutdownService stops a service for good.
-func ShutdownService(ctx context.Context, b *bus.Bus, name string) error {
+func ShutdownService(ctx context.Context, b bus.Client, name string) error {
 	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownService, RestartRequest{Service: name})
 	return err
 }
 
 // TotalShutdown asks the runtime to stop everything; it returns once the
 // shutdown has begun.
-func TotalShutdown(ctx context.Context, b *bus.Bus) error {
+func TotalShutdown(ctx context.Context, b bus.Client) error {
 	_, err := bus.Request[none, none](ctx, b, bus.Admiral, CmdTotalShutdown, none{})
 	return err
 }
@@ -190,7 +190,7 @@ func TotalShutdown(ctx context.Context, b *bus.Bus) error {
 // longer than the bus's request timeout completes; a ctx that ends
 // returns ctx's error and leaves the reshard running (see
 // StartReshardRequest to poll it).
-func RequestReshard(ctx context.Context, b *bus.Bus, opts ReshardOptions) error {
+func RequestReshard(ctx context.Context, b bus.Client, opts ReshardOptions) error {
 	op, err := StartReshardRequest(ctx, b, opts)
 	if err != nil {
 		return err
@@ -200,12 +200,12 @@ func RequestReshard(ctx context.Context, b *bus.Bus, opts ReshardOptions) error 
 }
 
 // StartReshardRequest starts a reshard and returns the operation at once.
-func StartReshardRequest(ctx context.Context, b *bus.Bus, opts ReshardOptions) (Operation, error) {
+func StartReshardRequest(ctx context.Context, b bus.Client, opts ReshardOptions) (Operation, error) {
 	return bus.Request[ReshardOptions, Operation](ctx, b, bus.Admiral, CmdReshard, opts)
 }
 
 // GetOperation asks for an operation's state.
-func GetOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error) {
+func GetOperation(ctx context.Context, b bus.Client, id string) (Operation, error) {
 	return bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id})
 }
 
@@ -213,7 +213,7 @@ func GetOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error)
 // operation has ended or ctx ends. It returns the operation and, if it
 // failed, an error saying why. A query that times out (a busy bus) is
 // asked again; the operation goes on either way.
-func WaitForOperation(ctx context.Context, b *bus.Bus, id string) (Operation, error) {
+func WaitForOperation(ctx context.Context, b bus.Client, id string) (Operation, error) {
 	for {
 		op, err := bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id, Wait: operationBusWait})
 		switch {

@@ -61,7 +61,7 @@ func TestIPC(t *testing.T) {
 		return echoService{instance: int(instances.Add(1)), ready: &ready}
 	}}}
 	cfg.Bot = func(id int) Bot { return ipcBot{cluster: id, serviceReady: &ready, early: &early} }
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	b := rt.Bus()
 	ctx := context.Background()
@@ -78,7 +78,7 @@ func TestIPC(t *testing.T) {
 	t.Run("fetchGuild routed to the owning cluster", func(t *testing.T) {
 		// READY comes before the guilds: wait until they are all cached.
 		waitFor(t, func() bool {
-			for _, g := range rt.Groups() {
+			for _, g := range rt.groups() {
 				if !g.Loaded() {
 					return false
 				}
@@ -199,11 +199,12 @@ func TestDuplicateServiceNames(t *testing.T) {
 func TestTotalShutdownOverTheBus(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, errc := runReady(t, testConfig(s))
+	rt := runReady(t, testConfig(s))
 	if err := TotalShutdown(context.Background(), rt.Bus()); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-errc; err != nil {
+	<-rt.Done()
+	if err := rt.Err(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if _, err := GetWorkers(context.Background(), rt.Bus()); !errors.Is(err, bus.ErrClosed) && !errors.Is(err, bus.ErrUnknownAddress) {

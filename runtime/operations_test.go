@@ -17,7 +17,7 @@ func TestReshardOverTheBusOutlivesTheRequestTimeout(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.RequestTimeout = 500 * time.Millisecond
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventReshardDone)
 	start := time.Now()
@@ -42,7 +42,7 @@ func TestOperationsCanBePolled(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 2
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	ctx := context.Background()
 
@@ -80,7 +80,7 @@ func TestOperationsEndWithTheFleet(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
 		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, stop, _ := startFleet(t, testConfig(s))
+	rt, stop := startFleet(t, testConfig(s))
 	s.HoldShard(3) // the reshard never completes
 	defer s.ReleaseShard(3)
 	op, err := rt.StartReshard(ReshardOptions{Shards: 4})

@@ -28,16 +28,17 @@ func TestTokenNeverPrinted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := shardgroup.New(shardgroup.Config{Token: cfg.Token, ShardIDs: []int{0}, ShardCount: 1,
+	run, err := shardgroup.New(shardgroup.Config{Token: cfg.Token, ShardIDs: []int{0}, ShardCount: 1,
 		IdentifyLimiter: noLimiter{}, GatewayURL: s.GatewayURL(),
 		// disgo's own REST limiter starts a goroutine nothing stops.
 		ClientOptions: []bot.ConfigOpt{bot.WithRestClientConfigOpts(rest.WithRateLimiter(rest.NewNoopRateLimiter()))}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	g := run.Group()
 	defer g.Client().Close(t.Context())
 	sgCfg := shardgroup.Config{Token: cfg.Token, ShardIDs: []int{0}, ShardCount: 1}
-	values := map[string]any{"token": cfg.Token, "config": cfg, "shardgroup config": sgCfg, "runtime": rt, "group": g}
+	values := map[string]any{"token": cfg.Token, "config": cfg, "shardgroup config": sgCfg, "runtime": rt, "group": g, "runner": run}
 	for name, v := range values {
 		var outs []string
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {

@@ -116,11 +116,11 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	}
 	// The old generation remembers what it delivers from now on, so that
 	// the cut-over can tell what the new one holds that it has not.
-	oldGroups := make([]*shardgroup.Group, 0, len(old))
+	oldGroups := make([]*shardgroup.Runner, 0, len(old))
 	for _, c := range old {
 		c.mu.Lock()
-		if c.group != nil { // nil: the cluster never got past Setup; it delivers nothing
-			oldGroups = append(oldGroups, c.group)
+		if c.runner != nil { // nil: the cluster never got past Setup; it delivers nothing
+			oldGroups = append(oldGroups, c.runner)
 		}
 		c.mu.Unlock()
 	}
@@ -147,10 +147,10 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 			abort()
 			return err
 		}
-		c.group, c.startedAt = inst.g, time.Now()
+		c.runner, c.group, c.startedAt = inst.run, inst.g, time.Now()
 		clusters = append(clusters, c)
 		insts = append(insts, inst)
-		inst.g.Start(env.groupCtx)
+		inst.run.Start(env.groupCtx)
 	}
 	select {
 	case <-loaded:
@@ -164,9 +164,9 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 
 	// The cut-over: each new shard takes its guilds over from the old
 	// shards once they have delivered what it does not hold.
-	newGroups := make([]*shardgroup.Group, 0, len(insts))
+	newGroups := make([]*shardgroup.Runner, 0, len(insts))
 	for _, inst := range insts {
-		newGroups = append(newGroups, inst.g)
+		newGroups = append(newGroups, inst.run)
 	}
 	if err := shardgroup.CutOver(ctx, r.stopping, oldGroups, newGroups); err != nil {
 		abort()

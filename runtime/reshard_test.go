@@ -111,7 +111,7 @@ func TestReshardExactlyOnce(t *testing.T) {
 			l := newTally()
 			cfg := testConfig(s)
 			cfg.Bot, cfg.Clusters = l.bot, 2
-			rt, stop, _ := startFleet(t, cfg)
+			rt, stop := startFleet(t, cfg)
 			defer stop()
 			cuts := 0
 			var begin, cut atomic.Pointer[chan struct{}]
@@ -191,7 +191,7 @@ func TestReshardWaitsForInvalidatedShard(t *testing.T) {
 	l := newTally()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 2
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	const victim = 12 // a shard only the new generation has
 	var mu sync.Mutex
@@ -243,7 +243,7 @@ func TestShutdownDuringReshard(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
 		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, stop, _ := startFleet(t, testConfig(s))
+	rt, stop := startFleet(t, testConfig(s))
 	s.HoldShard(3) // one shard of the new generation never gets READY
 	defer s.ReleaseShard(3)
 	started := make(chan struct{})

@@ -44,6 +44,9 @@ type Runtime struct {
 	stopping chan struct{}              // closed when Run begins to stop
 	kept     map[int]shardgroup.Session // sessions of stopped shards, to save
 
+	runErr     error         // what Run returned, once stopped is closed; guarded by mu
+	fleetReady chan struct{} // closed when the fleet is first ready
+
 	bus      *bus.Bus
 	ownBus   bool // the runtime made the bus and closes it
 	busReqs  atomic.Int64
@@ -91,7 +94,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog), clock: clock.Real{},
+	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog), clock: clock.Real{}, fleetReady: make(chan struct{}),
 		shutdown: make(chan struct{}), stopped: make(chan struct{}), planned: make(chan struct{}),
 		stopping: make(chan struct{}), opSlot: make(chan struct{}, 1), allFailed: make(chan struct{})}
 	if c.RESTLimiter == nil && !c.NoSharedRESTLimiter {
@@ -221,7 +224,12 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		case <-startCtx.Done():
 		}
 	}()
-	defer close(r.stopped)
+	defer func() {
+		r.mu.Lock()
+		r.runErr = err
+		r.mu.Unlock()
+		close(r.stopped)
+	}()
 	defer func() {
 		if startCtx.Err() != nil && errors.Is(err, startCtx.Err()) {
 			err = nil // stopped by the caller: not a failure
@@ -325,6 +333,30 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		return runErr
 	}
 	return stopErr
+}
+
+// Ready is closed once every shard of the fleet has been ready (when
+// EventFleetReady is emitted). It stays closed: a shard that disconnects
+// later does not reopen it. If Run fails or is stopped before the fleet is
+// ready, Ready is never closed; wait for Done too:
+//
+//	go rt.Run(ctx)
+//	select {
+//	case <-rt.Ready():
+//	case <-rt.Done():
+//		return rt.Err() // Run failed, or was stopped, before ready
+//	}
+func (r *Runtime) Ready() <-chan struct{} { return r.fleetReady }
+
+// Done is closed when Run returns; Err is then what it returned. It is
+// never closed for a runtime whose Run was not called.
+func (r *Runtime) Done() <-chan struct{} { return r.stopped }
+
+// Err is what Run returned, once Done is closed; nil before.
+func (r *Runtime) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runErr
 }
 
 // stop stops the fleet within ShutdownTimeout: operations under way and
@@ -612,19 +644,4 @@ func (r *Runtime) beginShutdown() bool {
 		close(r.shutdown)
 	}
 	return r.running
-}
-
-// Groups returns the clusters' current groups, in cluster order.
-func (r *Runtime) Groups() []*shardgroup.Group {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]*shardgroup.Group, 0, len(r.clusters))
-	for _, c := range r.clusters {
-		c.mu.Lock()
-		if c.group != nil {
-			out = append(out, c.group)
-		}
-		c.mu.Unlock()
-	}
-	return out
 }

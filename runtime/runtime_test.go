@@ -36,15 +36,28 @@ func testConfig(s *discordtest.Server) Config {
 // down and returns Run's error.
 func runUntil(t *testing.T, rt *Runtime) func() error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		return <-errc
+		<-rt.Done()
+		return rt.Err()
+	}
+}
+
+// waitReady waits until rt's fleet is ready, failing the test if Run
+// returns first.
+func waitReady(t *testing.T, rt *Runtime) {
+	t.Helper()
+	select {
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run returned before the fleet was ready: %v", rt.Err())
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleet not ready")
 	}
 }
 
@@ -86,7 +99,7 @@ func TestStartupAtTheIdentifyLimit(t *testing.T) {
 	if ev.Elapsed > 700*time.Millisecond && !raceEnabled {
 		t.Fatalf("fleet ready in %s, want <= 700ms", ev.Elapsed)
 	}
-	if groups := rt.Groups(); len(groups) != 4 {
+	if groups := rt.groups(); len(groups) != 4 {
 		t.Fatalf("%d groups", len(groups))
 	}
 }
@@ -220,7 +233,7 @@ func TestFaultsRecover(t *testing.T) {
 	c := newCounter()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = c.bot, 2
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	n := 0
 	// send dispatches the next event once a session (connected or
 	// resumable) owns its guild: a shard that lost its session gets
@@ -268,11 +281,11 @@ func itoa(i int) string { return strconv.Itoa(i) }
 func TestAuthenticationCloseStopsRunQuickly(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	_, errc := runReady(t, testConfig(s))
+	rt := runReady(t, testConfig(s))
 	s.CloseShard(0, discordtest.CloseAuthenticationFailed, "Authentication failed.")
 	select {
-	case err := <-errc:
-		if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+	case <-rt.Done():
+		if err := rt.Err(); err == nil || !strings.Contains(err.Error(), "authentication failed") {
 			t.Fatalf("Run: %v", err)
 		}
 	case <-time.After(time.Second):
@@ -335,7 +348,7 @@ func TestWhatToLogAndNoToken(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.WhatToLog = WhatToLog{Deny: []EventKind{EventShardIdentify}}
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -398,12 +411,12 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID = 4, 2, 3
 	stopped := make(chan int, 4)
 	cfg.Bot = func(int) Bot { return hookBot{stopped} }
-	rt, stop, e := startFleet(t, cfg)
-	if e.Shards != 2 {
-		t.Fatalf("fleet of %d shards, want 2", e.Shards)
+	rt, stop := startFleet(t, cfg)
+	if n := rt.Stats().Shards; n != 2 {
+		t.Fatalf("fleet of %d shards, want 2", n)
 	}
 	var ids []int
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		ids = append(ids, g.ShardIDs()...)
 		if g.ShardCount() != 4 {
 			t.Fatalf("shard count %d, want 4", g.ShardCount())
@@ -415,8 +428,8 @@ func TestSliceOfFleetAndShutdownHooks(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(stopped); n != len(rt.Groups()) {
-		t.Fatalf("%d Shutdown hooks ran, want %d", n, len(rt.Groups()))
+	if n := len(stopped); n != len(rt.groups()) {
+		t.Fatalf("%d Shutdown hooks ran, want %d", n, len(rt.groups()))
 	}
 	for _, id := range s.Identifies() {
 		if id.Shard < 2 || id.Shards != 4 {
@@ -432,12 +445,12 @@ func TestClustersShareTheRESTLimiter(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 4
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	channel := snowflake.ID(s.ChannelID(0, 0))
 	var wg sync.WaitGroup
 	errs := make(chan error, 4*15)
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for range 15 {
 			wg.Add(1)
 			go func() {
@@ -467,7 +480,7 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 2
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	ctx := context.Background()
 	before := s.Stats().Identifies
@@ -476,7 +489,7 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	}
 	// The new instance identifies its two shards anew.
 	waitFor(t, func() bool { return s.Stats().Identifies == before+2 })
-	waitFor(t, func() bool { return rt.Groups()[1].State() == shardgroup.StateReady })
+	waitFor(t, func() bool { return rt.groups()[1].State() == shardgroup.StateReady })
 
 	if err := rt.ShutdownCluster(ctx, 0); err != nil {
 		t.Fatal(err)
@@ -499,7 +512,7 @@ func TestShardsPerClusterSizesClusters(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.ShardsPerCluster = 4
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	sizes := func() []int {
 		var n []int
@@ -546,7 +559,7 @@ func TestRestartReturnsWhenReady(t *testing.T) {
 			return nil
 		})
 	}
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	<-groups // the first instance
 	shardReady := func(g *shardgroup.Group, id int) bool {

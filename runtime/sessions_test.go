@@ -82,7 +82,7 @@ func TestForeignResumeURLIsNeverDialled(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.SessionStore = store
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestOneWarningPerLoad(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.SessionStore, cfg.Clusters = store, 2
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -129,7 +129,7 @@ func TestSetupErrorOnFirstStartFailsTheCluster(t *testing.T) {
 // guildOfCluster returns the index of a guild whose shard the cluster runs.
 func guildOfCluster(t *testing.T, rt *Runtime, srv *discordtest.Server, cluster int) int {
 	t.Helper()
-	g := rt.Groups()[cluster]
+	g := rt.groups()[cluster]
 	for i := range srv.Guilds() {
 		shard := int((srv.GuildID(i) >> 22) % uint64(g.ShardCount()))
 		for _, id := range g.ShardIDs() {
@@ -152,17 +152,17 @@ func TestSetupErrorInSoftRestartKeepsTheOldInstance(t *testing.T) {
 	sc := newScript(map[int][]error{0: {nil, errDatabaseDown}})
 	cfg := testConfig(srv)
 	cfg.Bot, cfg.MaxRestarts = sc.bot, 1
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventClusterRestarted, EventSoftRestartHandedOver)
 	ctx := context.Background()
-	old, before := rt.Groups()[0], srv.Stats()
+	old, before := rt.groups()[0], srv.Stats()
 
 	err := rt.SoftRestart(ctx, 0)
 	if !errors.Is(err, errDatabaseDown) || !strings.Contains(err.Error(), "old instance keeps serving") {
 		t.Fatalf("SoftRestart = %v, want the Setup's error and the old instance serving", err)
 	}
-	if rt.Groups()[0] != old {
+	if rt.groups()[0] != old {
 		t.Fatal("the failed instance replaced the old one")
 	}
 	sc.deliver(t, srv, 0, 1) // the old instance's listener still hears events
@@ -185,7 +185,7 @@ func TestSetupErrorInSoftRestartKeepsTheOldInstance(t *testing.T) {
 	if err := rt.SoftRestart(ctx, 0); err != nil {
 		t.Fatalf("second SoftRestart: %v", err)
 	}
-	if rt.Groups()[0] == old || srv.Stats().Identifies != before.Identifies {
+	if rt.groups()[0] == old || srv.Stats().Identifies != before.Identifies {
 		t.Fatal("the second soft restart did not hand over")
 	}
 	if _, shutdowns := sc.counts(0); shutdowns != 1 {
@@ -207,7 +207,7 @@ func TestSetupErrorInSupervisedRestartUsesTheBudget(t *testing.T) {
 	sc := newScript(map[int][]error{1: {nil, errDatabaseDown, errDatabaseDown}})
 	cfg := testConfig(srv)
 	cfg.Bot, cfg.Clusters, cfg.MaxRestarts, cfg.RestartBackoff = sc.bot, 2, 1, time.Millisecond
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventClusterRestarted, EventClusterFailed)
 

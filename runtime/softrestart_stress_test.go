@@ -73,14 +73,15 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 	tr := newTracker(s)
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = tr.bot, clusters
-	rt, runErr := runReady(t, cfg)
+	rt := runReady(t, cfg)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := rt.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-		if err := <-runErr; err != nil {
+		<-rt.Done()
+		if err := rt.Err(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()
@@ -100,8 +101,8 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 			began := time.Now()
 			n, err := restartUnderFaults(rt, s, c, []int{2 * c, 2*c + 1}, rng, &trace)
 			if errors.Is(err, ErrNotRunning) {
-				err = fmt.Errorf("%w (Run returned %v)", err, <-runErr)
-				runErr = closedErr
+				<-rt.Done()
+				err = fmt.Errorf("%w (Run returned %v)", err, rt.Err())
 			}
 			if testing.Verbose() {
 				t.Logf("round %d cluster %d: %s", round, c, time.Since(began))
@@ -158,13 +159,6 @@ func TestSoftRestartUnderFaults(t *testing.T) {
 func (k faultKind) String() string {
 	return [...]string{"op7", "op9-resumable", "op9-invalid", "drop", "hold", "release"}[k]
 }
-
-// closedErr stands for Run's error once it has been read.
-var closedErr = func() <-chan error {
-	c := make(chan error, 1)
-	c <- nil
-	return c
-}()
 
 func diffCounts(before, after map[string]int) map[string]int {
 	out := map[string]int{}
@@ -269,7 +263,7 @@ func restartUnderFaults(rt *Runtime, s *discordtest.Server, cluster int, shards 
 func waitClusterReady(rt *Runtime, cluster int) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		g := rt.Groups()[cluster]
+		g := rt.groups()[cluster]
 		if g.State() == shardgroup.StateReady {
 			return nil
 		}
@@ -358,7 +352,7 @@ func (tr *tracker) bot(int) Bot {
 // watch records each shard's session at the start, and the RESUMEDs.
 func (tr *tracker) watch(rt *Runtime) {
 	tr.mu.Lock()
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for _, id := range g.ShardIDs() {
 			if sid := g.Client().ShardManager().Shard(id).SessionID(); sid != nil {
 				tr.lastSess[id] = *sid
@@ -435,7 +429,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 			if !ok { // the shard is between sessions: try again
 				select {
 				case <-deadline:
-					t.Fatalf("shard %d: no session took a message in 20s: %v", shard, rt.Groups())
+					t.Fatalf("shard %d: no session took a message in 20s: %v", shard, rt.groups())
 				case <-time.After(time.Millisecond):
 				}
 				continue
@@ -451,7 +445,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 				case <-tr.notify:
 				case <-deadline:
 					var states []shardgroup.ShardInfo
-					for _, g := range rt.Groups() {
+					for _, g := range rt.groups() {
 						states = append(states, g.Shards()...)
 					}
 					st := tr.s.Stats()
@@ -473,7 +467,7 @@ func (tr *tracker) markers(t *testing.T, rt *Runtime, shards int) {
 // gap (checked apart too).
 func (tr *tracker) account(rt *Runtime, shards int) (lost, excused int, unexcused []string, dups int) {
 	current := map[int]string{}
-	for _, g := range rt.Groups() {
+	for _, g := range rt.groups() {
 		for _, id := range g.ShardIDs() {
 			if sid := g.Client().ShardManager().Shard(id).SessionID(); sid != nil {
 				current[id] = *sid

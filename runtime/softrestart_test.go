@@ -74,45 +74,30 @@ func (l *ledger) waitN(t *testing.T, n int64) {
 	}
 }
 
-// runReady runs a runtime in the background until its fleet is ready and
-// returns it with the channel Run's error arrives on.
-func runReady(t *testing.T, cfg Config) (*Runtime, <-chan error) {
+// runReady runs a runtime in the background until its fleet is ready;
+// its Done and Err tell when Run returns and what.
+func runReady(t *testing.T, cfg Config) *Runtime {
 	t.Helper()
 	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan FleetReady, 1)
-	unsub := rt.Subscribe(func(e Event) {
-		if e, ok := e.(FleetReady); ok {
-			ready <- e
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	waitEvent(t, ready)
-	unsub()
-	return rt, errc
+	go rt.Run(context.Background())
+	waitReady(t, rt)
+	return rt
 }
 
-// startFleet runs a runtime and waits for it to be ready; it returns the
-// fleet-ready event and a func that shuts the runtime down.
-func startFleet(t *testing.T, cfg Config) (*Runtime, func() error, FleetReady) {
+// startFleet runs a runtime and waits for it to be ready; it returns a
+// func that shuts the runtime down and returns Run's error.
+func startFleet(t *testing.T, cfg Config) (*Runtime, func() error) {
 	t.Helper()
 	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan FleetReady, 1)
-	unsub := rt.Subscribe(func(e Event) {
-		if e, ok := e.(FleetReady); ok {
-			ready <- e
-		}
-	})
 	stop := runUntil(t, rt)
-	ev := waitEvent(t, ready)
-	unsub()
-	return rt, stop, ev
+	waitReady(t, rt)
+	return rt, stop
 }
 
 func loadServer() *discordtest.Server {
@@ -126,7 +111,7 @@ func TestSoftRestartUnderLoad(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 4
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 
 	var paused []time.Duration
@@ -183,7 +168,7 @@ func TestSoftRestartFallsBackToIdentify(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 4
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	before := s.Stats()
 	s.RefuseResumes(0, 1) // cluster 0 runs shards 0 and 1
@@ -216,7 +201,7 @@ func TestResumeAcrossProcessRestart(t *testing.T) {
 	l := newLedger()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters, cfg.SessionStore = l.bot, 4, store
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +217,7 @@ func TestResumeAcrossProcessRestart(t *testing.T) {
 		}
 	}
 	identifies := s.Stats().Identifies
-	_, stop2, _ := startFleet(t, cfg) // the "new binary"
+	_, stop2 := startFleet(t, cfg) // the "new binary"
 	l.waitN(t, 64)
 	if err := stop2(); err != nil {
 		t.Fatal(err)
@@ -276,7 +261,7 @@ func TestBadSessionStoresFallBackToIdentify(t *testing.T) {
 			cfg := testConfig(s)
 			cfg.SessionStore = tc.store
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-			_, stop, _ := startFleet(t, cfg)
+			_, stop := startFleet(t, cfg)
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}

@@ -178,8 +178,29 @@ func (r *Runtime) Stats() Stats {
 	return st
 }
 
-// clusterStats describes one cluster; mark is the cluster's tag in users.
-func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark int32) ClusterStats {
+// Clusters returns every cluster's state, in cluster order: what Stats
+// reports of each, without walking the caches. Its counts are those the
+// caches keep (Guilds, VoiceConnections, Cache); Users, Members,
+// LargeGuilds and each shard's Guilds, which Stats counts guild by guild,
+// are zero. It is cheap enough for every health check and scrape, and
+// safe to call at any time: before Run it reports no clusters. The caller
+// owns the slices.
+func (r *Runtime) Clusters() []ClusterStats {
+	now := time.Now()
+	r.mu.Lock()
+	clusters := append([]*cluster(nil), r.clusters...)
+	r.mu.Unlock()
+	out := make([]ClusterStats, 0, len(clusters))
+	for _, c := range clusters {
+		cs, _ := clusterState(c, now)
+		out = append(out, cs)
+	}
+	return out
+}
+
+// clusterState describes one cluster from its states and the sizes of its
+// caches, and returns its group (nil before its first one).
+func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 	c.mu.Lock()
 	g, startedAt := c.group, c.startedAt
 	cs := ClusterStats{ID: c.id, Restarts: c.restarts, Failed: c.parked == "failed"}
@@ -189,21 +210,48 @@ func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark 
 		for i, id := range c.shards {
 			cs.Shards[i] = ShardStats{ID: id, State: shardgroup.StateIdle}
 		}
-		return cs
+		return cs, nil
 	}
 	cs.State = g.State()
 	cs.Uptime = now.Sub(startedAt)
 	cs.ListenerPanics = g.ListenerPanics()
 	infos := g.Shards()
 	cs.Shards = make([]ShardStats, len(infos))
-	index := make(map[int]int, len(infos)) // shard ID -> position
 	for i, in := range infos {
 		cs.Shards[i] = ShardStats{ID: in.ID, State: in.State, Latency: time.Duration(in.Latency), Events: in.Events, Zombies: in.Zombies}
-		index[in.ID] = i
 	}
-
 	client := g.Client()
 	caches := client.Caches()
+	cs.Guilds = caches.GuildsLen()
+	if vm := client.VoiceManager(); vm != nil {
+		vm.ForEachCon(func(voice.Conn) { cs.VoiceConnections++ })
+	}
+	cs.Cache = CacheStats{
+		Guilds:      cs.Guilds,
+		Channels:    caches.ChannelsLen(),
+		Roles:       caches.RolesAllLen(),
+		Members:     caches.MembersAllLen(),
+		Presences:   caches.PresencesAllLen(),
+		VoiceStates: caches.VoiceStatesAllLen(),
+		Messages:    caches.MessagesAllLen(),
+		Emojis:      caches.EmojisAllLen(),
+		Stickers:    caches.StickersAllLen(),
+	}
+	return cs, g
+}
+
+// clusterStats describes one cluster, walking its caches; mark is the
+// cluster's tag in users.
+func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark int32) ClusterStats {
+	cs, g := clusterState(c, now)
+	if g == nil {
+		return cs
+	}
+	index := make(map[int]int, len(cs.Shards)) // shard ID -> position
+	for i, sh := range cs.Shards {
+		index[sh.ID] = i
+	}
+	caches := g.Client().Caches()
 	total := uint64(max(g.ShardCount(), 1))
 	// GuildsForEach holds the guild cache's read lock for the walk: keep
 	// the callback short and look at members after it.
@@ -219,6 +267,7 @@ func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark 
 		}
 	})
 	cs.Guilds = len(ids)
+	cs.Cache.Guilds = cs.Guilds
 	if caches.MembersAllLen() > 0 {
 		// One guild at a time: each walk takes the member cache's read
 		// lock briefly, so writers interleave.
@@ -230,20 +279,6 @@ func clusterStats(c *cluster, now time.Time, users map[snowflake.ID]int32, mark 
 				}
 			})
 		}
-	}
-	if vm := client.VoiceManager(); vm != nil {
-		vm.ForEachCon(func(voice.Conn) { cs.VoiceConnections++ })
-	}
-	cs.Cache = CacheStats{
-		Guilds:      cs.Guilds,
-		Channels:    caches.ChannelsLen(),
-		Roles:       caches.RolesAllLen(),
-		Members:     caches.MembersAllLen(),
-		Presences:   caches.PresencesAllLen(),
-		VoiceStates: caches.VoiceStatesAllLen(),
-		Messages:    caches.MessagesAllLen(),
-		Emojis:      caches.EmojisAllLen(),
-		Stickers:    caches.StickersAllLen(),
 	}
 	return cs
 }

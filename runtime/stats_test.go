@@ -38,7 +38,7 @@ func TestStatsSnapshot(t *testing.T) {
 	cfg.Clusters = 2
 	// disgo caches nothing unless asked.
 	cfg.ClientOptions = []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))}
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	var st Stats
 	// READY comes before the guilds: wait until every GUILD_CREATE and
 	// every dispatch the simulator wrote has been counted.
@@ -127,7 +127,7 @@ func TestStatsLoopEmitsAndStops(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
 		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	rt, stop, _ := startFleet(t, testConfig(s))
+	rt, stop := startFleet(t, testConfig(s))
 	got := make(chan StatsReport, 16)
 	unsub := rt.Subscribe(func(e Event) {
 		if e, ok := e.(StatsReport); ok {
@@ -165,7 +165,7 @@ func TestStatsDuringLoad(t *testing.T) {
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = l.bot, 2
 	cfg.ClientOptions = []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))}
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	snapshots := 0
@@ -207,11 +207,10 @@ func BenchmarkStats(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	defer func() {
 		rt.Shutdown(context.Background())
-		<-errc
+		<-rt.Done()
 	}()
 	deadline := time.Now().Add(time.Minute)
 	for rt.Stats().Guilds < guilds {

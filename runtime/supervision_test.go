@@ -181,7 +181,7 @@ func TestSetupHangingHonouringCtxIsRestarted(t *testing.T) {
 	}}
 	cfg := testConfig(s)
 	cfg.Bot, cfg.ClusterTimeout, cfg.RestartBackoff = f.bot, 200*time.Millisecond, time.Millisecond
-	_, stop, _ := startFleet(t, cfg)
+	_, stop := startFleet(t, cfg)
 	if n := f.calls.Load(); n != 2 {
 		t.Fatalf("Setup called %d times, want 2", n)
 	}
@@ -205,10 +205,8 @@ func TestSetupHangingIgnoringCtx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := record(rt, EventFleetReady)
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	waitEvent(t, ready.ch) // the second Setup serves while the first still hangs
+	go rt.Run(context.Background())
+	waitReady(t, rt) // the second Setup serves while the first still hangs
 	start := time.Now()
 	err = rt.Shutdown(context.Background())
 	took := time.Since(start)
@@ -218,7 +216,7 @@ func TestSetupHangingIgnoringCtx(t *testing.T) {
 	if took > cfg.ShutdownTimeout+2*time.Second {
 		t.Fatalf("Shutdown took %s, ShutdownTimeout is %s", took, cfg.ShutdownTimeout)
 	}
-	if err := <-errc; err == nil {
+	if <-rt.Done(); rt.Err() == nil {
 		t.Fatal("Run returned nil with a Setup still running")
 	}
 }
@@ -262,15 +260,15 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 	}}
 	cfg := testConfig(s)
 	cfg.Bot, cfg.RestartBackoff = f.bot, time.Millisecond
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventClusterRestarted)
 	ctx := context.Background()
-	before := rt.Groups()[0]
+	before := rt.groups()[0]
 	if err := rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "old instance keeps serving") {
 		t.Fatalf("SoftRestart = %v, want the Setup error", err)
 	}
-	if rt.Groups()[0] != before || before.State() != shardgroup.StateReady {
+	if rt.groups()[0] != before || before.State() != shardgroup.StateReady {
 		t.Fatal("the old instance does not serve after a failed soft restart")
 	}
 	var pe *PanicError
@@ -279,7 +277,7 @@ func TestSetupFailingOnRestartIsSupervised(t *testing.T) {
 	}
 	// The cluster is restarted under supervision and serves again.
 	waitFor(t, func() bool {
-		g := rt.Groups()[0]
+		g := rt.groups()[0]
 		return g != before && g.State() == shardgroup.StateReady
 	})
 	if r := eventsOf[ClusterRestarted](rec); len(r) != 1 || !errors.As(r[0].Err, &pe) {
@@ -317,7 +315,7 @@ func TestSoftRestartDuringReshardHonoursCtx(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 2
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventSoftRestartStarted, EventReshardStarted)
 	s.HoldShard(3) // the new generation's shard 3 never gets READY: the reshard waits
@@ -512,10 +510,8 @@ func TestShutdownWhileSoftRestartWaitsOnAHeldShard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := record(rt, EventFleetReady, EventSoftRestartHandedOver)
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
-	waitEvent(t, ready.ch)
+	go rt.Run(context.Background())
+	waitReady(t, rt)
 	s.HoldShard(0) // the new instance's RESUME gets no answer
 	defer s.ReleaseShard(0)
 	soft := make(chan error, 1)
@@ -531,7 +527,7 @@ func TestShutdownWhileSoftRestartWaitsOnAHeldShard(t *testing.T) {
 	if err := <-soft; err == nil {
 		t.Fatal("SoftRestart returned nil though the fleet stopped before the new instance was ready")
 	}
-	<-errc
+	<-rt.Done()
 }
 
 // panickyHookBot's Shutdown hook panics.
@@ -545,7 +541,7 @@ func TestShutdownHookPanicIsRecovered(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Bot = func(int) Bot { return panickyHookBot{} }
-	rt, errc := runReady(t, cfg)
+	rt := runReady(t, cfg)
 	// A soft restart runs the old instance's hook: the panic is recovered.
 	if err := rt.SoftRestart(context.Background(), 0); err != nil {
 		t.Fatalf("SoftRestart: %v", err)
@@ -554,7 +550,7 @@ func TestShutdownHookPanicIsRecovered(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cluster 0: Shutdown hook: runtime: panic: hook bug") {
 		t.Fatalf("Shutdown = %v, want the hook's panic named", err)
 	}
-	<-errc
+	<-rt.Done()
 }
 
 func TestSoftRestartCtxEndingDuringSetupKeepsTheOldInstance(t *testing.T) {
@@ -566,17 +562,17 @@ func TestSoftRestartCtxEndingDuringSetupKeepsTheOldInstance(t *testing.T) {
 	}}
 	cfg := testConfig(s)
 	cfg.Bot = f.bot
-	rt, stop, _ := startFleet(t, cfg)
+	rt, stop := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventSoftRestartHandedOver)
-	before, resumes := rt.Groups()[0], s.Stats().Resumes
+	before, resumes := rt.groups()[0], s.Stats().Resumes
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	err := rt.SoftRestart(ctx, 0)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "old instance keeps serving") {
 		t.Fatalf("SoftRestart = %v, want ctx's error and the old instance serving", err)
 	}
-	if rt.Groups()[0] != before || before.State() != shardgroup.StateReady || len(rec.of(EventSoftRestartHandedOver)) != 0 ||
+	if rt.groups()[0] != before || before.State() != shardgroup.StateReady || len(rec.of(EventSoftRestartHandedOver)) != 0 ||
 		s.Stats().Resumes != resumes {
 		t.Fatal("something was handed over")
 	}

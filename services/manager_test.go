@@ -61,7 +61,7 @@ func TestStartOneAfterTheOther(t *testing.T) {
 	spec := func(name, before string) services.Spec {
 		return services.Spec{Name: name, New: func() services.Service {
 			return services.Func(func(ctx context.Context, sc *services.Context) error {
-				if sc.Name() != name || sc.Bus() != b || sc.Logger() == nil || sc.Endpoint().Address() != bus.Service(name) {
+				if sc.Name() != name || sc.Bus() != b.Client() || sc.Logger() == nil || sc.Endpoint().Address() != bus.Service(name) {
 					problem <- fmt.Sprintf("%s: wrong Context", name)
 				}
 				if before != "" {

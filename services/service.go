@@ -69,8 +69,9 @@ func (c *Context) Name() string { return c.name }
 // Logger returns the Manager's logger with a "service" attribute.
 func (c *Context) Logger() *slog.Logger { return c.log }
 
-// Bus returns the bus, to call other services and clusters.
-func (c *Context) Bus() *bus.Bus { return c.bus }
+// Bus calls the bus, to reach other services and clusters; it cannot
+// close the bus or register endpoints (see [bus.Bus.Client]).
+func (c *Context) Bus() bus.Client { return c.bus.Client() }
 
 // Endpoint returns the instance's endpoint: register its commands on it
 // with [bus.Handle] during Start. It receives commands once the instance

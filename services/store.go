@@ -140,7 +140,7 @@ func (s *Store) Start(_ context.Context, sc *Context) error {
 }
 
 // StoreSet stores v, encoded as JSON, under key in the central store.
-func StoreSet[V any](ctx context.Context, b *bus.Bus, key string, v V) error {
+func StoreSet[V any](ctx context.Context, b bus.Client, key string, v V) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("services: store set %q: %w", key, err)
@@ -152,13 +152,13 @@ func StoreSet[V any](ctx context.Context, b *bus.Bus, key string, v V) error {
 // StoreIncrement adds delta to the integer stored under key (a missing
 // key counts as 0) and returns the new value, in one step: two callers
 // never lose an update, as a StoreGet followed by a StoreSet can.
-func StoreIncrement(ctx context.Context, b *bus.Bus, key string, delta int64) (int64, error) {
+func StoreIncrement(ctx context.Context, b bus.Client, key string, delta int64) (int64, error) {
 	return bus.Request[storeDelta, int64](ctx, b, storeAddr, storeIncr, storeDelta{Key: key, Delta: delta})
 }
 
 // StoreGet returns the value stored under key, decoded into a V, and
 // whether there was one.
-func StoreGet[V any](ctx context.Context, b *bus.Bus, key string) (V, bool, error) {
+func StoreGet[V any](ctx context.Context, b bus.Client, key string) (V, bool, error) {
 	var v V
 	r, err := bus.Request[string, storeValue](ctx, b, storeAddr, storeGet, key)
 	if err != nil || !r.Found {
@@ -171,21 +171,21 @@ func StoreGet[V any](ctx context.Context, b *bus.Bus, key string) (V, bool, erro
 }
 
 // StoreHas reports whether a value is stored under key.
-func StoreHas(ctx context.Context, b *bus.Bus, key string) (bool, error) {
+func StoreHas(ctx context.Context, b bus.Client, key string) (bool, error) {
 	return bus.Request[string, bool](ctx, b, storeAddr, storeHas, key)
 }
 
 // StoreDelete removes key and reports whether it was there.
-func StoreDelete(ctx context.Context, b *bus.Bus, key string) (bool, error) {
+func StoreDelete(ctx context.Context, b bus.Client, key string) (bool, error) {
 	return bus.Request[string, bool](ctx, b, storeAddr, storeDelete, key)
 }
 
 // StoreKeys returns the stored keys, sorted. The caller owns the slice.
-func StoreKeys(ctx context.Context, b *bus.Bus) ([]string, error) {
+func StoreKeys(ctx context.Context, b bus.Client) ([]string, error) {
 	return bus.Request[struct{}, []string](ctx, b, storeAddr, storeKeys, struct{}{})
 }
 
 // StoreClear removes every key and returns how many there were.
-func StoreClear(ctx context.Context, b *bus.Bus) (int, error) {
+func StoreClear(ctx context.Context, b bus.Client) (int, error) {
 	return bus.Request[struct{}, int](ctx, b, storeAddr, storeClear, struct{}{})
 }

@@ -149,7 +149,7 @@ func TestGroupCompression(t *testing.T) {
 			sn.waitN(t, 20)
 			srv.DropShard(0)
 			srv.DropShard(1)
-			waitFor(t, func() bool { return srv.Stats().Resumes >= 2 && g.State() == StateReady })
+			waitFor(t, func() bool { return srv.Stats().Resumes >= 2 && g.Group().State() == StateReady })
 			dispatch(t, srv, 20, 20)
 			exactlyOnce(t, sn.waitN(t, 40), 40)
 		})

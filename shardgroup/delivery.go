@@ -262,16 +262,16 @@ func (g *Group) handle(s *shard, d *delivery, m gateway.Message, ev gateway.Even
 // delivering, remember per guild what they delivered, and stop delivering
 // a guild's events once CutOver has handed it to the new generation of
 // newCount shards. It does not wait for listeners.
-func (g *Group) Record(newCount int) {
-	for _, id := range g.ids {
-		g.deliv[id].req.Store(int64(newCount))
+func (r *Runner) Record(newCount int) {
+	for _, id := range r.g.ids {
+		r.g.deliv[id].req.Store(int64(newCount))
 	}
 }
 
 // EndRecording undoes Record when a reshard gives up before its cut-over:
 // the group delivers every event again. It does not wait for listeners.
-func (g *Group) EndRecording() {
-	for _, id := range g.ids {
-		g.deliv[id].req.Store(-1)
+func (r *Runner) EndRecording() {
+	for _, id := range r.g.ids {
+		r.g.deliv[id].req.Store(-1)
 	}
 }

@@ -8,6 +8,18 @@
 // the shards through its sharding.ShardManager and gateway.Gateway
 // interfaces, so listeners, caches and REST work as in any disgo bot.
 //
+// # Owner and user code
+//
+// [New] returns a [Runner]: the group's lifecycle (Start, Stop, Done,
+// and the reshard's Record, EndRecording and [CutOver]), for whoever
+// built the group. The group's user code gets [Runner.Group], a [*Group]
+// that reads only: the cluster's ID, its shards and their states, its
+// disgo client, a bus client that can call but not close the bus, and
+// its logger. Nothing on it starts, stops or waits for the group, so a
+// listener cannot stop its own shard or wait for itself: the disgo
+// client's ShardManager.Close, CloseShard, Gateway.Close and
+// CloseWithCode (and so Client.Close) stop no shard; they log a warning.
+//
 // # Sessions and hand-over
 //
 // A shard records its session (ID, last sequence delivered to user code,
@@ -36,7 +48,7 @@
 // once per 30 s per shard.
 //
 // A panic in event handling or in a listener is recovered, logged with
-// its stack and counted (ListenerPanics); the shard goes on.
+// its stack and counted (Group.ListenerPanics); the shard goes on.
 //
 // # The event path
 //
@@ -82,7 +94,7 @@
 //
 // A group built with a Generation ahead of its Gate is a reshard's new
 // generation: it fills its caches and holds back its events (at most
-// MaxHeld per shard) while the old generation, on which Record was called,
-// goes on delivering. CutOver then hands each guild over so that every
+// MaxHeld per shard) while the old generation, on whose runners Record
+// was called, goes on delivering. CutOver then hands each guild over so that every
 // event reaches listeners once.
 package shardgroup

@@ -102,7 +102,7 @@ func TestPanickingListenerDoesNotStarveLaterOnes(t *testing.T) {
 	waitReady(t, g)
 	dispatch(t, srv, 0, 3)
 	exactlyOnce(t, sn.waitN(t, 3), 3)
-	if n := g.ListenerPanics(); n != 3 {
+	if n := g.Group().ListenerPanics(); n != 3 {
 		t.Fatalf("panics %d, want 3", n)
 	}
 	mu.Lock()
@@ -147,7 +147,7 @@ func TestCutOverGivesUpWhenOldGenerationLags(t *testing.T) {
 	}
 	next.Start(ctx)
 	defer next.Stop(context.Background(), false)
-	waitFor(t, next.Loaded)
+	waitFor(t, next.Group().Loaded)
 
 	g := srv.GuildID(guildOf(t, srv, 0, 2))
 	if _, err := srv.Dispatch(g, "MESSAGE_CREATE", srv.MessageCreate(g, "block", 1000)); err != nil {
@@ -161,7 +161,7 @@ func TestCutOverGivesUpWhenOldGenerationLags(t *testing.T) {
 	}
 	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer ccancel()
-	if err := CutOver(cctx, nil, []*Group{old}, []*Group{next}); !errors.Is(err, ErrOldGenerationLags) {
+	if err := CutOver(cctx, nil, []*Runner{old}, []*Runner{next}); !errors.Is(err, ErrOldGenerationLags) {
 		t.Fatalf("CutOver: %v, want ErrOldGenerationLags", err)
 	}
 	old.EndRecording()

@@ -128,7 +128,7 @@ func BenchmarkFrame(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := g.shards[0]
+			s := g.g.shards[0]
 			for _, f := range start {
 				m, err := decodeMessage(bytes.Clone(f))
 				if err != nil {
@@ -136,7 +136,7 @@ func BenchmarkFrame(b *testing.B) {
 				}
 				s.dispatch(m, f)
 			}
-			if !g.Loaded() {
+			if !g.Group().Loaded() {
 				b.Fatal("the guilds did not load")
 			}
 			wire, mt := stream, websocket.TextMessage

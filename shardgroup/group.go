@@ -22,30 +22,40 @@ import (
 	fclock "github.com/gofleet/fleet/internal/clock"
 )
 
-// Config describes one group. The runtime fills it; tests may too.
+// Config describes one group, for [New]. Whoever builds the group owns
+// it: the [Runner] New returns starts and stops it, and the [Group] it
+// hands out is what the group's user code gets.
 type Config struct {
-	ID              int
-	ShardIDs        []int // the shards this group runs
-	ShardCount      int   // the fleet's total
-	Token           Token
-	GatewayURL      string
-	Intents         gateway.Intents
-	LargeThreshold  int // default 50
+	ID         int
+	ShardIDs   []int // the shards this group runs
+	ShardCount int   // the bot's total
+	Token      Token
+	GatewayURL string
+	Intents    gateway.Intents
+	// LargeThreshold is IDENTIFY's large_threshold (default 50).
+	LargeThreshold int
+	// IdentifyLimiter spaces the shards' IDENTIFYs by Discord's rule; it
+	// is required. Share one between every group of a bot (the runtime's
+	// IdentifyQueue is one).
 	IdentifyLimiter IdentifyLimiter
 	ClientOptions   []bot.ConfigOpt // applied to the group's disgo client
 	Logger          *slog.Logger
 	Presence        *gateway.MessageDataPresenceUpdate
 	// Sessions to resume, by shard ID; other shards identify.
 	Sessions map[int]Session
-	// Gate and Generation: a group whose Generation is ahead of the
-	// gate's when it is built is a reshard's new generation: it fills its
-	// caches but holds events back until CutOver (at most MaxHeld per
-	// shard, default DefaultMaxHeld). Nil: the group delivers at once.
+	// Gate and Generation reshard a bot's groups (see [CutOver]): a group
+	// whose Generation is ahead of the gate's when it is built is a
+	// reshard's new generation: it fills its caches but holds events back
+	// until CutOver (at most MaxHeld per shard, default DefaultMaxHeld).
+	// Nil: the group delivers at once.
 	Gate       *Gate
 	Generation int64
 	MaxHeld    int
-	// Bus is the fleet's IPC bus, for the user's code (nil: none).
-	Bus   *bus.Bus
+	// Bus is what the group's user code calls the fleet's IPC bus with
+	// ([Group.Bus]); nil: none. Give it a [bus.Bus.Client], which cannot
+	// close the bus or register endpoints.
+	Bus bus.Client
+	// Hooks tell the group's owner what its shards do.
 	Hooks Hooks
 
 	// Compression is the gateway transport compression; zero means
@@ -53,7 +63,7 @@ type Config struct {
 	Compression Compression
 }
 
-// Hooks let the runtime observe a group. Each may be nil. They run on the
+// Hooks let a group's owner observe it. Each may be nil. They run on the
 // shard's goroutine and must not block.
 type Hooks struct {
 	ShardState    func(g *Group, shard int, from, to State)
@@ -68,9 +78,17 @@ type Hooks struct {
 	ListenerPanic func(g *Group, shard int, v any)
 }
 
-// Group owns one disgo client and the gateway shards of a cluster. Its
-// shards are driven by the group, not by disgo: every goroutine has an
-// owner, and a shard's session can be handed over to a new group.
+// Group is a cluster as its user code sees it: one disgo client and the
+// gateway shards it serves, with the cluster's ID, bus and logger. It
+// starts, stops and records nothing: that is its [Runner]'s, which only
+// the group's owner holds. All its methods are safe for concurrent use,
+// from listeners too.
+//
+// The shards are driven by the group, not by disgo: every goroutine has an
+// owner, and a shard's session can be handed over to a new group. The
+// client's sharding.ShardManager and gateway.Gateway therefore open and
+// close nothing (their Open, Close and CloseShard do nothing; see the
+// package documentation).
 type Group struct {
 	cfg    Config
 	client bot.Client
@@ -82,17 +100,24 @@ type Group struct {
 	ids    []int
 	panics atomic.Int64
 	clock  fclock.Clock // times the gateway command limit; tests step a fake one
+}
 
-	mu       sync.Mutex // guards started, stopped
+// Runner starts, stops and reshards one group: it is the group's
+// lifecycle, kept by whoever built it with [New], while the group's user
+// code gets only [Runner.Group].
+type Runner struct {
+	g *Group
+
+	mu       sync.Mutex // guards started
 	started  bool
-	stopped  bool
 	wg       sync.WaitGroup
 	joinOnce sync.Once
 	joined   chan struct{} // closed by Done's goroutine once wg is done
 }
 
-// New builds a group and its disgo client; nothing connects until Start.
-func New(cfg Config) (*Group, error) {
+// New builds a group and its disgo client and returns its runner; nothing
+// connects until Start.
+func New(cfg Config) (*Runner, error) {
 	if cfg.Token == "" {
 		return nil, errors.New("shardgroup: Config.Token is empty")
 	}
@@ -160,8 +185,25 @@ func New(cfg Config) (*Group, error) {
 	}
 	g.em.client = client
 	g.client = client
-	return g, nil
+	return &Runner{g: g}, nil
 }
+
+// Group is the group the runner runs: hand it to the group's user code.
+func (r *Runner) Group() *Group { return r.g }
+
+// String describes the runner's group (see [Group.String]).
+func (r *Runner) String() string {
+	if r == nil {
+		return "shardgroup.Runner(nil)"
+	}
+	return r.g.String()
+}
+
+// GoString is String, for %#v.
+func (r *Runner) GoString() string { return r.String() }
+
+// LogValue is String, for slog.
+func (r *Runner) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // Gate says which generation of groups is current: a group built with a
 // later Generation is a reshard's new generation and starts in standby.
@@ -215,9 +257,11 @@ func (g *Group) ShardCount() int { return g.cfg.ShardCount }
 // Client is the group's disgo client: register listeners on it in Setup.
 func (g *Group) Client() bot.Client { return g.client }
 
-// Bus is the fleet's IPC bus: call services, other clusters and the
-// admiral with bus.Request, bus.Gather and the runtime's IPC helpers.
-func (g *Group) Bus() *bus.Bus { return g.cfg.Bus }
+// Bus calls the fleet's IPC bus: call services, other clusters and the
+// admiral with bus.Request, bus.Gather and the runtime's IPC helpers. It
+// cannot close the bus or register endpoints. Nil when the group was
+// built without one.
+func (g *Group) Bus() bus.Client { return g.cfg.Bus }
 
 // Address is the group's address on the bus.
 func (g *Group) Address() bus.Address { return bus.Cluster(g.cfg.ID) }
@@ -266,19 +310,20 @@ func (g *Group) State() State {
 }
 
 // Start connects every shard. The shards run until Stop or ctx ends;
-// Stop waits for them either way.
-func (g *Group) Start(ctx context.Context) { g.StartResuming(ctx, nil) }
+// Stop waits for them either way. Start panics if called twice.
+func (r *Runner) Start(ctx context.Context) { r.StartResuming(ctx, nil) }
 
 // StartResuming is Start with sessions to resume (by shard ID), such as
 // those another group's Stop returned: a session whose shard count
 // matches is resumed, the other shards identify.
-func (g *Group) StartResuming(ctx context.Context, sessions map[int]Session) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.started {
+func (r *Runner) StartResuming(ctx context.Context, sessions map[int]Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started {
 		panic("shardgroup: Start called twice")
 	}
-	g.started = true
+	r.started = true
+	g := r.g
 	for id, sess := range sessions {
 		if s, ok := g.shards[id]; ok && sess.ShardCount == g.cfg.ShardCount && sess.SessionID != "" {
 			s.mu.Lock()
@@ -288,9 +333,9 @@ func (g *Group) StartResuming(ctx context.Context, sessions map[int]Session) {
 	}
 	for _, id := range g.ids {
 		s := g.shards[id]
-		g.wg.Add(1)
+		r.wg.Add(1)
 		go func() {
-			defer g.wg.Done()
+			defer r.wg.Done()
 			s.run(ctx)
 		}()
 	}
@@ -302,20 +347,18 @@ func (g *Group) StartResuming(ctx context.Context, sessions map[int]Session) {
 // sessions end. If ctx ends first, the error names the shards that have
 // not stopped: they end with the context Start was given, and Done is
 // closed once they have.
-func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, error) {
+func (r *Runner) Stop(ctx context.Context, resumable bool) (map[int]Session, error) {
+	g := r.g
 	code := websocket.CloseNormalClosure
 	if resumable {
 		code = resumableClose
 	}
-	g.mu.Lock()
-	g.stopped = true
-	g.mu.Unlock()
 	for _, s := range g.shards {
 		s.requestStop(code)
 	}
 	var err error
 	select {
-	case <-g.Done():
+	case <-r.Done():
 	case <-ctx.Done():
 		for _, s := range g.shards {
 			s.hurryUp() // a shard waiting for a READY to hand over stops waiting
@@ -326,7 +369,7 @@ func (g *Group) Stop(ctx context.Context, resumable bool) (map[int]Session, erro
 		t := time.NewTimer(hurryGrace)
 		defer t.Stop()
 		select {
-		case <-g.Done():
+		case <-r.Done():
 		case <-t.C:
 			var stuck []int
 			for _, id := range g.ids {
@@ -361,23 +404,23 @@ const hurryGrace = 100 * time.Millisecond
 
 // Done is closed once every shard goroutine has returned, after Stop or
 // the end of Start's context (at once for a group never started).
-func (g *Group) Done() <-chan struct{} {
-	g.joinOnce.Do(func() {
-		g.joined = make(chan struct{})
-		g.mu.Lock()
-		started := g.started
-		g.started = true // a Start from now on panics: nothing would join it
-		g.mu.Unlock()
+func (r *Runner) Done() <-chan struct{} {
+	r.joinOnce.Do(func() {
+		r.joined = make(chan struct{})
+		r.mu.Lock()
+		started := r.started
+		r.started = true // a Start from now on panics: nothing would join it
+		r.mu.Unlock()
 		if !started {
-			close(g.joined)
+			close(r.joined)
 			return
 		}
 		go func() { // ends with the last shard goroutine
-			g.wg.Wait()
-			close(g.joined)
+			r.wg.Wait()
+			close(r.joined)
 		}()
 	})
-	return g.joined
+	return r.joined
 }
 
 func (s *shard) requestStop(code int) {
@@ -388,14 +431,6 @@ func (s *shard) requestStop(code int) {
 	default:
 		s.stopCode = code
 		close(s.stop)
-	}
-}
-
-func (g *Group) stopShard(ctx context.Context, s *shard, code int) {
-	s.requestStop(code)
-	select {
-	case <-s.done:
-	case <-ctx.Done():
 	}
 }
 
@@ -444,27 +479,34 @@ func (g *Group) invalidated(s *shard) {
 }
 
 // manager is the disgo client's sharding.ShardManager: shards are opened
-// and closed by the group's owner; these methods act on what exists.
+// and closed by the group's Runner, which user code does not hold; these
+// methods act on what exists.
 type manager struct{ g *Group }
 
 var _ sharding.ShardManager = manager{}
 
-// Open is a no-op: the runtime starts the group.
+// Open does nothing: the group's Runner starts the shards.
 func (manager) Open(context.Context) {}
 
-// Close stops every shard, ending their sessions.
-func (m manager) Close(ctx context.Context) { _, _ = m.g.Stop(ctx, false) }
+// Close does nothing: the group's Runner stops the shards. (disgo's
+// Client.Close calls it; stopping here would let a listener wait for its
+// own shard.)
+func (m manager) Close(context.Context) { m.g.refuseClose("ShardManager.Close", -1) }
 
 // OpenShard is not supported: a group's shards are fixed.
 func (manager) OpenShard(context.Context, int) error {
-	return errors.New("shardgroup: shards are opened by the runtime")
+	return errors.New("shardgroup: a group's shards are fixed: its Runner starts them")
 }
 
-// CloseShard stops one shard.
-func (m manager) CloseShard(ctx context.Context, id int) {
-	if s, ok := m.g.shards[id]; ok {
-		m.g.stopShard(ctx, s, websocket.CloseNormalClosure)
-	}
+// CloseShard does nothing: the group's Runner stops the shards.
+func (m manager) CloseShard(_ context.Context, id int) {
+	m.g.refuseClose("ShardManager.CloseShard", id)
+}
+
+// refuseClose logs a close asked for through the disgo client, which
+// does nothing.
+func (g *Group) refuseClose(what string, shard int) {
+	g.log.Warn("a close through the disgo client does nothing: the group's owner stops its shards", "call", what, "shard", shard)
 }
 
 // ShardByGuildID returns the shard that owns a guild, if it is in this

@@ -74,7 +74,7 @@ func (s *seen) waitN(t *testing.T, n int) []string {
 	}
 }
 
-func newGroup(t *testing.T, srv *discordtest.Server, ids []int, count int, sessions map[int]Session, opts ...bot.ConfigOpt) *Group {
+func newGroup(t *testing.T, srv *discordtest.Server, ids []int, count int, sessions map[int]Session, opts ...bot.ConfigOpt) *Runner {
 	t.Helper()
 	g, err := New(Config{
 		ID: 0, ShardIDs: ids, ShardCount: count, Token: Token(srv.Token()), GatewayURL: srv.GatewayURL(),
@@ -92,8 +92,9 @@ func newGroup(t *testing.T, srv *discordtest.Server, ids []int, count int, sessi
 // (disgo's default one starts a cleanup loop nothing stops).
 var quietREST = bot.WithRestClientConfigOpts(rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 
-func waitReady(t *testing.T, g *Group) {
+func waitReady(t *testing.T, r *Runner) {
 	t.Helper()
+	g := r.Group()
 	deadline := time.Now().Add(10 * time.Second)
 	for g.State() != StateReady {
 		if time.Now().After(deadline) {
@@ -280,11 +281,11 @@ func TestPanickingListenerKeepsShard(t *testing.T) {
 	waitReady(t, g)
 	dispatch(t, srv, 0, 3)
 	sn.waitN(t, 3)
-	if g.ListenerPanics() != 1 {
-		t.Fatalf("panics %d, want 1", g.ListenerPanics())
+	if g.Group().ListenerPanics() != 1 {
+		t.Fatalf("panics %d, want 1", g.Group().ListenerPanics())
 	}
-	if g.State() != StateReady {
-		t.Fatalf("state %s", g.State())
+	if g.Group().State() != StateReady {
+		t.Fatalf("state %s", g.Group().State())
 	}
 }
 
@@ -308,8 +309,8 @@ func TestFatalClose(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no fatal close")
 	}
-	if g.State() != StateStopped {
-		t.Fatalf("state %s, want stopped", g.State())
+	if g.Group().State() != StateStopped {
+		t.Fatalf("state %s, want stopped", g.Group().State())
 	}
 }
 

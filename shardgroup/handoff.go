@@ -36,9 +36,10 @@ var clock atomic.Int64
 // poll is how often CutOver looks at shard states while it waits.
 const poll = 2 * time.Millisecond
 
-// CutOver hands event delivery from an old generation of groups (on which
-// Record was called before the new one started) to a new generation (built
-// in standby, see Config.Gate) with every event delivered once.
+// CutOver hands event delivery from an old generation of groups (whose
+// runners' Record was called before the new one started) to a new
+// generation (built in standby, see Config.Gate) with every event
+// delivered once.
 //
 // Both generations receive the same payload for the same guild event. A
 // new shard holds back, from its session's first event, what it receives;
@@ -60,23 +61,23 @@ const poll = 2 * time.Millisecond
 // what the gateway sent it meanwhile, as any invalidated session does.
 //
 // ctx bounds the wait before the first guild changes hands; an error then
-// leaves the old generation serving (call EndRecording on it). After that
-// there is no way back: CutOver returns when every new shard is live, or
-// with ErrCutOverStopped when stop closes.
-func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Group) error {
+// leaves the old generation serving (call EndRecording on its runners).
+// After that there is no way back: CutOver returns when every new shard
+// is live, or with ErrCutOverStopped when stop closes.
+func CutOver(ctx context.Context, stop <-chan struct{}, old, next []*Runner) error {
 	if len(old) == 0 || len(next) == 0 {
 		return errors.New("shardgroup: CutOver needs an old and a new generation")
 	}
-	oldCount, newCount := old[0].cfg.ShardCount, next[0].cfg.ShardCount
+	oldCount, newCount := old[0].g.cfg.ShardCount, next[0].g.cfg.ShardCount
 	olds := map[int]*shard{}
-	for _, g := range old {
-		for id, s := range g.shards {
+	for _, r := range old {
+		for id, s := range r.g.shards {
 			olds[id] = s
 		}
 	}
 	news := map[int]*shard{}
-	for _, g := range next {
-		for id, s := range g.shards {
+	for _, r := range next {
+		for id, s := range r.g.shards {
 			news[id] = s
 		}
 	}

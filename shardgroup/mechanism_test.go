@@ -29,7 +29,7 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 
 // stopWithin stops g, giving up after d (a test that failed may have
 // left a shard stuck).
-func stopWithin(g *Group, d time.Duration) {
+func stopWithin(g *Runner, d time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	_, _ = g.Stop(ctx, false)
@@ -85,7 +85,7 @@ func TestZombieConnectionIsCountedAndResumed(t *testing.T) {
 			case <-resumed:
 			}
 		}
-		before, counted = srv.Stats(), g.Shards()[0].Zombies
+		before, counted = srv.Stats(), g.Group().Shards()[0].Zombies
 		dispatch(t, srv, 0, 10)
 		if srv.StopAcks(0, true) == 1 {
 			break
@@ -98,7 +98,7 @@ func TestZombieConnectionIsCountedAndResumed(t *testing.T) {
 	}
 	within(t, zombies, "zombie connection detected")
 	within(t, resumed, "zombie connection resumed")
-	if got := g.Shards()[0].Zombies; got < counted+1 {
+	if got := g.Group().Shards()[0].Zombies; got < counted+1 {
 		t.Fatalf("ShardInfo.Zombies = %d, want at least %d", got, counted+1)
 	}
 	dispatch(t, srv, 10, 10)
@@ -159,13 +159,13 @@ func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	defer srv.Close()
 	g := newGroup(t, srv, []int{0}, 1, nil)
 	fake := fclock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	g.clock = fake
+	g.g.clock = fake
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	g.Start(ctx)
 	defer stopWithin(g, 10*time.Second)
 	waitReady(t, g)
-	s := g.shards[0]
+	s := g.g.shards[0]
 	presence := gateway.MessageDataPresenceUpdate{Status: discord.OnlineStatusIdle}
 
 	for i := range 117 {
@@ -226,7 +226,7 @@ func TestSendLimitKeepsRoomForHeartbeats(t *testing.T) {
 	if st := srv.Stats(); len(st.Violations) != 0 || st.OpenConnections != 1 {
 		t.Fatalf("violations %v, open connections %d: want none and 1", st.Violations, st.OpenConnections)
 	}
-	if got := g.Shards()[0].State; got != StateReady {
+	if got := g.Group().Shards()[0].State; got != StateReady {
 		t.Fatalf("shard %s, want ready", got)
 	}
 }

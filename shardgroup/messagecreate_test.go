@@ -81,11 +81,11 @@ func offlineGroup(t *testing.T, cfg Config) *Group {
 	cfg.ShardIDs, cfg.ShardCount, cfg.IdentifyLimiter = []int{0}, 1, noLimit{}
 	cfg.Token = "MTIzNDU2Nzg5MDEyMzQ1Njc4.G1.x" // application ID 123456789012345678
 	cfg.ClientOptions = append([]bot.ConfigOpt{quietREST}, cfg.ClientOptions...)
-	g, err := New(cfg)
+	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return g
+	return r.Group()
 }
 
 // TestMessageCreateEvents wants each listener to get the events made of a

@@ -205,12 +205,13 @@ func (s *shard) Presence() *gateway.MessageDataPresenceUpdate {
 	return s.presence
 }
 
-// Open and Close belong to the group, which runs and stops shards; they
-// are here for disgo's interface and act on this shard only.
+// Open and Close belong to the group's Runner, which runs and stops
+// shards; they are here for disgo's interface and do nothing, so that a
+// listener cannot wait for its own shard to stop.
 func (s *shard) Open(context.Context) error { return nil }
-func (s *shard) Close(ctx context.Context)  { s.g.stopShard(ctx, s, websocket.CloseNormalClosure) }
-func (s *shard) CloseWithCode(ctx context.Context, code int, _ string) {
-	s.g.stopShard(ctx, s, code)
+func (s *shard) Close(context.Context)      { s.g.refuseClose("Gateway.Close", s.id) }
+func (s *shard) CloseWithCode(context.Context, int, string) {
+	s.g.refuseClose("Gateway.CloseWithCode", s.id)
 }
 
 // Send writes a gateway command within Discord's limit of 120 payloads

@@ -254,8 +254,7 @@ func run(ctx context.Context, o options) error {
 	// bound passes) after ctx ends, so that the summary counts them all.
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(runCtx) }()
+	go rt.Run(runCtx)
 
 	start := time.Now()
 	tick := time.NewTicker(time.Second)
@@ -263,16 +262,17 @@ func run(ctx context.Context, o options) error {
 	next := 0 // the next ping's number
 	for {
 		select {
-		case err := <-errc:
+		case <-rt.Done():
 			fmt.Println("stopped: " + summary(start, rt, c, src, true))
-			return err
+			return rt.Err()
 		case <-ctx.Done():
 			// The summary is taken before the fleet stops, so that it
 			// shows the shards that served.
-			drain(c, src != nil, errc)
+			drain(c, src != nil, rt.Done())
 			line := summary(start, rt, c, src, true)
 			stopRun()
-			err := <-errc
+			<-rt.Done()
+			err := rt.Err()
 			fmt.Println("stopped: " + line)
 			return err
 		case <-tick.C:
@@ -299,8 +299,8 @@ func run(ctx context.Context, o options) error {
 }
 
 // drain waits, at most 10 s, until every ping sent has had its pong back,
-// or Run returns (it then puts its error back for the caller).
-func drain(c *counts, pinging bool, errc chan error) {
+// or Run returns (done closes).
+func drain(c *counts, pinging bool, done <-chan struct{}) {
 	if !pinging {
 		return
 	}
@@ -310,8 +310,7 @@ func drain(c *counts, pinging bool, errc chan error) {
 	defer poll.Stop()
 	for c.pongs.Load() < c.pings.Load() {
 		select {
-		case err := <-errc:
-			errc <- err
+		case <-done:
 			return
 		case <-bound.C:
 			return

@@ -81,19 +81,13 @@ func runOnce(ctx context.Context, cfg runtime.Config, stopAfterReady bool) error
 	if err != nil {
 		return err
 	}
-	ready := make(chan time.Duration, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if e, ok := e.(runtime.FleetReady); ok {
-			ready <- e.Elapsed
-		}
-	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(ctx) }()
+	start := time.Now()
+	go rt.Run(ctx)
 	select {
-	case d := <-ready:
-		fmt.Printf("  fleet ready in %s\n", d.Round(time.Millisecond))
-	case err := <-errc:
-		return err
+	case <-rt.Ready():
+		fmt.Printf("  fleet ready in %s\n", time.Since(start).Round(time.Millisecond))
+	case <-rt.Done():
+		return rt.Err()
 	}
 	if stopAfterReady {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -102,7 +96,8 @@ func runOnce(ctx context.Context, cfg runtime.Config, stopAfterReady bool) error
 			return err
 		}
 	}
-	return <-errc
+	<-rt.Done()
+	return rt.Err()
 }
 
 func run(storePath string) error {

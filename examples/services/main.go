@@ -89,22 +89,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ready := make(chan struct{}, 1)
 	rt.Subscribe(func(e runtime.Event) {
-		switch e := e.(type) {
-		case services.Ready:
+		if e, ok := e.(services.Ready); ok {
 			fmt.Printf("service %s ready\n", e.Service)
-		case runtime.FleetReady:
-			fmt.Printf("fleet ready: %d shards\n", e.Shards)
-			ready <- struct{}{}
 		}
 	})
-	errc := make(chan error, 1)
-	go func() { errc <- rt.Run(context.Background()) }()
+	go rt.Run(context.Background())
 	select {
-	case <-ready:
-	case err := <-errc:
-		return err
+	case <-rt.Ready():
+		fmt.Printf("fleet ready: %d shards\n", rt.Stats().Shards)
+	case <-rt.Done():
+		return rt.Err()
 	}
 
 	const messages = 1000
@@ -148,5 +143,6 @@ func run() error {
 	if err := rt.Shutdown(ctx); err != nil {
 		return err
 	}
-	return <-errc
+	<-rt.Done()
+	return rt.Err()
 }
