@@ -143,8 +143,10 @@ func TestAdminDisabledWithoutToken(t *testing.T) {
 	}
 }
 
-// fakeOperator records the operations and fails with err.
+// fakeOperator records the operations and fails with err; the
+// operations it does not define panic (the nil Fleet).
 type fakeOperator struct {
+	runtime.Fleet
 	mu    sync.Mutex
 	calls []string
 	err   error
@@ -163,11 +165,24 @@ func (o *fakeOperator) SoftRestart(_ context.Context, c int) error {
 func (o *fakeOperator) Restart(_ context.Context, c int) error {
 	return o.record(fmt.Sprintf("hard %d", c))
 }
-func (o *fakeOperator) Reshard(_ context.Context, opts runtime.ReshardOptions) error {
-	return o.record(fmt.Sprintf("reshard %d %d", opts.Shards, opts.Clusters))
+func (o *fakeOperator) ShutdownCluster(_ context.Context, c int) error {
+	return o.record(fmt.Sprintf("shutdown %d", c))
 }
-func (o *fakeOperator) RestartService(_ context.Context, name string, hard bool) error {
-	return o.record(fmt.Sprintf("service %s %t", name, hard))
+func (o *fakeOperator) Shutdown(context.Context) error { return o.record("shutdown") }
+func (o *fakeOperator) StartReshard(_ context.Context, opts runtime.ReshardOptions) (runtime.Operation, error) {
+	return runtime.Operation{ID: "reshard-1", State: runtime.OperationRunning}, o.record(fmt.Sprintf("reshard %d %d", opts.Shards, opts.Clusters))
+}
+func (o *fakeOperator) RestartService(_ context.Context, name string) error {
+	return o.record("service restart " + name)
+}
+func (o *fakeOperator) SoftRestartService(_ context.Context, name string) error {
+	return o.record("service soft " + name)
+}
+func (o *fakeOperator) ShutdownService(_ context.Context, name string) error {
+	return o.record("service shutdown " + name)
+}
+func (o *fakeOperator) RestartAllServices(context.Context) error {
+	return o.record("services restart")
 }
 
 func TestAdminOperatorAndErrors(t *testing.T) {
@@ -195,30 +210,37 @@ func TestAdminOperatorAndErrors(t *testing.T) {
 		path, body string
 		want       int
 	}{
-		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusOK},
+		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusAccepted},
 		{"/admin/reshard", ``, http.StatusBadRequest},
-		{"/admin/reshard", `{}`, http.StatusOK},
+		{"/admin/reshard", `{}`, http.StatusAccepted},
 		{"/admin/reshard", `{"shards":-1}`, http.StatusBadRequest},
 		{"/admin/reshard", `{"shard":8}`, http.StatusBadRequest},
+		{"/admin/reshard", `{"shards":`, http.StatusBadRequest},
 		{"/admin/services/store/restart", ``, http.StatusOK},
 		{"/admin/services/store/soft-restart", ``, http.StatusOK},
+		{"/admin/services/store/shutdown", ``, http.StatusOK},
+		{"/admin/services/restart", ``, http.StatusOK},
 		{"/admin/clusters/3/soft-restart", ``, http.StatusOK},
+		{"/admin/clusters/3/restart", ``, http.StatusOK},
+		{"/admin/clusters/3/shutdown", ``, http.StatusOK},
+		{"/admin/shutdown", ``, http.StatusOK},
 	} {
 		if got := post(c.path, c.body); got != c.want {
 			t.Fatalf("POST %s %s: %d, want %d", c.path, c.body, got, c.want)
 		}
 	}
-	want := "[reshard 8 2 reshard 0 0 service store true service store false soft 3]"
+	want := "[reshard 8 2 reshard 0 0 service restart store service soft store service shutdown store services restart soft 3 hard 3 shutdown 3 shutdown]"
 	if got := fmt.Sprint(op.calls); got != want {
 		t.Fatalf("calls %s, want %s", got, want)
 	}
 	for err, code := range map[error]int{
-		fmt.Errorf("no: %w", errors.ErrUnsupported):    http.StatusNotImplemented,
-		fmt.Errorf("x: %w", runtime.ErrUnknownCluster): http.StatusNotFound,
-		runtime.ErrNotRunning:                          http.StatusServiceUnavailable,
-		runtime.ErrReshardInProgress:                   http.StatusConflict,
-		fmt.Errorf("x: %w", context.DeadlineExceeded):  http.StatusGatewayTimeout,
-		errors.New("boom"):                             http.StatusInternalServerError,
+		fmt.Errorf("no: %w", errors.ErrUnsupported):            http.StatusNotImplemented,
+		fmt.Errorf("x: %w", runtime.ErrUnknownCluster):         http.StatusNotFound,
+		fmt.Errorf("%w: use 4 or 8", runtime.ErrCannotReshard): http.StatusBadRequest,
+		runtime.ErrNotRunning:                                  http.StatusServiceUnavailable,
+		runtime.ErrReshardInProgress:                           http.StatusConflict,
+		fmt.Errorf("x: %w", context.DeadlineExceeded):          http.StatusGatewayTimeout,
+		errors.New("boom"):                                     http.StatusInternalServerError,
 	} {
 		op.err = err
 		if got := post("/admin/services/x/restart", ""); got != code {
