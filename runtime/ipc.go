@@ -255,14 +255,19 @@ func (r *Runtime) owner(guildID snowflake.ID) (int, bool) {
 }
 
 // routed asks the cluster owning a guild; the zero value when this
-// runtime does not run it.
+// runtime does not run it. A cluster that does not answer (failed, shut
+// down) is named in the error.
 func routed[T any](ctx context.Context, r *Runtime, guildID snowflake.ID, cmd string, q fetchRequest) (T, error) {
 	var zero T
 	id, ok := r.owner(guildID)
 	if !ok {
 		return zero, nil
 	}
-	return bus.Request[fetchRequest, T](ctx, r.bus, bus.Cluster(id), cmd, q)
+	v, err := bus.Request[fetchRequest, T](ctx, r.bus, bus.Cluster(id), cmd, q)
+	if errors.Is(err, bus.ErrUnknownAddress) {
+		return zero, fmt.Errorf("runtime: cluster %d, which runs guild %d, does not serve (see its state in Workers): %w", id, guildID, err)
+	}
+	return v, err
 }
 
 // fanOut asks every cluster and returns the first answer found.
