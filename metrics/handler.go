@@ -414,5 +414,7 @@ func errorStatus(err error) int {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // messages such as "Clusters (3) > Shards (2)" read as written
+	enc.Encode(v)
 }

@@ -353,3 +353,48 @@ func TestAdminIndexAndBotToken(t *testing.T) {
 		t.Errorf("POST with a bot token: %d %s, want 401 saying it looks like a bot token, without the token", code, body)
 	}
 }
+
+// The admin API answers what cannot be done with a 4xx and the runtime's
+// message, whether its operator is the runtime or a runtime.Client on
+// the runtime's bus; a reshard to the current count answers 200, says
+// nothing changed, and identifies no shard.
+func TestAdminAnswersBadRequestsAndUnchangedReshards(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond),
+		discordtest.WithSessionStartLimit(5, time.Hour), // 3 left once the fleet runs
+		discordtest.WithRouteRateLimit(1000, time.Second)) // each refused reshard asks GET /gateway/bot
+	defer s.Close()
+	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken})
+	overBus := httptest.NewServer(Handler(f.rt, nil, HandlerOptions{AdminToken: adminToken, Operator: runtime.NewClient(f.rt.Bus())}))
+	defer overBus.Close()
+	for name, srv := range map[string]*httptest.Server{"runtime": f.srv, "client": overBus} {
+		t.Run(name, func(t *testing.T) {
+			g := &fleet{srv: srv}
+			before := s.Stats().Identifies
+			for _, c := range []struct {
+				method, path, body string
+				code               int
+				want               string
+			}{
+				{http.MethodPost, "/admin/reshard", `{"shards":3}`, http.StatusBadRequest, "must be a multiple of 2 (max_concurrency 2): use 2 or 4"},
+				{http.MethodPost, "/admin/reshard", `{"shards":8}`, http.StatusBadRequest, "needs 8 session starts but 3 remain today"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2,"clusters":3}`, http.StatusBadRequest, "Clusters (3) > Shards (2): lower Clusters"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2}`, http.StatusOK, "unchanged: the fleet already runs 2 shards in 2 clusters"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2,"clusters":2}`, http.StatusOK, "unchanged"},
+				{http.MethodPost, "/admin/clusters/7/restart", ``, http.StatusNotFound, "unknown cluster 7"},
+				{http.MethodPost, "/admin/clusters/7/shutdown", ``, http.StatusNotFound, "unknown cluster 7"},
+				{http.MethodPost, "/admin/services/nope/restart", ``, http.StatusNotFound, `unknown service`},
+				{http.MethodPost, "/admin/services/nope/shutdown", ``, http.StatusNotFound, `unknown service`},
+				{http.MethodGet, "/admin/operations/reshard-99", ``, http.StatusNotFound, "unknown operation"},
+			} {
+				code, body := g.do(t, c.method, c.path, adminToken, c.body)
+				if code != c.code || !strings.Contains(body, c.want) {
+					t.Errorf("%s %s %s: %d %s, want %d saying %q", c.method, c.path, c.body, code, body, c.code, c.want)
+				}
+			}
+			if n := s.Stats().Identifies; n != before {
+				t.Errorf("%d IDENTIFYs during refused and unchanged reshards, want 0", n-before)
+			}
+		})
+	}
+}

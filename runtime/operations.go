@@ -81,9 +81,16 @@ func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operat
 	if r.reshardBusy.Load() || !r.reshardOp.CompareAndSwap(false, true) {
 		return Operation{}, ErrReshardInProgress
 	}
-	if note, same := r.sameShape(opts); same {
-		defer r.reshardOp.Store(false)
-		return r.finishedOperation(ctx, OperationReshard, note)
+	// What cannot work, or changes nothing, is answered now.
+	if shards, clusters, ok := r.shape(); ok {
+		_, _, note, err := r.planReshard(ctx, opts, shards, clusters)
+		if err != nil || note != "" {
+			r.reshardOp.Store(false)
+			if err != nil {
+				return Operation{}, err
+			}
+			return r.finishedOperation(ctx, OperationReshard, note)
+		}
 	}
 	op, err := r.startOperation(ctx, OperationReshard, func(ctx context.Context, progress func(done, of int)) (string, error) {
 		defer r.reshardOp.Store(false)

@@ -99,3 +99,39 @@ func TestOperationsEndWithTheFleet(t *testing.T) {
 		t.Fatalf("StartReshard after the stop = %v", err)
 	}
 }
+
+// A reshard to the shard and cluster counts the fleet already has
+// changes nothing, in every form: no shard identifies, and the operation
+// is done at once and says so.
+func TestReshardToTheCurrentCountChangesNothing(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.Clusters = 2
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	ctx := context.Background()
+	before := s.Stats().Identifies
+	for _, opts := range []ReshardOptions{{}, {Shards: 2}, {Shards: 2, Clusters: 2}, {Clusters: 2}} {
+		if err := rt.Reshard(ctx, opts); err != nil {
+			t.Fatalf("Reshard(%+v): %v", opts, err)
+		}
+		op, err := rt.StartReshard(ctx, opts)
+		if err != nil || op.State != OperationDone || op.Result != "unchanged: the fleet already runs 2 shards in 2 clusters" {
+			t.Fatalf("StartReshard(%+v) = %+v, %v; want done at once, unchanged", opts, op, err)
+		}
+		if got, err := rt.WaitOperation(ctx, op.ID); err != nil || got.Result != op.Result {
+			t.Fatalf("WaitOperation = %+v, %v", got, err)
+		}
+	}
+	if n := s.Stats().Identifies; n != before {
+		t.Fatalf("%d IDENTIFYs, want none", n-before)
+	}
+	if err := rt.Reshard(ctx, ReshardOptions{Shards: 2, Clusters: 1}); err != nil {
+		t.Fatalf("Reshard to one cluster: %v", err)
+	}
+	if n := s.Stats().Identifies; n != before+2 {
+		t.Fatalf("a reshard to one cluster identified %d shards, want 2", n-before)
+	}
+}

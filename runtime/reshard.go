@@ -36,26 +36,70 @@ var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
 // says what to change; the admin API answers it with 400.
 var ErrCannotReshard = errors.New("runtime: cannot reshard")
 
-// sameShape reports whether opts asks for the fleet as it is: a shard
-// count given and equal to the current one, and the current cluster
-// count. It also says so in words.
-func (r *Runtime) sameShape(opts ReshardOptions) (string, bool) {
-	if r.cfg.TotalShards > 0 {
-		return "", false
-	}
+// shape returns the fleet's shard and cluster counts; ok is false before
+// the fleet is planned.
+func (r *Runtime) shape() (shards, clusters int, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.env == nil {
-		return "", false
+		return 0, 0, false
 	}
-	return sameShape(r.env.total, len(r.clusters), opts.Shards, opts.Clusters)
+	return r.env.total, len(r.clusters), true
 }
 
+// sameShape reports whether a reshard to wantShards in wantClusters (0:
+// as many as now) asks for the fleet as it is, and says so in words.
 func sameShape(shards, clusters, wantShards, wantClusters int) (string, bool) {
 	if wantShards != shards || (wantClusters != 0 && wantClusters != clusters) {
 		return "", false
 	}
 	return fmt.Sprintf("unchanged: the fleet already runs %d shards in %d clusters", shards, clusters), true
+}
+
+// planReshard resolves opts against the fleet as it is (shards in
+// clusters) and Discord's figures: the new shard and cluster counts, or a
+// note when they are the current ones (nothing to do), or an error
+// wrapping ErrCannotReshard saying what to change.
+func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, clusters int) (total, n int, note string, err error) {
+	if r.cfg.TotalShards > 0 {
+		return 0, 0, "", fmt.Errorf("%w: this runtime runs a slice of the fleet (TotalShards is set): reshard every host together", ErrCannotReshard)
+	}
+	if note, same := sameShape(shards, clusters, opts.Shards, opts.Clusters); same {
+		return shards, clusters, note, nil // nothing to ask Discord
+	}
+	gb, err := r.gatewayBot(ctx)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	total = opts.Shards
+	if total == 0 {
+		total = max(gb.Shards, 1)
+	}
+	mc := max(gb.SessionStartLimit.MaxConcurrency, 1)
+	if r.cfg.MaxConcurrencyOverride > 0 {
+		mc = r.cfg.MaxConcurrencyOverride
+	}
+	if mc > 1 && total%mc != 0 {
+		lo, hi := total/mc*mc, (total/mc+1)*mc
+		return 0, 0, "", fmt.Errorf("%w: %d shards: must be a multiple of %d (max_concurrency %d): use %d or %d",
+			ErrCannotReshard, total, mc, mc, max(lo, mc), hi)
+	}
+	n = opts.Clusters
+	if n == 0 {
+		n = min(clusters, total)
+	}
+	if n > total {
+		return 0, 0, "", fmt.Errorf("%w: Clusters (%d) > Shards (%d): lower Clusters", ErrCannotReshard, n, total)
+	}
+	if note, same := sameShape(shards, clusters, total, n); same {
+		return total, n, note, nil
+	}
+	if rem := gb.SessionStartLimit.Remaining; gb.SessionStartLimit.Total > 0 && rem < total {
+		reset := time.Duration(gb.SessionStartLimit.ResetAfter) * time.Millisecond
+		return 0, 0, "", fmt.Errorf("%w: %d shards: it needs %d session starts but %d remain today: wait until the limit resets in %s or reshard to fewer shards",
+			ErrCannotReshard, total, total, rem, reset.Round(time.Second))
+	}
+	return total, n, "", nil
 }
 
 // Reshard changes the fleet's shard count without losing or repeating an
@@ -104,9 +148,6 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions) (result stri
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
-	if r.cfg.TotalShards > 0 {
-		return "", fmt.Errorf("%w: this runtime runs a slice of the fleet (TotalShards is set): reshard every host together", ErrCannotReshard)
-	}
 	r.mu.Lock()
 	old, oldEnv, stop := r.clusters, r.env, r.stopFleet
 	r.mu.Unlock()
@@ -115,41 +156,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions) (result stri
 		return "", ErrNotRunning
 	default:
 	}
-	if note, same := sameShape(oldEnv.total, len(old), opts.Shards, opts.Clusters); same {
-		return note, nil // nothing to ask Discord
-	}
-
-	gb, err := r.gatewayBot(ctx)
-	if err != nil {
-		return "", err
-	}
-	total := opts.Shards
-	if total == 0 {
-		total = max(gb.Shards, 1)
-	}
-	mc := max(gb.SessionStartLimit.MaxConcurrency, 1)
-	if r.cfg.MaxConcurrencyOverride > 0 {
-		mc = r.cfg.MaxConcurrencyOverride
-	}
-	if mc > 1 && total%mc != 0 {
-		lo, hi := total/mc*mc, (total/mc+1)*mc
-		return "", fmt.Errorf("%w: %d shards: must be a multiple of %d (max_concurrency %d): use %d or %d",
-			ErrCannotReshard, total, mc, mc, max(lo, mc), hi)
-	}
-	n := opts.Clusters
-	if n == 0 {
-		n = min(len(old), total)
-	}
-	if n > total {
-		return "", fmt.Errorf("%w: Clusters (%d) > Shards (%d): lower Clusters", ErrCannotReshard, n, total)
-	}
-	if note, same := sameShape(oldEnv.total, len(old), total, n); same {
-		return note, nil
-	}
-	if rem := gb.SessionStartLimit.Remaining; gb.SessionStartLimit.Total > 0 && rem < total {
-		reset := time.Duration(gb.SessionStartLimit.ResetAfter) * time.Millisecond
-		return "", fmt.Errorf("%w: %d shards: it needs %d session starts but %d remain today: wait until the limit resets in %s or reshard to fewer shards",
-			ErrCannotReshard, total, total, rem, reset.Round(time.Second))
+	total, n, note, err := r.planReshard(ctx, opts, oldEnv.total, len(old))
+	if err != nil || note != "" {
+		return note, err
 	}
 
 	began := time.Now()
