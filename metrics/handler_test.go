@@ -361,7 +361,7 @@ func TestAdminIndexAndBotToken(t *testing.T) {
 func TestAdminAnswersBadRequestsAndUnchangedReshards(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
 		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond),
-		discordtest.WithSessionStartLimit(5, time.Hour), // 3 left once the fleet runs
+		discordtest.WithSessionStartLimit(5, time.Hour),   // 3 left once the fleet runs
 		discordtest.WithRouteRateLimit(1000, time.Second)) // each refused reshard asks GET /gateway/bot
 	defer s.Close()
 	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken})
