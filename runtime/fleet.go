@@ -161,9 +161,6 @@ func NewClient(b *bus.Bus) *Client {
 	return &Client{b: b}
 }
 
-// String describes the client.
-func (c *Client) String() string { return "runtime.Client" }
-
 // SoftRestart soft-restarts a cluster (see Runtime.SoftRestart).
 func (c *Client) SoftRestart(ctx context.Context, cluster int) error {
 	return c.cluster(ctx, cmdSoftRestart, cluster)

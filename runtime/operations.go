@@ -81,9 +81,11 @@ func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operat
 	if r.reshardBusy.Load() || !r.reshardOp.CompareAndSwap(false, true) {
 		return Operation{}, ErrReshardInProgress
 	}
-	// What cannot work, or changes nothing, is answered now.
+	// What cannot work, or changes nothing, is answered now; the
+	// operation then runs the counts resolved here.
+	planned := false
 	if shards, clusters, ok := r.shape(); ok {
-		_, _, note, err := r.planReshard(ctx, opts, shards, clusters)
+		total, n, note, err := r.planReshard(ctx, opts, shards, clusters)
 		if err != nil || note != "" {
 			r.reshardOp.Store(false)
 			if err != nil {
@@ -91,6 +93,7 @@ func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operat
 			}
 			return r.finishedOperation(ctx, OperationReshard, note)
 		}
+		opts, planned = ReshardOptions{Shards: total, Clusters: n}, true
 	}
 	op, err := r.startOperation(ctx, OperationReshard, func(ctx context.Context, progress func(done, of int)) (string, error) {
 		defer r.reshardOp.Store(false)
@@ -104,7 +107,7 @@ func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operat
 			}
 		})
 		defer unsub()
-		return r.reshard(ctx, opts)
+		return r.reshard(ctx, opts, planned)
 	})
 	if err != nil {
 		r.reshardOp.Store(false)

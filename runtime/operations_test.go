@@ -10,13 +10,14 @@ import (
 )
 
 func TestReshardOverTheBusOutlivesTheRequestTimeout(t *testing.T) {
-	// One identify bucket, 300 ms windows: the four new shards take over
-	// 900 ms, about twice the bus's request timeout.
+	// One identify bucket, 500 ms windows: the four new shards take over
+	// 1.5 s, more than the bus's request timeout, which still leaves
+	// starting the reshard (a request to Discord) room on a busy machine.
 	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(2),
-		discordtest.WithIdentifyWindow(300*time.Millisecond))
+		discordtest.WithIdentifyWindow(500*time.Millisecond))
 	defer s.Close()
 	cfg := testConfig(s)
-	cfg.RequestTimeout = 500 * time.Millisecond
+	cfg.RequestTimeout = time.Second
 	rt, stop, _ := startFleet(t, cfg)
 	defer stop()
 	rec := record(rt, EventReshardDone)

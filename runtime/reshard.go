@@ -120,12 +120,14 @@ func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, 
 // returns nil and no shard identifies. Options that cannot work return an
 // error wrapping ErrCannotReshard that says what to change.
 func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
-	_, err := r.reshard(ctx, opts)
+	_, err := r.reshard(ctx, opts, false)
 	return err
 }
 
-// reshard is Reshard; result says when it changed nothing.
-func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions) (result string, err error) {
+// reshard is Reshard; result says when it changed nothing. With planned,
+// opts holds the counts planReshard resolved for the fleet as it is (no
+// other reshard can have run since): Discord is not asked again.
+func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool) (result string, err error) {
 	if err := opts.check(); err != nil {
 		return "", err
 	}
@@ -156,9 +158,13 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions) (result stri
 		return "", ErrNotRunning
 	default:
 	}
-	total, n, note, err := r.planReshard(ctx, opts, oldEnv.total, len(old))
-	if err != nil || note != "" {
-		return note, err
+	total, n := opts.Shards, opts.Clusters
+	if !planned {
+		var note string
+		total, n, note, err = r.planReshard(ctx, opts, oldEnv.total, len(old))
+		if err != nil || note != "" {
+			return note, err
+		}
 	}
 
 	began := time.Now()
