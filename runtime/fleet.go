@@ -62,6 +62,11 @@ type Fleet interface {
 	ShutdownService(ctx context.Context, name string) error
 	// SoftRestartAllServices and RestartAllServices restart every
 	// service, one at a time.
+	//
+	// An operation on a service waits for the commands it is handling:
+	// called from one of that service's own handlers, it waits for
+	// itself until ctx ends. Send the service a command that starts it
+	// after the handler returns instead.
 	SoftRestartAllServices(ctx context.Context) error
 	RestartAllServices(ctx context.Context) error
 

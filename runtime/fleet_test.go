@@ -296,8 +296,21 @@ func TestEveryCommandOverAStrictBus(t *testing.T) {
 		if err := f.ShutdownService(ctx, "flaky"); err != nil {
 			t.Fatalf("ShutdownService: %v", err)
 		}
-		if w, err := f.Workers(ctx); err != nil || len(w.Services) != 1 {
-			t.Fatalf("services after ShutdownService: %+v, %v", w.Services, err)
+		late := services.Spec{Name: "late", New: func() services.Service {
+			return services.Func(func(context.Context, *services.Context) error { return nil })
+		}}
+		if err := rt.CreateService(ctx, late); err != nil {
+			t.Fatalf("CreateService: %v", err)
+		}
+		if err := rt.CreateService(ctx, late); err == nil {
+			t.Fatal("a second service named late was created")
+		}
+		w, err := f.Workers(ctx)
+		if err != nil || len(w.Services) != 2 {
+			t.Fatalf("services after ShutdownService and CreateService: %+v, %v", w.Services, err)
+		}
+		if in, ok := serviceInfo(w.Services, "late"); !ok || in.State != services.StateReady {
+			t.Fatalf("late: %+v, want ready", in)
 		}
 		for name, do := range map[string]func(context.Context, string) error{
 			"SoftRestartService": f.SoftRestartService, "RestartService": f.RestartService, "ShutdownService": f.ShutdownService,
