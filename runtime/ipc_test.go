@@ -190,7 +190,7 @@ func TestDuplicateServiceNames(t *testing.T) {
 	}
 }
 
-func TestTotalShutdownOverTheBus(t *testing.T) {
+func TestShutdownOverTheBus(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
 	rt, errc := runReady(t, testConfig(s))
