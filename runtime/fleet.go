@@ -355,6 +355,37 @@ var sentinels = []error{
 	services.ErrUnknownService, services.ErrClosed, services.ErrFailed, services.ErrStartTimeout, services.ErrNotReady,
 }
 
+// wireError returns err with the text of each sentinel it matches that
+// its message leaves out, in parentheses: only the message crosses a
+// strict bus or a process boundary, and a Client finds the sentinels in
+// it (withSentinels). Close to the process, the result unwraps to err.
+func wireError(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	var missing []string
+	for _, s := range sentinels {
+		if errors.Is(err, s) && !strings.Contains(msg, s.Error()) {
+			missing = append(missing, s.Error())
+		}
+	}
+	if len(missing) == 0 {
+		return err
+	}
+	return &namedError{msg: msg + " (" + strings.Join(missing, "; ") + ")", err: err}
+}
+
+// namedError is an error whose message also names its sentinels.
+type namedError struct {
+	msg string
+	err error
+}
+
+func (e *namedError) Error() string { return e.msg }
+
+func (e *namedError) Unwrap() error { return e.err }
+
 // withSentinels returns err, a bus.RemoteError's, matching (errors.Is)
 // every sentinel its message names as well, since only the message
 // crosses a strict bus or a process boundary.

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -330,5 +331,41 @@ func TestEveryCommandOverAStrictBus(t *testing.T) {
 	}
 	if _, err := f.Workers(ctx); !errors.Is(err, bus.ErrClosed) && !errors.Is(err, bus.ErrUnknownAddress) {
 		t.Fatalf("Workers after the shutdown = %v, want the bus closed", err)
+	}
+}
+
+// quietError wraps a sentinel without saying its text, as an error that
+// names each package once may.
+type quietError struct{ sentinel error }
+
+func (e quietError) Error() string { return `"flaky" failed after 3 attempts` }
+func (e quietError) Unwrap() error { return e.sentinel }
+
+// A sentinel an error wraps without naming it still reaches a Client
+// across a strict bus: the admiral names it in the message.
+func TestSentinelsCrossAStrictBus(t *testing.T) {
+	b := bus.New(bus.Options{Strict: true})
+	defer b.Close()
+	ep, err := b.Register(bus.Admiral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle(ep, cmdRestartService, func(_ context.Context, q serviceRequest) (none, error) {
+		return none{}, quietError{services.ErrFailed}
+	})
+	handle(ep, cmdSoftRestart, func(_ context.Context, q clusterRequest) (none, error) {
+		return none{}, fmt.Errorf("%w %d", ErrUnknownCluster, q.Cluster)
+	})
+	f := NewClient(b)
+	err = f.RestartService(t.Context(), "flaky")
+	if !errors.Is(err, services.ErrFailed) || !strings.Contains(err.Error(), `"flaky" failed after 3 attempts`) {
+		t.Errorf("RestartService = %v, want services.ErrFailed with the handler's message", err)
+	}
+	if errors.Is(err, services.ErrUnknownService) {
+		t.Errorf("RestartService = %v matches a sentinel it does not wrap", err)
+	}
+	err = f.SoftRestart(t.Context(), 9)
+	if !errors.Is(err, ErrUnknownCluster) || strings.Count(err.Error(), ErrUnknownCluster.Error()) != 1 {
+		t.Errorf("SoftRestart = %v, want ErrUnknownCluster, named once", err)
 	}
 }

@@ -48,23 +48,23 @@ func (r *Runtime) admiral() error {
 		return err
 	}
 	cluster := func(cmd string, do func(context.Context, int) error) {
-		bus.Handle(ep, cmd, func(ctx context.Context, q clusterRequest) (none, error) { return none{}, do(ctx, q.Cluster) })
+		handle(ep, cmd, func(ctx context.Context, q clusterRequest) (none, error) { return none{}, do(ctx, q.Cluster) })
 	}
 	service := func(cmd string, do func(context.Context, string) error) {
-		bus.Handle(ep, cmd, func(ctx context.Context, q serviceRequest) (none, error) { return none{}, do(ctx, q.Service) })
+		handle(ep, cmd, func(ctx context.Context, q serviceRequest) (none, error) { return none{}, do(ctx, q.Service) })
 	}
 	fleet := func(cmd string, do func(context.Context) error) {
-		bus.Handle(ep, cmd, func(ctx context.Context, _ none) (none, error) { return none{}, do(ctx) })
+		handle(ep, cmd, func(ctx context.Context, _ none) (none, error) { return none{}, do(ctx) })
 	}
 	start := func(cmd string, do func(context.Context) (Operation, error)) {
-		bus.Handle(ep, cmd, func(ctx context.Context, _ none) (Operation, error) { return do(ctx) })
+		handle(ep, cmd, func(ctx context.Context, _ none) (Operation, error) { return do(ctx) })
 	}
 	cluster(cmdSoftRestart, r.SoftRestart)
 	cluster(cmdRestart, r.Restart)
 	cluster(cmdShutdownCluster, r.ShutdownCluster)
 	start(cmdStartSoftRestartAll, r.StartSoftRestartAll)
 	start(cmdStartRestartAll, r.StartRestartAll)
-	bus.Handle(ep, cmdStartReshard, r.StartReshard)
+	handle(ep, cmdStartReshard, r.StartReshard)
 	fleet(cmdShutdown, func(context.Context) error {
 		r.beginShutdown() // Run then stops the bus: answer first, never wait here
 		return nil
@@ -74,7 +74,7 @@ func (r *Runtime) admiral() error {
 	service(cmdShutdownService, r.ShutdownService)
 	fleet(cmdSoftRestartAllServices, r.SoftRestartAllServices)
 	fleet(cmdRestartAllServices, r.RestartAllServices)
-	bus.Handle(ep, cmdOperation, func(ctx context.Context, q operationQuery) (Operation, error) {
+	handle(ep, cmdOperation, func(ctx context.Context, q operationQuery) (Operation, error) {
 		op, err := r.Operation(ctx, q.ID)
 		if err != nil {
 			return op, err
@@ -91,21 +91,30 @@ func (r *Runtime) admiral() error {
 		op, _ = r.WaitOperation(wctx, q.ID)
 		return op, nil
 	})
-	bus.Handle(ep, cmdStats, func(context.Context, none) (Stats, error) { return r.Stats(), nil })
-	bus.Handle(ep, cmdWorkers, func(context.Context, none) (Workers, error) { return r.Workers(), nil })
-	bus.Handle(ep, cmdFetchGuild, func(ctx context.Context, q fetchRequest) (*discord.Guild, error) {
+	handle(ep, cmdStats, func(context.Context, none) (Stats, error) { return r.Stats(), nil })
+	handle(ep, cmdWorkers, func(context.Context, none) (Workers, error) { return r.Workers(), nil })
+	handle(ep, cmdFetchGuild, func(ctx context.Context, q fetchRequest) (*discord.Guild, error) {
 		return r.FetchGuild(ctx, q.ID)
 	})
-	bus.Handle(ep, cmdFetchMember, func(ctx context.Context, q fetchRequest) (*discord.Member, error) {
+	handle(ep, cmdFetchMember, func(ctx context.Context, q fetchRequest) (*discord.Member, error) {
 		return r.FetchMember(ctx, q.GuildID, q.ID)
 	})
-	bus.Handle(ep, cmdFetchUser, func(ctx context.Context, q fetchRequest) (*discord.User, error) {
+	handle(ep, cmdFetchUser, func(ctx context.Context, q fetchRequest) (*discord.User, error) {
 		return r.FetchUser(ctx, q.ID)
 	})
-	bus.Handle(ep, cmdFetchChannel, func(ctx context.Context, q fetchRequest) (json.RawMessage, error) {
+	handle(ep, cmdFetchChannel, func(ctx context.Context, q fetchRequest) (json.RawMessage, error) {
 		return r.fetchChannel(ctx, q.ID)
 	})
 	return nil
+}
+
+// handle registers an admiral command whose errors name, in their
+// message, every sentinel they match (see wireError).
+func handle[Req, Resp any](ep *bus.Endpoint, cmd string, fn func(context.Context, Req) (Resp, error)) {
+	bus.Handle(ep, cmd, func(ctx context.Context, q Req) (Resp, error) {
+		v, err := fn(ctx, q)
+		return v, wireError(err)
+	})
 }
 
 // SoftRestartService replaces a service's instance without losing a
