@@ -199,7 +199,7 @@ func (r *Runtime) endOperation(rec *opRecord, result string, err error) {
 	rec.op.Ended, rec.op.Result, rec.err = time.Now(), result, err
 	rec.op.State = OperationDone
 	if err != nil {
-		rec.op.State, rec.op.Err = OperationFailed, err.Error()
+		rec.op.State, rec.op.Err = OperationFailed, wireError(err).Error() // names its sentinels, for a Client
 	}
 	r.mu.Unlock()
 	close(rec.done)
