@@ -201,7 +201,7 @@ func TestFailedAfterMaxRestarts(t *testing.T) {
 	if last := evs[len(evs)-1]; last.Kind != services.EventFailed || last.Attempt != 4 || !errors.Is(last.Err, boom) {
 		t.Errorf("last event = %+v, want service_failed at attempt 4", last)
 	}
-	if in := info(t, m, "counter"); in.State != services.StateFailed || in.Restarts != 3 || !strings.Contains(in.Err, services.ErrFailed.Error()) {
+	if in := info(t, m, "counter"); in.State != services.StateFailed || in.Restarts != 3 || !strings.Contains(in.Err, "boom") {
 		t.Errorf("%+v, want failed after 3 restarts", in)
 	}
 	if _, err := requestID(ctx, b, "counter"); !errors.Is(err, bus.ErrUnknownAddress) {
