@@ -96,6 +96,7 @@ func statsRun(shards, clusters, guilds, rate, events int, withStats bool, snapEv
 	cfg := runtime.Config{
 		Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		IdentifyInterval: s.IdentifyWindow(), Clusters: clusters,
+		StatsInterval: runtime.StatsOff, // the snapshots are the ones this scenario takes
 		ClientOptions: []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))},
 		Bot: func(int) runtime.Bot {
 			return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {

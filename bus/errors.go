@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Errors returned by the bus. Match them with [errors.Is]: the bus wraps
@@ -52,9 +53,11 @@ type RemoteError struct {
 	err  error // the handler's error; nil in strict mode
 }
 
-// Error returns "bus: <address> <command>: <message>".
+// Error returns "bus: <address> <command>: <message>", the message
+// without a "bus: " of its own (a handler whose own bus call failed), so
+// that the package is named once.
 func (e *RemoteError) Error() string {
-	return "bus: " + string(e.Address) + " " + e.Command + ": " + e.Message
+	return "bus: " + string(e.Address) + " " + e.Command + ": " + strings.TrimPrefix(e.Message, "bus: ")
 }
 
 // Unwrap returns the handler's own error; it is nil in strict mode.

@@ -81,7 +81,7 @@
 // and the operations, each named as the runtime.Fleet method it calls:
 //
 //	POST /admin/clusters/{id}/soft-restart    SoftRestart
-//	POST /admin/clusters/{id}/restart         Restart
+//	POST /admin/clusters/{id}/restart         Restart: answered once every shard of the new instance is ready
 //	POST /admin/clusters/{id}/shutdown        ShutdownCluster
 //	POST /admin/clusters/soft-restart         SoftRestartAll (an operation: 202)
 //	POST /admin/clusters/restart              RestartAll (an operation: 202)

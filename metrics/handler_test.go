@@ -68,6 +68,10 @@ func TestAdminOperations(t *testing.T) {
 	if code, body := f.do(t, http.MethodPost, "/admin/clusters/1/restart", adminToken, ""); code != http.StatusOK {
 		t.Fatalf("restart: %d %s", code, body)
 	}
+	// "done" means the new instance serves: every shard is ready again.
+	if st := f.rt.Workers().Clusters[1].State; st != "ready" {
+		t.Fatalf("cluster 1 is %s when its restart answered done", st)
+	}
 	if k := next(t, done); k != runtime.EventClusterRestarted {
 		t.Fatalf("event %s after a restart", k)
 	}

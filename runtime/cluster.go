@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/disgoorg/disgo/gateway"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/errwrap"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -50,6 +52,26 @@ type clusterOp struct {
 	reply chan error
 }
 
+// pendingOp is an operation whose answer waits for something the
+// supervisor sees later (a hard restart: the new instance's ready).
+type pendingOp struct{ op *clusterOp }
+
+// done is the pending operation's ctx's Done, or nil.
+func (p *pendingOp) done() <-chan struct{} {
+	if p.op == nil {
+		return nil
+	}
+	return p.op.ctx.Done()
+}
+
+// answer replies to the pending operation, if any, and forgets it.
+func (p *pendingOp) answer(err error) {
+	if p.op != nil {
+		p.op.reply <- err // buffered: the caller may have gone
+		p.op = nil
+	}
+}
+
 // instance is one running group and the user code on it.
 type instance struct {
 	g        *shardgroup.Group
@@ -72,6 +94,7 @@ type instance struct {
 func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, stop <-chan struct{}, adopt *instance) {
 	budget := r.budget()
 	var inst *instance
+	var restarting pendingOp // a hard restart waiting for its instance to be ready
 	defer func() {
 		if inst != nil {
 			if err := r.stopInstanceCtx(r.stopContext(), inst, r.cfg.SessionStore != nil); err != nil {
@@ -105,7 +128,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 		wait, ok := budget.Fail(time.Now())
 		if !ok {
 			r.events.emit(Event{Kind: EventClusterFailed, Cluster: c.id, Shard: -1,
-				Err: fmt.Errorf("runtime: cluster %d failed after %d restarts within %s: %w", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow, err)})
+				Err: errwrap.Wrap(fmt.Sprintf("runtime: cluster %d failed after %d restarts within %s", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow), "runtime", err)})
 			r.park(c, stop, "failed")
 			return false
 		}
@@ -146,14 +169,19 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			select {
 			case <-stop:
 				timer.Stop()
+				restarting.answer(ErrNotRunning)
 				return
 			case <-inst.ready:
 				inst.ready = nil // serve on; no timeout any more
 				timer.Stop()
 				timeoutC = nil
 				budget.Up(time.Now())
+				restarting.answer(nil)
+			case <-restarting.done():
+				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
 			case <-timeoutC:
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
+				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case op := <-c.ops:
 				switch op.kind {
 				case opSoftRestart:
@@ -185,7 +213,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					inst = nil
 					next, err := r.startInstance(c, env, nil, time.Now().Add(timeout))
 					if err != nil {
-						op.reply <- fmt.Errorf("runtime: restart of cluster %d: the cluster restarts under supervision: %w", c.id, err)
+						op.reply <- errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", err)
 						if !failed(err) {
 							return
 						}
@@ -196,7 +224,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					if f := r.cfg.Observer.ClusterRestart; f != nil {
 						f(c.id)
 					}
-					op.reply <- nil
+					restarting.op = &op // answered once every shard is ready
 					timer = time.NewTimer(timeout)
 					timeoutC = timer.C
 				}
@@ -415,7 +443,7 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 		err = ctx.Err()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("runtime: soft restart of cluster %d: the old instance keeps serving: %w", c.id, err)
+		return nil, errwrap.Wrap(fmt.Sprintf("runtime: soft restart of cluster %d: the old instance keeps serving", c.id), "runtime", err)
 	}
 	paused := time.Now()
 	// A shard that does not stop in time (a connection that hangs) is
@@ -643,6 +671,9 @@ func (r *Runtime) restartAll(ctx context.Context, hard bool, progress func(done,
 			do, what = r.Restart, "restart"
 		}
 		if err := do(ctx, id); err != nil {
+			if strings.HasPrefix(err.Error(), "runtime: ") {
+				return err // it names the operation and the cluster, or needs neither
+			}
 			return fmt.Errorf("runtime: %s of cluster %d: %w", what, id, err)
 		}
 		if progress != nil {
@@ -653,9 +684,12 @@ func (r *Runtime) restartAll(ctx context.Context, hard bool, progress func(done,
 }
 
 // Restart restarts a cluster the hard way: its shards close, ending their
-// sessions, and a new instance identifies anew through the queue. If the
-// new instance's Setup fails, the error is returned and the cluster is
-// restarted under supervision (MaxRestarts, back-off).
+// sessions, and a new instance identifies anew through the queue. It
+// returns once every shard of the new instance is ready. If the new
+// instance's Setup fails, or it is not ready within ClusterTimeout, the
+// error is returned and the cluster is restarted under supervision
+// (MaxRestarts, back-off). If ctx ends first, the restart goes on and
+// ctx's error is returned.
 func (r *Runtime) Restart(ctx context.Context, cluster int) error {
 	return r.do(ctx, cluster, opRestart)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	goruntime "runtime"
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
@@ -64,8 +65,15 @@ type Config struct {
 	// ceil(recommended × 1000 / GuildsPerShard). At most 2500.
 	GuildsPerShard int
 	// Clusters is how many groups the shards are split into, as contiguous
-	// ranges; 0 means one per CPU, never more than shards.
+	// ranges; 0 means one per CPU (eris-fleet's default), never more than
+	// shards. Set it or ShardsPerCluster, not both.
 	Clusters int
+	// ShardsPerCluster sizes clusters instead of counting them
+	// (discord-hybrid-sharding's shardsPerClusters): ceil(shards /
+	// ShardsPerCluster) clusters, the first ones one shard longer when
+	// they do not divide evenly. A Reshard keeps the size. 0: Clusters
+	// decides.
+	ShardsPerCluster int
 	// TotalShards, FirstShardID and LastShardID make this runtime run a
 	// slice of a bigger fleet: shards FirstShardID..LastShardID (inclusive)
 	// of TotalShards. With TotalShards 0 the runtime runs every shard.
@@ -152,8 +160,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	StrictBus      bool
 	// StatsInterval is how often an EventStats carries a Stats snapshot
-	// (eris-fleet's statsInterval; 0, the default, sends none). Snapshots
-	// are taken on a goroutine of their own, never on a shard's.
+	// (default 60 s, eris-fleet's statsInterval; StatsOff, or any negative
+	// value, sends none). Snapshots are taken on a goroutine of their own,
+	// never on a shard's.
 	StatsInterval time.Duration
 	// Observer receives what the fleet does, for metrics.
 	Observer Observer
@@ -162,6 +171,13 @@ type Config struct {
 }
 
 const maxGuildsPerShard = 2500
+
+// StatsOff as Config.StatsInterval turns the periodic EventStats off
+// (eris-fleet's statsInterval "disable").
+const StatsOff time.Duration = -1
+
+// DefaultStatsInterval is Config.StatsInterval's default, eris-fleet's.
+const DefaultStatsInterval = time.Minute
 
 // withDefaults validates what can be checked before asking Discord and
 // fills defaults. Errors say what to change.
@@ -174,6 +190,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Shards < 0 || c.Clusters < 0 || c.TotalShards < 0 {
 		return c, fmt.Errorf("runtime: Shards (%d), Clusters (%d) and TotalShards (%d) must not be negative", c.Shards, c.Clusters, c.TotalShards)
+	}
+	if c.ShardsPerCluster < 0 {
+		return c, fmt.Errorf("runtime: ShardsPerCluster (%d) is negative: use 1 or more, or 0 to let Clusters decide", c.ShardsPerCluster)
+	}
+	if c.Clusters > 0 && c.ShardsPerCluster > 0 {
+		return c, fmt.Errorf("runtime: Clusters (%d) and ShardsPerCluster (%d) are both set: remove one (Clusters fixes how many clusters, ShardsPerCluster how many shards each runs)",
+			c.Clusters, c.ShardsPerCluster)
 	}
 	if c.GuildsPerShard > maxGuildsPerShard {
 		return c, fmt.Errorf("runtime: GuildsPerShard (%d) > %d, Discord's limit: lower GuildsPerShard", c.GuildsPerShard, maxGuildsPerShard)
@@ -204,9 +227,6 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("runtime: GatewayURL %q is not a ws:// or wss:// URL with a host: set it to the gateway's URL (wss://gateway.discord.gg) or leave it empty", c.GatewayURL)
 		}
 	}
-	if c.StatsInterval < 0 {
-		return c, fmt.Errorf("runtime: StatsInterval (%s) is negative: use 0 to send no stats events", c.StatsInterval)
-	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -231,6 +251,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.IdentifyInterval == 0 {
 		c.IdentifyInterval = 5 * time.Second
+	}
+	if c.StatsInterval == 0 {
+		c.StatsInterval = DefaultStatsInterval
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -262,6 +285,18 @@ func (c Config) shardsToRun(total int) int {
 		return c.LastShardID - c.FirstShardID + 1
 	}
 	return total
+}
+
+// clusterCount is how many clusters run shards shards: Clusters, or
+// ceil(shards / ShardsPerCluster), or one per CPU; never more than shards.
+func (c Config) clusterCount(shards int) int {
+	switch {
+	case c.Clusters > 0:
+		return c.Clusters
+	case c.ShardsPerCluster > 0:
+		return (shards + c.ShardsPerCluster - 1) / c.ShardsPerCluster
+	}
+	return min(goruntime.NumCPU(), shards)
 }
 
 // plan splits shards first..last into n contiguous ranges, the first ones

@@ -15,7 +15,7 @@
 // 0), max_concurrency and the session start limit, checks that enough
 // starts remain, and splits the shards (or the slice
 // FirstShardID..LastShardID of TotalShards) into Config.Clusters
-// contiguous ranges. Each cluster is a shardgroup.Group: one disgo client
+// contiguous ranges (or ranges of about Config.ShardsPerCluster). Each cluster is a shardgroup.Group: one disgo client
 // and its shards. The user's Bot.Setup runs on the group before its shards
 // connect, so listeners see READY.
 //

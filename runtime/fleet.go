@@ -171,7 +171,10 @@ func (c *Client) SoftRestart(ctx context.Context, cluster int) error {
 	return c.cluster(ctx, cmdSoftRestart, cluster)
 }
 
-// Restart restarts a cluster (see Runtime.Restart).
+// Restart restarts a cluster (see Runtime.Restart). It answers once the
+// cluster serves again, when every shard has identified: give ctx a
+// deadline for that (the bus's default is Config.RequestTimeout); a
+// caller that stops waiting leaves the restart going on.
 func (c *Client) Restart(ctx context.Context, cluster int) error {
 	return c.cluster(ctx, cmdRestart, cluster)
 }

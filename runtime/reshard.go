@@ -11,7 +11,8 @@ import (
 )
 
 // ReshardOptions says what to reshard to; zero fields take Discord's
-// recommendation (Shards) and the current cluster count (Clusters).
+// recommendation (Shards) and the current cluster count (Clusters), or
+// clusters of Config.ShardsPerCluster shards when that is set.
 type ReshardOptions struct {
 	Shards   int `json:"shards"`
 	Clusters int `json:"clusters"`
@@ -85,7 +86,10 @@ func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, 
 			ErrCannotReshard, total, mc, mc, max(lo, mc), hi)
 	}
 	n = opts.Clusters
-	if n == 0 {
+	switch {
+	case n == 0 && r.cfg.ShardsPerCluster > 0:
+		n = r.cfg.clusterCount(total)
+	case n == 0:
 		n = min(clusters, total)
 	}
 	if n > total {

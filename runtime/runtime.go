@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"github.com/disgoorg/disgo/rest"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/errwrap"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
@@ -94,7 +94,7 @@ func New(cfg Config) (*Runtime, error) {
 			lc.Logger = c.Logger
 		}
 		if c.RESTLimiter, err = restproxy.New(lc); err != nil {
-			return nil, fmt.Errorf("runtime: RESTLimiterConfig: %w", err)
+			return nil, errwrap.Wrap("runtime: Config.RESTLimiterConfig", "restproxy", err)
 		}
 	}
 	r := &Runtime{cfg: c, events: newEvents(c.Logger.With("component", "fleet"), c.WhatToLog),
@@ -116,7 +116,7 @@ func New(cfg Config) (*Runtime, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("runtime: Services: %w", err)
+		return nil, errwrap.Wrap("runtime: Config.Services", "services", err)
 	}
 	return r, nil
 }
@@ -244,10 +244,7 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		queue = q
 	}
 	defer queue.Close(context.Background())
-	n := r.cfg.Clusters
-	if n == 0 {
-		n = min(goruntime.NumCPU(), last-first+1)
-	}
+	n := r.cfg.clusterCount(last - first + 1)
 	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
 		fatal: make(chan error, 1), counting: true}
 	if env.gatewayURL == "" {
@@ -458,7 +455,7 @@ func (r *Runtime) failure() error {
 	errs := make([]error, 0, len(clusters))
 	for _, c := range clusters {
 		c.mu.Lock()
-		errs = append(errs, fmt.Errorf("cluster %d: %w", c.id, c.lastErr))
+		errs = append(errs, errwrap.Trim("runtime", c.lastErr)) // it names the cluster
 		c.mu.Unlock()
 	}
 	return fmt.Errorf("runtime: no cluster could start (check GatewayURL, the network and Setup; each cluster was restarted MaxRestarts times): %w", errors.Join(errs...))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,8 @@ func TestValidation(t *testing.T) {
 		{"negative guilds per shard", func(c *Config) { c.GuildsPerShard = -5 }, "GuildsPerShard (-5) and MaxConcurrencyOverride (0) must not be negative", false},
 		{"negative max concurrency", func(c *Config) { c.MaxConcurrencyOverride = -1 }, "MaxConcurrencyOverride (-1) must not be negative", false},
 		{"max restarts below -1", func(c *Config) { c.MaxRestarts = -5 }, "MaxRestarts (-5) is below -1", false},
+		{"clusters and shards per cluster", func(c *Config) { c.Clusters, c.ShardsPerCluster = 2, 4 }, "Clusters (2) and ShardsPerCluster (4) are both set: remove one", false},
+		{"negative shards per cluster", func(c *Config) { c.ShardsPerCluster = -1 }, "ShardsPerCluster (-1) is negative", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -486,5 +489,116 @@ func TestHardRestartAndShutdownCluster(t *testing.T) {
 	}
 	if err := rt.Restart(ctx, 7); !errors.Is(err, ErrUnknownCluster) {
 		t.Fatalf("unknown cluster: %v", err)
+	}
+}
+
+func TestShardsPerClusterSizesClusters(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(24), discordtest.WithRecommendedShards(6),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	cfg := testConfig(s)
+	cfg.ShardsPerCluster = 4
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	sizes := func() []int {
+		var n []int
+		for _, c := range rt.Workers().Clusters {
+			n = append(n, len(c.Shards))
+		}
+		return n
+	}
+	// ceil(6 / 4) = 2 clusters, split evenly.
+	if got := sizes(); !slices.Equal(got, []int{3, 3}) {
+		t.Fatalf("6 shards at 4 per cluster: cluster sizes %v, want [3 3]", got)
+	}
+	// A reshard keeps the size: ceil(12 / 4) = 3 clusters.
+	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 12}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sizes(); !slices.Equal(got, []int{4, 4, 4}) {
+		t.Fatalf("12 shards at 4 per cluster: cluster sizes %v, want [4 4 4]", got)
+	}
+	// Stats, which the quickstart's summary reads, follows the reshard.
+	if st := rt.Stats(); st.Shards != 12 || st.ShardsReady != 12 || len(st.Clusters) != 3 {
+		t.Fatalf("after the reshard: %d of %d shards ready in %d clusters, want 12 of 12 in 3", st.ShardsReady, st.Shards, len(st.Clusters))
+	}
+}
+
+// TestRestartReturnsWhenReady checks that a hard restart answers only once
+// every shard of the new instance is ready, and that a caller who stops
+// waiting is told the restart goes on.
+func TestRestartReturnsWhenReady(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	groups := make(chan *shardgroup.Group, 4)
+	cfg := testConfig(s)
+	cfg.Clusters = 2
+	cfg.Bot = func(cluster int) Bot {
+		return BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+			if cluster == 1 {
+				select {
+				case groups <- g:
+				default:
+				}
+			}
+			return nil
+		})
+	}
+	rt, stop, _ := startFleet(t, cfg)
+	defer stop()
+	<-groups // the first instance
+	shardReady := func(g *shardgroup.Group, id int) bool {
+		for _, sh := range g.Shards() {
+			if sh.ID == id {
+				return sh.State == shardgroup.StateReady
+			}
+		}
+		return false
+	}
+	// restart holds shard 3 of cluster 1 (shards 2 and 3), restarts the
+	// cluster and waits until the new instance's shard 2 is ready.
+	restart := func(ctx context.Context) (*shardgroup.Group, chan error) {
+		s.HoldShard(3)
+		done := make(chan error, 1)
+		go func() { done <- rt.Restart(ctx, 1) }()
+		var g *shardgroup.Group
+		select {
+		case g = <-groups:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no new instance set up")
+		}
+		waitFor(t, func() bool { return shardReady(g, 2) })
+		return g, done
+	}
+
+	// The caller stops waiting: the restart goes on and says so.
+	ctx, cancel := context.WithCancel(context.Background())
+	g, done := restart(ctx)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "still connecting") {
+		t.Fatalf("Restart with its ctx cancelled: %v, want context.Canceled and \"still connecting\"", err)
+	}
+	s.ReleaseShard(3)
+	waitFor(t, func() bool { return g.State() == shardgroup.StateReady })
+
+	// The caller waits: Restart returns once shard 3 is ready too.
+	g, done = restart(context.Background())
+	select {
+	case err := <-done:
+		t.Fatalf("Restart returned (%v) while shard 3 was held", err)
+	default:
+	}
+	s.ReleaseShard(3)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Restart did not return after the shard was released")
+	}
+	if st := g.State(); st != shardgroup.StateReady {
+		t.Fatalf("Restart returned with the cluster %s", st)
 	}
 }

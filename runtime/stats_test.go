@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -260,8 +259,23 @@ func TestStatsEvents(t *testing.T) {
 	if st.Shards != 2 || len(st.Clusters) != 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	cfg.StatsInterval = -time.Second
-	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "StatsInterval") {
-		t.Fatalf("negative StatsInterval: %v", err)
+}
+
+func TestStatsIntervalDefaultsAndOff(t *testing.T) {
+	for _, tc := range []struct {
+		set, want time.Duration
+	}{
+		{0, time.Minute}, // eris-fleet's 60 s
+		{StatsOff, StatsOff},
+		{-time.Second, -time.Second}, // any negative value is off
+		{time.Second, time.Second},
+	} {
+		c, err := Config{Token: "t", Bot: nopBot, StatsInterval: tc.set}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.StatsInterval != tc.want {
+			t.Errorf("StatsInterval %s: got %s, want %s", tc.set, c.StatsInterval, tc.want)
+		}
 	}
 }

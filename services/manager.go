@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/errwrap"
 	"github.com/gofleet/fleet/internal/restart"
 )
 
@@ -627,7 +628,8 @@ func (m *Manager) start(ctx context.Context, s *service, state State) error {
 		}
 		backoff, ok := budget.Fail(time.Now())
 		if !ok {
-			err = fmt.Errorf("%w: %q after %d attempts (MaxRestarts %d per %v): %w", ErrFailed, name, attempt, m.cfg.MaxRestarts, m.cfg.RestartWindow, err)
+			err = errwrap.Wrap(fmt.Sprintf("services: %q failed after %d attempts (MaxRestarts %d per %v)", name, attempt, m.cfg.MaxRestarts, m.cfg.RestartWindow),
+				"services", err, ErrFailed)
 			m.fail(s, attempt, err)
 			return err
 		}
@@ -720,7 +722,7 @@ func (m *Manager) launch(ctx context.Context, s *service) (*instance, error) {
 	})
 	if err != nil {
 		_ = ep.Close(context.Background()) // discard the standby endpoint
-		return nil, fmt.Errorf("services: start %q: %w", name, err)
+		return nil, errwrap.Wrap(fmt.Sprintf("services: start %q", name), "services", err)
 	}
 	return &instance{svc: svc, ep: ep}, nil
 }

@@ -99,6 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "gateway: %s\nrest:    %s\ntoken:   %s\n", s.GatewayURL(), s.RESTURL(), s.Token())
 
 	var c *control
+	controlURL := ""
 	if *ctl {
 		ln, err := net.Listen("tcp", *ctlAddr)
 		if err != nil {
@@ -123,8 +124,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if ip := ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
 			fmt.Fprintf(stderr, "fakediscord: the control API on %s is reachable from other hosts and has no authentication\n", ln.Addr())
 		}
-		fmt.Fprintf(stdout, "control: http://%s\n", ln.Addr())
+		controlURL = "http://" + ln.Addr().String()
+		fmt.Fprintf(stdout, "control: %s\n", controlURL)
 	}
+	paste := fmt.Sprintf("-gateway %s -rest %s -token %s", s.GatewayURL(), s.RESTURL(), s.Token())
+	if controlURL != "" {
+		paste += " -control " + controlURL
+	}
+	fmt.Fprintf(stdout, "run the quickstart on it:\n  go run ./examples/quickstart %s\n", paste)
 	fmt.Fprintln(stdout, "serving; interrupt to stop")
 
 	<-ctx.Done()
