@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -29,6 +31,7 @@ import (
 func init() {
 	register("rest", runREST)
 	childKinds["restproxy"] = runProxyChild
+	childKinds["reverseproxy"] = runReverseProxyChild
 }
 
 // restResult is the rest scenario's line.
@@ -53,6 +56,11 @@ type restResult struct {
 	DirectUS        float64 `json:"direct_us"`
 	ProxiedUS       float64 `json:"proxied_us"`
 	ProxyOverheadUS float64 `json:"proxy_overhead_us"`
+	// The same pair measured again with net/http's ReverseProxy (adding
+	// the token, no limiter) in the proxy's place, in a child process
+	// served alike: what any Go HTTP proxy in its own process adds on
+	// this machine.
+	ReverseProxyOverheadUS float64 `json:"reverse_proxy_overhead_us"`
 }
 
 // The workload of the restproxy issue: 8 clusters, each a disgo REST
@@ -81,11 +89,17 @@ type proxy struct {
 // startProxy starts the child, with a global limit of global requests a
 // second, and waits at most 30 s for its address.
 func startProxy(upstream, token string, global int) (*proxy, error) {
+	return startProxyKind("restproxy", token, upstream, strconv.Itoa(global))
+}
+
+// startProxyKind starts a child of kind with args, and waits at most 30 s
+// for its address.
+func startProxyKind(kind, token string, args ...string) (*proxy, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-child", "restproxy", upstream, strconv.Itoa(global))
+	cmd := exec.Command(exe, append([]string{"-child", kind}, args...)...)
 	cmd.Env = append(os.Environ(), "BENCH_RESTPROXY_TOKEN="+token) // not on the command line
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -159,11 +173,17 @@ func runProxyChild(args []string) error {
 		return err
 	}
 	defer p.Close()
+	return serveChild(p)
+}
+
+// serveChild serves h on a loopback port, as cmd/restproxy serves the
+// proxy, prints its address, and shuts down when stdin closes.
+func serveChild(h http.Handler) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Println("ready", ln.Addr())
@@ -177,13 +197,69 @@ func runProxyChild(args []string) error {
 	return err
 }
 
-// restClient is a disgo REST client with its own keep-alive connections.
-func restClient(url, token string, opts ...rest.ConfigOpt) (rest.Rest, func()) {
+// runReverseProxyChild serves net/http's ReverseProxy for upstream,
+// adding the bot's token, until stdin closes.
+func runReverseProxyChild(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("reverseproxy child: want the upstream URL, got %q", args)
+	}
+	u, err := url.Parse(args[0])
+	if err != nil {
+		return fmt.Errorf("reverseproxy child: upstream: %w", err)
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	auth := "Bot " + os.Getenv("BENCH_RESTPROXY_TOKEN")
+	rp := &httputil.ReverseProxy{Transport: tr, Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		r.Out.Host = u.Host
+		r.Out.Header.Set("Authorization", auth)
+	}}
+	defer tr.CloseIdleConnections()
+	return serveChild(rp)
+}
+
+// restClient is a disgo REST client with its own keep-alive connections,
+// and its transport.
+func restClient(url, token string, opts ...rest.ConfigOpt) (rest.Rest, *http.Transport, func()) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// net/http keeps 2 idle connections per host and 100 in all by
+	// default: a client with more requests in flight would open new ones.
+	tr.MaxIdleConns = 0
 	tr.MaxIdleConnsPerHost = 256
 	c := rest.NewClient(token, append([]rest.ConfigOpt{rest.WithURL(url), rest.WithLogger(slog.New(slog.DiscardHandler)),
 		rest.WithHTTPClient(&http.Client{Timeout: 20 * time.Second, Transport: tr})}, opts...)...)
-	return rest.New(c), func() { c.Close(context.Background()); tr.CloseIdleConnections() }
+	return rest.New(c), tr, func() { c.Close(context.Background()); tr.CloseIdleConnections() }
+}
+
+// openConns opens n keep-alive connections of tr to gatewayURL (GET
+// /gateway has no rate limit): n requests at once, whose bodies are read
+// only once all n have their answer, so that no two share a connection.
+// The connections then wait idle in tr.
+func openConns(ctx context.Context, tr *http.Transport, gatewayURL string, n int) error {
+	rss := make([]*http.Response, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, gatewayURL, nil)
+			if err == nil {
+				rss[i], err = tr.RoundTrip(req)
+			}
+			if err == nil && rss[i].StatusCode != http.StatusOK {
+				err = fmt.Errorf("GET /gateway: %s", rss[i].Status)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for _, rs := range rss {
+		if rs != nil {
+			_, _ = io.Copy(io.Discard, rs.Body)
+			_ = rs.Body.Close()
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func runREST() (any, error) {
@@ -211,7 +287,7 @@ func runREST() (any, error) {
 	if r.OverheadUS, err = restOverhead(); err != nil {
 		return nil, err
 	}
-	if r.DirectUS, r.ProxiedUS, err = proxyOverhead(); err != nil {
+	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, err = proxyOverhead(); err != nil {
 		return nil, err
 	}
 	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
@@ -233,22 +309,25 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 		return 0, 0, err
 	}
 	clients := make([]rest.Rest, restClusters)
+	transports := make([]*http.Transport, restClusters)
+	gatewayURL := srv.RESTURL() + "/gateway"
 	if viaProxy {
 		px, err := startProxy("http://"+srv.Addr(), srv.Token(), restGlobal)
 		if err != nil {
 			return 0, 0, err
 		}
 		defer func() { err = errors.Join(err, px.close()) }()
+		gatewayURL = px.url + "/api/v10/gateway"
 		for i := range clients {
-			c, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+			c, tr, closeClient := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 			defer closeClient()
-			clients[i] = c
+			clients[i], transports[i] = c, tr
 		}
 	} else {
 		for i := range clients {
-			c, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
+			c, tr, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
 			defer closeClient()
-			clients[i] = c
+			clients[i], transports[i] = c, tr
 		}
 	}
 	chans := make([]snowflake.ID, restChannels)
@@ -266,20 +345,16 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 		first     atomic.Value
 	)
 	// A running fleet's clients hold their connections: open them before
-	// the clock (GET /gateway has no route limit).
-	for _, c := range clients {
-		for range restPerCluster {
-			wg.Go(func() {
-				if _, err := c.GetGateway(); err != nil {
-					failed.Add(1)
-					first.CompareAndSwap(nil, err)
-				}
-			})
-		}
+	// the clock, one per request of the workload, all clients at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	warm := make([]error, len(transports))
+	for i, tr := range transports {
+		wg.Go(func() { warm[i] = openConns(ctx, tr, gatewayURL, restPerCluster) })
 	}
 	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return 0, 0, fmt.Errorf("warm-up (proxy %t): %d of %d GET /gateway failed, first: %v", viaProxy, n, requests, first.Load())
+	if err := errors.Join(warm...); err != nil {
+		return 0, 0, fmt.Errorf("warm-up (proxy %t): %w", viaProxy, err)
 	}
 	for _, c := range clients {
 		for i := range restPerCluster {
@@ -311,35 +386,57 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 // proxyOverhead times GET /users/@me one request at a time, alternating
 // a disgo client straight to a simulator (with an in-process Limiter)
 // and one through a proxy in front of it, with limits far above the
-// rate, and returns each one's median in µs.
-func proxyOverhead() (direct, proxied float64, err error) {
+// rate, and returns each one's median in µs. It then measures the same
+// pair again with net/http's ReverseProxy in the proxy's place, and
+// returns that proxy's median minus its direct one.
+func proxyOverhead() (direct, proxied, reverse float64, err error) {
 	srv, err := discordtest.Start(discordtest.WithGuilds(1), discordtest.WithRouteRateLimit(1<<30, time.Second),
 		discordtest.WithGlobalRateLimit(1<<30, time.Second))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer srv.Close()
 	px, err := startProxy("http://"+srv.Addr(), srv.Token(), 1<<20)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, px.close()) }()
+	rx, err := startProxyKind("reverseproxy", srv.Token(), "http://"+srv.Addr())
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer func() { err = errors.Join(err, rx.close()) }()
 	ld, err := restproxy.New(restproxy.Config{GlobalLimit: 1 << 20})
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	dc, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
+	dc, _, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
 	defer closeDirect()
-	pc, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+	pc, _, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 	defer closeProxied()
+	rc, _, closeReverse := restClient(rx.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+	defer closeReverse()
 
+	if direct, proxied, err = timePair(dc, pc); err != nil {
+		return 0, 0, 0, err
+	}
+	d, r, err := timePair(dc, rc)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
+	}
+	return direct, proxied, r - d, nil
+}
+
+// timePair times GET /users/@me one request at a time, alternating a and
+// b, and returns each one's median in µs.
+func timePair(a, b rest.Rest) (float64, float64, error) {
 	const warm, n = 200, 3000
-	ds, ps := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
+	as, bs := make([]time.Duration, 0, n), make([]time.Duration, 0, n)
 	for i := range warm + n {
 		for _, c := range []struct {
 			r rest.Rest
 			d *[]time.Duration
-		}{{dc, &ds}, {pc, &ps}} {
+		}{{a, &as}, {b, &bs}} {
 			start := time.Now()
 			if _, err := c.r.GetCurrentUser(""); err != nil {
 				return 0, 0, fmt.Errorf("GET /users/@me: %w", err)
@@ -349,7 +446,7 @@ func proxyOverhead() (direct, proxied float64, err error) {
 			}
 		}
 	}
-	return medianUS(ds), medianUS(ps), nil
+	return medianUS(as), medianUS(bs), nil
 }
 
 func medianUS(ds []time.Duration) float64 {

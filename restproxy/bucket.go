@@ -388,6 +388,18 @@ func (l *Limiter) unsentLocked(t *ticket) {
 	}
 }
 
+// Discord's rate-limit headers in net/http's canonical form: looking up
+// any other spelling allocates its canonical copy first.
+const (
+	hdrBucket     = "X-Ratelimit-Bucket"
+	hdrLimit      = "X-Ratelimit-Limit"
+	hdrRemaining  = "X-Ratelimit-Remaining"
+	hdrReset      = "X-Ratelimit-Reset"
+	hdrResetAfter = "X-Ratelimit-Reset-After"
+	hdrScope      = "X-Ratelimit-Scope"
+	hdrGlobal     = "X-Ratelimit-Global"
+)
+
 // rateLimit is what a 429 says.
 type rateLimit struct {
 	scope string // user, global, shared or cloudflare
@@ -399,7 +411,7 @@ type rateLimit struct {
 // body is read and replaced, so the caller still sees it.
 func readRateLimit(rs *http.Response) rateLimit {
 	h := rs.Header
-	rl := rateLimit{scope: h.Get("X-RateLimit-Scope")}
+	rl := rateLimit{scope: h.Get(hdrScope)}
 	var body struct {
 		RetryAfter *float64 `json:"retry_after"`
 		Global     bool     `json:"global"`
@@ -415,7 +427,7 @@ func readRateLimit(rs *http.Response) rateLimit {
 		secs = *body.RetryAfter
 	} else if v, err := strconv.ParseFloat(h.Get("Retry-After"), 64); err == nil {
 		secs = v
-	} else if v, err := strconv.ParseFloat(h.Get("X-RateLimit-Reset-After"), 64); err == nil {
+	} else if v, err := strconv.ParseFloat(h.Get(hdrResetAfter), 64); err == nil {
 		secs = v
 	}
 	if secs < 0 {
@@ -425,7 +437,7 @@ func readRateLimit(rs *http.Response) rateLimit {
 	switch {
 	case h.Get("Via") == "":
 		rl.scope = "cloudflare"
-	case body.Global || rl.scope == "global" || (h.Get("X-RateLimit-Global") != "" && h.Get("X-RateLimit-Global") != "false"):
+	case body.Global || rl.scope == "global" || (h.Get(hdrGlobal) != "" && h.Get(hdrGlobal) != "false"):
 		rl.scope = "global"
 	case rl.scope != "shared":
 		rl.scope = "user"
@@ -512,7 +524,7 @@ func (l *Limiter) done(t *ticket, rs *http.Response, sent bool) (scope string) {
 // observeLocked updates b from a response's headers.
 func (l *Limiter) observeLocked(t *ticket, b *bucket, rs *http.Response, rl rateLimit, now time.Time) {
 	h := rs.Header
-	if hash := h.Get("X-RateLimit-Bucket"); hash != "" && l.routes[t.routeKey] != hash {
+	if hash := h.Get(hdrBucket); hash != "" && l.routes[t.routeKey] != hash {
 		if len(l.routes) >= 4096 {
 			clear(l.routes) // unusual paths; the hashes are learned again
 		}
@@ -541,15 +553,15 @@ func (l *Limiter) observeLocked(t *ticket, b *bucket, rs *http.Response, rl rate
 		}
 		return
 	}
-	if h.Get("X-RateLimit-Bucket") == "" {
+	if h.Get(hdrBucket) == "" {
 		if rs.StatusCode < 400 && b.limit < 0 {
 			b.unlimited = true // a route without limits
 		}
 		return
 	}
-	limit, err1 := strconv.Atoi(h.Get("X-RateLimit-Limit"))
-	remaining, err2 := strconv.Atoi(h.Get("X-RateLimit-Remaining"))
-	after, err3 := strconv.ParseFloat(h.Get("X-RateLimit-Reset-After"), 64)
+	limit, err1 := strconv.Atoi(h.Get(hdrLimit))
+	remaining, err2 := strconv.Atoi(h.Get(hdrRemaining))
+	after, err3 := strconv.ParseFloat(h.Get(hdrResetAfter), 64)
 	if err1 != nil || err2 != nil || err3 != nil || limit <= 0 {
 		return
 	}
@@ -557,7 +569,7 @@ func (l *Limiter) observeLocked(t *ticket, b *bucket, rs *http.Response, rl rate
 	b.limit = limit
 	resetAfter := time.Duration(after * float64(time.Second))
 	b.period = max(b.period, resetAfter)
-	reset, err := strconv.ParseFloat(h.Get("X-RateLimit-Reset"), 64)
+	reset, err := strconv.ParseFloat(h.Get(hdrReset), 64)
 	if err != nil {
 		reset = float64(now.UnixNano())/1e9 + after
 	}

@@ -1,6 +1,10 @@
 package restproxy
 
-import "testing"
+import (
+	"net/http"
+	"net/url"
+	"testing"
+)
 
 func TestRestClassify(t *testing.T) {
 	for _, tc := range []struct {
@@ -39,6 +43,65 @@ func TestRestAPIPath(t *testing.T) {
 	} {
 		if got := apiPath(in); got != want {
 			t.Errorf("apiPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRestHeaderNamesAreCanonical(t *testing.T) {
+	for _, k := range []string{hdrBucket, hdrLimit, hdrRemaining, hdrReset, hdrResetAfter, hdrScope, hdrGlobal} {
+		if c := http.CanonicalHeaderKey(k); c != k {
+			t.Errorf("%q is not canonical: %q", k, c)
+		}
+	}
+}
+
+func TestRestTokenless(t *testing.T) {
+	for _, tc := range []struct {
+		method, path string
+		want         bool
+	}{
+		{"POST", "/interactions/9/aW50/callback", true},
+		{"POST", "/interactions/9/aW50", true},
+		{"POST", "/interactions/9", false},
+		{"POST", "/webhooks/77/tok-en", true},
+		{"PATCH", "/webhooks/77/tok-en/messages/@original", true},
+		{"GET", "/webhooks/77", false},
+		{"GET", "/webhooks/77/", false},
+		{"GET", "/webhooks/77/88", false},
+		{"GET", "/gateway", true},
+		{"POST", "/gateway", false},
+		{"GET", "/gateway/bot", false},
+		{"GET", "/gateway/", false},
+		{"GET", "/users/@me", false},
+		{"GET", "/", false},
+	} {
+		if got := tokenless(tc.method, tc.path); got != tc.want {
+			t.Errorf("tokenless(%s %s) = %t, want %t", tc.method, tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestRestCheckPath(t *testing.T) {
+	for raw, want := range map[string]string{
+		"/api/v10/channels/1/messages":  "/channels/1/messages",
+		"/api/v9/users/@me":             "/users/@me",
+		"/api/v10/channels/1/messages/": "/channels/1/messages/",
+		"/api/v10//users/@me":           "",
+		"/api/v10/users/../x":           "",
+		"/api/v10/./users":              "",
+		"/api/v10/channels%2F1":         "",
+		"/api/v10":                      "",
+		"/api/v10/":                     "",
+		"/api/v1000/users/@me":          "",
+		"/oauth2/authorize":             "",
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, status, _ := checkPath(u)
+		if got != want || (want == "") != (status != 0) {
+			t.Errorf("checkPath(%s) = %q, %d; want %q", raw, got, status, want)
 		}
 	}
 }

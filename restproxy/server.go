@@ -157,7 +157,10 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 	if s.client == nil {
 		s.own = http.DefaultTransport.(*http.Transport).Clone()
 		// Enough idle connections for every request a window lets go at
-		// once; bodies pass through as Discord sends them.
+		// once (the default keeps 100 in all, and every request above
+		// that opens a new connection); bodies pass through as Discord
+		// sends them.
+		s.own.MaxIdleConns = 1024
 		s.own.MaxIdleConnsPerHost = 1024
 		s.own.ResponseHeaderTimeout = 60 * time.Second
 		s.own.DisableCompression = true
@@ -253,13 +256,15 @@ func checkPath(u *url.URL) (string, int, string) {
 	if strings.IndexByte(p, '\\') >= 0 {
 		return "", http.StatusBadRequest, "restproxy: backslash in the path"
 	}
-	for i, seg := range strings.Split(p, "/") {
+	last, i := strings.Count(p, "/"), 0
+	for seg := range strings.SplitSeq(p, "/") {
 		switch {
 		case seg == "." || seg == "..":
 			return "", http.StatusBadRequest, "restproxy: dot segment in the path: send the path resolved"
-		case seg == "" && i > 0 && i < strings.Count(p, "/"):
+		case seg == "" && i > 0 && i < last:
 			return "", http.StatusBadRequest, "restproxy: empty segment (//) in the path"
 		}
+		i++
 	}
 	rest, ok := strings.CutPrefix(p, "/api/v")
 	n := 0
@@ -276,14 +281,16 @@ func checkPath(u *url.URL) (string, int, string) {
 // token: interaction callbacks, webhooks called with their token (which
 // interaction follow-ups are), and GET /gateway.
 func tokenless(method, path string) bool {
-	segs := strings.SplitN(strings.TrimPrefix(path, "/"), "/", 4)
-	switch {
-	case len(segs) >= 3 && segs[0] == "interactions":
-		return true
-	case len(segs) >= 3 && segs[0] == "webhooks" && segs[2] != "" && !isSnowflake(segs[2]):
-		return true
-	case len(segs) == 1 && segs[0] == "gateway":
-		return method == http.MethodGet
+	first, rest, more := strings.Cut(strings.TrimPrefix(path, "/"), "/")
+	switch first {
+	case "interactions": // /interactions/{id}/{token}/...
+		return strings.IndexByte(rest, '/') >= 0
+	case "webhooks": // /webhooks/{id}/{token}[/...]
+		_, tail, ok := strings.Cut(rest, "/")
+		tok, _, _ := strings.Cut(tail, "/")
+		return ok && tok != "" && !isSnowflake(tok)
+	case "gateway":
+		return !more && method == http.MethodGet
 	}
 	return false
 }
@@ -366,7 +373,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body = &bodyReader{r: http.MaxBytesReader(w, r.Body, s.maxBody), rc: rc, timeout: s.bodyTimeout}
 		defer body.close()
 		if length < 0 || length <= replayMax {
-			buf, err := io.ReadAll(io.LimitReader(body, replayMax+1))
+			buf, err := readAll(io.LimitReader(body, replayMax+1), length)
 			switch {
 			case err != nil:
 				s.bodyFailed(w, r, body)
@@ -383,21 +390,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	t := newTicket(r.Method, path)
-	target := *s.upstream
-	target.Path = s.upstream.Path + r.URL.Path
-	target.RawPath = s.upstream.EscapedPath() + r.URL.EscapedPath()
-	target.RawQuery = r.URL.RawQuery
-	targetURL := target.String()
-	header := r.Header.Clone()
-	removeHopHeaders(header)
-	header.Del(SecretHeader)
-	header.Del("Authorization")
-	if auth != "" {
-		header.Set("Authorization", auth)
-	}
-	if header.Get("User-Agent") == "" {
-		header.Set("User-Agent", "DiscordBot (https://github.com/gofleet/fleet, restproxy)")
-	}
+	// The upstream request is built once the limiter lets it go: a burst
+	// of requests queues in the limiter first.
+	var (
+		targetURL string
+		header    http.Header
+	)
 	for attempt := 0; ; attempt++ {
 		if err := s.l.wait(ctx, t, attempt > 0); err != nil {
 			if errors.Is(err, ErrInvalidRequestLimit) {
@@ -406,6 +404,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeJSONError(w, http.StatusServiceUnavailable, "restproxy: the rate limit does not open before the request's deadline")
 			}
 			return // or the client is gone
+		}
+		if header == nil {
+			targetURL, header = s.outgoing(r, auth)
 		}
 		var rbody io.Reader
 		switch {
@@ -428,7 +429,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if stream != nil {
 			out.ContentLength = length
 		}
-		rs, err := s.client.Do(out)
+		rs, err := s.send(out)
 		if stream != nil {
 			_ = rc.SetReadDeadline(time.Time{})
 		}
@@ -463,7 +464,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			continue
 		}
-		s.log.Debug("proxied", "method", r.Method, "route", t.route, "status", rs.StatusCode, "attempts", attempt+1)
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			s.log.Debug("proxied", "method", r.Method, "route", t.route, "status", rs.StatusCode, "attempts", attempt+1)
+		}
 		h := w.Header()
 		for k, v := range rs.Header {
 			h[k] = v
@@ -474,6 +477,59 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = rs.Body.Close()
 		return
 	}
+}
+
+// readAll is io.ReadAll for a body of about size bytes (-1 if unknown):
+// it reads into one buffer of that size, and grows it only for more.
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	if size < 0 {
+		size = 512
+	}
+	// One byte more, so that the read that ends with io.EOF finds room.
+	b := make([]byte, 0, size+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
+}
+
+// outgoing returns the URL and the headers of r's upstream request, with
+// auth ("" for none) as its Authorization.
+func (s *Server) outgoing(r *http.Request, auth string) (string, http.Header) {
+	target := *s.upstream
+	target.Path = s.upstream.Path + r.URL.Path
+	target.RawPath = s.upstream.EscapedPath() + r.URL.EscapedPath()
+	target.RawQuery = r.URL.RawQuery
+	header := r.Header.Clone()
+	removeHopHeaders(header)
+	header.Del(SecretHeader)
+	header.Del("Authorization")
+	if auth != "" {
+		header.Set("Authorization", auth)
+	}
+	if header.Get("User-Agent") == "" {
+		header.Set("User-Agent", "DiscordBot (https://github.com/gofleet/fleet, restproxy)")
+	}
+	return target.String(), header
+}
+
+// send sends an upstream request: through the Server's own transport
+// when it made one (http.Client adds nothing to it but a copy of the
+// headers for redirects, which it does not follow), else through Client.
+func (s *Server) send(out *http.Request) (*http.Response, error) {
+	if s.own != nil {
+		return s.own.RoundTrip(out)
+	}
+	return s.client.Do(out)
 }
 
 // bodyFailed answers a request whose body could not be read: too large,

@@ -16,7 +16,7 @@ import (
 )
 
 // newProxy serves a restproxy.Server for upstream on a loopback port.
-func newProxy(t *testing.T, l *restproxy.Limiter, cfg restproxy.ServerConfig) *httptest.Server {
+func newProxy(t testing.TB, l *restproxy.Limiter, cfg restproxy.ServerConfig) *httptest.Server {
 	t.Helper()
 	p, err := restproxy.NewServer(l, cfg)
 	if err != nil {
