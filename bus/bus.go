@@ -161,6 +161,20 @@ func (b *Bus) Register(addr Address, opts ...Option) (*Endpoint, error) {
 	return ep, nil
 }
 
+// Queued returns how many messages wait in the mailbox of addr, not
+// counting those being handled; ok is false when nothing is registered at
+// addr on this Bus. It counts what this process queues: an endpoint in
+// another process, behind a Transport, is not seen.
+func (b *Bus) Queued(addr Address) (n int, ok bool) {
+	b.mu.Lock()
+	r, ok := b.routes[addr]
+	b.mu.Unlock()
+	if !ok {
+		return 0, false
+	}
+	return len(r.mailbox), true
+}
+
 // Standby creates a second endpoint for the registered address addr that
 // is not reachable yet: the current one keeps serving. Give it its
 // handlers and subscriptions, then put it in place with [Bus.Replace]. It

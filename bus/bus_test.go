@@ -425,6 +425,13 @@ func TestMailboxFullBlocksUntilRoomOrContextEnds(t *testing.T) {
 	if err := bus.Send(context.Background(), b, addr, "wait", "2"); err != nil {
 		t.Fatal(err)
 	}
+	// Queued counts the waiting message, not the one being handled.
+	if n, ok := b.Queued(addr); n != 1 || !ok {
+		t.Errorf("Queued = %d, %t; want 1, true", n, ok)
+	}
+	if n, ok := b.Queued(bus.Service("nobody")); n != 0 || ok {
+		t.Errorf("Queued of an unknown address = %d, %t; want 0, false", n, ok)
+	}
 
 	// A sender whose context is cancelled gives up with the context's error.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -1071,7 +1078,7 @@ func TestEndpointCloseTimeout(t *testing.T) {
 		queued <- err
 	}()
 	// Wait for the request to be queued: Close would otherwise refuse it.
-	for bus.QueueLen(b, addr) == 0 {
+	for n := 0; n == 0; n, _ = b.Queued(addr) {
 		runtime.Gosched()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)

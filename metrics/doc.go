@@ -79,20 +79,45 @@
 //	GET  /healthz                            200 while every shard is ready or resuming, 503 otherwise
 //	GET  /status                             runtime.Stats as JSON, the start-up's progress included
 //	GET  /page/                              the status page (admin.StatusPage), with operator controls when the operations are on
-//	POST /admin/clusters/{id}/soft-restart   runtime.SoftRestart
-//	POST /admin/clusters/{id}/restart        runtime.Restart: answered once every shard of the new instance is ready
-//	POST /admin/reshard                      runtime.Reshard; body {"shards": n, "clusters": m}, both optional
-//	POST /admin/clusters/soft-restart        rolling soft restart of every cluster (.../restart: hard)
-//	GET  /admin/operations/{id}              a long operation's state, progress and error
-//	POST /admin/services/{name}/soft-restart and .../restart
 //
-// With a LongOperator (the runtime is one), a reshard and a rolling
-// restart run on the runtime's own context: the request is answered at
-// once with 202, the runtime.Operation and its URL (also in Location),
-// which GET /admin/operations/{id} answers until it has ended; a client
-// that goes away cuts nothing short.
+// and the operations, each named as the runtime.Fleet method it calls:
+//
+//	POST /admin/clusters/{id}/soft-restart    SoftRestart
+//	POST /admin/clusters/{id}/restart         Restart: answered once every shard of the new instance is ready
+//	POST /admin/clusters/{id}/shutdown        ShutdownCluster
+//	POST /admin/clusters/soft-restart         SoftRestartAll (an operation: 202)
+//	POST /admin/clusters/restart              RestartAll (an operation: 202)
+//	POST /admin/reshard                       Reshard (an operation: 202); body {"shards": n, "clusters": m}
+//	POST /admin/shutdown                      Shutdown (the whole fleet)
+//	POST /admin/services/{name}/soft-restart  SoftRestartService
+//	POST /admin/services/{name}/restart       RestartService
+//	POST /admin/services/{name}/shutdown      ShutdownService
+//	POST /admin/services/soft-restart         SoftRestartAllServices
+//	POST /admin/services/restart              RestartAllServices
+//	GET  /admin/operations/{id}               Operation: a long operation's state, progress, result and error
+//
+// The operator is the runtime, or any runtime.Fleet given as
+// HandlerOptions.Operator: a runtime.Client serves a runtime reached over
+// its bus. A reshard and a rolling restart run on the runtime's own
+// context: the request is answered at once with 202, the
+// runtime.Operation and its URL (also in Location), which GET
+// /admin/operations/{id} answers until it has ended; a client that goes
+// away cuts nothing short. A reshard body of 0 means Discord's
+// recommended shard count and the current cluster count; an empty or
+// malformed body answers 400. A reshard that cannot work (a shard count
+// that is not a multiple of max_concurrency, more clusters than shards,
+// more session starts than remain) answers 400 with what to change, and
+// one to the current counts answers 200 with the operation, done, its
+// result saying nothing changed.
+//
+// Errors answer as JSON {"error": message}: 400 for bad input, 404 for an
+// unknown cluster, service or operation, 409 while a reshard runs or for
+// a soft restart of a service that is not ready, 503 when the fleet is
+// not running, 504 when OperationTimeout ends the wait, 501 for an
+// operation the Operator does not support (errors.ErrUnsupported).
 //
 // The operations answer 404 unless HandlerOptions.AdminToken is set, and
-// then need "Authorization: Bearer <token>" (401 otherwise), compared in
-// constant time. An operation the Operator does not support answers 501.
+// then need "Authorization: Bearer <token>" (401 otherwise, saying so
+// when a bot token was sent instead), compared in constant time. GET /
+// lists them only to a caller with the token.
 package metrics

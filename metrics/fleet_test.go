@@ -228,20 +228,21 @@ func TestScrapeMatchesSimulator(t *testing.T) {
 	}
 
 	// Bus requests by command and outcome.
-	if _, err := runtime.GetWorkers(t.Context(), f.rt.Bus()); err != nil {
+	fc := runtime.NewClient(f.rt.Bus())
+	if _, err := fc.Workers(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runtime.FetchGuild(t.Context(), f.rt.Bus(), snowflake.ID(s.GuildID(0))); err != nil {
+	if _, err := fc.FetchGuild(t.Context(), snowflake.ID(s.GuildID(0))); err != nil {
 		t.Fatal(err)
 	}
 
 	var fams map[string]*dto.MetricFamily
 	waitFor(t, "events counted", func() bool { fams = f.scrape(t); return caught(fams) })
-	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": runtime.CmdWorkers, "outcome": "ok"}); got != 1 {
+	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": "workers", "outcome": "ok"}); got != 1 {
 		t.Fatalf("fleet_bus_requests_total{command=workers,outcome=ok} %v, want 1", got)
 	}
 	// fetch_guild to the admiral, which asks the owning cluster.
-	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": runtime.CmdFetchGuild}); got != 2 {
+	if got := sum(fams, "fleet_bus_requests_total", map[string]string{"command": "fetch_guild"}); got != 2 {
 		t.Fatalf("fleet_bus_requests_total{command=fetch_guild} %v, want 2", got)
 	}
 	st := s.Stats()

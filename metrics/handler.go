@@ -41,45 +41,24 @@ func (Token) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
 // LogValue keeps the token out of logs.
 func (Token) LogValue() slog.Value { return slog.StringValue("REDACTED") }
 
-// Operator performs the admin operations; *runtime.Runtime is one. An
-// operation an Operator does not support returns an error wrapping
-// errors.ErrUnsupported, which the handler answers with 501.
-type Operator interface {
-	SoftRestart(ctx context.Context, cluster int) error
-	Restart(ctx context.Context, cluster int) error
-	Reshard(ctx context.Context, opts runtime.ReshardOptions) error
-	RestartService(ctx context.Context, name string, hard bool) error
-}
-
-var _ Operator = (*runtime.Runtime)(nil)
-
-// LongOperator is an Operator that runs the long operations (a reshard,
-// a rolling restart) on its own context and returns them at once;
-// *runtime.Runtime is one. With it, the handler answers those requests
-// with 202 and the operation's URL, GET /admin/operations/{id}, instead of
-// holding the request (and cutting the work short) until they end.
-type LongOperator interface {
-	StartReshard(opts runtime.ReshardOptions) (runtime.Operation, error)
-	StartRestartAll(hard bool) (runtime.Operation, error)
-	Operation(id string) (runtime.Operation, bool)
-}
-
-var _ LongOperator = (*runtime.Runtime)(nil)
-
 // HandlerOptions configure Handler. The zero value serves /metrics,
 // /healthz and /status, and no operation.
 type HandlerOptions struct {
 	// AdminToken enables the POST /admin/ operations, which then need
 	// "Authorization: Bearer <AdminToken>". Empty: they answer 404.
 	AdminToken Token
-	// Operator performs the operations (default: the runtime).
-	Operator Operator
+	// Operator performs the operations (default: the runtime). A
+	// runtime.Client serves them for a runtime reached over its bus. An
+	// operation it does not support returns an error wrapping
+	// errors.ErrUnsupported, which the handler answers with 501.
+	Operator runtime.Fleet
 	// ResumeGrace is how long a shard may be resuming and still count as
 	// healthy (default 30 s): a RESUME takes a moment, an outage longer.
 	// Negative: resuming shards are always healthy.
 	ResumeGrace time.Duration
 	// OperationTimeout bounds an operation the handler waits for (default
-	// 5 minutes). The long ones of a LongOperator are not waited for.
+	// 5 minutes). The long ones (a reshard, a rolling restart) are not
+	// waited for.
 	OperationTimeout time.Duration
 	// Logger records the operations asked for and their results
 	// (default: no logs).
@@ -152,21 +131,42 @@ func newHandler(rt *runtime.Runtime, g prometheus.Gatherer, opts HandlerOptions,
 	}
 	mux.Handle("/page/", http.StripPrefix("/page", admin.StatusPage(rt, page)))
 	admin := http.NewServeMux()
-	admin.HandleFunc("POST /admin/clusters/{id}/soft-restart", h.clusterOp("soft_restart", h.op.SoftRestart))
-	admin.HandleFunc("POST /admin/clusters/{id}/restart", h.clusterOp("restart", h.op.Restart))
-	admin.HandleFunc("POST /admin/reshard", h.reshard)
-	admin.HandleFunc("POST /admin/clusters/soft-restart", h.restartAll(false))
-	admin.HandleFunc("POST /admin/clusters/restart", h.restartAll(true))
-	admin.HandleFunc("GET /admin/operations/{id}", h.operation)
-	admin.HandleFunc("POST /admin/services/{name}/soft-restart", h.serviceOp(false))
-	admin.HandleFunc("POST /admin/services/{name}/restart", h.serviceOp(true))
+	for _, route := range h.routes() {
+		admin.HandleFunc(route.pattern, route.handle)
+	}
 	mux.Handle("/admin/", h.authorized(admin))
 	return mux
 }
 
+// adminRoute is one admin operation: its pattern, the Fleet method it
+// calls, and its handler.
+type adminRoute struct {
+	pattern, method string
+	handle          http.HandlerFunc
+}
+
+// routes are the admin operations, named as the Fleet methods they call.
+func (h *handler) routes() []adminRoute {
+	return []adminRoute{
+		{"POST /admin/clusters/{id}/soft-restart", "SoftRestart", h.clusterOp("soft_restart", h.op.SoftRestart)},
+		{"POST /admin/clusters/{id}/restart", "Restart", h.clusterOp("restart", h.op.Restart)},
+		{"POST /admin/clusters/{id}/shutdown", "ShutdownCluster", h.clusterOp("shutdown_cluster", h.op.ShutdownCluster)},
+		{"POST /admin/clusters/soft-restart", "SoftRestartAll (202, an operation)", h.startAll("soft_restart_all", h.op.StartSoftRestartAll)},
+		{"POST /admin/clusters/restart", "RestartAll (202, an operation)", h.startAll("restart_all", h.op.StartRestartAll)},
+		{"POST /admin/reshard", `Reshard (202, an operation); body {"shards": n, "clusters": m}`, h.reshard},
+		{"POST /admin/shutdown", "Shutdown", h.fleetOp("shutdown", h.op.Shutdown)},
+		{"POST /admin/services/{name}/soft-restart", "SoftRestartService", h.serviceOp("soft_restart_service", h.op.SoftRestartService)},
+		{"POST /admin/services/{name}/restart", "RestartService", h.serviceOp("restart_service", h.op.RestartService)},
+		{"POST /admin/services/{name}/shutdown", "ShutdownService", h.serviceOp("shutdown_service", h.op.ShutdownService)},
+		{"POST /admin/services/soft-restart", "SoftRestartAllServices", h.fleetOp("soft_restart_all_services", h.op.SoftRestartAllServices)},
+		{"POST /admin/services/restart", "RestartAllServices", h.fleetOp("restart_all_services", h.op.RestartAllServices)},
+		{"GET /admin/operations/{id}", "Operation", h.operation},
+	}
+}
+
 type handler struct {
 	rt    *runtime.Runtime
-	op    Operator
+	op    runtime.Fleet
 	opts  HandlerOptions
 	log   *slog.Logger
 	token []byte // SHA-256 of the admin token; nil: operations disabled
@@ -192,9 +192,10 @@ func (h *handler) index(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, "fleet admin\n\nGET /metrics\nGET /healthz\nGET /status\nGET /page/ (status page)\n")
 	if h.token != nil && h.allowed(r) { // the operations are listed only to those who may use them
-		io.WriteString(w, "POST /admin/clusters/{id}/soft-restart\nPOST /admin/clusters/{id}/restart\nPOST /admin/reshard\n"+
-			"POST /admin/clusters/soft-restart\nPOST /admin/clusters/restart\nGET /admin/operations/{id}\n"+
-			"POST /admin/services/{name}/soft-restart\nPOST /admin/services/{name}/restart\n")
+		io.WriteString(w, "\noperations (runtime.Fleet methods):\n")
+		for _, route := range h.routes() {
+			fmt.Fprintf(w, "%-42s %s\n", route.pattern, route.method)
+		}
 	}
 }
 
@@ -310,21 +311,20 @@ func (h *handler) clusterOp(name string, do func(context.Context, int) error) ht
 	}
 }
 
-func (h *handler) serviceOp(hard bool) http.HandlerFunc {
-	name := "service_soft_restart"
-	if hard {
-		name = "service_restart"
-	}
+func (h *handler) serviceOp(name string, do func(context.Context, string) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		svc := r.PathValue("name")
-		h.run(w, r, name, []any{"service", svc}, func(ctx context.Context) error {
-			return h.op.RestartService(ctx, svc, hard)
-		})
+		h.run(w, r, name, []any{"service", svc}, func(ctx context.Context) error { return do(ctx, svc) })
+	}
+}
+
+func (h *handler) fleetOp(name string, do func(context.Context) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h.run(w, r, name, nil, do)
 	}
 }
 
 func (h *handler) reshard(w http.ResponseWriter, r *http.Request) {
-	var opts runtime.ReshardOptions
 	var body struct {
 		Shards   int `json:"shards"`
 		Clusters int `json:"clusters"`
@@ -340,67 +340,61 @@ func (h *handler) reshard(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if body.Shards < 0 || body.Clusters < 0 {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "shards and clusters must not be negative"})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "shards and clusters must not be negative: use 0 for Discord's recommendation and the current cluster count"})
 		return
 	}
-	opts.Shards, opts.Clusters = body.Shards, body.Clusters
-	if lo, ok := h.op.(LongOperator); ok {
-		h.start(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
-			func() (runtime.Operation, error) { return lo.StartReshard(opts) })
-		return
-	}
-	h.run(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
-		func(ctx context.Context) error { return h.op.Reshard(ctx, opts) })
+	opts := runtime.ReshardOptions{Shards: body.Shards, Clusters: body.Clusters}
+	h.start(w, r, "reshard", []any{"shards", opts.Shards, "clusters", opts.Clusters},
+		func(ctx context.Context) (runtime.Operation, error) { return h.op.StartReshard(ctx, opts) })
 }
 
-// restartAll restarts every cluster, one at a time: an operation with a
-// LongOperator, otherwise waited for as the other operations.
-func (h *handler) restartAll(hard bool) http.HandlerFunc {
-	name := "soft_restart_all"
-	if hard {
-		name = "restart_all"
-	}
+// startAll starts a rolling restart of every cluster.
+func (h *handler) startAll(name string, begin func(context.Context) (runtime.Operation, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		lo, ok := h.op.(LongOperator)
-		if !ok {
-			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "the operator runs no long operations"})
-			return
-		}
-		h.start(w, r, name, nil, func() (runtime.Operation, error) { return lo.StartRestartAll(hard) })
+		h.start(w, r, name, nil, begin)
 	}
 }
 
-// start begins a long operation and answers 202 with its URL.
-func (h *handler) start(w http.ResponseWriter, r *http.Request, name string, attrs []any, begin func() (runtime.Operation, error)) {
+// start begins a long operation and answers 202 with its URL, or 200
+// with the operation when it had nothing to do (a reshard to the current
+// count).
+func (h *handler) start(w http.ResponseWriter, r *http.Request, name string, attrs []any, begin func(context.Context) (runtime.Operation, error)) {
 	attrs = append([]any{"op", name, "remote", r.RemoteAddr}, attrs...)
-	op, err := begin()
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.OperationTimeout)
+	defer cancel()
+	op, err := begin(ctx)
 	if err != nil {
 		code := errorStatus(err)
 		h.log.Warn("admin operation refused", slices.Concat(attrs, []any{"status", code, "err", err.Error()})...)
 		writeJSON(w, code, map[string]string{"error": err.Error()})
 		return
 	}
-	h.log.Info("admin operation started", slices.Concat(attrs, []any{"operation", op.ID})...)
 	// The URL keeps whatever prefix the handler is mounted under.
 	prefix, _, _ := strings.Cut(r.URL.Path, "/admin/")
 	loc := prefix + "/admin/operations/" + op.ID
-	w.Header().Set("Location", loc)
-	writeJSON(w, http.StatusAccepted, struct {
+	answer := struct {
 		runtime.Operation
 		URL string `json:"url"`
-	}{op, loc})
+	}{op, loc}
+	if op.State != runtime.OperationRunning {
+		h.log.Info("admin operation done", slices.Concat(attrs, []any{"operation", op.ID, "result", op.Result})...)
+		writeJSON(w, http.StatusOK, answer)
+		return
+	}
+	h.log.Info("admin operation started", slices.Concat(attrs, []any{"operation", op.ID})...)
+	w.Header().Set("Location", loc)
+	writeJSON(w, http.StatusAccepted, answer)
 }
 
 // operation answers a long operation's state.
 func (h *handler) operation(w http.ResponseWriter, r *http.Request) {
-	lo, ok := h.op.(LongOperator)
-	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "the operator runs no long operations"})
-		return
-	}
-	op, ok := lo.Operation(r.PathValue("id"))
-	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "unknown operation (never started, or finished long ago)"})
+	op, err := h.op.Operation(r.Context(), r.PathValue("id"))
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, runtime.ErrUnknownOperation) {
+			msg += " (never started, or finished long ago)"
+		}
+		writeJSON(w, errorStatus(err), map[string]string{"error": msg})
 		return
 	}
 	writeJSON(w, http.StatusOK, op)
@@ -429,11 +423,13 @@ func errorStatus(err error) int {
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
 		return http.StatusNotImplemented
-	case errors.Is(err, runtime.ErrUnknownCluster), errors.Is(err, services.ErrUnknownService):
+	case errors.Is(err, runtime.ErrCannotReshard):
+		return http.StatusBadRequest
+	case errors.Is(err, runtime.ErrUnknownCluster), errors.Is(err, services.ErrUnknownService), errors.Is(err, runtime.ErrUnknownOperation):
 		return http.StatusNotFound
-	case errors.Is(err, runtime.ErrNotRunning):
+	case errors.Is(err, runtime.ErrNotRunning), errors.Is(err, services.ErrClosed):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, runtime.ErrReshardInProgress):
+	case errors.Is(err, runtime.ErrReshardInProgress), errors.Is(err, services.ErrNotReady):
 		return http.StatusConflict
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
@@ -444,5 +440,7 @@ func errorStatus(err error) int {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // messages such as "Clusters (3) > Shards (2)" read as written
+	enc.Encode(v)
 }

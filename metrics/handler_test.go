@@ -147,8 +147,10 @@ func TestAdminDisabledWithoutToken(t *testing.T) {
 	}
 }
 
-// fakeOperator records the operations and fails with err.
+// fakeOperator records the operations and fails with err; the
+// operations it does not define panic (the nil Fleet).
 type fakeOperator struct {
+	runtime.Fleet
 	mu    sync.Mutex
 	calls []string
 	err   error
@@ -167,11 +169,24 @@ func (o *fakeOperator) SoftRestart(_ context.Context, c int) error {
 func (o *fakeOperator) Restart(_ context.Context, c int) error {
 	return o.record(fmt.Sprintf("hard %d", c))
 }
-func (o *fakeOperator) Reshard(_ context.Context, opts runtime.ReshardOptions) error {
-	return o.record(fmt.Sprintf("reshard %d %d", opts.Shards, opts.Clusters))
+func (o *fakeOperator) ShutdownCluster(_ context.Context, c int) error {
+	return o.record(fmt.Sprintf("shutdown %d", c))
 }
-func (o *fakeOperator) RestartService(_ context.Context, name string, hard bool) error {
-	return o.record(fmt.Sprintf("service %s %t", name, hard))
+func (o *fakeOperator) Shutdown(context.Context) error { return o.record("shutdown") }
+func (o *fakeOperator) StartReshard(_ context.Context, opts runtime.ReshardOptions) (runtime.Operation, error) {
+	return runtime.Operation{ID: "reshard-1", State: runtime.OperationRunning}, o.record(fmt.Sprintf("reshard %d %d", opts.Shards, opts.Clusters))
+}
+func (o *fakeOperator) RestartService(_ context.Context, name string) error {
+	return o.record("service restart " + name)
+}
+func (o *fakeOperator) SoftRestartService(_ context.Context, name string) error {
+	return o.record("service soft " + name)
+}
+func (o *fakeOperator) ShutdownService(_ context.Context, name string) error {
+	return o.record("service shutdown " + name)
+}
+func (o *fakeOperator) RestartAllServices(context.Context) error {
+	return o.record("services restart")
 }
 
 func TestAdminOperatorAndErrors(t *testing.T) {
@@ -199,30 +214,37 @@ func TestAdminOperatorAndErrors(t *testing.T) {
 		path, body string
 		want       int
 	}{
-		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusOK},
+		{"/admin/reshard", `{"shards":8,"clusters":2}`, http.StatusAccepted},
 		{"/admin/reshard", ``, http.StatusBadRequest},
-		{"/admin/reshard", `{}`, http.StatusOK},
+		{"/admin/reshard", `{}`, http.StatusAccepted},
 		{"/admin/reshard", `{"shards":-1}`, http.StatusBadRequest},
 		{"/admin/reshard", `{"shard":8}`, http.StatusBadRequest},
+		{"/admin/reshard", `{"shards":`, http.StatusBadRequest},
 		{"/admin/services/store/restart", ``, http.StatusOK},
 		{"/admin/services/store/soft-restart", ``, http.StatusOK},
+		{"/admin/services/store/shutdown", ``, http.StatusOK},
+		{"/admin/services/restart", ``, http.StatusOK},
 		{"/admin/clusters/3/soft-restart", ``, http.StatusOK},
+		{"/admin/clusters/3/restart", ``, http.StatusOK},
+		{"/admin/clusters/3/shutdown", ``, http.StatusOK},
+		{"/admin/shutdown", ``, http.StatusOK},
 	} {
 		if got := post(c.path, c.body); got != c.want {
 			t.Fatalf("POST %s %s: %d, want %d", c.path, c.body, got, c.want)
 		}
 	}
-	want := "[reshard 8 2 reshard 0 0 service store true service store false soft 3]"
+	want := "[reshard 8 2 reshard 0 0 service restart store service soft store service shutdown store services restart soft 3 hard 3 shutdown 3 shutdown]"
 	if got := fmt.Sprint(op.calls); got != want {
 		t.Fatalf("calls %s, want %s", got, want)
 	}
 	for err, code := range map[error]int{
-		fmt.Errorf("no: %w", errors.ErrUnsupported):    http.StatusNotImplemented,
-		fmt.Errorf("x: %w", runtime.ErrUnknownCluster): http.StatusNotFound,
-		runtime.ErrNotRunning:                          http.StatusServiceUnavailable,
-		runtime.ErrReshardInProgress:                   http.StatusConflict,
-		fmt.Errorf("x: %w", context.DeadlineExceeded):  http.StatusGatewayTimeout,
-		errors.New("boom"):                             http.StatusInternalServerError,
+		fmt.Errorf("no: %w", errors.ErrUnsupported):            http.StatusNotImplemented,
+		fmt.Errorf("x: %w", runtime.ErrUnknownCluster):         http.StatusNotFound,
+		fmt.Errorf("%w: use 4 or 8", runtime.ErrCannotReshard): http.StatusBadRequest,
+		runtime.ErrNotRunning:                                  http.StatusServiceUnavailable,
+		runtime.ErrReshardInProgress:                           http.StatusConflict,
+		fmt.Errorf("x: %w", context.DeadlineExceeded):          http.StatusGatewayTimeout,
+		errors.New("boom"):                                     http.StatusInternalServerError,
 	} {
 		op.err = err
 		if got := post("/admin/services/x/restart", ""); got != code {
@@ -333,5 +355,50 @@ func TestAdminIndexAndBotToken(t *testing.T) {
 	code, body := get(http.MethodPost, "/admin/clusters/0/restart", "Bot "+s.Token())
 	if code != http.StatusUnauthorized || !strings.Contains(body, "looks like a bot token") || strings.Contains(body, s.Token()) {
 		t.Errorf("POST with a bot token: %d %s, want 401 saying it looks like a bot token, without the token", code, body)
+	}
+}
+
+// The admin API answers what cannot be done with a 4xx and the runtime's
+// message, whether its operator is the runtime or a runtime.Client on
+// the runtime's bus; a reshard to the current count answers 200, says
+// nothing changed, and identifies no shard.
+func TestAdminAnswersBadRequestsAndUnchangedReshards(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(2),
+		discordtest.WithMaxConcurrency(2), discordtest.WithIdentifyWindow(time.Millisecond),
+		discordtest.WithSessionStartLimit(5, time.Hour),   // 3 left once the fleet runs
+		discordtest.WithRouteRateLimit(1000, time.Second)) // each refused reshard asks GET /gateway/bot
+	defer s.Close()
+	f := startFleet(t, s, 2, HandlerOptions{AdminToken: adminToken})
+	overBus := httptest.NewServer(Handler(f.rt, nil, HandlerOptions{AdminToken: adminToken, Operator: runtime.NewClient(f.rt.Bus())}))
+	defer overBus.Close()
+	for name, srv := range map[string]*httptest.Server{"runtime": f.srv, "client": overBus} {
+		t.Run(name, func(t *testing.T) {
+			g := &fleet{srv: srv}
+			before := s.Stats().Identifies
+			for _, c := range []struct {
+				method, path, body string
+				code               int
+				want               string
+			}{
+				{http.MethodPost, "/admin/reshard", `{"shards":3}`, http.StatusBadRequest, "must be a multiple of 2 (max_concurrency 2): use 2 or 4"},
+				{http.MethodPost, "/admin/reshard", `{"shards":8}`, http.StatusBadRequest, "needs 8 session starts but 3 remain today"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2,"clusters":3}`, http.StatusBadRequest, "Clusters (3) > Shards (2): lower Clusters"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2}`, http.StatusOK, "unchanged: the fleet already runs 2 shards in 2 clusters"},
+				{http.MethodPost, "/admin/reshard", `{"shards":2,"clusters":2}`, http.StatusOK, "unchanged"},
+				{http.MethodPost, "/admin/clusters/7/restart", ``, http.StatusNotFound, "unknown cluster 7"},
+				{http.MethodPost, "/admin/clusters/7/shutdown", ``, http.StatusNotFound, "unknown cluster 7"},
+				{http.MethodPost, "/admin/services/nope/restart", ``, http.StatusNotFound, `unknown service`},
+				{http.MethodPost, "/admin/services/nope/shutdown", ``, http.StatusNotFound, `unknown service`},
+				{http.MethodGet, "/admin/operations/reshard-99", ``, http.StatusNotFound, "unknown operation"},
+			} {
+				code, body := g.do(t, c.method, c.path, adminToken, c.body)
+				if code != c.code || !strings.Contains(body, c.want) {
+					t.Errorf("%s %s %s: %d %s, want %d saying %q", c.method, c.path, c.body, code, body, c.code, c.want)
+				}
+			}
+			if n := s.Stats().Identifies; n != before {
+				t.Errorf("%d IDENTIFYs during refused and unchanged reshards, want 0", n-before)
+			}
+		})
 	}
 }

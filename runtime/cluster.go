@@ -629,9 +629,16 @@ func (r *Runtime) SoftRestart(ctx context.Context, cluster int) error {
 	return r.do(ctx, cluster, opSoftRestart)
 }
 
-// SoftRestartAll soft-restarts every cluster, one at a time.
+// SoftRestartAll soft-restarts every cluster, one at a time, and stops
+// at the first error.
 func (r *Runtime) SoftRestartAll(ctx context.Context) error {
 	return r.restartAll(ctx, false, nil)
+}
+
+// RestartAll restarts every cluster the hard way, one at a time, and
+// stops at the first error.
+func (r *Runtime) RestartAll(ctx context.Context) error {
+	return r.restartAll(ctx, true, nil)
 }
 
 // restartAll restarts every cluster, one at a time, telling progress

@@ -61,11 +61,27 @@
 //
 // # Operations
 //
-// SoftRestart, Restart, ShutdownCluster and Reshard run one at a time: each
-// waits for the one under way only until its ctx ends, does nothing if
-// its ctx has ended, and returns ErrNotRunning before Run. Asked for over
-// the bus or the admin API, a reshard or a rolling restart is an
-// Operation that runs on the runtime's own context, to poll or wait for.
+// The operations have one set of names, the Fleet interface: SoftRestart,
+// Restart and ShutdownCluster for a cluster, SoftRestartAll and
+// RestartAll for every cluster, Reshard, Shutdown, and SoftRestartService,
+// RestartService and ShutdownService (and their All forms) for services.
+// *Runtime performs them; *Client, made with NewClient on the runtime's
+// bus, asks for them from a service or a cluster (and later from another
+// process); package metrics serves them over HTTP under the same names.
+//
+// Cluster operations and Reshard run one at a time: each waits for the
+// one under way only until its ctx ends, does nothing if its ctx has
+// ended, and returns ErrNotRunning before Run. The long ones (a reshard,
+// a rolling restart) also have a Start form that returns an Operation at
+// once; it runs on the runtime's own context, to poll with Operation or
+// wait for with WaitOperation. A reshard to the current counts changes
+// nothing; one that cannot work returns ErrCannotReshard before anything
+// starts.
+//
+// Everything that crosses the bus (Stats, Workers, Operation, the
+// services' Info) survives the codec: Config.StrictBus round-trips every
+// value through JSON, as a process boundary would, and a Client's errors
+// match the runtime's and the services' sentinels with errors.Is.
 //
 // # Stopping
 //

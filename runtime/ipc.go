@@ -15,51 +15,10 @@ import (
 	"github.com/gofleet/fleet/services"
 )
 
-// The IPC surface. Every operation is a command on the bus, so a service
-// or a cluster can drive the fleet, and the same calls work when the bus
-// spans processes. The typed helpers below wrap them.
-//
-// Admiral commands (to bus.Admiral):
-const (
-	CmdFetchGuild         = "fetch_guild"   // FetchRequest -> *discord.Guild
-	CmdFetchChannel       = "fetch_channel" // FetchRequest -> json.RawMessage (null when unknown)
-	CmdFetchUser          = "fetch_user"    // FetchRequest -> *discord.User
-	CmdFetchMember        = "fetch_member"  // FetchRequest -> *discord.Member
-	CmdWorkers            = "workers"       // struct{} -> Workers
-	CmdStats              = "stats"         // struct{} -> Stats
-	CmdRestartCluster     = "restart_cluster"
-	CmdRestartAllClusters = "restart_all_clusters"
-	CmdRestartService     = "restart_service"
-	CmdRestartAllServices = "restart_all_services"
-	CmdShutdownService    = "shutdown_service"
-	CmdShutdownCluster    = "shutdown_cluster"
-	CmdTotalShutdown      = "total_shutdown"
-	CmdReshard            = "reshard"   // ReshardOptions -> Operation (started, not finished)
-	CmdOperation          = "operation" // OperationQuery -> Operation
-)
-
-// OperationQuery asks for an operation by ID; with Wait, the answer waits
-// up to that long (at most 5 s, and half the request's time left) for the
-// operation to end.
-type OperationQuery struct {
-	ID   string        `json:"id"`
-	Wait time.Duration `json:"wait,omitempty"`
-}
-
-// FetchRequest names an object to fetch from the clusters' caches.
-type FetchRequest struct {
-	ID      snowflake.ID `json:"id"`
-	GuildID snowflake.ID `json:"guild_id,omitempty"` // for members
-}
-
-// RestartRequest names a cluster or service to restart; Hard identifies
-// anew (clusters) or stops before starting (services) instead of a soft
-// hand-over.
-type RestartRequest struct {
-	Cluster int    `json:"cluster,omitempty"`
-	Service string `json:"service,omitempty"`
-	Hard    bool   `json:"hard,omitempty"`
-}
+// The IPC surface: the runtime serves Fleet's operations as commands at
+// bus.Admiral (see fleet.go for their wire names), so that a Client on
+// the bus can drive the fleet, and the same calls work when the bus spans
+// processes.
 
 // Workers lists the fleet's clusters and services.
 type Workers struct {
@@ -82,213 +41,43 @@ type CommandHandler interface {
 	Commands(ep *bus.Endpoint)
 }
 
-type none struct{}
-
-// FetchGuild asks the cluster that owns a guild for it; nil when no
-// cluster has it.
-func FetchGuild(ctx context.Context, b bus.Client, id snowflake.ID) (*discord.Guild, error) {
-	return bus.Request[FetchRequest, *discord.Guild](ctx, b, bus.Admiral, CmdFetchGuild, FetchRequest{ID: id})
-}
-
-// FetchMember asks the cluster that owns a guild for one of its members.
-func FetchMember(ctx context.Context, b bus.Client, guildID, userID snowflake.ID) (*discord.Member, error) {
-	return bus.Request[FetchRequest, *discord.Member](ctx, b, bus.Admiral, CmdFetchMember, FetchRequest{ID: userID, GuildID: guildID})
-}
-
-// FetchUser asks every cluster for a user; nil when none knows it.
-func FetchUser(ctx context.Context, b bus.Client, id snowflake.ID) (*discord.User, error) {
-	return bus.Request[FetchRequest, *discord.User](ctx, b, bus.Admiral, CmdFetchUser, FetchRequest{ID: id})
-}
-
-// FetchChannel asks every cluster for a guild channel; nil when none
-// knows it.
-func FetchChannel(ctx context.Context, b bus.Client, id snowflake.ID) (discord.Channel, error) {
-	raw, err := bus.Request[FetchRequest, json.RawMessage](ctx, b, bus.Admiral, CmdFetchChannel, FetchRequest{ID: id})
-	if err != nil || len(raw) == 0 || string(raw) == "null" {
-		return nil, err
-	}
-	var ch discord.UnmarshalChannel
-	if err := json.Unmarshal(raw, &ch); err != nil {
-		return nil, err
-	}
-	return ch.Channel, nil
-}
-
-// GetStats asks the admiral for a Stats snapshot.
-func GetStats(ctx context.Context, b bus.Client) (Stats, error) {
-	return bus.Request[none, Stats](ctx, b, bus.Admiral, CmdStats, none{})
-}
-
-// GetWorkers lists the clusters and services.
-func GetWorkers(ctx context.Context, b bus.Client) (Workers, error) {
-	return bus.Request[none, Workers](ctx, b, bus.Admiral, CmdWorkers, none{})
-}
-
-// RestartCluster soft-restarts a cluster (or restarts it, with hard). It
-// answers once the cluster serves again, which for a hard restart is when
-// every shard has identified: give ctx a deadline for that (the bus's
-// default is RequestTimeout); a caller that stops waiting leaves the
-// restart going on.
-func RestartCluster(ctx context.Context, b bus.Client, cluster int, hard bool) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartCluster, RestartRequest{Cluster: cluster, Hard: hard})
-	return err
-}
-
-// RestartAllClusters restarts every cluster, one at a time, and returns
-// when they all are. The restarts run on the runtime's own context: ctx
-// bounds only the wait, never the work, however long a request on b may
-// take.
-func RestartAllClusters(ctx context.Context, b bus.Client, hard bool) error {
-	op, err := StartRestartAllClusters(ctx, b, hard)
-	if err != nil {
-		return err
-	}
-	_, err = WaitForOperation(ctx, b, op.ID)
-	return err
-}
-
-// StartRestartAllClusters starts a rolling restart of every cluster and
-// returns the operation at once.
-func StartRestartAllClusters(ctx context.Context, b bus.Client, hard bool) (Operation, error) {
-	return bus.Request[RestartRequest, Operation](ctx, b, bus.Admiral, CmdRestartAllClusters, RestartRequest{Hard: hard})
-}
-
-// RestartService soft-restarts a service (or restarts it, with hard).
-func RestartService(ctx context.Context, b bus.Client, name string, hard bool) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartService, RestartRequest{Service: name, Hard: hard})
-	return err
-}
-
-// RestartAllServices restarts every service, one at a time.
-func RestartAllServices(ctx context.Context, b bus.Client, hard bool) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdRestartAllServices, RestartRequest{Hard: hard})
-	return err
-}
-
-// ShutdownCluster stops a cluster for good.
-func ShutdownCluster(ctx context.Context, b bus.Client, cluster int) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownCluster, RestartRequest{Cluster: cluster})
-	return err
-}
-
-// ShutdownService stops a service for good.
-func ShutdownService(ctx context.Context, b bus.Client, name string) error {
-	_, err := bus.Request[RestartRequest, none](ctx, b, bus.Admiral, CmdShutdownService, RestartRequest{Service: name})
-	return err
-}
-
-// TotalShutdown asks the runtime to stop everything; it returns once the
-// shutdown has begun.
-func TotalShutdown(ctx context.Context, b bus.Client) error {
-	_, err := bus.Request[none, none](ctx, b, bus.Admiral, CmdTotalShutdown, none{})
-	return err
-}
-
-// RequestReshard reshards the fleet and returns when it is done. The
-// reshard runs on the runtime's own context: ctx bounds only the wait
-// (several short requests on b), never the work, so a reshard that takes
-// longer than the bus's request timeout completes; a ctx that ends
-// returns ctx's error and leaves the reshard running (see
-// StartReshardRequest to poll it).
-func RequestReshard(ctx context.Context, b bus.Client, opts ReshardOptions) error {
-	op, err := StartReshardRequest(ctx, b, opts)
-	if err != nil {
-		return err
-	}
-	_, err = WaitForOperation(ctx, b, op.ID)
-	return err
-}
-
-// StartReshardRequest starts a reshard and returns the operation at once.
-func StartReshardRequest(ctx context.Context, b bus.Client, opts ReshardOptions) (Operation, error) {
-	return bus.Request[ReshardOptions, Operation](ctx, b, bus.Admiral, CmdReshard, opts)
-}
-
-// GetOperation asks for an operation's state.
-func GetOperation(ctx context.Context, b bus.Client, id string) (Operation, error) {
-	return bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id})
-}
-
-// WaitForOperation waits, with one short request after another, until an
-// operation has ended or ctx ends. It returns the operation and, if it
-// failed, an error saying why. A query that times out (a busy bus) is
-// asked again; the operation goes on either way.
-func WaitForOperation(ctx context.Context, b bus.Client, id string) (Operation, error) {
-	for {
-		op, err := bus.Request[OperationQuery, Operation](ctx, b, bus.Admiral, CmdOperation, OperationQuery{ID: id, Wait: operationBusWait})
-		switch {
-		case err != nil && errors.Is(err, bus.ErrTimeout) && ctx.Err() == nil:
-			continue
-		case err != nil:
-			return op, err
-		case op.State == OperationFailed:
-			return op, fmt.Errorf("runtime: operation %s failed: %s", op.ID, op.Err)
-		case op.State == OperationDone:
-			return op, nil
-		}
-		if err := ctx.Err(); err != nil {
-			return op, err
-		}
-	}
-}
-
-// admiral registers the runtime's own commands.
+// admiral registers the runtime's own commands: Fleet's, over the bus.
 func (r *Runtime) admiral() error {
 	ep, err := r.bus.Register(bus.Admiral, bus.Concurrency(16))
 	if err != nil {
 		return err
 	}
-	bus.Handle(ep, CmdFetchGuild, func(ctx context.Context, q FetchRequest) (*discord.Guild, error) {
-		return routed[*discord.Guild](ctx, r, q.ID, CmdFetchGuild, q)
-	})
-	bus.Handle(ep, CmdFetchMember, func(ctx context.Context, q FetchRequest) (*discord.Member, error) {
-		return routed[*discord.Member](ctx, r, q.GuildID, CmdFetchMember, q)
-	})
-	bus.Handle(ep, CmdFetchUser, func(ctx context.Context, q FetchRequest) (*discord.User, error) {
-		return fanOut[*discord.User](ctx, r, CmdFetchUser, q, func(u *discord.User) bool { return u != nil })
-	})
-	bus.Handle(ep, CmdFetchChannel, func(ctx context.Context, q FetchRequest) (json.RawMessage, error) {
-		return fanOut[json.RawMessage](ctx, r, CmdFetchChannel, q, func(c json.RawMessage) bool { return len(c) > 0 && string(c) != "null" })
-	})
-	bus.Handle(ep, CmdWorkers, func(context.Context, none) (Workers, error) { return r.Workers(), nil })
-	bus.Handle(ep, CmdStats, func(context.Context, none) (Stats, error) { return r.Stats(), nil })
-	bus.Handle(ep, CmdRestartCluster, func(ctx context.Context, q RestartRequest) (none, error) {
-		if q.Hard {
-			return none{}, r.Restart(ctx, q.Cluster)
-		}
-		return none{}, r.SoftRestart(ctx, q.Cluster)
-	})
-	bus.Handle(ep, CmdRestartAllClusters, func(_ context.Context, q RestartRequest) (Operation, error) {
-		return r.StartRestartAll(q.Hard)
-	})
-	bus.Handle(ep, CmdRestartService, func(ctx context.Context, q RestartRequest) (none, error) {
-		return none{}, r.RestartService(ctx, q.Service, q.Hard)
-	})
-	bus.Handle(ep, CmdRestartAllServices, func(ctx context.Context, q RestartRequest) (none, error) {
-		for _, s := range r.services.Services() {
-			if err := r.RestartService(ctx, s.Name, q.Hard); err != nil {
-				return none{}, err
-			}
-		}
-		return none{}, nil
-	})
-	bus.Handle(ep, CmdShutdownCluster, func(ctx context.Context, q RestartRequest) (none, error) {
-		return none{}, r.ShutdownCluster(ctx, q.Cluster)
-	})
-	bus.Handle(ep, CmdShutdownService, func(ctx context.Context, q RestartRequest) (none, error) {
-		return none{}, r.services.Shutdown(ctx, q.Service)
-	})
-	bus.Handle(ep, CmdTotalShutdown, func(context.Context, none) (none, error) {
+	cluster := func(cmd string, do func(context.Context, int) error) {
+		handle(ep, cmd, func(ctx context.Context, q clusterRequest) (none, error) { return none{}, do(ctx, q.Cluster) })
+	}
+	service := func(cmd string, do func(context.Context, string) error) {
+		handle(ep, cmd, func(ctx context.Context, q serviceRequest) (none, error) { return none{}, do(ctx, q.Service) })
+	}
+	fleet := func(cmd string, do func(context.Context) error) {
+		handle(ep, cmd, func(ctx context.Context, _ none) (none, error) { return none{}, do(ctx) })
+	}
+	start := func(cmd string, do func(context.Context) (Operation, error)) {
+		handle(ep, cmd, func(ctx context.Context, _ none) (Operation, error) { return do(ctx) })
+	}
+	cluster(cmdSoftRestart, r.SoftRestart)
+	cluster(cmdRestart, r.Restart)
+	cluster(cmdShutdownCluster, r.ShutdownCluster)
+	start(cmdStartSoftRestartAll, r.StartSoftRestartAll)
+	start(cmdStartRestartAll, r.StartRestartAll)
+	handle(ep, cmdStartReshard, r.StartReshard)
+	fleet(cmdShutdown, func(context.Context) error {
 		r.beginShutdown() // Run then stops the bus: answer first, never wait here
-		return none{}, nil
+		return nil
 	})
-	bus.Handle(ep, CmdReshard, func(_ context.Context, q ReshardOptions) (Operation, error) {
-		return r.StartReshard(q)
-	})
-	bus.Handle(ep, CmdOperation, func(ctx context.Context, q OperationQuery) (Operation, error) {
-		op, ok := r.Operation(q.ID)
-		if !ok {
-			return Operation{}, fmt.Errorf("%w %q", ErrUnknownOperation, q.ID)
+	service(cmdSoftRestartService, r.SoftRestartService)
+	service(cmdRestartService, r.RestartService)
+	service(cmdShutdownService, r.ShutdownService)
+	fleet(cmdSoftRestartAllServices, r.SoftRestartAllServices)
+	fleet(cmdRestartAllServices, r.RestartAllServices)
+	handle(ep, cmdOperation, func(ctx context.Context, q operationQuery) (Operation, error) {
+		op, err := r.Operation(ctx, q.ID)
+		if err != nil {
+			return op, err
 		}
 		wait := min(q.Wait, maxOperationWaitOverBus)
 		if dl, ok := ctx.Deadline(); ok {
@@ -302,21 +91,134 @@ func (r *Runtime) admiral() error {
 		op, _ = r.WaitOperation(wctx, q.ID)
 		return op, nil
 	})
+	handle(ep, cmdStats, func(context.Context, none) (Stats, error) { return r.Stats(), nil })
+	handle(ep, cmdWorkers, func(context.Context, none) (Workers, error) { return r.Workers(), nil })
+	handle(ep, cmdFetchGuild, func(ctx context.Context, q fetchRequest) (*discord.Guild, error) {
+		return r.FetchGuild(ctx, q.ID)
+	})
+	handle(ep, cmdFetchMember, func(ctx context.Context, q fetchRequest) (*discord.Member, error) {
+		return r.FetchMember(ctx, q.GuildID, q.ID)
+	})
+	handle(ep, cmdFetchUser, func(ctx context.Context, q fetchRequest) (*discord.User, error) {
+		return r.FetchUser(ctx, q.ID)
+	})
+	handle(ep, cmdFetchChannel, func(ctx context.Context, q fetchRequest) (json.RawMessage, error) {
+		return r.fetchChannel(ctx, q.ID)
+	})
 	return nil
 }
 
-// RestartService soft-restarts a service, or with hard stops it before
-// starting a new instance.
-func (r *Runtime) RestartService(ctx context.Context, name string, hard bool) error {
-	if hard {
-		return r.services.Restart(ctx, name)
+// handle registers an admiral command whose errors name, in their
+// message, every sentinel they match (see wireError).
+func handle[Req, Resp any](ep *bus.Endpoint, cmd string, fn func(context.Context, Req) (Resp, error)) {
+	bus.Handle(ep, cmd, func(ctx context.Context, q Req) (Resp, error) {
+		v, err := fn(ctx, q)
+		return v, wireError(err)
+	})
+}
+
+// SoftRestartService replaces a service's instance without losing a
+// command: a new instance starts beside the old one, takes the service's
+// address and mailbox once ready, then the old one finishes what it was
+// handling and stops. If the new instance fails to start, the old one
+// keeps serving and the error is returned. It returns ErrNotRunning
+// before Run, and an error wrapping services.ErrUnknownService for a name
+// the fleet does not run.
+func (r *Runtime) SoftRestartService(ctx context.Context, name string) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
 	}
 	return r.services.SoftRestart(ctx, name)
 }
 
-// Services is the runtime's service manager: create, restart and shut
-// down services at run time.
-func (r *Runtime) Services() *services.Manager { return r.services }
+// RestartService stops a service and starts it again, with restarts
+// after starting errors as at start-up; commands sent in between fail
+// with bus.ErrUnknownAddress. It also starts a failed service.
+func (r *Runtime) RestartService(ctx context.Context, name string) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	return r.services.Restart(ctx, name)
+}
+
+// ShutdownService stops a service for good (eris-fleet's
+// shutdownService): the commands already queued are handled, its Stop
+// hook runs and it leaves the fleet.
+func (r *Runtime) ShutdownService(ctx context.Context, name string) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	return r.services.Shutdown(ctx, name)
+}
+
+// SoftRestartAllServices soft-restarts every service, one at a time, and
+// stops at the first error.
+func (r *Runtime) SoftRestartAllServices(ctx context.Context) error {
+	return r.eachService(ctx, r.SoftRestartService)
+}
+
+// RestartAllServices restarts every service, one at a time, and stops
+// at the first error.
+func (r *Runtime) RestartAllServices(ctx context.Context) error {
+	return r.eachService(ctx, r.RestartService)
+}
+
+func (r *Runtime) eachService(ctx context.Context, do func(context.Context, string) error) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	for _, s := range r.services.Services() {
+		if err := do(ctx, s.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CreateService adds a service to the running fleet and returns once it
+// is ready (eris-fleet's createService), or with its error after its
+// restarts. Its name must be new.
+func (r *Runtime) CreateService(ctx context.Context, sp services.Spec) error {
+	if err := r.checkRunning(ctx); err != nil {
+		return err
+	}
+	return r.services.Create(ctx, sp)
+}
+
+// Services returns the state of every service, in creation order. The
+// caller owns the slice.
+func (r *Runtime) Services() []services.Info { return r.services.Services() }
+
+// FetchGuild asks the cluster that owns a guild for it (routed by the
+// shard formula); nil when no cluster has it.
+func (r *Runtime) FetchGuild(ctx context.Context, id snowflake.ID) (*discord.Guild, error) {
+	return routed[*discord.Guild](ctx, r, id, cmdFetchGuild, fetchRequest{ID: id})
+}
+
+// FetchMember asks the cluster that owns a guild for one of its members;
+// nil when it does not have it.
+func (r *Runtime) FetchMember(ctx context.Context, guildID, userID snowflake.ID) (*discord.Member, error) {
+	return routed[*discord.Member](ctx, r, guildID, cmdFetchMember, fetchRequest{ID: userID, GuildID: guildID})
+}
+
+// FetchUser asks every cluster for a user; nil when none knows it.
+func (r *Runtime) FetchUser(ctx context.Context, id snowflake.ID) (*discord.User, error) {
+	return fanOut[*discord.User](ctx, r, cmdFetchUser, fetchRequest{ID: id}, func(u *discord.User) bool { return u != nil })
+}
+
+// FetchChannel asks every cluster for a guild channel; nil when none
+// knows it.
+func (r *Runtime) FetchChannel(ctx context.Context, id snowflake.ID) (discord.Channel, error) {
+	raw, err := r.fetchChannel(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return decodeChannel(raw)
+}
+
+func (r *Runtime) fetchChannel(ctx context.Context, id snowflake.ID) (json.RawMessage, error) {
+	return fanOut[json.RawMessage](ctx, r, cmdFetchChannel, fetchRequest{ID: id}, func(c json.RawMessage) bool { return len(c) > 0 && string(c) != "null" })
+}
 
 // Bus is the runtime's IPC bus.
 func (r *Runtime) Bus() *bus.Bus { return r.bus }
@@ -362,20 +264,25 @@ func (r *Runtime) owner(guildID snowflake.ID) (int, bool) {
 }
 
 // routed asks the cluster owning a guild; the zero value when this
-// runtime does not run it.
-func routed[T any](ctx context.Context, r *Runtime, guildID snowflake.ID, cmd string, q FetchRequest) (T, error) {
+// runtime does not run it. A cluster that does not answer (failed, shut
+// down) is named in the error.
+func routed[T any](ctx context.Context, r *Runtime, guildID snowflake.ID, cmd string, q fetchRequest) (T, error) {
 	var zero T
 	id, ok := r.owner(guildID)
 	if !ok {
 		return zero, nil
 	}
-	return bus.Request[FetchRequest, T](ctx, r.bus, bus.Cluster(id), cmd, q)
+	v, err := bus.Request[fetchRequest, T](ctx, r.bus, bus.Cluster(id), cmd, q)
+	if errors.Is(err, bus.ErrUnknownAddress) {
+		return zero, fmt.Errorf("runtime: cluster %d, which runs guild %d, does not serve (see its state in Workers): %w", id, guildID, err)
+	}
+	return v, err
 }
 
 // fanOut asks every cluster and returns the first answer found.
-func fanOut[T any](ctx context.Context, r *Runtime, cmd string, q FetchRequest, found func(T) bool) (T, error) {
+func fanOut[T any](ctx context.Context, r *Runtime, cmd string, q fetchRequest, found func(T) bool) (T, error) {
 	var zero T
-	replies, err := bus.Gather[FetchRequest, T](ctx, r.bus, bus.AllClusters, cmd, q)
+	replies, err := bus.Gather[fetchRequest, T](ctx, r.bus, bus.AllClusters, cmd, q)
 	if err != nil {
 		return zero, err
 	}
@@ -408,19 +315,19 @@ func (r *Runtime) clusterEndpoint(c *cluster, inst *instance) (activate func() e
 	}
 	g := inst.g
 	caches := g.Client().Caches()
-	bus.Handle(ep, CmdFetchGuild, func(_ context.Context, q FetchRequest) (*discord.Guild, error) {
+	bus.Handle(ep, cmdFetchGuild, func(_ context.Context, q fetchRequest) (*discord.Guild, error) {
 		if gd, ok := caches.Guild(q.ID); ok {
 			return &gd, nil
 		}
 		return nil, nil
 	})
-	bus.Handle(ep, CmdFetchMember, func(_ context.Context, q FetchRequest) (*discord.Member, error) {
+	bus.Handle(ep, cmdFetchMember, func(_ context.Context, q fetchRequest) (*discord.Member, error) {
 		if m, ok := caches.Member(q.GuildID, q.ID); ok {
 			return &m, nil
 		}
 		return nil, nil
 	})
-	bus.Handle(ep, CmdFetchUser, func(_ context.Context, q FetchRequest) (*discord.User, error) {
+	bus.Handle(ep, cmdFetchUser, func(_ context.Context, q fetchRequest) (*discord.User, error) {
 		var found *discord.User
 		caches.GuildsForEach(func(gd discord.Guild) {
 			if found == nil {
@@ -431,7 +338,7 @@ func (r *Runtime) clusterEndpoint(c *cluster, inst *instance) (activate func() e
 		})
 		return found, nil
 	})
-	bus.Handle(ep, CmdFetchChannel, func(_ context.Context, q FetchRequest) (json.RawMessage, error) {
+	bus.Handle(ep, cmdFetchChannel, func(_ context.Context, q fetchRequest) (json.RawMessage, error) {
 		ch, ok := caches.Channel(q.ID)
 		if !ok {
 			return nil, nil

@@ -64,6 +64,7 @@ func TestIPC(t *testing.T) {
 	rt, stop := startFleet(t, cfg)
 	defer stop()
 	b := rt.Bus()
+	f := NewClient(b)
 	ctx := context.Background()
 
 	if early.Load() != 0 {
@@ -87,20 +88,20 @@ func TestIPC(t *testing.T) {
 		})
 		for i := range 16 {
 			id := snowflake.ID(s.GuildID(i))
-			g, err := FetchGuild(ctx, b, id)
+			g, err := f.FetchGuild(ctx, id)
 			if err != nil || g == nil || g.ID != id {
 				t.Fatalf("guild %d: %+v, %v", i, g, err)
 			}
 		}
-		if g, err := FetchGuild(ctx, b, 12345<<22); err != nil || g != nil {
+		if g, err := f.FetchGuild(ctx, 12345<<22); err != nil || g != nil {
 			t.Fatalf("unknown guild: %+v, %v", g, err)
 		}
 		gid := snowflake.ID(s.GuildID(3))
-		m, err := FetchMember(ctx, b, gid, snowflake.ID(s.ApplicationID()))
+		m, err := f.FetchMember(ctx, gid, snowflake.ID(s.ApplicationID()))
 		if err != nil || m == nil || m.User.ID != snowflake.ID(s.ApplicationID()) {
 			t.Fatalf("member: %+v, %v", m, err)
 		}
-		u, err := FetchUser(ctx, b, snowflake.ID(s.ApplicationID()))
+		u, err := f.FetchUser(ctx, snowflake.ID(s.ApplicationID()))
 		if err != nil || u == nil {
 			t.Fatalf("user: %+v, %v", u, err)
 		}
@@ -145,7 +146,7 @@ func TestIPC(t *testing.T) {
 	})
 	t.Run("admiral commands over the bus", func(t *testing.T) {
 		before := s.Stats().Identifies
-		if err := RestartCluster(ctx, b, 1, false); err != nil {
+		if err := f.SoftRestart(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
 		if s.Stats().Identifies != before {
@@ -155,34 +156,27 @@ func TestIPC(t *testing.T) {
 		if id, err := bus.Request[string, int](ctx, b, bus.Cluster(1), "cluster_id", ""); err != nil || id != 1 {
 			t.Fatalf("after soft restart: %d, %v", id, err)
 		}
-		if err := RestartService(ctx, b, "echo", false); err != nil {
+		if err := f.SoftRestartService(ctx, "echo"); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := bus.Request[string, int](ctx, b, bus.Service("echo"), "whoami", ""); err != nil || n != 2 {
 			t.Fatalf("after service restart: instance %d, %v", n, err)
 		}
-		w, err := GetWorkers(ctx, b)
+		w, err := f.Workers(ctx)
 		if err != nil || len(w.Clusters) != 4 || len(w.Services) != 2 {
 			t.Fatalf("workers %+v, %v", w, err)
 		}
 		if bs := rt.Stats().Bus; bs.Requests == 0 || bs.Latency <= 0 {
 			t.Fatalf("bus stats %+v", bs)
 		}
-		st, err := GetStats(ctx, b) // strict mode: the snapshot survives JSON
+		st, err := f.Stats(ctx) // strict mode: the snapshot survives JSON
 		if err != nil || st.Shards != 4 || len(st.Clusters) != 4 || st.Guilds != 16 {
 			t.Fatalf("stats over the bus: shards %d, clusters %d, guilds %d, %v", st.Shards, len(st.Clusters), st.Guilds, err)
 		}
-		if err := RestartCluster(ctx, b, 9, false); !strings.Contains(errString(err), "unknown cluster") {
+		if err := f.SoftRestart(ctx, 9); !errors.Is(err, ErrUnknownCluster) {
 			t.Fatalf("unknown cluster: %v", err)
 		}
 	})
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 func TestDuplicateServiceNames(t *testing.T) {
@@ -196,18 +190,18 @@ func TestDuplicateServiceNames(t *testing.T) {
 	}
 }
 
-func TestTotalShutdownOverTheBus(t *testing.T) {
+func TestShutdownOverTheBus(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
 	rt := runReady(t, testConfig(s))
-	if err := TotalShutdown(context.Background(), rt.Bus()); err != nil {
+	if err := NewClient(rt.Bus()).Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	<-rt.Done()
 	if err := rt.Err(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if _, err := GetWorkers(context.Background(), rt.Bus()); !errors.Is(err, bus.ErrClosed) && !errors.Is(err, bus.ErrUnknownAddress) {
+	if _, err := NewClient(rt.Bus()).Workers(context.Background()); !errors.Is(err, bus.ErrClosed) && !errors.Is(err, bus.ErrUnknownAddress) {
 		t.Fatalf("after shutdown: %v", err)
 	}
 }

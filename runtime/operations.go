@@ -23,29 +23,32 @@ const (
 const (
 	OperationReshard        = "reshard"
 	OperationSoftRestartAll = "soft_restart_all"
-	OperationHardRestartAll = "restart_all"
+	OperationRestartAll     = "restart_all"
 )
 
 const (
 	maxFinishedOperations   = 64              // finished operations kept for polling
-	maxOperationWaitOverBus = 5 * time.Second // the longest a CmdOperation query waits
-	operationBusWait        = time.Second     // how long the bus helpers ask to wait per query
+	maxOperationWaitOverBus = 5 * time.Second // the longest an operation query over the bus waits
+	operationBusWait        = time.Second     // how long Client.WaitOperation asks to wait per query
 )
 
 // Operation is a long operation (a reshard, a rolling restart) started
-// for a caller that does not wait for it: over the bus or the admin API.
-// It runs on the runtime's own context, so it outlives the request that
-// started it; it ends when it is done, fails, or the fleet stops. Poll it
-// with Runtime.Operation (or the bus command CmdOperation), or wait for it
-// with Runtime.WaitOperation.
+// for a caller that does not wait for it: with a Start method of Fleet,
+// over the bus or the admin API. It runs on the runtime's own context, so
+// it outlives the request that started it; it ends when it is done,
+// fails, or the fleet stops. Poll it with Fleet.Operation, or wait for it
+// with Fleet.WaitOperation.
 type Operation struct {
 	ID    string         `json:"id"`
 	Kind  string         `json:"kind"`
 	State OperationState `json:"state"`
 	// Done of Of steps: new shards ready with their guilds (reshard),
 	// clusters restarted (rolling restart). Of is 0 until known.
-	Done    int       `json:"done"`
-	Of      int       `json:"of"`
+	Done int `json:"done"`
+	Of   int `json:"of"`
+	// Result says what a finished operation did when "done" does not say
+	// it all: a reshard to the current shard count changed nothing.
+	Result  string    `json:"result,omitempty"`
 	Err     string    `json:"error,omitempty"` // why it failed
 	Started time.Time `json:"started"`
 	Ended   time.Time `json:"ended,omitzero"`
@@ -68,12 +71,31 @@ type opRecord struct {
 
 // StartReshard starts Reshard as an operation on the runtime's own
 // context and returns it at once. It returns ErrNotRunning before Run and
-// ErrReshardInProgress while a reshard runs.
-func (r *Runtime) StartReshard(opts ReshardOptions) (Operation, error) {
+// ErrReshardInProgress while a reshard runs. A reshard to the current
+// shard and cluster counts is returned done at once, its Result saying
+// that nothing changed.
+func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operation, error) {
+	if err := opts.check(); err != nil {
+		return Operation{}, err
+	}
 	if r.reshardBusy.Load() || !r.reshardOp.CompareAndSwap(false, true) {
 		return Operation{}, ErrReshardInProgress
 	}
-	op, err := r.startOperation(OperationReshard, func(ctx context.Context, progress func(done, of int)) error {
+	// What cannot work, or changes nothing, is answered now; the
+	// operation then runs the counts resolved here.
+	planned := false
+	if shards, clusters, ok := r.shape(); ok {
+		total, n, note, err := r.planReshard(ctx, opts, shards, clusters)
+		if err != nil || note != "" {
+			r.reshardOp.Store(false)
+			if err != nil {
+				return Operation{}, err
+			}
+			return r.finishedOperation(ctx, OperationReshard, note)
+		}
+		opts, planned = ReshardOptions{Shards: total, Clusters: n}, true
+	}
+	op, err := r.startOperation(ctx, OperationReshard, func(ctx context.Context, progress func(done, of int)) (string, error) {
 		defer r.reshardOp.Store(false)
 		unsub := r.Subscribe(func(e Event) {
 			switch e := e.(type) {
@@ -84,7 +106,7 @@ func (r *Runtime) StartReshard(opts ReshardOptions) (Operation, error) {
 			}
 		})
 		defer unsub()
-		return r.Reshard(ctx, opts)
+		return r.reshard(ctx, opts, planned)
 	})
 	if err != nil {
 		r.reshardOp.Store(false)
@@ -92,29 +114,70 @@ func (r *Runtime) StartReshard(opts ReshardOptions) (Operation, error) {
 	return op, err
 }
 
-// StartRestartAll starts a rolling restart of every cluster (soft, or
-// hard with hard) as an operation on the runtime's own context and
-// returns it at once.
-func (r *Runtime) StartRestartAll(hard bool) (Operation, error) {
-	kind := OperationSoftRestartAll
-	if hard {
-		kind = OperationHardRestartAll
-	}
-	return r.startOperation(kind, func(ctx context.Context, progress func(done, of int)) error {
-		return r.restartAll(ctx, hard, progress)
+// StartSoftRestartAll starts SoftRestartAll as an operation on the
+// runtime's own context and returns it at once.
+func (r *Runtime) StartSoftRestartAll(ctx context.Context) (Operation, error) {
+	return r.startOperation(ctx, OperationSoftRestartAll, func(ctx context.Context, progress func(done, of int)) (string, error) {
+		return "", r.restartAll(ctx, false, progress)
 	})
 }
 
-func (r *Runtime) startOperation(kind string, run func(ctx context.Context, progress func(done, of int)) error) (Operation, error) {
-	if err := r.checkRunning(context.Background()); err != nil {
+// StartRestartAll starts RestartAll as an operation on the runtime's own
+// context and returns it at once.
+func (r *Runtime) StartRestartAll(ctx context.Context) (Operation, error) {
+	return r.startOperation(ctx, OperationRestartAll, func(ctx context.Context, progress func(done, of int)) (string, error) {
+		return "", r.restartAll(ctx, true, progress)
+	})
+}
+
+// startOperation records an operation and runs it on the fleet's life.
+func (r *Runtime) startOperation(ctx context.Context, kind string, run func(ctx context.Context, progress func(done, of int)) (string, error)) (Operation, error) {
+	rec, err := r.newOperation(ctx, kind)
+	if err != nil {
 		return Operation{}, err
 	}
 	life := r.lifeContext()
 	r.mu.Lock()
+	op := rec.op
+	r.mu.Unlock()
+	go func() {
+		defer r.ops.wg.Done()
+		result, err := run(life, func(done, of int) {
+			r.mu.Lock()
+			rec.op.Done, rec.op.Of = done, of
+			r.mu.Unlock()
+		})
+		if err != nil && life.Err() != nil && !errors.Is(err, ErrNotRunning) {
+			err = fmt.Errorf("%w: the fleet stopped first (%v)", ErrNotRunning, err)
+		}
+		r.endOperation(rec, result, err)
+	}()
+	return op, nil
+}
+
+// finishedOperation records an operation that had nothing to do.
+func (r *Runtime) finishedOperation(ctx context.Context, kind, result string) (Operation, error) {
+	rec, err := r.newOperation(ctx, kind)
+	if err != nil {
+		return Operation{}, err
+	}
+	r.endOperation(rec, result, nil)
+	r.ops.wg.Done()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return rec.op, nil
+}
+
+// newOperation records a running operation, counted in r.ops.wg.
+func (r *Runtime) newOperation(ctx context.Context, kind string) (*opRecord, error) {
+	if err := r.checkRunning(ctx); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	o := &r.ops
 	if o.closed { // joinOperations is waiting: start nothing
-		r.mu.Unlock()
-		return Operation{}, ErrNotRunning
+		return nil, ErrNotRunning
 	}
 	if o.byID == nil {
 		o.byID = map[string]*opRecord{}
@@ -126,28 +189,19 @@ func (r *Runtime) startOperation(kind string, run func(ctx context.Context, prog
 	o.order = append(o.order, rec.op.ID)
 	r.forgetOperationsLocked()
 	o.wg.Add(1)
-	op := rec.op
+	return rec, nil
+}
+
+// endOperation records how an operation ended.
+func (r *Runtime) endOperation(rec *opRecord, result string, err error) {
+	r.mu.Lock()
+	rec.op.Ended, rec.op.Result, rec.err = time.Now(), result, err
+	rec.op.State = OperationDone
+	if err != nil {
+		rec.op.State, rec.op.Err = OperationFailed, wireError(err).Error() // names its sentinels, for a Client
+	}
 	r.mu.Unlock()
-	go func() {
-		defer o.wg.Done()
-		err := run(life, func(done, of int) {
-			r.mu.Lock()
-			rec.op.Done, rec.op.Of = done, of
-			r.mu.Unlock()
-		})
-		if err != nil && life.Err() != nil && !errors.Is(err, ErrNotRunning) {
-			err = fmt.Errorf("%w: the fleet stopped first (%v)", ErrNotRunning, err)
-		}
-		r.mu.Lock()
-		rec.op.Ended, rec.err = time.Now(), err
-		rec.op.State = OperationDone
-		if err != nil {
-			rec.op.State, rec.op.Err = OperationFailed, err.Error()
-		}
-		r.mu.Unlock()
-		close(rec.done)
-	}()
-	return op, nil
+	close(rec.done)
 }
 
 // forgetOperationsLocked drops the oldest finished operations beyond
@@ -176,15 +230,19 @@ func (r *Runtime) forgetOperationsLocked() {
 // know (never started, or long finished).
 var ErrUnknownOperation = errors.New("runtime: unknown operation")
 
-// Operation returns an operation by ID.
-func (r *Runtime) Operation(id string) (Operation, bool) {
+// Operation returns an operation by ID, or an error wrapping
+// ErrUnknownOperation.
+func (r *Runtime) Operation(ctx context.Context, id string) (Operation, error) {
+	if err := ctx.Err(); err != nil {
+		return Operation{}, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec, ok := r.ops.byID[id]
 	if !ok {
-		return Operation{}, false
+		return Operation{}, fmt.Errorf("%w %q", ErrUnknownOperation, id)
 	}
-	return rec.op, true
+	return rec.op, nil
 }
 
 // WaitOperation waits until an operation has ended, or ctx ends, and
@@ -199,8 +257,9 @@ func (r *Runtime) WaitOperation(ctx context.Context, id string) (Operation, erro
 	select {
 	case <-rec.done:
 	case <-ctx.Done():
-		op, _ := r.Operation(id)
-		return op, ctx.Err()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return rec.op, ctx.Err()
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

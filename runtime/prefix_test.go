@@ -167,8 +167,8 @@ func TestErrorPrefixesDoNotRepeat(t *testing.T) {
 		t.Fatal("fleet not ready")
 	}
 	add("Restart of an unknown cluster", rt.Restart(ctx, 7))
-	add("RestartCluster over the bus", runtime.RestartCluster(ctx, rt.Bus(), 7, true))
-	add("RestartService over the bus", runtime.RestartService(ctx, rt.Bus(), "nope", true))
+	add("Restart over the bus", runtime.NewClient(rt.Bus()).Restart(ctx, 7))
+	add("RestartService over the bus", runtime.NewClient(rt.Bus()).RestartService(ctx, "nope"))
 	add("Reshard to a bad count", rt.Reshard(ctx, runtime.ReshardOptions{Shards: 2, Clusters: 3}))
 	// A Setup that fails: in a soft restart, a rolling one, a hard
 	// restart, then the cluster given up on and Run's error.

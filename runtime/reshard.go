@@ -14,12 +14,97 @@ import (
 // recommendation (Shards) and the current cluster count (Clusters), or
 // clusters of Config.ShardsPerCluster shards when that is set.
 type ReshardOptions struct {
-	Shards   int
-	Clusters int
+	Shards   int `json:"shards"`
+	Clusters int `json:"clusters"`
+}
+
+// check refuses negative counts.
+func (o ReshardOptions) check() error {
+	if o.Shards < 0 || o.Clusters < 0 {
+		return fmt.Errorf("%w: Shards (%d) and Clusters (%d) must not be negative: use 0 for Discord's recommendation and the current cluster count",
+			ErrCannotReshard, o.Shards, o.Clusters)
+	}
+	return nil
 }
 
 // ErrReshardInProgress is returned by a Reshard while another runs.
 var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
+
+// ErrCannotReshard is wrapped by the error of a reshard asked with
+// options that cannot work: a shard count that is not a multiple of
+// max_concurrency, more clusters than shards, more session starts than
+// remain today, or a runtime that runs a slice of the fleet. Its message
+// says what to change; the admin API answers it with 400.
+var ErrCannotReshard = errors.New("runtime: cannot reshard")
+
+// shape returns the fleet's shard and cluster counts; ok is false before
+// the fleet is planned.
+func (r *Runtime) shape() (shards, clusters int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.env == nil {
+		return 0, 0, false
+	}
+	return r.env.total, len(r.clusters), true
+}
+
+// sameShape reports whether a reshard to wantShards in wantClusters (0:
+// as many as now) asks for the fleet as it is, and says so in words.
+func sameShape(shards, clusters, wantShards, wantClusters int) (string, bool) {
+	if wantShards != shards || (wantClusters != 0 && wantClusters != clusters) {
+		return "", false
+	}
+	return fmt.Sprintf("unchanged: the fleet already runs %d shards in %d clusters", shards, clusters), true
+}
+
+// planReshard resolves opts against the fleet as it is (shards in
+// clusters) and Discord's figures: the new shard and cluster counts, or a
+// note when they are the current ones (nothing to do), or an error
+// wrapping ErrCannotReshard saying what to change.
+func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, clusters int) (total, n int, note string, err error) {
+	if r.cfg.TotalShards > 0 {
+		return 0, 0, "", fmt.Errorf("%w: this runtime runs a slice of the fleet (TotalShards is set): reshard every host together", ErrCannotReshard)
+	}
+	if note, same := sameShape(shards, clusters, opts.Shards, opts.Clusters); same {
+		return shards, clusters, note, nil // nothing to ask Discord
+	}
+	gb, err := r.gatewayBot(ctx)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	total = opts.Shards
+	if total == 0 {
+		total = max(gb.Shards, 1)
+	}
+	mc := max(gb.SessionStartLimit.MaxConcurrency, 1)
+	if r.cfg.MaxConcurrencyOverride > 0 {
+		mc = r.cfg.MaxConcurrencyOverride
+	}
+	if mc > 1 && total%mc != 0 {
+		lo, hi := total/mc*mc, (total/mc+1)*mc
+		return 0, 0, "", fmt.Errorf("%w: %d shards: must be a multiple of %d (max_concurrency %d): use %d or %d",
+			ErrCannotReshard, total, mc, mc, max(lo, mc), hi)
+	}
+	n = opts.Clusters
+	switch {
+	case n == 0 && r.cfg.ShardsPerCluster > 0:
+		n = r.cfg.clusterCount(total)
+	case n == 0:
+		n = min(clusters, total)
+	}
+	if n > total {
+		return 0, 0, "", fmt.Errorf("%w: Clusters (%d) > Shards (%d): lower Clusters", ErrCannotReshard, n, total)
+	}
+	if note, same := sameShape(shards, clusters, total, n); same {
+		return total, n, note, nil
+	}
+	if rem := gb.SessionStartLimit.Remaining; gb.SessionStartLimit.Total > 0 && rem < total {
+		reset := time.Duration(gb.SessionStartLimit.ResetAfter) * time.Millisecond
+		return 0, 0, "", fmt.Errorf("%w: %d shards: it needs %d session starts but %d remain today: wait until the limit resets in %s or reshard to fewer shards",
+			ErrCannotReshard, total, total, rem, reset.Round(time.Second))
+	}
+	return total, n, "", nil
+}
 
 // Reshard changes the fleet's shard count without losing or repeating an
 // event: a new generation of clusters identifies at the new count through
@@ -34,65 +119,56 @@ var ErrReshardInProgress = errors.New("runtime: a reshard is already running")
 // lags more than a new shard may hold before the cut-over, the new
 // generation is stopped and the old one goes on serving. Once the first
 // guild has changed hands the cut-over completes unless the fleet stops.
+//
+// A reshard to the current shard and cluster counts changes nothing: it
+// returns nil and no shard identifies. Options that cannot work return an
+// error wrapping ErrCannotReshard that says what to change.
 func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
+	_, err := r.reshard(ctx, opts, false)
+	return err
+}
+
+// reshard is Reshard; result says when it changed nothing. With planned,
+// opts holds the counts planReshard resolved for the fleet as it is (no
+// other reshard can have run since): Discord is not asked again.
+func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool) (result string, err error) {
+	if err := opts.check(); err != nil {
+		return "", err
+	}
 	if err := r.checkRunning(ctx); err != nil {
-		return err
+		return "", err
 	}
 	if !r.reshardBusy.CompareAndSwap(false, true) {
-		return ErrReshardInProgress
+		return "", ErrReshardInProgress
 	}
 	defer r.reshardBusy.Store(false)
 	release, err := r.acquire(ctx) // no other operation in between
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer release()
 	select {
 	case <-r.planned:
 	case <-r.stopped:
-		return ErrNotRunning
+		return "", ErrNotRunning
 	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if r.cfg.TotalShards > 0 {
-		return errors.New("runtime: Reshard needs a runtime that runs the whole fleet (TotalShards is set): reshard every host together")
+		return "", ctx.Err()
 	}
 	r.mu.Lock()
 	old, oldEnv, stop := r.clusters, r.env, r.stopFleet
 	r.mu.Unlock()
 	select {
 	case <-stop:
-		return ErrNotRunning
+		return "", ErrNotRunning
 	default:
 	}
-
-	gb, err := r.gatewayBot(ctx)
-	if err != nil {
-		return err
-	}
-	total := opts.Shards
-	if total == 0 {
-		total = max(gb.Shards, 1)
-	}
-	mc := max(gb.SessionStartLimit.MaxConcurrency, 1)
-	if r.cfg.MaxConcurrencyOverride > 0 {
-		mc = r.cfg.MaxConcurrencyOverride
-	}
-	if mc > 1 && total%mc != 0 {
-		return fmt.Errorf("runtime: Reshard to %d shards: must be a multiple of %d (max_concurrency %d)", total, mc, mc)
-	}
-	n := opts.Clusters
-	switch {
-	case n == 0 && r.cfg.ShardsPerCluster > 0:
-		n = r.cfg.clusterCount(total)
-	case n == 0:
-		n = min(len(old), total)
-	}
-	if n > total {
-		return fmt.Errorf("runtime: Reshard: Clusters (%d) > Shards (%d): lower Clusters", n, total)
-	}
-	if rem := gb.SessionStartLimit.Remaining; gb.SessionStartLimit.Total > 0 && rem < total {
-		return fmt.Errorf("runtime: Reshard needs %d session starts but %d remain today", total, rem)
+	total, n := opts.Shards, opts.Clusters
+	if !planned {
+		var note string
+		total, n, note, err = r.planReshard(ctx, opts, oldEnv.total, len(old))
+		if err != nil || note != "" {
+			return note, err
+		}
 	}
 
 	began := time.Now()
@@ -125,7 +201,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		c.mu.Unlock()
 	}
 	if len(oldGroups) == 0 {
-		return errors.New("runtime: Reshard: no cluster of the fleet has started: fix what keeps them from starting (see the cluster_failed events) and restart the fleet")
+		return "", errors.New("runtime: Reshard: no cluster of the fleet has started: fix what keeps them from starting (see the cluster_failed events) and restart the fleet")
 	}
 	for _, g := range oldGroups {
 		g.Record(total)
@@ -145,7 +221,7 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		inst, err := r.newInstance(ctx, c, env, nil)
 		if err != nil {
 			abort()
-			return err
+			return "", err
 		}
 		c.runner, c.group, c.startedAt = inst.run, inst.g, time.Now()
 		clusters = append(clusters, c)
@@ -156,10 +232,10 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	case <-loaded:
 	case <-ctx.Done():
 		abort()
-		return fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", ctx.Err())
+		return "", fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", ctx.Err())
 	case <-r.stopping:
 		abort()
-		return ErrNotRunning
+		return "", ErrNotRunning
 	}
 
 	// The cut-over: each new shard takes its guilds over from the old
@@ -171,9 +247,9 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 	if err := shardgroup.CutOver(ctx, r.stopping, oldGroups, newGroups); err != nil {
 		abort()
 		if errors.Is(err, shardgroup.ErrCutOverStopped) {
-			return ErrNotRunning
+			return "", ErrNotRunning
 		}
-		return fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", err)
+		return "", fmt.Errorf("runtime: Reshard gave up before the cut-over: %w", err)
 	}
 	cut := time.Now()
 	r.gate.Set(env.gen)
@@ -204,5 +280,5 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 		}
 	}
 	r.events.emit(ReshardDone{From: oldEnv.total, To: total, Took: time.Since(began)})
-	return nil
+	return "", nil
 }

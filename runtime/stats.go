@@ -108,7 +108,7 @@ type ServiceStats struct {
 	State        string        `json:"state"`     // a services.State
 	Uptime       time.Duration `json:"uptime_ns"` // since the instance now serving became ready
 	Restarts     int           `json:"restarts"`
-	MailboxDepth int           `json:"mailbox_depth"` // -1 while the bus does not say
+	MailboxDepth int           `json:"mailbox_depth"` // commands waiting; -1 while nothing is registered
 }
 
 // BusStats describes the requests made on the runtime's IPC bus (zero

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/services"
 	"github.com/gofleet/fleet/shardgroup"
 )
 
@@ -302,6 +303,15 @@ func TestOperationsBeforeRun(t *testing.T) {
 		"Restart":         func() error { return rt.Restart(ctx, 0) },
 		"ShutdownCluster": func() error { return rt.ShutdownCluster(ctx, 0) },
 		"Reshard":         func() error { return rt.Reshard(ctx, ReshardOptions{Shards: 2}) },
+		"RestartAll":      func() error { return rt.RestartAll(ctx) },
+		"StartReshard":    func() error { _, err := rt.StartReshard(ctx, ReshardOptions{}); return err },
+		"StartRestartAll": func() error { _, err := rt.StartRestartAll(ctx); return err },
+		"RestartService":  func() error { return rt.RestartService(ctx, services.StoreName) },
+		"SoftRestartService": func() error {
+			return rt.SoftRestartService(ctx, services.StoreName)
+		},
+		"ShutdownService":    func() error { return rt.ShutdownService(ctx, services.StoreName) },
+		"RestartAllServices": func() error { return rt.RestartAllServices(ctx) },
 	} {
 		if err := op(); !errors.Is(err, ErrNotRunning) {
 			t.Errorf("%s before Run = %v, want ErrNotRunning", name, err)

@@ -75,22 +75,25 @@ const (
 	StateStopped    State = "stopped"    // not started yet, or stopped by Close
 )
 
-// Info describes a service at one moment.
+// Info describes a service at one moment. It crosses the bus as it is
+// (the fleet's workers command), so every field survives the Codec.
 type Info struct {
-	Name  string
-	State State
+	Name  string `json:"name"`
+	State State  `json:"state"`
 	// StartedAt is when the instance now serving became ready; zero when
 	// none does. Uptime is the time since.
-	StartedAt time.Time
-	Uptime    time.Duration
+	StartedAt time.Time     `json:"started_at,omitzero"`
+	Uptime    time.Duration `json:"uptime_ns"`
 	// Restarts counts the restarts in the service's life: after starting
 	// errors, and by Restart and SoftRestart.
-	Restarts int
-	// MailboxDepth is always -1: the bus does not expose how many
-	// messages wait in a mailbox yet.
-	MailboxDepth int
-	// Err is the last starting error, until an instance is ready.
-	Err error
+	Restarts int `json:"restarts"`
+	// MailboxDepth is how many commands wait in the service's mailbox,
+	// not counting those being handled; -1 while nothing is registered
+	// at its address (stopped, or between two instances).
+	MailboxDepth int `json:"mailbox_depth"`
+	// Err is the message of the last starting error, until an instance
+	// is ready; empty otherwise. The events carry the error itself.
+	Err string `json:"error,omitempty"`
 }
 
 // Manager runs services on a bus: it starts them, restarts those that
@@ -491,8 +494,14 @@ func (m *Manager) Services() []Info {
 	out := make([]Info, 0, len(list))
 	for _, s := range list {
 		s.mu.Lock()
-		in := Info{Name: s.spec.Name, State: s.state, StartedAt: s.startedAt, Restarts: s.restarts, MailboxDepth: -1, Err: s.err}
+		in := Info{Name: s.spec.Name, State: s.state, StartedAt: s.startedAt, Restarts: s.restarts, MailboxDepth: -1}
+		if s.err != nil {
+			in.Err = s.err.Error()
+		}
 		s.mu.Unlock()
+		if n, ok := m.bus.Queued(s.addr); ok {
+			in.MailboxDepth = n
+		}
 		if !in.StartedAt.IsZero() {
 			in.Uptime = now.Sub(in.StartedAt)
 		}

@@ -88,8 +88,8 @@ func TestStartOneAfterTheOther(t *testing.T) {
 		t.Errorf("start order = %v, want %v", order, want)
 	}
 	for _, in := range m.Services() {
-		if in.State != services.StateReady || in.StartedAt.IsZero() || in.MailboxDepth != -1 {
-			t.Errorf("%+v, want ready with StartedAt and MailboxDepth -1", in)
+		if in.State != services.StateReady || in.StartedAt.IsZero() || in.MailboxDepth != 0 || in.Err != "" {
+			t.Errorf("%+v, want ready with StartedAt, an empty mailbox and no error", in)
 		}
 	}
 }
@@ -155,7 +155,7 @@ func TestStartingErrorIsRestarted(t *testing.T) {
 			t.Errorf("%s: err = %v, want boom", se.Kind(), se.Err)
 		}
 	}
-	if in := info(t, m, "counter"); in.State != services.StateReady || in.Restarts != 2 || in.Err != nil {
+	if in := info(t, m, "counter"); in.State != services.StateReady || in.Restarts != 2 || in.Err != "" {
 		t.Errorf("%+v, want ready after 2 restarts", in)
 	}
 	if id, err := requestID(ctx, b, "counter"); err != nil || id != 3 {
@@ -201,7 +201,7 @@ func TestFailedAfterMaxRestarts(t *testing.T) {
 	if last, ok := evs[len(evs)-1].(services.Failed); !ok || last.Attempt != 4 || !errors.Is(last.Err, boom) {
 		t.Errorf("last event = %v, want service_failed at attempt 4", evs[len(evs)-1])
 	}
-	if in := info(t, m, "counter"); in.State != services.StateFailed || in.Restarts != 3 || !errors.Is(in.Err, services.ErrFailed) {
+	if in := info(t, m, "counter"); in.State != services.StateFailed || in.Restarts != 3 || !strings.Contains(in.Err, "boom") {
 		t.Errorf("%+v, want failed after 3 restarts", in)
 	}
 	if _, err := requestID(ctx, b, "counter"); !errors.Is(err, bus.ErrUnknownAddress) {
@@ -749,7 +749,7 @@ func TestStartTogetherStopsOthersOnFailure(t *testing.T) {
 		t.Errorf("%+v, want failed", in)
 	}
 	// waiting was stopped while starting, or not started at all.
-	if in := info(t, m, "waiting"); in.State != services.StateStopped || in.Err != nil && !strings.Contains(in.Err.Error(), `"bad" failed to start`) {
+	if in := info(t, m, "waiting"); in.State != services.StateStopped || in.Err != "" && !strings.Contains(in.Err, `"bad" failed to start`) {
 		t.Errorf("%+v, want stopped because bad failed", in)
 	}
 }
@@ -808,3 +808,72 @@ type stopFunc func(ctx context.Context) error
 
 func (stopFunc) Start(context.Context, *services.Context) error { return nil }
 func (f stopFunc) Stop(ctx context.Context) error               { return f(ctx) }
+
+// Info counts the commands waiting in a service's mailbox, and crosses a
+// strict bus whole, its starting error included.
+func TestInfoMailboxDepthAndCodec(t *testing.T) {
+	t.Parallel()
+	b := newBus(t, bus.Options{Strict: true})
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	busy := services.Spec{Name: "busy", New: func() services.Service {
+		return services.Func(func(_ context.Context, sc *services.Context) error {
+			bus.Handle(sc.Endpoint(), "block", func(ctx context.Context, _ int) (int, error) {
+				select {
+				case started <- struct{}{}:
+				default:
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+				return 0, nil
+			})
+			return nil
+		})
+	}}
+	boom := errors.New("boom")
+	bad := services.Spec{Name: "bad", New: func() services.Service {
+		return services.Func(func(context.Context, *services.Context) error { return boom })
+	}}
+	m, _ := newManager(t, b, services.ManagerConfig{Specs: []services.Spec{busy, bad}, MaxRestarts: 1})
+	if err := m.Start(testContext(t)); !errors.Is(err, boom) {
+		t.Fatalf("Start = %v, want bad's error", err)
+	}
+	defer close(release)
+	ctx := testContext(t)
+	for i := range 4 {
+		if err := bus.Send(ctx, b, bus.Service("busy"), "block", i); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			<-started // one handled, three waiting
+		}
+	}
+	if in := info(t, m, "busy"); in.MailboxDepth != 3 {
+		t.Errorf("busy: MailboxDepth %d, want 3 (one of four handled)", in.MailboxDepth)
+	}
+	if in := info(t, m, "bad"); in.MailboxDepth != -1 {
+		t.Errorf("bad: MailboxDepth %d, want -1 (nothing registered)", in.MailboxDepth)
+	}
+
+	// The list crosses a strict bus while a service is failing.
+	ep, err := b.Register(bus.Service("lister"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus.Handle(ep, "list", func(context.Context, struct{}) ([]services.Info, error) { return m.Services(), nil })
+	got, err := bus.Request[struct{}, []services.Info](ctx, b, bus.Service("lister"), "list", struct{}{})
+	if err != nil {
+		t.Fatalf("list over a strict bus: %v", err)
+	}
+	byName := map[string]services.Info{}
+	for _, in := range got {
+		byName[in.Name] = in
+	}
+	if in := byName["bad"]; in.State != services.StateFailed || !strings.Contains(in.Err, "boom") || in.MailboxDepth != -1 {
+		t.Errorf("bad over the bus: %+v, want failed with boom", in)
+	}
+	if in := byName["busy"]; in.State != services.StateReady || in.StartedAt.IsZero() || in.MailboxDepth != 3 || in.Err != "" {
+		t.Errorf("busy over the bus: %+v, want ready with 3 waiting", in)
+	}
+}

@@ -345,6 +345,7 @@
       return;
     }
     if (!res.ok) { item.fail(describe(res, data)); return; }
+    if (data.result && data.result !== "done") { item.done(String(data.result)); return; }
     item.done(data.duration ? `the server took ${data.duration}` : "");
   }
   function forget(msg) { token = ""; tokenState(msg); }

@@ -130,7 +130,7 @@ func run() error {
 		return err
 	}
 	fmt.Printf("%d messages in %d guilds counted by the service\n", total, guilds)
-	w, err := runtime.GetWorkers(ctx, b)
+	w, err := runtime.NewClient(b).Workers(ctx) // as a service or a cluster would ask
 	if err != nil {
 		return err
 	}
