@@ -109,9 +109,13 @@ func (e *Endpoint) Close(ctx context.Context) error {
 // and the endpoint keeps serving. A request whose caller has already gone
 // when its turn comes is dropped without calling fn.
 //
-// Handle panics if command is empty, fn is nil, or command already has a
-// handler on e: these are programmer errors.
-func Handle[Req, Resp any](e *Endpoint, command string, fn func(ctx context.Context, req Req) (Resp, error)) {
+// Handle panics if on is nil, command is empty, fn is nil, or command
+// already has a handler on the endpoint: these are programmer errors.
+func Handle[Req, Resp any](on Handlers, command string, fn func(ctx context.Context, req Req) (Resp, error)) {
+	if on == nil {
+		panic("bus: Handle: nil Handlers")
+	}
+	e := on.endpoint()
 	if command == "" || fn == nil {
 		panic("bus: Handle: empty command or nil handler")
 	}

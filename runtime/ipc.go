@@ -38,7 +38,7 @@ type ClusterInfo struct {
 // endpoint with bus.Handle. Each instance registers its own; a soft
 // restart moves the address to the new instance without losing a command.
 type CommandHandler interface {
-	Commands(ep *bus.Endpoint)
+	Commands(h bus.Handlers)
 }
 
 // admiral registers the runtime's own commands: Fleet's, over the bus.
@@ -346,7 +346,7 @@ func (r *Runtime) clusterEndpoint(c *cluster, inst *instance) (activate func() e
 		return json.Marshal(ch)
 	})
 	if h, ok := inst.bot.(CommandHandler); ok {
-		h.Commands(ep)
+		h.Commands(ep.Handlers())
 	}
 	inst.ep = ep
 	if fresh {

@@ -44,7 +44,7 @@ func (b ipcBot) Setup(_ context.Context, g *shardgroup.Group) error {
 	return nil
 }
 
-func (b ipcBot) Commands(ep *bus.Endpoint) {
+func (b ipcBot) Commands(ep bus.Handlers) {
 	bus.Handle(ep, "cluster_id", func(context.Context, string) (int, error) { return b.cluster, nil })
 }
 

@@ -34,7 +34,7 @@ func NewStoreOn(b StoreBackend) *Store {
 }
 
 // handleBackend registers the store's commands on ep, served by the backend.
-func (s *Store) handleBackend(ep *bus.Endpoint) {
+func (s *Store) handleBackend(ep bus.Handlers) {
 	b := s.backend
 	bus.Handle(ep, storeGet, func(ctx context.Context, key string) (storeValue, error) {
 		v, ok, err := b.Get(ctx, key)

@@ -76,4 +76,4 @@ func (c *Context) Bus() bus.Client { return c.bus.Client() }
 // Endpoint returns the instance's endpoint: register its commands on it
 // with [bus.Handle] during Start. It receives commands once the instance
 // is ready.
-func (c *Context) Endpoint() *bus.Endpoint { return c.ep }
+func (c *Context) Endpoint() bus.Handlers { return c.ep.Handlers() }
