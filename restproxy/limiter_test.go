@@ -56,12 +56,9 @@ func TestRestSharedLimiterEightClustersNo429s(t *testing.T) {
 		t.Errorf("simulator got %d requests, want %d", got, clusters*perCluster)
 	}
 	least := minTime(clusters*perCluster/nChannels, limit, window)
+	// How close to the limits the run came is a speed, which the bench
+	// measures (go run ./bench -scenario rest); here it is only logged.
 	t.Logf("%d messages in %s; the limits allow %s (ratio %.2f)", clusters*perCluster, elapsed, least, least.Seconds()/elapsed.Seconds())
-	// Loose: here the CPU is the limit, more so under -race; the bench
-	// measures the ratio with limits the CPU can outrun.
-	if elapsed > 10*least+5*time.Second {
-		t.Errorf("took %s, the limits allow %s", elapsed, least)
-	}
 }
 
 // TestIndependentLimitersGet429s runs the same clusters and channels with
