@@ -67,16 +67,10 @@ const (
 //	})
 //
 // Subscribers run when the event happens, on the goroutine that caused
-// it: time.Now() is the event's time.
-type Event interface {
-	Kind() EventKind
-	// String is the event on one line: its kind, then its fields as
-	// key=value.
-	String() string
-	// LogValue is the event's fields as a group, under the names its log
-	// record uses.
-	LogValue() slog.Value
-}
+// it: time.Now() is the event's time. It is the services package's Event:
+// Kind, String (the event on one line) and LogValue (its fields as a log
+// group).
+type Event = services.Event
 
 // ShardIdentify is a shard sending IDENTIFY, after Waited in the identify
 // queue. Logged at Debug: StartupProgress and the cluster events cover it.

@@ -114,51 +114,27 @@ func messageAt(b []byte, i int, m *discord.Message) int {
 			}
 		case "mentions":
 			if once(&seen, 15) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.Mentions = []discord.User{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.Mentions)
 			}
 		case "attachments":
 			if once(&seen, 16) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.Attachments = []discord.Attachment{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.Attachments)
 			}
 		case "embeds":
 			if once(&seen, 17) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.Embeds = []discord.Embed{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.Embeds)
 			}
 		case "reactions":
 			if once(&seen, 18) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.Reactions = []discord.MessageReaction{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.Reactions)
 			}
 		case "sticker_items":
 			if once(&seen, 19) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.StickerItems = []discord.MessageSticker{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.StickerItems)
 			}
 		case "mention_channels":
 			if once(&seen, 20) {
-				if isNullAt(b, i) {
-					return i + 4
-				}
-				m.MentionChannels = []discord.MentionChannel{}
-				return emptyArrayAt(b, i)
+				return emptySliceAt(b, i, &m.MentionChannels)
 			}
 		case "components":
 			// UnmarshalJSON leaves Components nil unless there are some.
@@ -454,6 +430,16 @@ func objectAt(b []byte, i int, member func(key []byte, i int) int) int {
 }
 
 func isNullAt(b []byte, i int) bool { return len(b)-i >= 4 && string(b[i:i+4]) == "null" }
+
+// emptySliceAt reads null (leaving *dst nil) or an empty array (setting
+// *dst to an empty slice, as decoding does) at b[i:]; see emptyArrayAt.
+func emptySliceAt[T any](b []byte, i int, dst *[]T) int {
+	if isNullAt(b, i) {
+		return i + 4
+	}
+	*dst = []T{}
+	return emptyArrayAt(b, i)
+}
 
 func emptyArrayAt(b []byte, i int) int {
 	if i >= len(b) || b[i] != '[' {
