@@ -398,6 +398,16 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 	if err != nil {
 		return nil, err
 	}
+	if m := r.cfg.Member; m != nil && m.Resume != nil {
+		handed, err := r.memberResume(ctx, c.id, m.Resume)
+		if err != nil {
+			r.stopInstance(inst, false)
+			return nil, fmt.Errorf("runtime: cluster %d: Member.Resume: %w", c.id, err)
+		}
+		if handed != nil {
+			sessions = handed
+		}
+	}
 	r.publish(c, inst.run)
 	if err := inst.activate(); err != nil {
 		r.stopInstance(inst, false)
@@ -405,6 +415,16 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 	}
 	inst.run.StartResuming(env.groupCtx, sessions)
 	return inst, nil
+}
+
+// memberResume calls Member.Resume with a panic recovered.
+func (r *Runtime) memberResume(ctx context.Context, cluster int, resume func(context.Context, int) (map[int]shardgroup.Session, error)) (sessions map[int]shardgroup.Session, err error) {
+	err = r.callUser(ctx, fmt.Sprintf("cluster %d: Member.Resume", cluster), func() error {
+		var err error
+		sessions, err = resume(ctx, cluster)
+		return err
+	}, nil)
+	return sessions, err
 }
 
 func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {
