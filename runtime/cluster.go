@@ -553,6 +553,13 @@ func (r *Runtime) cluster(ctx context.Context, id int) (*cluster, error) {
 			return c, nil
 		}
 	}
+	if m := r.cfg.Member; m != nil {
+		ids := make([]int, 0, len(r.clusters))
+		for _, c := range r.clusters {
+			ids = append(ids, c.id)
+		}
+		return nil, fmt.Errorf("%w %d (this member runs clusters %v; the fleet's admiral reaches the others)", ErrUnknownCluster, id, ids)
+	}
 	return nil, fmt.Errorf("%w %d (have 0..%d)", ErrUnknownCluster, id, len(r.clusters)-1)
 }
 
