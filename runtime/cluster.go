@@ -418,13 +418,19 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 }
 
 // memberResume calls Member.Resume with a panic recovered.
-func (r *Runtime) memberResume(ctx context.Context, cluster int, resume func(context.Context, int) (map[int]shardgroup.Session, error)) (sessions map[int]shardgroup.Session, err error) {
-	err = r.callUser(ctx, fmt.Sprintf("cluster %d: Member.Resume", cluster), func() error {
-		var err error
-		sessions, err = resume(ctx, cluster)
+// The sessions travel by channel: callUser gives up on a Resume that
+// outlives ctx, and one that returns later must not write what was read.
+func (r *Runtime) memberResume(ctx context.Context, cluster int, resume func(context.Context, int) (map[int]shardgroup.Session, error)) (map[int]shardgroup.Session, error) {
+	got := make(chan map[int]shardgroup.Session, 1)
+	err := r.callUser(ctx, fmt.Sprintf("cluster %d: Member.Resume", cluster), func() error {
+		sessions, err := resume(ctx, cluster)
+		got <- sessions
 		return err
 	}, nil)
-	return sessions, err
+	if err != nil {
+		return nil, err
+	}
+	return <-got, nil
 }
 
 func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {

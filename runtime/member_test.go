@@ -265,3 +265,39 @@ func TestCheckpointSavesDeliveredSequences(t *testing.T) {
 		t.Errorf("CheckpointOff: %d saves, want 1 (at stop)", n)
 	}
 }
+
+// A Resume that waits for sessions nobody hands over ends with the fleet's
+// stop: Shutdown does not wait for it, and the cluster never connects.
+func TestShutdownEndsABlockedResume(t *testing.T) {
+	s := smallServer()
+	defer s.Close()
+	b := bus.New(bus.Options{})
+	defer b.Close()
+	q, err := NewLocalIdentifyQueue(1, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0, 1, 2, 3}})
+	waiting := make(chan struct{})
+	cfg.Member.Resume = func(ctx context.Context, _ int) (map[int]shardgroup.Session, error) {
+		close(waiting)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runUntil(t, rt)
+	select {
+	case <-waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Resume never called")
+	}
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if n := len(s.Identifies()); n != 0 {
+		t.Errorf("%d IDENTIFYs from a cluster whose Resume never returned, want 0", n)
+	}
+}
