@@ -19,29 +19,23 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 		return err
 	}
 	cfg := h.cfg.Runtime
-	cfg.Shards = 0
-	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID = c.Plan.Shards, c.Shards[0], c.Shards[len(c.Shards)-1]
-	cfg.Clusters, cfg.ShardsPerCluster = 1, 0
+	cfg.Shards = c.Plan.Shards
+	cfg.Clusters, cfg.ShardsPerCluster = 0, 0
 	cfg.GatewayURL = c.Plan.GatewayURL
 	cfg.MaxConcurrencyOverride = c.Plan.MaxConcurrency
 	cfg.IdentifyQueue = sharedQueue{sh.queue}
+	cfg.Bus = sh.bus
 	cfg.SessionStore = newClusterSessions(h.sessions, h.cfg.ID, c)
+	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}}}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
 	}
-	c.SetOps(sliceOps{rt})
+	c.SetOps(rt)
 	defer c.SetOps(nil)
 	return rt.Run(ctx)
 }
-
-// sliceOps addresses the one cluster of a runtime running a shard slice
-// (its cluster 0) by its fleet-wide ID.
-type sliceOps struct{ rt *runtime.Runtime }
-
-func (o sliceOps) SoftRestart(ctx context.Context, _ int) error { return o.rt.SoftRestart(ctx, 0) }
-func (o sliceOps) Restart(ctx context.Context, _ int) error     { return o.rt.Restart(ctx, 0) }
 
 // clusterShared returns what the host's clusters share, making the
 // identify queue once the plan is known.
