@@ -28,7 +28,9 @@ type deliveries struct {
 	last map[string]time.Time // by host, its last delivery
 }
 
-func newDeliveries() *deliveries { return &deliveries{seen: map[string]int{}, last: map[string]time.Time{}} }
+func newDeliveries() *deliveries {
+	return &deliveries{seen: map[string]int{}, last: map[string]time.Time{}}
+}
 
 // botOn is the user code of host id.
 func (d *deliveries) botOn(id string) func(int) runtime.Bot {
