@@ -274,7 +274,7 @@ func hostLogger(id string) *slog.Logger {
 }
 
 // checkpointEvery is the hosts' checkpoint interval in these tests.
-const checkpointEvery = 20 * time.Millisecond
+const checkpointEvery = 100 * time.Millisecond
 
 // A host whose NATS connection closes without releasing anything loses
 // its clusters after the lease TTL; the other host takes them over by
@@ -345,5 +345,79 @@ func eventually(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A host whose NATS connection is cut for longer than the lease TTL stops
+// delivering at its lease's deadline, before the other host resumes its
+// clusters; when the connection comes back it serves none of them until
+// the leader gives it clusters again, which come by hand-over. Nothing is
+// lost and nothing identifies throughout.
+func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
+	t.Parallel()
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	fleet := newPrefix()
+	d := newDeliveries()
+	ttl := 600 * time.Millisecond
+	proxy := newCutter(t, srv.ClientURL())
+	ctx := testCtx(t)
+	ncA, err := natsfleet.Connect(ctx, proxy.URL(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncA.Close)
+	startHostOn(t, ncA, s, fleet, "a", d, ttl)
+	b := startHost(t, s, fleet, "b", d, ttl)
+	balanced := func(st natsfleet.FleetStatus) bool {
+		o := ownedBy(st)
+		for _, c := range st.Clusters {
+			if c.CheckpointAge < 0 {
+				return false
+			}
+		}
+		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
+	}
+	st := waitStatus(t, b.h, "two clusters on each host", balanced)
+	fromA := ownedBy(st)["a"]
+	before := s.Stats()
+	started := time.Now()
+	sd := startSender(s, 16, "cut")
+	eventually(t, "a delivering traffic", func() bool { return d.lastOn("a").After(started) })
+
+	cut := time.Now()
+	proxy.cut()
+	waitStatus(t, b.h, "a's clusters resumed on b", func(st natsfleet.FleetStatus) bool {
+		return len(ownedBy(st)["b"]) == 4 && allReady(s, 4)
+	})
+	if last := d.lastOn("a"); last.After(cut.Add(ttl)) {
+		t.Errorf("a delivered an event %v after it was cut off, past the lease TTL (%v)", last.Sub(cut), ttl)
+	}
+	cutFor := time.Since(cut)
+
+	proxy.restore()
+	back := waitStatus(t, b.h, "a back with two clusters", balanced)
+	sent := sd.finish()
+	lost, dup := d.check(t, sent, 10*time.Second)
+	end := s.Stats()
+	t.Logf("cut for %v (TTL %v): %d messages, %d lost, %d delivered twice; %d IDENTIFYs, %d RESUMEs",
+		cutFor, ttl, len(sent), lost, dup, end.Identifies-before.Identifies, end.Resumes-before.Resumes)
+	if lost != 0 {
+		t.Errorf("%d of %d messages lost", lost, len(sent))
+	}
+	if n := end.Identifies - before.Identifies; n != 0 {
+		t.Errorf("%d IDENTIFYs, want 0", n)
+	}
+	if len(end.Violations) != 0 {
+		t.Errorf("violations: %v", end.Violations)
+	}
+	for _, c := range back.Clusters {
+		if c.Owner == "a" && c.Epoch < 2 {
+			t.Errorf("cluster %d back on a at epoch %d: a kept a lease it lost", c.ID, c.Epoch)
+		}
+	}
+	if len(fromA) != 2 {
+		t.Errorf("a ran %v before the cut, want two clusters", fromA)
 	}
 }
