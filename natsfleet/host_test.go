@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -419,5 +420,36 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	}
 	if len(fromA) != 2 {
 		t.Errorf("a ran %v before the cut, want two clusters", fromA)
+	}
+}
+
+func TestNewHostSaysWhatToChange(t *testing.T) {
+	t.Parallel()
+	nc := connect(t)
+	ctx := testCtx(t)
+	good := func() natsfleet.HostConfig {
+		return natsfleet.HostConfig{Fleet: newPrefix(), ID: "h1", Runtime: runtime.Config{Token: "t", Bot: newDeliveries().botOn("h1")}}
+	}
+	if _, err := natsfleet.NewHost(ctx, nc, good()); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	cases := []struct {
+		edit func(*natsfleet.HostConfig)
+		want string
+	}{
+		{func(c *natsfleet.HostConfig) { c.Fleet = "" }, "HostConfig.Fleet is empty"},
+		{func(c *natsfleet.HostConfig) { c.ID = "a.b" }, "letters, digits"},
+		{func(c *natsfleet.HostConfig) { c.Clusters = []int{-1} }, "cluster IDs start at 0"},
+		{func(c *natsfleet.HostConfig) { c.LeaseTTL, c.RenewInterval = time.Second, time.Second }, "renew at least twice"},
+		{func(c *natsfleet.HostConfig) { c.Runtime.TotalShards = 8 }, "plans its shards itself"},
+		{func(c *natsfleet.HostConfig) { c.Runtime.Token = "" }, "Token and Bot"},
+		{func(c *natsfleet.HostConfig) { c.RESTProxy = "ftp://x" }, "HostConfig.RESTProxy"},
+	}
+	for i, tc := range cases {
+		cfg := good()
+		tc.edit(&cfg)
+		if _, err := natsfleet.NewHost(ctx, nc, cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("case %d: %v, want an error containing %q", i, err, tc.want)
+		}
 	}
 }

@@ -3,7 +3,10 @@ package natsfleet
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
+
+	"github.com/disgoorg/disgo/bot"
 
 	"github.com/gofleet/fleet/runtime"
 )
@@ -30,6 +33,10 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 		// Fencing: nothing is delivered past the lease's local deadline.
 		Delivering: func(int) bool { return c.Lease.valid(time.Now()) }}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
+	if h.restOpts != nil {
+		cfg.RESTURL, cfg.RESTLimiter, cfg.NoSharedRESTLimiter = "", nil, true
+		cfg.ClientOptions = append(slices.Clone(cfg.ClientOptions), bot.WithRestClientConfigOpts(h.restOpts...))
+	}
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
