@@ -376,9 +376,9 @@ func (l *loop) renew(ctx context.Context) {
 			continue
 		}
 		if err := h.ls.renew(ctx, c.run.Lease); err != nil {
-			if isConflict(err) {
+			if isConflict(err) || errors.Is(err, errLeaseExpired) {
 				c.run.Lease.deadline.Store(0)
-				h.log.Warn("cluster lease taken by another host: stopping its shards", "cluster", c.run.ID)
+				h.log.Warn("cluster lease lost: stopping its shards", "cluster", c.run.ID, "err", err.Error())
 				l.refresh(ctx, c.run.Lease.key)
 			} else {
 				h.log.Warn("cluster lease renewal failed", "cluster", c.run.ID, "err", err.Error())
@@ -593,6 +593,11 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 	h := l.h
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// Draining, so that the leader reassigns the clusters while they stop.
+	l.draining = true
+	hctx, hcancel := context.WithTimeout(ctx, h.interval)
+	l.heartbeat(hctx)
+	hcancel()
 	for _, c := range l.clusters {
 		if !c.stopping {
 			l.stopCluster(c, true)

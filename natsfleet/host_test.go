@@ -193,8 +193,8 @@ func TestHostDrainHandsClustersOverWithNothingLostRepeatedOrIdentified(t *testin
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
-	b := startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	a := startHost(t, s, fleet, "a", d, hostTTL)
+	b := startHost(t, s, fleet, "b", d, hostTTL)
 	waitStatus(t, a.h, "four clusters, two on each host", func(st natsfleet.FleetStatus) bool {
 		o := ownedBy(st)
 		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
@@ -240,8 +240,8 @@ func TestHostSoftRestartIsCarriedOutByTheOwner(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
-	startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	a := startHost(t, s, fleet, "a", d, hostTTL)
+	startHost(t, s, fleet, "b", d, hostTTL)
 	st := waitStatus(t, a.h, "two clusters on each host", func(st natsfleet.FleetStatus) bool {
 		o := ownedBy(st)
 		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
@@ -287,7 +287,7 @@ func TestHostClosedAbruptlyIsTakenOverByResume(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	ttl := 600 * time.Millisecond
+	ttl := hostTTL
 	a := startHost(t, s, fleet, "a", d, ttl)
 	b := startHost(t, s, fleet, "b", d, ttl)
 	st := waitStatus(t, b.h, "two clusters on each host, checkpointed", func(st natsfleet.FleetStatus) bool {
@@ -361,7 +361,7 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	ttl := 600 * time.Millisecond
+	ttl := hostTTL
 	proxy := newCutter(t, srv.ClientURL())
 	ctx := testCtx(t)
 	ncA, err := natsfleet.Connect(ctx, proxy.URL(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
@@ -453,3 +453,7 @@ func TestNewHostSaysWhatToChange(t *testing.T) {
 		}
 	}
 }
+
+// hostTTL is the hosts' lease TTL in these tests: short, yet long enough
+// for a key-value write on a loaded machine under the race detector.
+const hostTTL = 1500 * time.Millisecond
