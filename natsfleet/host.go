@@ -237,6 +237,14 @@ func (h *hostCore) runLoop(ctx context.Context, stopTimeout time.Duration) error
 				continue
 			}
 			l.learn(e)
+			if primed && l.actionable(e) {
+				// A new assignment or a released lease: act now rather
+				// than at the next round.
+				fctx, fcancel := context.WithTimeout(ctx, h.ttl/2)
+				l.follow(fctx)
+				fcancel()
+				l.publish()
+			}
 		case <-ticker.C:
 			if primed {
 				l.tick(ctx)
@@ -287,6 +295,19 @@ func (l *loop) learn(e jetstream.KeyValueEntry) {
 		}
 	}
 	l.publish()
+}
+
+// actionable reports whether a change may let this host take or hand
+// over a cluster at once: the assignment, or a lease released.
+func (l *loop) actionable(e jetstream.KeyValueEntry) bool {
+	if e.Key() == assignKey {
+		return true
+	}
+	if !strings.HasPrefix(e.Key(), leaseKeyPref) || e.Operation() != jetstream.KeyValuePut {
+		return false
+	}
+	var r leaseRecord
+	return json.Unmarshal(e.Value(), &r) == nil && r.Owner == ""
 }
 
 // refresh reads key again after a failed compare-and-set, so that the
@@ -458,8 +479,9 @@ func (l *loop) lead(ctx context.Context) {
 			return
 		}
 	}
-	// Give the hosts starting together one round to register.
-	if time.Since(l.started) < h.interval {
+	// Give the hosts starting together two rounds to register, so that
+	// the first assignment does not move clusters while they identify.
+	if time.Since(l.started) < 2*h.interval {
 		return
 	}
 	hosts := l.liveHosts(ctx)

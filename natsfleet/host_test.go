@@ -259,7 +259,8 @@ func TestHostSoftRestartIsCarriedOutByTheOwner(t *testing.T) {
 	if err := a.h.SoftRestart(testCtx(t), 99); err == nil {
 		t.Error("SoftRestart of a cluster that does not exist: no error")
 	}
-	// The fleet's view is the same from either host.
+	// The fleet's view, from either host, is healthy.
+	st = waitStatus(t, a.h, "a healthy fleet", func(st natsfleet.FleetStatus) bool { ok, _ := st.Healthy(); return ok })
 	healthy, why := st.Healthy()
 	if !healthy || st.Leader == "" || len(st.Hosts) != 2 || st.Shards != 4 {
 		t.Errorf("status: healthy %v (%s), leader %q, %d hosts, %d shards", healthy, why, st.Leader, len(st.Hosts), st.Shards)
