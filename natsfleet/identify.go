@@ -79,7 +79,7 @@ type IdentifyQueue struct {
 	stop    <-chan struct{} // ctx.Done()
 	clock   string          // this host's clock
 	once    sync.Once
-	wg      sync.WaitGroup // the watch loop and the reporter
+	wg      sync.WaitGroup // the watch loop and the reporters
 
 	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned
 	view      []bucketView
@@ -87,9 +87,9 @@ type IdentifyQueue struct {
 	primedc   chan struct{} // closed when the watcher delivered the initial values
 	primed    bool          // the watcher delivered the initial values
 	held      map[int]uint64
-	reports   []doneState // per bucket, the report to write (Done 0: none)
-	abandoned [][]uint64  // per bucket, tickets given up before their turn
-	wake      chan struct{}
+	reports   []doneState     // per bucket, the report to write (Done 0: none)
+	abandoned [][]uint64      // per bucket, tickets given up before their turn
+	wake      []chan struct{} // per bucket, wakes its reporter
 }
 
 // bucketView is what this process knows of a bucket.
@@ -173,11 +173,12 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		held:      map[int]uint64{},
 		reports:   make([]doneState, cfg.MaxConcurrency),
 		abandoned: make([][]uint64, cfg.MaxConcurrency),
-		wake:      make(chan struct{}, 1),
+		wake:      make([]chan struct{}, cfg.MaxConcurrency),
 		lanes:     make([]lane, cfg.MaxConcurrency),
 	}
 	for k := range q.lanes {
 		q.lanes[k].changed = make(chan struct{})
+		q.wake[k] = make(chan struct{}, 1)
 	}
 	q.clock = clockID()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
@@ -201,9 +202,11 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		return nil, fmt.Errorf("natsfleet: watch the identify buckets: %w", err)
 	}
 	q.watcher, q.unwatch = w, unwatch
-	q.wg.Add(2)
+	q.wg.Add(1 + cfg.MaxConcurrency)
 	go q.watch()
-	go q.report()
+	for k := range cfg.MaxConcurrency {
+		go q.report(k)
+	}
 	return q, nil
 }
 
@@ -319,7 +322,7 @@ func (q *IdentifyQueue) learnDone(k int, st doneState, rev uint64) {
 		}
 	}
 	if q.settleLocked(k) {
-		q.kick()
+		q.kick(k)
 	}
 	q.changedLocked(k)
 }
@@ -367,7 +370,7 @@ func (q *IdentifyQueue) WaitBucket(ctx context.Context, shardID int) error {
 	}
 	q.changedLocked(k)
 	q.mu.Unlock()
-	q.kick()
+	q.kick(k)
 	if held {
 		q.done(k, prev, true) // a second wait without an unlock
 	}
@@ -411,7 +414,7 @@ func (q *IdentifyQueue) wait(ctx context.Context, k int, w *waiter) error {
 			}
 			q.changedLocked(k)
 			q.mu.Unlock()
-			q.kick()
+			q.kick(k)
 			if err != nil {
 				return err
 			}
@@ -658,7 +661,7 @@ func (q *IdentifyQueue) done(k int, ticket uint64, used bool) {
 	q.settleLocked(k)
 	q.changedLocked(k)
 	q.mu.Unlock()
-	q.kick()
+	q.kick(k)
 }
 
 // doneLocked records ticket of bucket k done at now, here: the tickets
@@ -705,52 +708,51 @@ func (q *IdentifyQueue) settleLocked(k int) bool {
 	}
 }
 
-// kick wakes the reporter.
-func (q *IdentifyQueue) kick() {
+// kick wakes the reporter of bucket k.
+func (q *IdentifyQueue) kick(k int) {
 	select {
-	case q.wake <- struct{}{}:
+	case q.wake[k] <- struct{}{}:
 	default:
 	}
 }
 
-// report writes the queued reports until Close.
-func (q *IdentifyQueue) report() {
+// report writes the queued reports of bucket k until Close. Each bucket
+// has its own, so that a report never waits behind another bucket's.
+func (q *IdentifyQueue) report(k int) {
 	defer q.wg.Done()
 	for {
-		q.flush(q.ctx)
+		q.flush(q.ctx, k)
 		select {
-		case <-q.wake:
+		case <-q.wake[k]:
 		case <-q.stop:
 			return
 		}
 	}
 }
 
-// flush writes the queued reports.
-func (q *IdentifyQueue) flush(ctx context.Context) {
-	for k := range q.reports {
-		q.mu.Lock()
-		r := q.reports[k]
-		q.reports[k] = doneState{}
-		q.mu.Unlock()
-		if r.Done == 0 {
-			continue
-		}
-		octx, cancel := context.WithTimeout(ctx, q.cfg.OpTimeout)
-		err := q.writeDone(octx, k, r)
-		cancel()
-		if err != nil && ctx.Err() != nil {
-			// Stopped: keep it for Close's flush.
-			q.mu.Lock()
-			p := &q.reports[k]
-			p.Done = max(p.Done, r.Done)
-			if r.Used && !p.Used {
-				p.Used, p.At, p.Clock = true, r.At, r.Clock
-			}
-			q.mu.Unlock()
-		}
-		// Any other failure leaves the next ticket to wait out its lease.
+// flush writes the queued report of bucket k.
+func (q *IdentifyQueue) flush(ctx context.Context, k int) {
+	q.mu.Lock()
+	r := q.reports[k]
+	q.reports[k] = doneState{}
+	q.mu.Unlock()
+	if r.Done == 0 {
+		return
 	}
+	octx, cancel := context.WithTimeout(ctx, q.cfg.OpTimeout)
+	err := q.writeDone(octx, k, r)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		// Stopped: keep it for Close's flush.
+		q.mu.Lock()
+		p := &q.reports[k]
+		p.Done = max(p.Done, r.Done)
+		if r.Used && !p.Used {
+			p.Used, p.At, p.Clock = true, r.At, r.Clock
+		}
+		q.mu.Unlock()
+	}
+	// Any other failure leaves the next ticket to wait out its lease.
 }
 
 // writeDone raises bucket k's done key to r, unless it is there already.
@@ -798,13 +800,15 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		clear(q.held)
 		q.mu.Unlock()
 		q.cancel()
-		q.wg.Wait() // the reporter and the watch loop
+		q.wg.Wait() // the reporters and the watch loop
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, q.cfg.OpTimeout)
 			defer cancel()
 		}
-		q.flush(ctx)
+		for k := range q.reports {
+			q.flush(ctx, k)
+		}
 		_ = q.watcher.Stop()
 		q.unwatch()
 	})
