@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/natsfleet"
 	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 func init() {
@@ -205,6 +207,17 @@ func runIdentifySim(args []string) error {
 		return err
 	}
 	defer s.Close()
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, "sim.cpu"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	addr, _ := json.Marshal(simAddress{Gateway: s.GatewayURL(), REST: s.RESTURL(), Token: s.Token()})
 	fmt.Println("ready")
 	fmt.Println(string(addr))
@@ -213,6 +226,7 @@ func runIdentifySim(args []string) error {
 		if in.Text() != "stats" {
 			continue
 		}
+		pprof.StopCPUProfile()
 		out, _ := json.Marshal(simStats{Violations: s.Stats().Violations["identify_concurrency"], Identifies: s.Identifies()})
 		fmt.Println(string(out))
 	}
@@ -257,6 +271,10 @@ func runIdentifySlice(args []string) error {
 	rt, err := runtime.New(runtime.Config{
 		Token: runtime.Token(token), GatewayURL: args[0], RESTURL: args[1],
 		IdentifyInterval: interval, IdentifyQueue: tq, Clusters: 4, Bot: nopBot,
+		// Without transport compression, as the startup scenario's ratio:
+		// the measure is the identify schedule's, not the simulator's
+		// zstd encoder's (most of its CPU time with it).
+		Compression: shardgroup.CompressionNone,
 		TotalShards: total, FirstShardID: first, LastShardID: last,
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -277,10 +295,22 @@ func runIdentifySlice(args []string) error {
 	if _, err := io.ReadFull(os.Stdin, in); err != nil || strings.TrimSpace(string(in)) != "go" {
 		return errors.New("no go")
 	}
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, "slice-"+args[3]+".cpu"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- rt.Run(context.Background()) }()
 	select {
 	case <-readyc:
+		pprof.StopCPUProfile()
 		fmt.Println("fleet ready")
 	case err := <-errc:
 		fmt.Println("run:", err)
@@ -296,6 +326,11 @@ func runIdentifySlice(args []string) error {
 	}
 	return <-errc
 }
+
+// profileEnv names a directory: when set, each process writes its CPU
+// profile from "go" to its shards' readiness there (slice-<first>.cpu),
+// and the simulator its own (sim.cpu).
+const profileEnv = "FLEET_BENCH_PPROF"
 
 // timelineEnv names a directory: when set, each process writes when its
 // shards asked for their turn, got it and were unlocked (READY), and the
