@@ -27,9 +27,10 @@ type IdentifyConfig struct {
 	// Interval is the time between two IDENTIFYs of a bucket (Discord: 5 s).
 	Interval time.Duration
 	// Lease bounds how long a bucket waits for the READY of an IDENTIFY
-	// whose process went silent (crashed, cut off): the next turn goes
-	// Interval plus Lease after the silent one could have begun. It must
-	// cover the time from WaitBucket's return to READY (default 10 s).
+	// whose process went silent (crashed, cut off): the next block of
+	// turns goes Interval plus Lease after the silent one's last ticket
+	// done. It must cover the time from WaitBucket's return to READY and
+	// its report's trip through NATS (default 10 s).
 	Lease time.Duration
 	// OpTimeout bounds one key-value operation when the caller gives no
 	// deadline: UnlockBucket's report and Close (default 5 s).
@@ -47,8 +48,8 @@ type IdentifyConfig struct {
 // tickets with one compare-and-set, one for each of its shards waiting in
 // that bucket, long before their turns; each then waits in its process,
 // watching the keys, until the previous ticket is done and an Interval
-// has passed since this process saw that. A ticket
-// is done when its shard's READY arrived (UnlockBucket reports it), so
+// has passed since this process saw that. A ticket is done when its
+// shard's READY arrived (UnlockBucket reports it), so
 // the gateway has read its IDENTIFY before the next one's Interval
 // starts counting, whatever the network's jitter; and since each process
 // counts on its own clock from a report it received after that READY,
