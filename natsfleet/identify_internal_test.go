@@ -2,7 +2,6 @@ package natsfleet
 
 import (
 	"context"
-	goruntime "runtime"
 	"testing"
 	"time"
 
@@ -87,20 +86,26 @@ func TestIdentifyQueueBlockPassesLocally(t *testing.T) {
 	}
 	other, _ := queue()
 	q, nc := queue()
-	// until waits, without sleeping, for the lane of q to be so.
+	// until waits for the lane of q to be so: it looks again when the
+	// lane changes, and every millisecond for the waiters that join it,
+	// which do not change it.
 	until := func(what string, ok func(l *lane) bool) {
 		t.Helper()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
 		for {
 			q.mu.Lock()
-			done := ok(&q.lanes[0])
+			done, changed := ok(&q.lanes[0]), q.lanes[0].changed
 			q.mu.Unlock()
 			if done {
 				return
 			}
-			if ctx.Err() != nil {
+			select {
+			case <-changed:
+			case <-tick.C:
+			case <-ctx.Done():
 				t.Fatalf("waiting for %s: %v", what, ctx.Err())
 			}
-			goruntime.Gosched()
 		}
 	}
 
