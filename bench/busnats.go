@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +56,14 @@ type busNATSResult struct {
 	BareConcurrentRPS    float64 `json:"bare_nats_concurrent_rps"`
 	BareTCPSeqP50us      float64 `json:"bare_nats_tcp_seq_p50_us"`
 	BareTCPConcurrentRPS float64 `json:"bare_nats_tcp_concurrent_rps"`
+	// eris-fleet's cross-process IPC (bench/erisipc/ipc.js under node) in
+	// the same run: null, with Note saying why, when it could not run.
+	ErisSeqP50us      *float64 `json:"eris_fleet_seq_p50_us"`
+	ErisSeqP99us      *float64 `json:"eris_fleet_seq_p99_us"`
+	ErisConcurrentRPS *float64 `json:"eris_fleet_concurrent_rps"`
+	// ConcurrentVsEris is concurrent_rps / eris_fleet_concurrent_rps.
+	ConcurrentVsEris *float64 `json:"concurrent_vs_eris"`
+	Note             string   `json:"note,omitempty"`
 }
 
 const (
@@ -161,7 +173,68 @@ func runBusNATS() (any, error) {
 		return nil, fmt.Errorf("in memory: %w", err)
 	}
 	res.InMemoryRPS = mem.ConcurrentRPS
+
+	eris, err := measureErisIPC(ctx, res.PayloadBytes)
+	if err != nil {
+		res.Note = "eris-fleet IPC not measured: " + err.Error()
+	} else {
+		res.ErisSeqP50us, res.ErisSeqP99us, res.ErisConcurrentRPS = &eris.SeqP50us, &eris.SeqP99us, &eris.ConcurrentRPS
+		if eris.ConcurrentRPS > 0 {
+			ratio := res.ConcurrentRPS / eris.ConcurrentRPS
+			res.ConcurrentVsEris = &ratio
+		}
+	}
 	return res, nil
+}
+
+// erisIPCScript reproduces eris-fleet 1.0.2's cross-process IPC (a
+// cluster's serviceCommand through the master to a service and back);
+// its header says how.
+//
+//go:embed erisipc/ipc.js
+var erisIPCScript []byte
+
+// erisFigures is what erisipc/ipc.js prints.
+type erisFigures struct {
+	SeqP50us      float64 `json:"seq_p50_us"`
+	SeqP99us      float64 `json:"seq_p99_us"`
+	ConcurrentRPS float64 `json:"concurrent_rps"`
+	Requesters    int     `json:"concurrent_requesters"`
+}
+
+// measureErisIPC runs erisipc/ipc.js under node with the bus-nats
+// scenario's counts and payload size.
+func measureErisIPC(ctx context.Context, payloadBytes int) (erisFigures, error) {
+	var f erisFigures
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return f, errors.New("node is not on PATH (install Node.js to compare with eris-fleet)")
+	}
+	dir, err := os.MkdirTemp("", "erisipc")
+	if err != nil {
+		return f, err
+	}
+	defer os.RemoveAll(dir)
+	script := filepath.Join(dir, "ipc.js")
+	if err := os.WriteFile(script, erisIPCScript, 0o600); err != nil {
+		return f, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, script, strconv.Itoa(busNATSSeq), strconv.Itoa(busNATSPerRequester),
+		strconv.Itoa(busRequesters), strconv.Itoa(payloadBytes))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return f, fmt.Errorf("%s: %w", node, err)
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &f); err != nil {
+		return f, fmt.Errorf("%s printed %q: %w", node, out, err)
+	}
+	if f.Requesters != busRequesters {
+		return f, fmt.Errorf("%s ran %d requesters, want %d", node, f.Requesters, busRequesters)
+	}
+	return f, nil
 }
 
 // runBusNATSService serves service/bench's echo until stdin closes.
