@@ -766,18 +766,23 @@ func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
 		}
 	}
 	t.wg.Add(1)
-	go t.await(ctx, cancel, ch, replyTo, c.id, b.addr, c.name)
+	go t.await(cancel, ch, replyTo, c.id, b.addr, c.name)
 }
 
-// await sends the reply of a request handled here to its caller.
-func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
+// await sends the reply of a request handled here to its caller. The
+// endpoint answers every request it accepted, once handled or with an
+// error if the caller's time ran out first, so it waits for that answer
+// (a late one is dropped by the caller), or for the Transport to close.
+func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
 	defer t.wg.Done()
 	defer cancel()
 	select {
 	case r := <-ch:
-		t.respond(to, t.encodeResponse(r, id, addr, name))
-	case <-ctx.Done():
-		// The caller's time is up (or the transport closed): it no longer waits.
+		alone := t.serving.Add(-1) == 0
+		if to != "" {
+			t.enqueueReply(to, queuedReply{id: id, r: r, addr: addr, name: name}, alone)
+		}
+	case <-t.ctx.Done():
 		t.serving.Add(-1)
 	}
 }
