@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,6 +50,10 @@ type busNATSResult struct {
 	Requesters    int     `json:"concurrent_requesters"`
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
 	PayloadBytes  int     `json:"payload_bytes"`
+	// The GOMAXPROCS of the calling process (which embeds the server) and
+	// of the service process.
+	CallerProcs  int `json:"caller_gomaxprocs"`
+	ServiceProcs int `json:"service_gomaxprocs"`
 	// Bare nats.go request/reply between the same two processes, in the
 	// same run: on the same connections as the transport, what the
 	// transport adds to NATS itself; and with both processes on TCP, what
@@ -70,18 +76,22 @@ const (
 	busNATSSeq          = 20_000
 	busNATSPerRequester = 2_000
 	busNATSWarmup       = 5_000
+	busNATSServiceProcs = 1 // the service process's GOMAXPROCS
 )
 
 // runBusNATS measures request/reply between two OS processes through an
 // embedded NATS server: this process calls service/bench in a child.
 func runBusNATS() (any, error) {
-	res := busNATSResult{Scenario: "bus-nats", Processes: 2, Requesters: busRequesters, PayloadBytes: 100}
+	res := busNATSResult{Scenario: "bus-nats", Processes: 2, Requesters: busRequesters, PayloadBytes: 100,
+		CallerProcs: runtime.GOMAXPROCS(0), ServiceProcs: busNATSServiceProcs}
 	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Close()
-	child, err := startChild("bus-nats-service", srv.ConnectInfo(), nil)
+	// The service process runs on one P: two processes on two cores, and
+	// a request then wakes no second thread in the child.
+	child, err := startChild("bus-nats-service", srv.ConnectInfo(), []string{fmt.Sprintf("GOMAXPROCS=%d", busNATSServiceProcs)})
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +134,7 @@ func runBusNATS() (any, error) {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	prof := startPhaseProfile(child, "seq")
 	lat := make([]time.Duration, busNATSSeq)
 	for i := range lat {
 		start := time.Now()
@@ -132,6 +143,7 @@ func runBusNATS() (any, error) {
 		}
 		lat[i] = time.Since(start)
 	}
+	prof.stop()
 	slices.Sort(lat)
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 	res.SeqP50us = us(lat[len(lat)/2])
@@ -151,10 +163,12 @@ func runBusNATS() (any, error) {
 			}
 		})
 	}
+	prof = startPhaseProfile(child, "concurrent")
 	start := time.Now()
 	close(gate)
 	wg.Wait()
 	elapsed := time.Since(start)
+	prof.stop()
 	close(errs)
 	if err := <-errs; err != nil {
 		return nil, fmt.Errorf("concurrent: %w", err)
@@ -259,8 +273,75 @@ func runBusNATSService([]string) error {
 		return err
 	}
 	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	// The parent's commands: "profile <file>" starts a CPU profile,
+	// "stop" ends it.
+	in := bufio.NewScanner(os.Stdin)
+	var prof *os.File
+	for in.Scan() {
+		switch cmd, arg, _ := strings.Cut(in.Text(), " "); cmd {
+		case "profile":
+			if prof, err = os.Create(arg); err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(prof); err != nil {
+				return err
+			}
+		case "stop":
+			if prof != nil {
+				pprof.StopCPUProfile()
+				_ = prof.Close()
+				prof = nil
+			}
+			fmt.Println("stopped")
+		}
+	}
 	return nil
+}
+
+// busNATSProfileEnv, if set, is a directory where the bus-nats scenario
+// writes CPU profiles of both processes for each phase:
+// caller-seq.pprof, service-seq.pprof, caller-concurrent.pprof,
+// service-concurrent.pprof.
+const busNATSProfileEnv = "FLEET_BENCH_PROFILE_DIR"
+
+// phaseProfile is a CPU profile of this process and of a child during
+// one phase of a scenario.
+type phaseProfile struct {
+	f     *os.File
+	child *child
+}
+
+// startPhaseProfile starts profiling phase in this process and in c, if
+// busNATSProfileEnv names a directory; its stop does nothing otherwise.
+func startPhaseProfile(c *child, phase string) *phaseProfile {
+	dir := os.Getenv(busNATSProfileEnv)
+	if dir == "" {
+		return &phaseProfile{}
+	}
+	f, err := os.Create(filepath.Join(dir, "caller-"+phase+".pprof"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return &phaseProfile{}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		_ = f.Close()
+		return &phaseProfile{}
+	}
+	_, _ = io.WriteString(c.stdin, "profile "+filepath.Join(dir, "service-"+phase+".pprof")+"\n")
+	return &phaseProfile{f: f, child: c}
+}
+
+func (p *phaseProfile) stop() {
+	if p.f == nil {
+		return
+	}
+	pprof.StopCPUProfile()
+	_ = p.f.Close()
+	_, _ = io.WriteString(p.child.stdin, "stop\n")
+	if _, err := p.child.line(10 * time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+	}
 }
 
 // childConnect connects a child to the parent's NATS.
