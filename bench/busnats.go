@@ -49,7 +49,11 @@ type busNATSResult struct {
 	ConcurrentRPS float64 `json:"concurrent_rps"`
 	Requesters    int     `json:"concurrent_requesters"`
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
-	PayloadBytes  int     `json:"payload_bytes"`
+	// How many calls one NATS message carried on average in the
+	// concurrent phase, and how many replies.
+	CallsPerMessage   float64 `json:"concurrent_calls_per_message"`
+	RepliesPerMessage float64 `json:"concurrent_replies_per_message"`
+	PayloadBytes      int     `json:"payload_bytes"`
 	// The GOMAXPROCS of the calling process (which embeds the server) and
 	// of the service process.
 	CallerProcs  int `json:"caller_gomaxprocs"`
@@ -164,11 +168,16 @@ func runBusNATS() (any, error) {
 		})
 	}
 	prof = startPhaseProfile(child, "concurrent")
+	before := nc.Stats()
 	start := time.Now()
 	close(gate)
 	wg.Wait()
 	elapsed := time.Since(start)
+	after := nc.Stats()
 	prof.stop()
+	calls := float64(busRequesters * busNATSPerRequester)
+	res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
+	res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
 	close(errs)
 	if err := <-errs; err != nil {
 		return nil, fmt.Errorf("concurrent: %w", err)

@@ -59,6 +59,13 @@ func (t *Transport) enqueue(subject string, calls bool, frame []byte, alone bool
 	return t.enqueueItem(subject, calls, alone, func(q *outQueue) (bool, bool) { return q.add(frame) })
 }
 
+// enqueueFrames queues frames, already each as uvarint length | frame,
+// for subject and publishes them if nobody is publishing, as the
+// goroutine that received the calls they answer.
+func (t *Transport) enqueueFrames(subject string, frames []byte) bool {
+	return t.enqueueItem(subject, false, true, func(q *outQueue) (bool, bool) { return q.addFramed(frames) })
+}
+
 // enqueueReply queues a reply to be encoded by the goroutine that
 // publishes it, as enqueue queues a frame.
 func (t *Transport) enqueueReply(subject string, r queuedReply, alone bool) bool {
@@ -118,6 +125,21 @@ func (q *outQueue) add(frame []byte) (added, idle bool) {
 	}
 	q.buf = binary.AppendUvarint(q.buf, uint64(len(frame)))
 	q.buf = append(q.buf, frame...)
+	if q.busy {
+		return true, false
+	}
+	q.busy = true
+	return true, true
+}
+
+// addFramed queues frames already each as uvarint length | frame.
+func (q *outQueue) addFramed(frames []byte) (added, idle bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.dead {
+		return false, false
+	}
+	q.buf = append(q.buf, frames...)
 	if q.busy {
 		return true, false
 	}

@@ -699,12 +699,20 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 	if i := strings.LastIndexByte(replyTo, '.'); i >= 0 {
 		replyTo = replyTo[:i] + ".r"
 	}
+	// The answers go back together, as one message when they are ready
+	// together: acknowledgements and errors at once, replies as the
+	// endpoint gives them. Requests still unanswered once the endpoint
+	// stops answering are left to goroutines of their own.
+	var (
+		out     []byte     // answers, each as uvarint length | frame
+		waiting []awaiting // requests queued at the endpoint, in order
+	)
 	data := msg.Data
 	for len(data) > 0 {
 		frame, rest, ok := nextFrame(data)
 		if !ok {
 			t.log.Warn("malformed bus message dropped", "address", b.addr)
-			return
+			break
 		}
 		data = rest
 		c, err := parseCall(frame)
@@ -716,15 +724,90 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
 			continue
 		}
-		// The message's last call, with no other being answered, may be
-		// answered from here.
 		t.serving.Add(1)
-		t.serve(b, c, replyTo, len(data) == 0 && t.serving.Load() == 1)
+		w, answer := t.serve(b, c)
+		if answer != nil {
+			out = t.appendAnswer(out, answer)
+		} else {
+			waiting = append(waiting, w)
+		}
+		// The endpoint answers in order with one worker: take what it has
+		// answered while the next calls are queued.
+		for len(waiting) > 0 {
+			answer, ok := t.poll(b, waiting[0])
+			if !ok {
+				break
+			}
+			out = t.appendAnswer(out, answer)
+			waiting = waiting[1:]
+		}
+	}
+	// Let the endpoint's workers run, and take their answers from here
+	// while they keep coming, rather than hand each wait to a goroutine.
+	for idle := 0; len(waiting) > 0 && idle < 3; {
+		runtime.Gosched()
+		n := 0
+		for _, w := range waiting {
+			if answer, ok := t.poll(b, w); ok {
+				out = t.appendAnswer(out, answer)
+			} else {
+				waiting[n] = w
+				n++
+			}
+		}
+		if n == len(waiting) {
+			idle++
+		} else {
+			idle = 0
+		}
+		clear(waiting[n:])
+		waiting = waiting[:n]
+	}
+	if len(out) > 0 && replyTo != "" {
+		t.enqueueFrames(replyTo, out)
+	}
+	for _, w := range waiting {
+		t.wg.Add(1)
+		go t.await(w.cancel, w.ch, replyTo, w.id, b.addr, w.name)
 	}
 }
 
-// serve delivers one call received for b to its receiver.
-func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
+// awaiting is a request queued at a local endpoint, waiting for its
+// answer.
+type awaiting struct {
+	ch     chan bus.Response
+	cancel context.CancelFunc
+	id     uint64
+	name   string
+}
+
+// poll returns w's answer frame if the endpoint has answered.
+func (t *Transport) poll(b *binding, w awaiting) ([]byte, bool) {
+	select {
+	case r := <-w.ch:
+		w.cancel()
+		return t.encodeResponse(r, w.id, b.addr, w.name), true
+	default:
+		return nil, false
+	}
+}
+
+// appendAnswer appends one answer frame to out, as the frames of a
+// message, and counts it answered.
+func (t *Transport) appendAnswer(out, frame []byte) []byte {
+	t.serving.Add(-1)
+	if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
+		id, _ := binary.Uvarint(frame)
+		frame = appendError(nil, id, err)
+	}
+	out = binary.AppendUvarint(out, uint64(len(frame)))
+	return append(out, frame...)
+}
+
+// serve delivers one call received for b to its receiver. It returns the
+// call's answer frame if it has one already (a send's or an event's, or
+// an error), else the request waiting for its answer.
+func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 	ctx, cancel := t.ctx, context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		d := time.Now().Add(time.Duration(c.timeout))
@@ -738,35 +821,17 @@ func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
 		err := b.r.Receive(ctx, m)
 		cancel()
 		if err != nil {
-			t.respond(replyTo, appendError(nil, c.id, err))
-		} else {
-			t.respond(replyTo, append(binary.AppendUvarint(nil, c.id), replyAck))
+			return awaiting{}, appendError(nil, c.id, err)
 		}
-		return
+		return awaiting{}, append(binary.AppendUvarint(nil, c.id), replyAck)
 	}
 	ch := make(chan bus.Response, 1)
 	m.Reply = ch
 	if err := b.r.Receive(ctx, m); err != nil {
 		cancel()
-		t.respond(replyTo, appendError(nil, c.id, err))
-		return
+		return awaiting{}, appendError(nil, c.id, err)
 	}
-	if alone {
-		// Let the handler run, and answer from here if it was quick,
-		// rather than hand the wait to a goroutine.
-		for range 3 {
-			runtime.Gosched()
-			select {
-			case r := <-ch:
-				cancel()
-				t.respond(replyTo, t.encodeResponse(r, c.id, b.addr, c.name))
-				return
-			default:
-			}
-		}
-	}
-	t.wg.Add(1)
-	go t.await(cancel, ch, replyTo, c.id, b.addr, c.name)
+	return awaiting{ch: ch, cancel: cancel, id: c.id, name: c.name}, nil
 }
 
 // await sends the reply of a request handled here to its caller. The
@@ -800,19 +865,6 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 	}
 	b := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64+1), id)
 	return append(append(b, replyValue), data...)
-}
-
-// respond queues a reply frame for the process whose replies go to to.
-func (t *Transport) respond(to string, frame []byte) {
-	alone := t.serving.Add(-1) == 0
-	if to == "" {
-		return
-	}
-	if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
-		id, _ := binary.Uvarint(frame)
-		frame = appendError(nil, id, err)
-	}
-	t.enqueue(to, false, frame, alone)
 }
 
 // Members returns the addresses in group served by any process of the
