@@ -488,22 +488,29 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	t.nextID++
 	id := t.nextID
 	t.pmu.Unlock()
-	frame := appendCallHeader(make([]byte, 0, 64), id, m.Kind, timeout, deadline, m.Name)
+	var data []byte
 	if m.Encoded {
-		data, ok := m.Payload.([]byte)
-		if !ok {
+		var ok bool
+		if data, ok = m.Payload.([]byte); !ok {
 			return fmt.Errorf("%w: %s %s: encoded payload is %T, not []byte", bus.ErrStrict, m.To, m.Name, m.Payload)
 		}
-		frame = append(frame, data...)
 	} else {
-		data, err := t.cfg.Codec.Marshal(m.Payload)
-		if err != nil {
+		var err error
+		if data, err = t.cfg.Codec.Marshal(m.Payload); err != nil {
 			return fmt.Errorf("%w: %s %s: cannot encode payload of type %T: %w", bus.ErrStrict, m.To, m.Name, m.Payload, err)
 		}
-		frame = append(frame, data...)
 	}
-	if err := checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, len(frame)+binary.MaxVarintLen64); err != nil {
-		return err
+	// The queue copies the frame: build it in a reused buffer.
+	fp := framePool.Get().(*[]byte)
+	defer func() {
+		if cap(*fp) <= 64<<10 {
+			framePool.Put(fp)
+		}
+	}()
+	frame := append(appendCallHeader((*fp)[:0], id, m.Kind, timeout, deadline, m.Name), data...)
+	*fp = frame
+	if n := len(frame) + binary.MaxVarintLen64; t.tooLarge(n) {
+		return checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, n)
 	}
 	w := t.window(m.To)
 	select {
@@ -734,11 +741,9 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 		// The endpoint answers in order with one worker: take what it has
 		// answered while the next calls are queued.
 		for len(waiting) > 0 {
-			answer, ok := t.poll(b, waiting[0])
-			if !ok {
+			if out, ok = t.poll(b, waiting[0], out); !ok {
 				break
 			}
-			out = t.appendAnswer(out, answer)
 			waiting = waiting[1:]
 		}
 	}
@@ -748,9 +753,8 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 		runtime.Gosched()
 		n := 0
 		for _, w := range waiting {
-			if answer, ok := t.poll(b, w); ok {
-				out = t.appendAnswer(out, answer)
-			} else {
+			var ok bool
+			if out, ok = t.poll(b, w, out); !ok {
 				waiting[n] = w
 				n++
 			}
@@ -781,14 +785,15 @@ type awaiting struct {
 	name   string
 }
 
-// poll returns w's answer frame if the endpoint has answered.
-func (t *Transport) poll(b *binding, w awaiting) ([]byte, bool) {
+// poll appends w's answer to out if the endpoint has answered.
+func (t *Transport) poll(b *binding, w awaiting, out []byte) ([]byte, bool) {
 	select {
 	case r := <-w.ch:
+		replyPool.Put(w.ch)
 		w.cancel()
-		return t.encodeResponse(r, w.id, b.addr, w.name), true
+		return t.appendResponse(out, r, w.id, b.addr, w.name), true
 	default:
-		return nil, false
+		return out, false
 	}
 }
 
@@ -825,9 +830,10 @@ func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 		}
 		return awaiting{}, append(binary.AppendUvarint(nil, c.id), replyAck)
 	}
-	ch := make(chan bus.Response, 1)
+	ch := replyPool.Get().(chan bus.Response)
 	m.Reply = ch
 	if err := b.r.Receive(ctx, m); err != nil {
+		replyPool.Put(ch)
 		cancel()
 		return awaiting{}, appendError(nil, c.id, err)
 	}
@@ -843,6 +849,7 @@ func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to st
 	defer cancel()
 	select {
 	case r := <-ch:
+		replyPool.Put(ch)
 		alone := t.serving.Add(-1) == 0
 		if to != "" {
 			t.enqueueReply(to, queuedReply{id: id, r: r, addr: addr, name: name}, alone)
@@ -850,6 +857,53 @@ func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to st
 	case <-t.ctx.Done():
 		t.serving.Add(-1)
 	}
+}
+
+// framePool holds the buffers Deliver builds a call's frame in.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// replyPool recycles the reply channels of requests received from other
+// processes; a channel goes back once its one Response was read.
+var replyPool = sync.Pool{New: func() any { return make(chan bus.Response, 1) }}
+
+// tooLarge reports whether a message of n bytes exceeds the server's max
+// payload.
+func (t *Transport) tooLarge(n int) bool {
+	max := t.nc.MaxPayload()
+	return max > 0 && int64(n) > max
+}
+
+// appendResponse appends r's frame to out as uvarint length | frame,
+// and counts the call answered.
+func (t *Transport) appendResponse(out []byte, r bus.Response, id uint64, addr bus.Address, name string) []byte {
+	data, ok := r.Value.([]byte)
+	if r.Err == nil && (!r.Encoded || !ok) {
+		var err error
+		if data, err = t.cfg.Codec.Marshal(r.Value); err != nil {
+			r.Err = fmt.Errorf("%w: %s %s: cannot encode reply of type %T: %w", bus.ErrStrict, addr, name, r.Value, err)
+		}
+	}
+	n := uvarintLen(id) + 1 + len(data)
+	if r.Err != nil || t.tooLarge(n+binary.MaxVarintLen64) {
+		if r.Err == nil {
+			r.Err = &PayloadError{Size: int64(n + binary.MaxVarintLen64), Max: t.nc.MaxPayload(), What: "bus reply"}
+		}
+		return t.appendAnswer(out, appendError(nil, id, r.Err))
+	}
+	t.serving.Add(-1)
+	out = binary.AppendUvarint(out, uint64(n))
+	out = binary.AppendUvarint(out, id)
+	out = append(out, replyValue)
+	return append(out, data...)
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
 }
 
 func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, name string) []byte {
