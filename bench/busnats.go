@@ -74,6 +74,10 @@ type busNATSResult struct {
 	// ConcurrentVsEris is concurrent_rps / eris_fleet_concurrent_rps.
 	ConcurrentVsEris *float64 `json:"concurrent_vs_eris"`
 	Note             string   `json:"note,omitempty"`
+	// The concurrent phase runs in rounds alternating with eris-fleet's;
+	// concurrent_rps and eris_fleet_concurrent_rps are their medians.
+	ConcurrentRounds     []float64 `json:"concurrent_rps_rounds"`
+	ErisConcurrentRounds []float64 `json:"eris_fleet_concurrent_rps_rounds"`
 }
 
 const (
@@ -81,6 +85,7 @@ const (
 	busNATSPerRequester = 2_000
 	busNATSWarmup       = 5_000
 	busNATSServiceProcs = 1 // the service process's GOMAXPROCS
+	busNATSRounds       = 3 // rounds of the concurrent phase
 )
 
 // runBusNATS measures request/reply between two OS processes through an
@@ -153,36 +158,79 @@ func runBusNATS() (any, error) {
 	res.SeqP50us = us(lat[len(lat)/2])
 	res.SeqP99us = us(lat[len(lat)*99/100])
 
-	var wg sync.WaitGroup
-	errs := make(chan error, busRequesters)
-	gate := make(chan struct{})
-	for range busRequesters {
-		wg.Go(func() {
-			<-gate
-			for range busNATSPerRequester {
-				if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
-					errs <- err
-					return
+	// The concurrent phase, in rounds that alternate with eris-fleet's so
+	// that both see the same conditions; medians are reported.
+	concurrent := func(round int) (float64, error) {
+		var wg sync.WaitGroup
+		errs := make(chan error, busRequesters)
+		gate := make(chan struct{})
+		for range busRequesters {
+			wg.Go(func() {
+				<-gate
+				for range busNATSPerRequester {
+					if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+						errs <- err
+						return
+					}
 				}
-			}
-		})
+			})
+		}
+		prof := &phaseProfile{}
+		if round == 0 {
+			prof = startPhaseProfile(child, "concurrent")
+		}
+		before := nc.Stats()
+		start := time.Now()
+		close(gate)
+		wg.Wait()
+		elapsed := time.Since(start)
+		after := nc.Stats()
+		prof.stop()
+		close(errs)
+		if err := <-errs; err != nil {
+			return 0, fmt.Errorf("concurrent: %w", err)
+		}
+		calls := float64(busRequesters * busNATSPerRequester)
+		if round == 0 {
+			res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
+			res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
+		}
+		return calls / elapsed.Seconds(), nil
 	}
-	prof = startPhaseProfile(child, "concurrent")
-	before := nc.Stats()
-	start := time.Now()
-	close(gate)
-	wg.Wait()
-	elapsed := time.Since(start)
-	after := nc.Stats()
-	prof.stop()
-	calls := float64(busRequesters * busNATSPerRequester)
-	res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
-	res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
-	close(errs)
-	if err := <-errs; err != nil {
-		return nil, fmt.Errorf("concurrent: %w", err)
+	var erisErr error
+	for round := range busNATSRounds {
+		rps, err := concurrent(round)
+		if err != nil {
+			return nil, err
+		}
+		res.ConcurrentRounds = append(res.ConcurrentRounds, rps)
+		if erisErr != nil {
+			continue
+		}
+		seq := 0
+		if round == 0 {
+			seq = busNATSSeq
+		}
+		eris, err := measureErisIPC(ctx, res.PayloadBytes, seq)
+		if err != nil {
+			erisErr = err
+			res.Note = "eris-fleet IPC not measured: " + err.Error()
+			continue
+		}
+		if round == 0 {
+			res.ErisSeqP50us, res.ErisSeqP99us = eris.SeqP50us, eris.SeqP99us
+		}
+		res.ErisConcurrentRounds = append(res.ErisConcurrentRounds, eris.ConcurrentRPS)
 	}
-	res.ConcurrentRPS = float64(busRequesters*busNATSPerRequester) / elapsed.Seconds()
+	res.ConcurrentRPS = median(res.ConcurrentRounds)
+	if erisErr == nil {
+		m := median(res.ErisConcurrentRounds)
+		res.ErisConcurrentRPS = &m
+		if m > 0 {
+			ratio := res.ConcurrentRPS / m
+			res.ConcurrentVsEris = &ratio
+		}
+	}
 
 	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, "bare.echo", payload); err != nil {
 		return nil, fmt.Errorf("bare NATS: %w", err)
@@ -196,18 +244,17 @@ func runBusNATS() (any, error) {
 		return nil, fmt.Errorf("in memory: %w", err)
 	}
 	res.InMemoryRPS = mem.ConcurrentRPS
-
-	eris, err := measureErisIPC(ctx, res.PayloadBytes)
-	if err != nil {
-		res.Note = "eris-fleet IPC not measured: " + err.Error()
-	} else {
-		res.ErisSeqP50us, res.ErisSeqP99us, res.ErisConcurrentRPS = &eris.SeqP50us, &eris.SeqP99us, &eris.ConcurrentRPS
-		if eris.ConcurrentRPS > 0 {
-			ratio := res.ConcurrentRPS / eris.ConcurrentRPS
-			res.ConcurrentVsEris = &ratio
-		}
-	}
 	return res, nil
+}
+
+// median returns the median of xs (0 if empty); it sorts xs' copy.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // erisIPCScript reproduces eris-fleet 1.0.2's cross-process IPC (a
@@ -219,15 +266,15 @@ var erisIPCScript []byte
 
 // erisFigures is what erisipc/ipc.js prints.
 type erisFigures struct {
-	SeqP50us      float64 `json:"seq_p50_us"`
-	SeqP99us      float64 `json:"seq_p99_us"`
-	ConcurrentRPS float64 `json:"concurrent_rps"`
-	Requesters    int     `json:"concurrent_requesters"`
+	SeqP50us      *float64 `json:"seq_p50_us"` // null when not measured
+	SeqP99us      *float64 `json:"seq_p99_us"`
+	ConcurrentRPS float64  `json:"concurrent_rps"`
+	Requesters    int      `json:"concurrent_requesters"`
 }
 
 // measureErisIPC runs erisipc/ipc.js under node with the bus-nats
-// scenario's counts and payload size.
-func measureErisIPC(ctx context.Context, payloadBytes int) (erisFigures, error) {
+// scenario's counts and payload size, and seq sequential calls (0: none).
+func measureErisIPC(ctx context.Context, payloadBytes, seq int) (erisFigures, error) {
 	var f erisFigures
 	node, err := exec.LookPath("node")
 	if err != nil {
@@ -244,7 +291,7 @@ func measureErisIPC(ctx context.Context, payloadBytes int) (erisFigures, error) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, script, strconv.Itoa(busNATSSeq), strconv.Itoa(busNATSPerRequester),
+	cmd := exec.CommandContext(ctx, node, script, strconv.Itoa(seq), strconv.Itoa(busNATSPerRequester),
 		strconv.Itoa(busRequesters), strconv.Itoa(payloadBytes))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()

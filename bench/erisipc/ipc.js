@@ -25,7 +25,7 @@
 //   - the caller (Cluster, process.on("message")): ipc.emit(id, value),
 //     which clears the timeout and resolves the promise.
 //
-// Run: node ipc.js [sequential] [per-requester] [requesters] [payload-bytes]
+// Run: node ipc.js [sequential (0: none)] [per-requester] [requesters] [payload-bytes]
 // It prints one JSON line:
 // {"seq_p50_us":…,"seq_p99_us":…,"concurrent_rps":…,"concurrent_requesters":…}
 "use strict";
@@ -34,11 +34,11 @@ const cluster = require("cluster");
 const crypto = require("crypto");
 const { EventEmitter } = require("events");
 
-const [seqN, perRequester, requesters, payloadBytes] = process.argv.slice(2).map(Number);
-const SEQ = seqN || 20000;
-const PER = perRequester || 2000;
-const REQUESTERS = requesters || 64;
-const PAYLOAD = "x".repeat(payloadBytes || 100);
+const arg = (i, def) => (process.argv.length > i + 2 ? Number(process.argv[i + 2]) : def);
+const SEQ = arg(0, 20000); // 0: measure only the concurrent throughput
+const PER = arg(1, 2000);
+const REQUESTERS = arg(2, 64);
+const PAYLOAD = "x".repeat(arg(3, 100));
 const WARMUP = 5000;
 const FETCH_TIMEOUT = 10000;
 
@@ -155,8 +155,8 @@ if (cluster.isPrimary) {
 		}));
 		const seconds = Number(process.hrtime.bigint() - start) / 1e9;
 		process.send({ op: "result", result: {
-			seq_p50_us: lat[Math.floor(SEQ / 2)],
-			seq_p99_us: lat[Math.floor(SEQ * 99 / 100)],
+			seq_p50_us: SEQ > 0 ? lat[Math.floor(SEQ / 2)] : null,
+			seq_p99_us: SEQ > 0 ? lat[Math.floor(SEQ * 99 / 100)] : null,
 			concurrent_rps: REQUESTERS * PER / seconds,
 			concurrent_requesters: REQUESTERS,
 		} });
