@@ -16,12 +16,14 @@ import (
 // outQueue coalesces the frames for one subject. A sender alone (the only
 // call in flight to the address, the only call being answered) that
 // finds it idle publishes its frame itself, at once, saving a hand-over
-// between goroutines; otherwise the queue's goroutine publishes, and the
-// frames queued meanwhile go out together in its next message, so that
-// under load one NATS message carries many calls or replies. A sender
-// publishes at most two messages before handing the rest to the
-// goroutine, so that no caller keeps publishing for the others. It is bounded by the
-// senders' windows (calls) and by the calls in flight (replies).
+// between goroutines, and so does the goroutine that received a message
+// of calls with the answers it collected for them; otherwise the queue's
+// goroutine publishes, and the frames queued meanwhile go out together in
+// its next message, so that under load one NATS message carries many
+// calls or replies. A sender publishes at most two messages before
+// handing the rest to the goroutine, so that no caller keeps publishing
+// for the others. It is bounded by the senders' windows (calls) and by
+// the calls in flight (replies).
 type outQueue struct {
 	subject string
 	calls   bool // frames are this process's calls (else replies)
