@@ -105,7 +105,7 @@ type Transport struct {
 	nextID  uint64
 
 	wmu     sync.Mutex // guards windows, queues
-	windows map[bus.Address]chan struct{}
+	windows map[bus.Address]remote
 	queues  map[string]*outQueue // by subject: calls to an address, replies to a process
 
 	batchSeq uint64                 // guarded by pmu
@@ -194,7 +194,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		takeOver: map[bus.Address]chan struct{}{},
 		changed:  make(chan struct{}),
 		pending:  map[uint64]*pendingCall{},
-		windows:  map[bus.Address]chan struct{}{},
+		windows:  map[bus.Address]remote{},
 		queues:   map[string]*outQueue{},
 	}
 	t.inbox = cfg.Prefix + ".inbox." + t.id
@@ -512,7 +512,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	if n := len(frame) + binary.MaxVarintLen64; t.tooLarge(n) {
 		return checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, n)
 	}
-	w := t.window(m.To)
+	w, subject := t.window(m.To)
 	select {
 	case w <- struct{}{}:
 	default:
@@ -537,7 +537,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	if !t.enqueue(t.subject(m.To), true, frame, len(w) == 1) {
+	if !t.enqueue(subject, true, frame, len(w) == 1) {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
@@ -565,16 +565,23 @@ func (t *Transport) publishError(err error, to bus.Address, name string, n int) 
 	return fmt.Errorf("natsfleet: %s %s: %w", to, name, err)
 }
 
-// window returns the semaphore bounding the calls in flight to addr.
-func (t *Transport) window(addr bus.Address) chan struct{} {
+// remote is what this process keeps for an address it calls in another.
+type remote struct {
+	window  chan struct{} // a semaphore bounding the calls in flight
+	subject string
+}
+
+// window returns the semaphore bounding the calls in flight to addr, and
+// addr's subject.
+func (t *Transport) window(addr bus.Address) (chan struct{}, string) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	w, ok := t.windows[addr]
+	r, ok := t.windows[addr]
 	if !ok {
-		w = make(chan struct{}, t.cfg.Window)
-		t.windows[addr] = w
+		r = remote{window: make(chan struct{}, t.cfg.Window), subject: t.subject(addr)}
+		t.windows[addr] = r
 	}
-	return w
+	return r.window, r.subject
 }
 
 // take removes the pending call id and frees its place in the window; it
