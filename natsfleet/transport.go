@@ -783,6 +783,68 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 	}
 }
 
+// callCtx is the context of a call received from another process: its
+// caller's deadline, and the Transport's end. Most handlers only read its
+// Err, which it computes, so it starts no timer and joins no parent until
+// something asks for Done.
+type callCtx struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu       sync.Mutex // guards ctx, cancel, released
+	ctx      context.Context
+	cancel   context.CancelFunc
+	released bool
+}
+
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *callCtx) Value(key any) any { return c.parent.Value(key) }
+
+// Done returns the channel of a context with the deadline, made on the
+// first call.
+func (c *callCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.released {
+			c.cancel()
+		}
+	}
+	return c.ctx.Done()
+}
+
+func (c *callCtx) Err() error {
+	c.mu.Lock()
+	ctx, released := c.ctx, c.released
+	c.mu.Unlock()
+	switch {
+	case ctx != nil:
+		return ctx.Err()
+	case released:
+		return context.Canceled
+	}
+	if err := c.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// release ends the context once the call is answered, as cancelling
+// it would, and frees its timer if Done made one.
+func (c *callCtx) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released = true
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
 // awaiting is a request queued at a local endpoint, waiting for its
 // answer.
 type awaiting struct {
@@ -826,7 +888,8 @@ func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 		if sd := time.Unix(0, c.deadline); sd.Before(d) {
 			d = sd
 		}
-		ctx, cancel = context.WithDeadline(t.ctx, d)
+		cc := &callCtx{parent: t.ctx, deadline: d}
+		ctx, cancel = cc, cc.release
 	}
 	m := bus.Message{To: b.addr, Kind: bus.Kind(c.kind), Name: c.name, Payload: c.payload, Encoded: true}
 	if m.Kind != bus.KindRequest {

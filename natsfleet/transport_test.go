@@ -2,6 +2,7 @@ package natsfleet_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -105,5 +106,53 @@ func TestSlowAnswerHoldsNoOther(t *testing.T) {
 	close(release)
 	if err := <-slow; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHandlerContextEnds: a handler's context, for a call from another
+// process, ends at its caller's deadline, whether the handler waits on
+// Done (or on a context derived from it) or only asks Err afterwards.
+func TestHandlerContextEnds(t *testing.T) {
+	t.Parallel()
+	prefix := newPrefix()
+	ctx := testCtx(t)
+	ct, st := newTransport(t, prefix), newTransport(t, prefix)
+	caller := newBus(t, bus.Options{}, ct)
+	server := newBus(t, bus.Options{}, st)
+	addr := bus.Service("deadlines")
+	ep, err := server.Register(addr, bus.Concurrency(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan error, 2)
+	bus.Handle(ep, "done", func(ctx context.Context, _ int) (int, error) {
+		derived, cancel := context.WithCancel(ctx)
+		defer cancel()
+		<-derived.Done()
+		seen <- ctx.Err()
+		return 0, ctx.Err()
+	})
+	late := make(chan struct{})
+	bus.Handle(ep, "err", func(ctx context.Context, _ int) (int, error) {
+		<-late
+		seen <- ctx.Err()
+		return 0, nil
+	})
+	if err := ct.WaitMember(ctx, addr); err != nil {
+		t.Fatal(err)
+	}
+	for _, command := range []string{"done", "err"} {
+		cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := bus.Request[int, int](cctx, caller, addr, command, 1)
+		cancel()
+		if !errors.Is(err, bus.ErrTimeout) {
+			t.Fatalf("%s: err = %v, want ErrTimeout", command, err)
+		}
+		if command == "err" {
+			close(late) // the caller's deadline has passed
+		}
+		if err := <-seen; !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: the handler's ctx.Err() = %v, want context.DeadlineExceeded", command, err)
+		}
 	}
 }
