@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,7 +54,12 @@ type busNATSResult struct {
 	// concurrent phase, and how many replies.
 	CallsPerMessage   float64 `json:"concurrent_calls_per_message"`
 	RepliesPerMessage float64 `json:"concurrent_replies_per_message"`
-	PayloadBytes      int     `json:"payload_bytes"`
+	// CPU time (user and system) per call in the first concurrent round:
+	// in the calling process (with the embedded server) and in the
+	// service process. Less sensitive to other load than the rates.
+	CallerCPUus  float64 `json:"concurrent_caller_cpu_us_per_call"`
+	ServiceCPUus float64 `json:"concurrent_service_cpu_us_per_call"`
+	PayloadBytes int     `json:"payload_bytes"`
 	// The GOMAXPROCS of the calling process (which embeds the server) and
 	// of the service process.
 	CallerProcs  int `json:"caller_gomaxprocs"`
@@ -180,10 +186,12 @@ func runBusNATS() (any, error) {
 			prof = startPhaseProfile(child, "concurrent")
 		}
 		before := nc.Stats()
+		cpuBefore, childBefore := cpuTime(), child.cpuTime()
 		start := time.Now()
 		close(gate)
 		wg.Wait()
 		elapsed := time.Since(start)
+		cpuAfter, childAfter := cpuTime(), child.cpuTime()
 		after := nc.Stats()
 		prof.stop()
 		close(errs)
@@ -194,6 +202,10 @@ func runBusNATS() (any, error) {
 		if round == 0 {
 			res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
 			res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
+			res.CallerCPUus = float64((cpuAfter - cpuBefore).Microseconds()) / calls
+			if childBefore >= 0 && childAfter >= 0 {
+				res.ServiceCPUus = float64((childAfter - childBefore).Microseconds()) / calls
+			}
 		}
 		return calls / elapsed.Seconds(), nil
 	}
@@ -330,7 +342,7 @@ func runBusNATSService([]string) error {
 	}
 	fmt.Println("ready")
 	// The parent's commands: "profile <file>" starts a CPU profile,
-	// "stop" ends it.
+	// "stop" ends it, "cpu" prints the CPU time used so far (ns).
 	in := bufio.NewScanner(os.Stdin)
 	var prof *os.File
 	for in.Scan() {
@@ -349,9 +361,37 @@ func runBusNATSService([]string) error {
 				prof = nil
 			}
 			fmt.Println("stopped")
+		case "cpu":
+			fmt.Println(int64(cpuTime()))
 		}
 	}
 	return nil
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuTime asks a bus-nats service child for its CPU time; -1 if it does
+// not answer.
+func (c *child) cpuTime() time.Duration {
+	if _, err := io.WriteString(c.stdin, "cpu\n"); err != nil {
+		return -1
+	}
+	line, err := c.line(10 * time.Second)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(line, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return time.Duration(n)
 }
 
 // busNATSProfileEnv, if set, is a directory where the bus-nats scenario
