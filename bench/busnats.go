@@ -394,11 +394,10 @@ func (c *child) cpuTime() time.Duration {
 	return time.Duration(n)
 }
 
-// busNATSProfileEnv, if set, is a directory where the bus-nats scenario
-// writes CPU profiles of both processes for each phase:
+// profileEnv (FLEET_BENCH_PPROF), if set, is also where the bus-nats
+// scenario writes CPU profiles of both processes for each phase:
 // caller-seq.pprof, service-seq.pprof, caller-concurrent.pprof,
 // service-concurrent.pprof.
-const busNATSProfileEnv = "FLEET_BENCH_PROFILE_DIR"
 
 // phaseProfile is a CPU profile of this process and of a child during
 // one phase of a scenario.
@@ -408,9 +407,9 @@ type phaseProfile struct {
 }
 
 // startPhaseProfile starts profiling phase in this process and in c, if
-// busNATSProfileEnv names a directory; its stop does nothing otherwise.
+// profileEnv names a directory; its stop does nothing otherwise.
 func startPhaseProfile(c *child, phase string) *phaseProfile {
-	dir := os.Getenv(busNATSProfileEnv)
+	dir := os.Getenv(profileEnv)
 	if dir == "" {
 		return &phaseProfile{}
 	}
