@@ -394,11 +394,6 @@ func (c *child) cpuTime() time.Duration {
 	return time.Duration(n)
 }
 
-// profileEnv (FLEET_BENCH_PPROF), if set, is also where the bus-nats
-// scenario writes CPU profiles of both processes for each phase:
-// caller-seq.pprof, service-seq.pprof, caller-concurrent.pprof,
-// service-concurrent.pprof.
-
 // phaseProfile is a CPU profile of this process and of a child during
 // one phase of a scenario.
 type phaseProfile struct {
@@ -407,7 +402,8 @@ type phaseProfile struct {
 }
 
 // startPhaseProfile starts profiling phase in this process and in c, if
-// profileEnv names a directory; its stop does nothing otherwise.
+// profileEnv (FLEET_BENCH_PPROF) names a directory: caller-<phase>.pprof
+// and service-<phase>.pprof there. Its stop does nothing otherwise.
 func startPhaseProfile(c *child, phase string) *phaseProfile {
 	dir := os.Getenv(profileEnv)
 	if dir == "" {
