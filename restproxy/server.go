@@ -107,6 +107,7 @@ type Server struct {
 	metrics     http.Handler
 	client      *http.Client
 	own         *http.Transport // closed by Close when the Server made it
+	up          *upstream       // with own: requests held whole; nil if unusable here
 	log         *slog.Logger
 }
 
@@ -168,6 +169,7 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 			Transport:     s.own,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
+		s.up = newUpstream(u)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -182,6 +184,9 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 func (s *Server) Close() {
 	if s.own != nil {
 		s.own.CloseIdleConnections()
+	}
+	if s.up != nil {
+		s.up.close()
 	}
 }
 
@@ -429,7 +434,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if stream != nil {
 			out.ContentLength = length
 		}
-		rs, err := s.send(out)
+		rs, err := s.send(out, stream != nil)
 		if stream != nil {
 			_ = rc.SetReadDeadline(time.Time{})
 		}
@@ -522,10 +527,14 @@ func (s *Server) outgoing(r *http.Request, auth string) (string, http.Header) {
 	return target.String(), header
 }
 
-// send sends an upstream request: through the Server's own transport
-// when it made one (http.Client adds nothing to it but a copy of the
-// headers for redirects, which it does not follow), else through Client.
-func (s *Server) send(out *http.Request) (*http.Response, error) {
+// send sends an upstream request: one held whole through the Server's
+// upstream client when it has one, else through its own transport when it
+// made one (http.Client adds nothing to it but a copy of the headers for
+// redirects, which it does not follow), else through Client.
+func (s *Server) send(out *http.Request, streams bool) (*http.Response, error) {
+	if s.up != nil && !streams {
+		return s.up.roundTrip(out)
+	}
 	if s.own != nil {
 		return s.own.RoundTrip(out)
 	}
