@@ -493,8 +493,8 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 
 // proxyOverhead times GET /users/@me one request at a time, alternating
 // a disgo client straight to a simulator in a child process (with an
-// in-process Limiter) and one through a proxy in front of it, with limits far above the
-// rate, and returns each one's median in µs. It then measures the same
+// in-process Limiter) and one through a proxy in front of it, with
+// limits far above the rate, and returns each one's median in µs. It then measures the same
 // pair again with net/http's ReverseProxy in the proxy's place, and
 // returns that proxy's median minus its direct one.
 func proxyOverhead() (direct, proxied, reverse float64, err error) {
