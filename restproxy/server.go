@@ -66,7 +66,12 @@ type ServerConfig struct {
 	// Client sends the upstream requests. Default: a client that does not
 	// follow redirects, leaves bodies compressed or not as Discord sends
 	// them, and waits at most 60 s for a response's headers once the
-	// request is sent.
+	// request is sent. With the default, a request the proxy holds whole
+	// (no body, or one of at most 64 KiB) is written and its answer read
+	// on the handler's goroutine, over keep-alive HTTP/1.1 connections
+	// that have no goroutine of their own; streamed bodies, and every
+	// request where the environment names an HTTP proxy
+	// (HTTPS_PROXY), go through a net/http Transport.
 	Client *http.Client
 	// Logger gets one debug line per request and warnings for upstream
 	// failures; never a token. Default: no logs.
