@@ -223,12 +223,16 @@ func (u *upstream) exchange(ctx context.Context, c *upConn, req *http.Request) (
 		return nil, written, err
 	}
 	if err := req.Write(c.bw); err != nil {
-		return fail(c.bw.Buffered() == 0, err)
+		return fail(true, err) // a part may have gone: the buffer is smaller than a kept body
 	}
+	n := c.bw.Buffered()
 	if err := c.bw.Flush(); err != nil {
-		return fail(false, err)
+		return fail(c.bw.Buffered() != n, err) // what is still buffered was not written
 	}
 	_ = c.nc.SetReadDeadline(time.Now().Add(u.headerTimeout))
+	if ctx.Err() != nil { // the deadline set just now may have replaced ctx's
+		return fail(true, ctx.Err())
+	}
 	if _, err := c.br.Peek(1); err != nil {
 		if c.used && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 			err = errClosedIdle
