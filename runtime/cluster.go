@@ -38,6 +38,10 @@ type cluster struct {
 	lastErr   error     // why the last start failed
 
 	proc ChildProcess // in process mode, the child serving the cluster (group and runner are nil); guarded by mu
+	// states are the states of proc's shards, as the events of child
+	// number live tell; guarded by mu.
+	states map[int]shardgroup.State
+	live   int64
 }
 
 type opKind int
@@ -86,6 +90,7 @@ type instance struct {
 	cancel   func()        // cancels the ctx Setup got: the instance's life
 	proc     ChildProcess  // in process mode, the child running the instance (g, run, bot and ep are nil)
 	waiting  *shardSet     // in process mode, the shards of proc not ready yet
+	child    int64         // in process mode, which child of the runtime proc is
 }
 
 // exited is closed when the instance's child process exits; nil in one

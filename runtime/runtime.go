@@ -53,7 +53,8 @@ type Runtime struct {
 	busFails atomic.Int64
 	busNanos atomic.Int64
 	services *services.Manager
-	pool     ProcessPool // process mode's children; nil in one process
+	pool     ProcessPool  // process mode's children; nil in one process
+	children atomic.Int64 // process mode: children started, to tell them apart
 
 	gate        shardgroup.Gate // the generation whose groups deliver to listeners
 	wg          sync.WaitGroup  // counts cluster supervisors
