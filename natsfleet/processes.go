@@ -60,6 +60,9 @@ type ProcessConfig struct {
 type ProcessMode struct {
 	cfg ProcessConfig
 	tr  *lateTransport
+
+	mu   sync.Mutex // guards pool
+	pool *pool      // the running parent's, between Start and its Close
 }
 
 // Processes returns the process mode for runtime.Config.Processes:
