@@ -569,3 +569,52 @@ func leftChildren() []string {
 	}
 	return out
 }
+
+// TestProcessesOperations: a hard restart, a rolling soft restart and a
+// cluster's shutdown act on the children as on clusters in one process;
+// a reshard is refused, saying why.
+func TestProcessesOperations(t *testing.T) {
+	s := procServer(t)
+	f := startProcFleet(t, s, 2)
+	ctx := testCtx(t)
+	pids := []int{f.pid(t, 0), f.pid(t, 1)}
+
+	identifies := s.Stats().Identifies
+	if err := f.rt.Restart(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Stats().Identifies - identifies; got != 2 {
+		t.Errorf("a hard restart of a 2-shard cluster spent %d IDENTIFYs, want 2", got)
+	}
+	if pid := f.pid(t, 1); pid == pids[1] {
+		t.Errorf("cluster 1 still in pid %d after its hard restart", pid)
+	}
+
+	identifies = s.Stats().Identifies
+	before := []int{f.pid(t, 0), f.pid(t, 1)}
+	if err := f.rt.SoftRestartAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, old := range before {
+		if pid := f.pid(t, id); pid == old {
+			t.Errorf("cluster %d still in pid %d after SoftRestartAll", id, pid)
+		}
+	}
+	if got := s.Stats().Identifies - identifies; got != 0 {
+		t.Errorf("SoftRestartAll spent %d IDENTIFYs, want 0", got)
+	}
+
+	last := f.pid(t, 0)
+	if err := f.rt.ShutdownCluster(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if alive(last) {
+		t.Errorf("cluster 0's child %d still runs after ShutdownCluster", last)
+	}
+	if err := f.rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "stopped") {
+		t.Errorf("soft restart of a stopped cluster: %v, want an error saying it is stopped", err)
+	}
+	if err := f.rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8}); err == nil || !strings.Contains(err.Error(), "process mode") {
+		t.Errorf("Reshard in process mode: %v, want an error naming process mode", err)
+	}
+}
