@@ -139,6 +139,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 	if err := opts.check(); err != nil {
 		return "", err
 	}
+	if r.cfg.Processes != nil {
+		return "", errProcessReshard
+	}
 	if r.cfg.Member != nil {
 		return "", ErrMemberReshard
 	}
