@@ -151,7 +151,7 @@ type ProcessCollector struct {
 	answered *prometheus.Desc
 	errs     prometheus.Counter
 
-	mu    sync.Mutex                   // guards descs
+	mu    sync.Mutex                  // guards descs
 	descs map[string]*prometheus.Desc // family name -> its Desc
 }
 
