@@ -36,6 +36,8 @@ type cluster struct {
 	restarts  int       // restarts since Run began (soft, hard and supervised)
 	parked    string    // "failed" (after MaxRestarts) or "stopped" (ShutdownCluster); "" while running
 	lastErr   error     // why the last start failed
+
+	proc ChildProcess // in process mode, the child serving the cluster (group and runner are nil); guarded by mu
 }
 
 type opKind int
@@ -82,6 +84,17 @@ type instance struct {
 	ep       *bus.Endpoint // the cluster's bus endpoint for this instance
 	activate func() error  // puts ep in place at the cluster's address
 	cancel   func()        // cancels the ctx Setup got: the instance's life
+	proc     ChildProcess  // in process mode, the child running the instance (g, run, bot and ep are nil)
+	waiting  *shardSet     // in process mode, the shards of proc not ready yet
+}
+
+// exited is closed when the instance's child process exits; nil in one
+// process.
+func (inst *instance) exited() <-chan struct{} {
+	if inst.proc == nil {
+		return nil
+	}
+	return inst.proc.Exited()
 }
 
 // supervise runs one cluster until stop closes: it starts a group and
@@ -99,15 +112,21 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 	var restarting pendingOp // a hard restart waiting for its instance to be ready
 	defer func() {
 		if inst != nil {
-			if err := r.stopInstanceCtx(r.stopContext(), inst, r.cfg.SessionStore != nil); err != nil {
+			if err := r.stopInstanceCtx(r.stopContext(), inst, r.cfg.SessionStore != nil || inst.proc != nil); err != nil {
 				r.noteStopFailure(fmt.Errorf("cluster %d: %w", c.id, err))
 			}
 		}
 	}()
 	timeout := r.clusterTimeout(c, env)
+	// A child process that crashed after it was ready restarts at once
+	// (its shards resume): the back-off spaces failures that come before a
+	// ready; every restart counts against MaxRestarts all the same.
+	crashed := false
 	// failed handles a start that failed; it reports whether to start
 	// again (false: the cluster is parked, or the fleet stops).
 	failed := func(err error) bool {
+		quick := crashed
+		crashed = false
 		if r.lifeContext().Err() != nil { // the fleet stops: not a failure to count
 			<-stop
 			return false
@@ -134,8 +153,14 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			r.park(c, stop, "failed")
 			return false
 		}
+		if quick {
+			wait = 0
+		}
 		r.events.emit(ClusterRestarted{Cluster: c.id, Restarts: budget.Used(r.clock.Now()),
 			MaxRestarts: max(r.cfg.MaxRestarts, 0), Backoff: wait, Err: err})
+		if quick {
+			return true
+		}
 		t := r.clock.NewTimer(wait)
 		defer t.Stop()
 		select {
@@ -178,8 +203,12 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				restarting.answer(nil)
 			case <-restarting.done():
 				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
+			case <-inst.exited():
+				why = fmt.Errorf("runtime: cluster %d: child process %d exited: %w", c.id, inst.proc.Pid(), inst.proc.Err())
+				crashed = inst.ready == nil
+				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case <-timeoutC:
-				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst.g))
+				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst))
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case op := <-c.ops:
 				switch op.kind {
@@ -210,7 +239,7 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 					// is bounded by ShutdownTimeout, not by the caller.
 					_ = r.stopInstanceCtx(context.Background(), inst, false)
 					inst = nil
-					next, err := r.startInstance(c, env, nil, time.Now().Add(timeout))
+					next, err := r.startFresh(c, env, time.Now().Add(timeout))
 					if err != nil {
 						op.reply <- errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", err)
 						if !failed(err) {
@@ -241,10 +270,13 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 	}
 }
 
-// notReady lists a group's shards that are not ready.
-func notReady(g *shardgroup.Group) []int {
+// notReady lists an instance's shards that are not ready.
+func notReady(inst *instance) []int {
+	if inst.g == nil {
+		return inst.notReady()
+	}
 	var out []int
-	for _, sh := range g.Shards() {
+	for _, sh := range inst.g.Shards() {
 		if sh.State != shardgroup.StateReady {
 			out = append(out, sh.ID)
 		}
@@ -391,6 +423,9 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 // startInstance builds and sets up a new instance and starts its shards;
 // Setup must return before deadline.
 func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shardgroup.Session, deadline time.Time) (*instance, error) {
+	if r.pool != nil {
+		return r.startChild(c, env, ResumeStored, deadline)
+	}
 	ctx, cancel := context.WithDeadlineCause(r.lifeContext(), deadline,
 		fmt.Errorf("runtime: cluster %d not set up within its ClusterTimeout", c.id))
 	defer cancel()
@@ -409,10 +444,10 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 
 func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {
 	c.mu.Lock()
-	if c.group != nil {
+	if c.group != nil || c.proc != nil {
 		c.restarts++
 	}
-	c.runner, c.group, c.startedAt = run, run.Group(), time.Now()
+	c.runner, c.group, c.proc, c.startedAt = run, run.Group(), nil, time.Now()
 	c.mu.Unlock()
 }
 
@@ -427,6 +462,9 @@ func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {
 // has begun it completes; a ctx that ends while the new shards resume
 // returns the new instance with ctx's error.
 func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *instance) (*instance, error) {
+	if old.proc != nil {
+		return r.handOverChild(ctx, c, env, old)
+	}
 	began := time.Now()
 	r.events.emit(SoftRestartStarted{Cluster: c.id})
 	next, err := r.newInstance(ctx, c, env, old.g.Client().Caches())
@@ -493,6 +531,9 @@ func (r *Runtime) stopInstance(inst *instance, keep bool) {
 // error names what did not stop: the hook, or shards, whose goroutines
 // end with the fleet's shard context.
 func (r *Runtime) stopInstanceCtx(ctx context.Context, inst *instance, keep bool) error {
+	if inst.proc != nil {
+		return r.stopChild(ctx, inst, keep)
+	}
 	var errs []error
 	if inst.bot != nil {
 		// The hook may use most of the time; the shards' close needs little.

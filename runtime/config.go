@@ -168,6 +168,10 @@ type Config struct {
 	StatsInterval time.Duration
 	// StartingStatus is the presence shards identify with.
 	StartingStatus *gateway.MessageDataPresenceUpdate
+	// Processes, if set, runs each cluster in a child process of this
+	// executable (natsfleet.Processes): see Processes. The program's main
+	// stays the same; nil runs every cluster in this process.
+	Processes Processes
 }
 
 const maxGuildsPerShard = 2500
@@ -245,6 +249,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxRestarts < -1 {
 		return c, fmt.Errorf("runtime: MaxRestarts (%d) is below -1: use -1 to restart without limit, or 0 for the default (5)", c.MaxRestarts)
+	}
+	if c.Processes != nil && c.Bus != nil {
+		return c, errors.New("runtime: Config.Bus is set with Config.Processes: remove Bus (process mode builds the fleet's bus across the processes)")
 	}
 	if c.Intents == 0 {
 		c.Intents = gateway.IntentGuilds | gateway.IntentGuildMessages

@@ -135,6 +135,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 	if err := opts.check(); err != nil {
 		return "", err
 	}
+	if r.cfg.Processes != nil {
+		return "", errProcessReshard
+	}
 	if err := r.checkRunning(ctx); err != nil {
 		return "", err
 	}

@@ -53,6 +53,7 @@ type Runtime struct {
 	busFails atomic.Int64
 	busNanos atomic.Int64
 	services *services.Manager
+	pool     ProcessPool // process mode's children; nil in one process
 
 	gate        shardgroup.Gate // the generation whose groups deliver to listeners
 	wg          sync.WaitGroup  // counts cluster supervisors
@@ -109,8 +110,12 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	r.bus = c.Bus
 	if r.bus == nil {
-		r.bus = bus.New(bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
-			Observe: r.observeBus})
+		opts := bus.Options{DefaultTimeout: c.RequestTimeout, Strict: c.StrictBus, Logger: c.Logger,
+			Observe: r.observeBus}
+		if c.Processes != nil {
+			opts.Transport = c.Processes.Transport()
+		}
+		r.bus = bus.New(opts)
 		r.ownBus = true
 	}
 	specs := append(append([]services.Spec(nil), c.Services...), services.NewStore().Spec())
@@ -237,6 +242,12 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	}()
 	defer r.closeStopping() // once Run stops, whichever way
 
+	if p := r.cfg.Processes; p != nil {
+		var once sync.Once
+		if child, err := p.Child(startCtx, r.cfg, func() { once.Do(func() { close(r.fleetReady) }) }); child {
+			return err
+		}
+	}
 	gb, err := r.gatewayBot(startCtx)
 	if err != nil {
 		return err
@@ -254,6 +265,28 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		queue = q
 	}
 	defer queue.Close(context.Background())
+	if p := r.cfg.Processes; p != nil {
+		gwURL := r.cfg.GatewayURL
+		if gwURL == "" {
+			gwURL = gb.URL
+		}
+		pool, err := p.Start(startCtx, ProcessFleet{Token: r.cfg.Token, Shards: total, MaxConcurrency: mc,
+			IdentifyInterval: r.cfg.IdentifyInterval, GatewayURL: gwURL, RESTURL: r.cfg.RESTURL,
+			RESTLimiter: r.cfg.RESTLimiter, ShutdownTimeout: r.cfg.ShutdownTimeout, Logger: r.cfg.Logger})
+		if err != nil {
+			return fmt.Errorf("runtime: process mode: %w", err)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+			defer cancel()
+			if err := pool.Close(ctx); err != nil {
+				r.cfg.Logger.Warn("process mode did not stop cleanly", "err", err.Error())
+			}
+		}()
+		r.mu.Lock()
+		r.pool = pool
+		r.mu.Unlock()
+	}
 	n := r.cfg.clusterCount(last - first + 1)
 	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
 		fatal: make(chan error, 1), counting: true}

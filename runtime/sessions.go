@@ -148,7 +148,7 @@ func (f FileSessionStore) Load(context.Context) ([]shardgroup.Session, error) {
 // session is checked before it is trusted (see checkSession); the ones
 // refused are summed up in one warning.
 func (r *Runtime) loadSessions(ctx context.Context, total int, gatewayURL string) map[int]shardgroup.Session {
-	if r.cfg.SessionStore == nil {
+	if r.cfg.SessionStore == nil || r.cfg.Processes != nil { // process mode: the children keep the fleet's sessions
 		return nil
 	}
 	sessions, err := r.cfg.SessionStore.Load(ctx)
@@ -270,7 +270,7 @@ func (r *Runtime) keepSessions(sessions map[int]shardgroup.Session) {
 
 // saveSessions writes the kept sessions to the store.
 func (r *Runtime) saveSessions() {
-	if r.cfg.SessionStore == nil {
+	if r.cfg.SessionStore == nil || r.cfg.Processes != nil {
 		return
 	}
 	r.mu.Lock()

@@ -1,0 +1,370 @@
+package natsfleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gofleet/fleet/restproxy"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// Start starts what the children join: the embedded NATS server, on
+// which it connects the parent's bus, and the REST proxy of the fleet's
+// limiter on loopback. It implements runtime.Processes.
+func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtime.ProcessPool, error) {
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	log := f.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	pl := &pool{mode: p, f: f, log: log.With("component", "processes"), children: map[*childProc]struct{}{},
+		exe: p.cfg.Executable, args: p.cfg.Args}
+	if pl.exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("natsfleet: the program's executable, to start the children: %w: set ProcessConfig.Executable", err)
+		}
+		pl.exe = exe
+	}
+	if pl.args == nil {
+		pl.args = os.Args[1:]
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			pl.closeConns()
+		}
+	}()
+	var err error
+	if pl.srv, err = StartServer(ServerConfig{DataDir: p.cfg.DataDir}); err != nil {
+		return nil, err
+	}
+	if pl.nc, err = pl.srv.ConnectInProcess(ctx, Logger(log), Name("fleet-parent")); err != nil {
+		return nil, err
+	}
+	if pl.tr, err = NewTransport(pl.nc, TransportConfig{Prefix: p.prefix(), Logger: log}); err != nil {
+		return nil, err
+	}
+	if err := p.tr.connect(pl.tr); err != nil {
+		return nil, fmt.Errorf("natsfleet: move the parent's bus to NATS: %w", err)
+	}
+	if f.RESTLimiter != nil {
+		if err := pl.serveProxy(); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return pl, nil
+}
+
+// pool starts and tracks the children of one Run.
+type pool struct {
+	mode      *ProcessMode
+	f         runtime.ProcessFleet
+	log       *slog.Logger
+	exe       string
+	args      []string
+	srv       *Server
+	nc        *nats.Conn
+	tr        *Transport
+	hs        *http.Server
+	proxy     *restproxy.Server
+	proxyURL  string
+	secret    string
+	seq       atomic.Int64
+	wg        sync.WaitGroup // the proxy's HTTP server and each child's waiter
+	mu        sync.Mutex     // guards children and closed
+	children  map[*childProc]struct{}
+	closed    bool
+	closeOnce sync.Once
+}
+
+// serveProxy serves the fleet's REST limiter on loopback, behind a
+// generated secret, for the children's REST clients.
+func (pl *pool) serveProxy() error {
+	pl.secret = randomHex(16)
+	up := pl.f.RESTURL
+	if i := strings.LastIndex(up, "/api/v"); i >= 0 {
+		up = up[:i]
+	}
+	proxy, err := restproxy.NewServer(pl.f.RESTLimiter, restproxy.ServerConfig{Upstream: up, Token: string(pl.f.Token),
+		Secret: pl.secret, Logger: pl.log})
+	if err != nil {
+		return fmt.Errorf("natsfleet: REST proxy for the children: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("natsfleet: REST proxy for the children: %w", err)
+	}
+	pl.proxy, pl.proxyURL = proxy, "http://"+ln.Addr().String()
+	pl.hs = &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	pl.wg.Add(1)
+	go func() {
+		defer pl.wg.Done()
+		_ = pl.hs.Serve(ln)
+	}()
+	return nil
+}
+
+// Spawn starts a child and waits until it is set up.
+func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.ChildProcess, error) {
+	prefix := pl.mode.prefix()
+	id := fmt.Sprintf("c%d-%d", spec.Cluster, pl.seq.Add(1))
+	ch := &childProc{pool: pl, id: id, cluster: spec.Cluster, report: spec.Report,
+		setup: make(chan struct{}), exited: make(chan struct{})}
+	sub, err := pl.nc.Subscribe(outSubject(prefix, id), ch.onOut)
+	if err != nil {
+		return nil, fmt.Errorf("natsfleet: listen to the child of cluster %d: %w", spec.Cluster, err)
+	}
+	raw, err := json.Marshal(childSpec{ID: id, Cluster: spec.Cluster, Shards: spec.Shards, Resume: spec.Resume,
+		NATS: pl.srv.ConnectInfo(), Prefix: prefix, Total: pl.f.Shards, MaxConc: pl.f.MaxConcurrency,
+		Interval: pl.f.IdentifyInterval, GatewayURL: pl.f.GatewayURL, Proxy: pl.proxyURL, Secret: pl.secret,
+		Checkpoint: pl.mode.cfg.CheckpointInterval})
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	cmd := exec.Command(pl.exe, pl.args...)
+	cmd.Env = pl.environ(string(raw))
+	cmd.Stdout, cmd.Stderr = pl.mode.cfg.Stdout, pl.mode.cfg.Stderr
+	if cmd.Stdout == nil {
+		cmd.Stdout = os.Stdout
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	setProcessGroup(cmd)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	ch.cmd, ch.stdin = cmd, stdin
+	pl.mu.Lock()
+	if pl.closed {
+		pl.mu.Unlock()
+		_ = sub.Unsubscribe()
+		return nil, errors.New("natsfleet: the fleet is stopping")
+	}
+	if err := cmd.Start(); err != nil {
+		pl.mu.Unlock()
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("natsfleet: start the child of cluster %d (%s): %w", spec.Cluster, pl.exe, err)
+	}
+	pl.children[ch] = struct{}{}
+	pl.wg.Add(1)
+	pl.mu.Unlock()
+	go func() {
+		defer pl.wg.Done()
+		err := cmd.Wait()
+		if err == nil {
+			err = errors.New("exited with status 0")
+		}
+		ch.err = err
+		_ = sub.Unsubscribe()
+		pl.mu.Lock()
+		delete(pl.children, ch)
+		pl.mu.Unlock()
+		close(ch.exited)
+	}()
+	pl.log.Info("child process started", "cluster", spec.Cluster, "pid", cmd.Process.Pid)
+	select {
+	case <-ch.setup:
+		return ch, nil
+	case <-ch.exited:
+		return nil, fmt.Errorf("child process %d exited before it was set up: %w", cmd.Process.Pid, ch.err)
+	case <-ctx.Done():
+		ch.kill()
+		<-ch.exited
+		return nil, fmt.Errorf("child process %d not set up: %w", cmd.Process.Pid, context.Cause(ctx))
+	}
+}
+
+// environ is a child's environment: the parent's, without a ChildEnv of
+// its own, with the configured limits and variables, and its spec.
+func (pl *pool) environ(spec string) []string {
+	env := make([]string, 0, len(os.Environ())+len(pl.mode.cfg.Env)+3)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, ChildEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	if n := pl.mode.cfg.GOMAXPROCS; n > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
+	}
+	if n := pl.mode.cfg.GOMEMLIMIT; n > 0 {
+		env = append(env, "GOMEMLIMIT="+strconv.FormatInt(n, 10))
+	}
+	env = append(env, pl.mode.cfg.Env...)
+	return append(env, ChildEnv+"="+spec)
+}
+
+// Close kills the children left, waits for them, and stops the proxy,
+// the connection and the server.
+func (pl *pool) Close(ctx context.Context) error {
+	pl.mu.Lock()
+	pl.closed = true
+	left := make([]*childProc, 0, len(pl.children))
+	for ch := range pl.children {
+		left = append(left, ch)
+	}
+	pl.mu.Unlock()
+	for _, ch := range left {
+		pl.log.Warn("child process still running at the fleet's stop: killed", "cluster", ch.cluster, "pid", ch.Pid())
+		ch.kill()
+	}
+	var errs []error
+	if pl.hs != nil {
+		if err := pl.hs.Shutdown(ctx); err != nil {
+			_ = pl.hs.Close()
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		pl.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("natsfleet: child processes not reaped: %w", ctx.Err()))
+	}
+	pl.closeConns()
+	return errors.Join(errs...)
+}
+
+// closeConns closes what Start opened.
+func (pl *pool) closeConns() {
+	pl.closeOnce.Do(func() {
+		if pl.proxy != nil {
+			pl.proxy.Close()
+		}
+		if pl.tr != nil {
+			pl.tr.Close()
+		}
+		if pl.nc != nil {
+			pl.nc.Close()
+		}
+		if pl.srv != nil {
+			pl.srv.Close()
+		}
+	})
+}
+
+// childProc is the parent's handle on one child process.
+type childProc struct {
+	pool    *pool
+	id      string
+	cluster int
+	report  func(runtime.Event)
+	cmd     *exec.Cmd
+	stdin   interface{ Close() error }
+	setup   chan struct{}
+	once    sync.Once
+	exited  chan struct{}
+	err     error // why it exited; set before exited closes
+}
+
+func (ch *childProc) Pid() int                { return ch.cmd.Process.Pid }
+func (ch *childProc) Exited() <-chan struct{} { return ch.exited }
+
+// Err says how the process exited, once Exited is closed.
+func (ch *childProc) Err() error {
+	select {
+	case <-ch.exited:
+		return ch.err
+	default:
+		return nil
+	}
+}
+
+// onOut receives the child's events.
+func (ch *childProc) onOut(m *nats.Msg) {
+	var w wireEvent
+	if err := json.Unmarshal(m.Data, &w); err != nil {
+		ch.pool.log.Warn("child process sent an unreadable event", "cluster", ch.cluster, "err", err.Error())
+		return
+	}
+	if w.Kind == kindSetup {
+		ch.once.Do(func() { close(ch.setup) })
+		return
+	}
+	if e, ok := fromWire(w); ok && ch.report != nil {
+		ch.report(e)
+	}
+}
+
+// request asks the child something and waits for its answer or ctx.
+func (ch *childProc) request(ctx context.Context, c control) (controlReply, error) {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return controlReply{}, err
+	}
+	m, err := ch.pool.nc.RequestWithContext(ctx, ctlSubject(ch.pool.mode.prefix(), ch.id), data)
+	if err != nil {
+		return controlReply{}, fmt.Errorf("child process %d: %s: %w", ch.Pid(), c.Op, err)
+	}
+	var rep controlReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return controlReply{}, fmt.Errorf("child process %d: %s: %w", ch.Pid(), c.Op, err)
+	}
+	if rep.Err != "" {
+		return rep, fmt.Errorf("child process %d: %s: %s", ch.Pid(), c.Op, rep.Err)
+	}
+	return rep, nil
+}
+
+// HandOver asks the child for its shards' exact sessions; it stops them.
+func (ch *childProc) HandOver(ctx context.Context) (map[int]shardgroup.Session, error) {
+	rep, err := ch.request(ctx, control{Op: "handover"})
+	return rep.Sessions, err
+}
+
+// Resume gives a child waiting for its sessions those it resumes.
+func (ch *childProc) Resume(ctx context.Context, sessions map[int]shardgroup.Session) error {
+	_, err := ch.request(ctx, control{Op: "resume", Sessions: sessions})
+	return err
+}
+
+// Stop asks the child to stop and waits for it to exit; it kills it when
+// ctx ends first.
+func (ch *childProc) Stop(ctx context.Context, keep bool) error {
+	select {
+	case <-ch.exited:
+		return nil
+	default:
+	}
+	_, err := ch.request(ctx, control{Op: "stop", Keep: keep})
+	if err != nil {
+		ch.pool.log.Warn("child process did not take the stop: it stops when its stdin closes", "cluster", ch.cluster,
+			"pid", ch.Pid(), "err", err.Error())
+		_ = ch.stdin.Close()
+	}
+	select {
+	case <-ch.exited:
+		return nil
+	case <-ctx.Done():
+	}
+	ch.kill()
+	<-ch.exited
+	return fmt.Errorf("did not exit in time: killed: %w", ctx.Err())
+}
+
+var _ runtime.ChildProcess = (*childProc)(nil)

@@ -1,0 +1,294 @@
+package natsfleet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// ChildEnv is the environment variable that marks a child process of a
+// fleet in process mode. It carries what the child needs to join the
+// parent (the NATS URL and credentials among them), so it is passed in
+// the environment, which only the user's own processes can read, and
+// never on the command line. A child removes it from its environment as
+// it starts.
+const ChildEnv = "GOFLEET_PROCESS_CHILD"
+
+// ProcessConfig configures process mode. The zero value is ready to use.
+type ProcessConfig struct {
+	// Prefix is the first subject token of the fleet's NATS messages and
+	// the name of its key-value buckets (default "fleet").
+	Prefix string
+	// DataDir keeps the embedded server's JetStream data (the
+	// checkpointed sessions among them) across runs of the parent; empty:
+	// a temporary directory removed when the fleet stops.
+	DataDir string
+	// GOMAXPROCS and GOMEMLIMIT (bytes) are set in every child's
+	// environment; 0 leaves the Go runtime's defaults.
+	GOMAXPROCS int
+	GOMEMLIMIT int64
+	// CheckpointInterval is how often a child saves its shards' sessions
+	// to the parent, for a crash to resume from (0: the runtime's
+	// default, 1 s).
+	CheckpointInterval time.Duration
+	// Env is added to every child's environment (NAME=value).
+	Env []string
+	// Executable and Args start a child (default: os.Executable() and
+	// os.Args[1:], the program itself as it is on disk when the child
+	// starts, so that a soft restart runs new code).
+	Executable string
+	Args       []string
+	// Stdout and Stderr receive the children's output (default the
+	// parent's).
+	Stdout, Stderr io.Writer
+}
+
+// ProcessMode is a runtime.Processes on NATS: the parent embeds a NATS
+// server (loopback, generated credentials) that carries the fleet's bus,
+// its identify queue and its sessions, and serves the fleet's REST
+// limiter as a proxy on loopback; each child joins them. Create it with
+// [Processes].
+type ProcessMode struct {
+	cfg ProcessConfig
+	tr  *lateTransport
+}
+
+// Processes returns the process mode for runtime.Config.Processes:
+//
+//	rt, err := runtime.New(runtime.Config{
+//		Token:     token,
+//		Bot:       newBot,
+//		Processes: natsfleet.Processes(natsfleet.ProcessConfig{}),
+//	})
+//
+// The same program runs as the parent and as the children, so it must
+// build the same Config in both (a child reads its token and options as
+// the parent does). Run in a child serves only its cluster; the user's
+// events, Observer and Subscribe then see that cluster, and the parent's
+// see the fleet.
+func Processes(cfg ProcessConfig) *ProcessMode {
+	return &ProcessMode{cfg: cfg, tr: &lateTransport{local: map[bus.Address]bus.Receiver{}}}
+}
+
+// IsChild reports whether this process is a child of a fleet in process
+// mode (its ChildEnv is set).
+func IsChild() bool { return os.Getenv(ChildEnv) != "" }
+
+// Transport is the parent's bus transport: in memory until Start
+// connects it to the fleet's NATS.
+func (p *ProcessMode) Transport() bus.Transport { return p.tr }
+
+func (p *ProcessMode) prefix() string {
+	if p.cfg.Prefix == "" {
+		return "fleet"
+	}
+	return p.cfg.Prefix
+}
+
+func (p *ProcessMode) check() error {
+	switch {
+	case p.cfg.GOMAXPROCS < 0:
+		return fmt.Errorf("natsfleet: ProcessConfig.GOMAXPROCS (%d) < 0: use 0 for the Go default", p.cfg.GOMAXPROCS)
+	case p.cfg.GOMEMLIMIT < 0:
+		return fmt.Errorf("natsfleet: ProcessConfig.GOMEMLIMIT (%d) < 0: use 0 for no limit", p.cfg.GOMEMLIMIT)
+	case p.cfg.CheckpointInterval < 0:
+		return fmt.Errorf("natsfleet: ProcessConfig.CheckpointInterval (%v) < 0: use 0 for the default", p.cfg.CheckpointInterval)
+	}
+	return nil
+}
+
+// childSpec is what the parent passes to a child in ChildEnv.
+type childSpec struct {
+	ID         string             `json:"id"`
+	Cluster    int                `json:"cluster"`
+	Shards     []int              `json:"shards"`
+	Resume     runtime.ResumeMode `json:"resume"`
+	NATS       ConnectInfo        `json:"nats"`
+	Prefix     string             `json:"prefix"`
+	Total      int                `json:"total"`
+	MaxConc    int                `json:"max_concurrency"`
+	Interval   time.Duration      `json:"identify_interval"`
+	GatewayURL string             `json:"gateway_url"`
+	Proxy      string             `json:"rest_proxy,omitempty"`
+	Secret     string             `json:"rest_secret,omitempty"`
+	Checkpoint time.Duration      `json:"checkpoint,omitempty"`
+}
+
+// Subjects between the parent and a child: the child publishes its
+// events on <prefix>.proc.<id>.out; the parent asks it on
+// <prefix>.proc.<id>.ctl.
+func outSubject(prefix, id string) string { return prefix + ".proc." + id + ".out" }
+func ctlSubject(prefix, id string) string { return prefix + ".proc." + id + ".ctl" }
+
+// wireEvent is a child's lifecycle event on its way to the parent.
+type wireEvent struct {
+	Kind    string        `json:"k"` // a runtime.EventKind, or "setup"
+	Cluster int           `json:"cl"`
+	Shard   int           `json:"s,omitempty"`
+	Code    int           `json:"c,omitempty"`
+	D       time.Duration `json:"d,omitempty"` // waited, took
+	Value   string        `json:"v,omitempty"` // a panic's value, an error
+}
+
+// kindSetup is the child's word that it is set up.
+const kindSetup = "setup"
+
+// toWire encodes the events the parent needs; ok is false for the others.
+func toWire(e runtime.Event) (w wireEvent, ok bool) {
+	w.Kind = string(e.Kind())
+	switch e := e.(type) {
+	case runtime.ShardIdentify:
+		w.Cluster, w.Shard, w.D = e.Cluster, e.Shard, e.Waited
+	case runtime.ShardReady:
+		w.Cluster, w.Shard = e.Cluster, e.Shard
+	case runtime.ShardResumed:
+		w.Cluster, w.Shard = e.Cluster, e.Shard
+	case runtime.ShardDisconnected:
+		w.Cluster, w.Shard = e.Cluster, e.Shard
+	case runtime.ShardClosed:
+		w.Cluster, w.Shard, w.Code = e.Cluster, e.Shard, e.Code
+	case runtime.ShardZombie:
+		w.Cluster, w.Shard = e.Cluster, e.Shard
+	case runtime.ListenerPanic:
+		w.Cluster, w.Shard, w.Value = e.Cluster, e.Shard, fmt.Sprint(e.Value)
+	case runtime.ClusterReady:
+		w.Cluster, w.D = e.Cluster, e.Took
+	case runtime.Fatal:
+		w.Value = e.Err.Error()
+	default:
+		return w, false
+	}
+	return w, true
+}
+
+// fromWire decodes an event for the parent's runtime.
+func fromWire(w wireEvent) (runtime.Event, bool) {
+	switch runtime.EventKind(w.Kind) {
+	case runtime.EventShardIdentify:
+		return runtime.ShardIdentify{Cluster: w.Cluster, Shard: w.Shard, Waited: w.D}, true
+	case runtime.EventShardReady:
+		return runtime.ShardReady{Cluster: w.Cluster, Shard: w.Shard}, true
+	case runtime.EventShardResumed:
+		return runtime.ShardResumed{Cluster: w.Cluster, Shard: w.Shard}, true
+	case runtime.EventShardDisconnected:
+		return runtime.ShardDisconnected{Cluster: w.Cluster, Shard: w.Shard}, true
+	case runtime.EventShardClosed:
+		return runtime.ShardClosed{Cluster: w.Cluster, Shard: w.Shard, Code: w.Code}, true
+	case runtime.EventShardZombie:
+		return runtime.ShardZombie{Cluster: w.Cluster, Shard: w.Shard}, true
+	case runtime.EventListenerPanic:
+		return runtime.ListenerPanic{Cluster: w.Cluster, Shard: w.Shard, Value: w.Value}, true
+	case runtime.EventClusterReady:
+		return runtime.ClusterReady{Cluster: w.Cluster, Took: w.D}, true
+	case runtime.EventFatal:
+		return runtime.Fatal{Err: fmt.Errorf("cluster %d: %s", w.Cluster, w.Value)}, true
+	}
+	return nil, false
+}
+
+// control is a request from the parent to a child.
+type control struct {
+	Op       string                     `json:"op"` // "handover", "resume", "stop"
+	Keep     bool                       `json:"keep,omitempty"`
+	Sessions map[int]shardgroup.Session `json:"sessions,omitempty"`
+}
+
+// controlReply is a child's answer.
+type controlReply struct {
+	Sessions map[int]shardgroup.Session `json:"sessions,omitempty"`
+	Err      string                     `json:"err,omitempty"`
+}
+
+// lateTransport is the parent's bus transport: it keeps the addresses
+// bound before the fleet's NATS is up in memory, as the bus's default
+// transport does, and moves them to NATS when connect is called.
+type lateTransport struct {
+	nt    atomic.Pointer[Transport]
+	mu    sync.Mutex // guards local, and connect against Bind
+	local map[bus.Address]bus.Receiver
+}
+
+func (t *lateTransport) Bind(addr bus.Address, r bus.Receiver) error {
+	t.mu.Lock()
+	if nt := t.nt.Load(); nt != nil {
+		t.mu.Unlock()
+		return nt.Bind(addr, r)
+	}
+	defer t.mu.Unlock()
+	if _, ok := t.local[addr]; ok {
+		return fmt.Errorf("%w: %s", bus.ErrAddressInUse, addr)
+	}
+	t.local[addr] = r
+	return nil
+}
+
+func (t *lateTransport) Unbind(addr bus.Address, r bus.Receiver) {
+	t.mu.Lock()
+	if nt := t.nt.Load(); nt != nil {
+		t.mu.Unlock()
+		nt.Unbind(addr, r)
+		return
+	}
+	defer t.mu.Unlock()
+	if t.local[addr] == r {
+		delete(t.local, addr)
+	}
+}
+
+func (t *lateTransport) Deliver(ctx context.Context, m bus.Message) error {
+	if nt := t.nt.Load(); nt != nil {
+		return nt.Deliver(ctx, m)
+	}
+	t.mu.Lock()
+	r, ok := t.local[m.To]
+	t.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", bus.ErrUnknownAddress, m.To)
+	}
+	return r.Receive(ctx, m)
+}
+
+func (t *lateTransport) Members(group bus.Address) []bus.Address {
+	if nt := t.nt.Load(); nt != nil {
+		return nt.Members(group)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []bus.Address
+	for a := range t.local {
+		if group.Contains(a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, compareAddress)
+	return out
+}
+
+// connect moves the addresses bound so far to nt and sends everything
+// through it from now on.
+func (t *lateTransport) connect(nt *Transport) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for a, r := range t.local {
+		if err := nt.Bind(a, r); err != nil {
+			return err
+		}
+	}
+	t.local = map[bus.Address]bus.Receiver{}
+	t.nt.Store(nt)
+	return nil
+}
+
+var (
+	_ runtime.Processes = (*ProcessMode)(nil)
+	_ bus.Transport     = (*lateTransport)(nil)
+)

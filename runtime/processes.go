@@ -1,0 +1,116 @@
+package runtime
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/restproxy"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// Processes runs each cluster of a fleet in a child process of the same
+// executable (process mode), so that a crash, a panic outside the
+// listeners' guard or a memory leak costs one cluster only. Set
+// Config.Processes to natsfleet.Processes(...); nothing else in the
+// program changes. The same program then runs as the parent and as every
+// child: Run in the parent plans the fleet, runs the services and
+// supervises one child per cluster; Run in a child serves its cluster
+// only. With Processes nil, everything runs in this process as before.
+//
+// The runtime calls an implementation in this order; it starts nothing
+// before Start.
+type Processes interface {
+	// Transport returns the transport of the parent's bus. New calls it
+	// once, when Config.Bus is nil; it must start nothing: until Start,
+	// the transport carries messages within this process.
+	Transport() bus.Transport
+	// Child is the first thing Run does. In a process that the parent
+	// started as a child, it serves that child's cluster with cfg (the
+	// program's Config) as a member of the parent's fleet, calls ready
+	// once every shard of the cluster is ready, and returns true and the
+	// result of the member's Run when ctx ends or the parent stops it. In
+	// any other process it returns false at once.
+	Child(ctx context.Context, cfg Config, ready func()) (isChild bool, err error)
+	// Start is called by Run in the parent once the fleet is planned,
+	// before the services and the clusters start. Run closes the pool it
+	// returns once every child has stopped.
+	Start(ctx context.Context, f ProcessFleet) (ProcessPool, error)
+}
+
+// ProcessFleet is what the parent's Run planned, for Processes.Start.
+type ProcessFleet struct {
+	Token            Token
+	Shards           int // the fleet's shard count
+	MaxConcurrency   int
+	IdentifyInterval time.Duration
+	GatewayURL       string
+	// RESTURL is Config.RESTURL (empty: Discord's); RESTLimiter is the
+	// fleet's limiter (nil with Config.NoSharedRESTLimiter), which the
+	// children's REST calls go through.
+	RESTURL     string
+	RESTLimiter *restproxy.Limiter
+	// ShutdownTimeout is Config.ShutdownTimeout: how long a child has to
+	// stop before it is killed is derived from it.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// ProcessPool starts the children of a fleet.
+type ProcessPool interface {
+	// Spawn starts the child process of one cluster and returns once the
+	// child is set up: its Bot's Setup has returned, and it is waiting for
+	// its sessions (ResumeHandOver) or its shards are connecting. It fails
+	// if the child exits first or ctx ends (the child is then killed).
+	Spawn(ctx context.Context, spec ChildSpec) (ChildProcess, error)
+	// Close kills what is left of the children, waits for them and stops
+	// what Start started.
+	Close(ctx context.Context) error
+}
+
+// ResumeMode says which sessions a child's shards resume.
+type ResumeMode int
+
+const (
+	// ResumeStored resumes the sessions checkpointed in the fleet's
+	// session store that are fresh enough (a start, a crash).
+	ResumeStored ResumeMode = iota
+	// ResumeNone identifies every shard (a hard restart).
+	ResumeNone
+	// ResumeHandOver waits for ChildProcess.Resume (a soft restart).
+	ResumeHandOver
+)
+
+// ChildSpec is one child to start.
+type ChildSpec struct {
+	Cluster int   // the cluster's fleet-wide ID
+	Shards  []int // its shard IDs
+	Resume  ResumeMode
+	// Report receives the child's lifecycle events (ShardIdentify,
+	// ShardReady, ShardResumed, ShardDisconnected, ShardClosed,
+	// ShardZombie, ListenerPanic, ClusterReady, Fatal) in the order the
+	// child emitted them. It must not block.
+	Report func(Event)
+}
+
+// ChildProcess is one running child, as the parent's supervisor sees it.
+type ChildProcess interface {
+	// Pid is the child's process ID.
+	Pid() int
+	// Exited is closed when the process has exited; Err then says how.
+	Exited() <-chan struct{}
+	Err() error
+	// HandOver asks the child to close its shards resumably and returns
+	// their exact sessions (the last event each delivered); the child's
+	// Bot stops with them and the process exits.
+	HandOver(ctx context.Context) (map[int]shardgroup.Session, error)
+	// Resume gives a child started with ResumeHandOver the sessions its
+	// shards resume (nil: those in the session store).
+	Resume(ctx context.Context, sessions map[int]shardgroup.Session) error
+	// Stop stops the child: its Bot's Shutdown hook, then its shards,
+	// closed resumably with their sessions saved if keep, else ending
+	// their sessions. It kills the process if it has not exited when ctx
+	// ends, and returns once it has exited.
+	Stop(ctx context.Context, keep bool) error
+}
