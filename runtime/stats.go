@@ -5,6 +5,7 @@ import (
 	"os"
 	goruntime "runtime"
 	rtmetrics "runtime/metrics"
+	"slices"
 	"strconv"
 	"time"
 
@@ -34,7 +35,7 @@ type Stats struct {
 	// Guilds, Members (the sum of the guilds' member counts), LargeGuilds
 	// (over 50 members) and VoiceConnections add up the clusters. Users
 	// is the number of distinct users in the member caches of the whole
-	// fleet.
+	// fleet (in process mode, the sum of each child's distinct users).
 	Guilds           int            `json:"guilds"`
 	Users            int            `json:"users"`
 	Members          int            `json:"members"`
@@ -77,6 +78,37 @@ type ClusterStats struct {
 	ListenerPanics   int64         `json:"listener_panics"`
 	Cache            CacheStats    `json:"cache"`
 	Shards           []ShardStats  `json:"shards"`
+	// Process describes the child process serving the cluster in process
+	// mode; nil when the cluster runs in this process.
+	Process *ProcessStats `json:"process,omitempty"`
+}
+
+// ProcessStats describes the child process serving a cluster in process
+// mode.
+type ProcessStats struct {
+	PID int `json:"pid"`
+	// RSS is the child's resident set size, read by the parent from
+	// /proc/<pid>/status on Linux, else the Go runtime's mapped memory
+	// the child last reported.
+	RSS uint64 `json:"rss_bytes"`
+	// Reported is when the child last reported its cluster's state (the
+	// shards, caches and counts of ClusterStats); zero before its first
+	// report.
+	Reported time.Time `json:"reported"`
+}
+
+// Processes returns Config.Processes: nil when every cluster runs in
+// this process.
+func (r *Runtime) Processes() Processes { return r.cfg.Processes }
+
+// ChildReporter is what a ChildProcess implements to describe its
+// cluster as the parent's Stats and Clusters show it.
+type ChildReporter interface {
+	// ClusterStats returns the child's last report of its cluster, with
+	// its process, and false before its first report.
+	ClusterStats() (ClusterStats, bool)
+	// Process describes the child process now.
+	Process() ProcessStats
 }
 
 // CacheStats counts the entries of a cluster's disgo caches.
@@ -149,8 +181,12 @@ func (r *Runtime) Stats() Stats {
 	// users maps a user to 1 + the index of the last cluster that counted
 	// it, so one map counts distinct users per cluster and fleet-wide.
 	users := map[snowflake.ID]int32{}
+	childUsers := 0 // the distinct users of clusters in child processes, each counted by its child
 	for i, c := range clusters {
 		cs := clusterStats(c, now, users, int32(i+1))
+		if cs.Process != nil {
+			childUsers += cs.Users
+		}
 		for _, sh := range cs.Shards {
 			if sh.State == shardgroup.StateReady {
 				st.ShardsReady++
@@ -162,7 +198,7 @@ func (r *Runtime) Stats() Stats {
 		st.VoiceConnections += cs.VoiceConnections
 		st.Clusters = append(st.Clusters, cs)
 	}
-	st.Users = len(users)
+	st.Users = len(users) + childUsers
 	if r.services != nil {
 		for _, in := range r.services.Services() {
 			st.Services = append(st.Services, ServiceStats{Name: in.Name, State: string(in.State), Uptime: in.Uptime,
@@ -202,9 +238,12 @@ func (r *Runtime) Clusters() []ClusterStats {
 // caches, and returns its group (nil before its first one).
 func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 	c.mu.Lock()
-	g, startedAt := c.group, c.startedAt
+	g, startedAt, proc := c.group, c.startedAt, c.proc
 	cs := ClusterStats{ID: c.id, Restarts: c.restarts, Failed: c.parked == "failed"}
 	c.mu.Unlock()
+	if rep, ok := proc.(ChildReporter); ok {
+		return childState(cs, rep, c.shards, now.Sub(startedAt)), nil
+	}
 	if g == nil {
 		cs.Shards = make([]ShardStats, len(c.shards))
 		for i, id := range c.shards {
@@ -238,6 +277,25 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 		Stickers:    caches.StickersAllLen(),
 	}
 	return cs, g
+}
+
+// childState describes a cluster served by a child process from the
+// child's last report; its ID, restarts and failure are the parent's.
+func childState(cs ClusterStats, rep ChildReporter, shards []int, uptime time.Duration) ClusterStats {
+	p := rep.Process()
+	got, ok := rep.ClusterStats()
+	if !ok {
+		cs.Shards = make([]ShardStats, len(shards))
+		for i, id := range shards {
+			cs.Shards[i] = ShardStats{ID: id, State: shardgroup.StateIdle}
+		}
+		cs.Uptime, cs.Process = uptime, &p
+		return cs
+	}
+	got.ID, got.Restarts, got.Failed, got.Uptime = cs.ID, cs.Restarts, cs.Failed, uptime
+	got.Shards = slices.Clone(got.Shards)
+	got.Process = &p
+	return got
 }
 
 // clusterStats describes one cluster, walking its caches; mark is the
