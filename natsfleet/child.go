@@ -26,7 +26,7 @@ import (
 // parentGoneGrace bounds a child's stop once its parent has gone: it
 // closes its shards resumably and tries to save their sessions, then
 // exits even if the parent's store cannot be reached.
-const parentGoneGrace = 3 * time.Second
+const parentGoneGrace = 2 * time.Second
 
 // Child serves the cluster the parent gave this process, if it is a
 // child (ChildEnv is set); it implements runtime.Processes. The cluster
@@ -119,7 +119,12 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err != nil {
 		return err
 	}
-	defer q.Close(context.Background())
+	defer func() {
+		// Bounded: if the parent has gone, its store cannot be reached.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		q.Close(ctx)
+	}()
 	kv, err := NewKVSessionStore(cctx, nc, spec.Prefix, fmt.Sprintf("cluster-%d-pid-%d", spec.Cluster, os.Getpid()))
 	if err != nil {
 		return err
@@ -216,11 +221,14 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 		_ = c.stop(sctx, true)
 	})
 	select {
-	case err := <-runDone:
-		return err
+	case err = <-runDone:
 	case <-sctx.Done():
-		return errors.New("natsfleet: the parent has gone; the cluster did not stop within its grace")
+		err = errors.New("natsfleet: the parent has gone; the cluster did not stop within its grace")
 	}
+	// What still waits on the parent's server fails now instead of
+	// timing out.
+	nc.Close()
+	return err
 }
 
 // resumeSessions is the member's Resume: it tells the parent the child is
