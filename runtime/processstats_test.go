@@ -24,7 +24,7 @@ func (p *fakeProcesses) Child(context.Context, Config, func()) (bool, error) {
 	return false, nil
 }
 func (p *fakeProcesses) Start(context.Context, ProcessFleet) (ProcessPool, error) { return p, nil }
-func (p *fakeProcesses) Close(context.Context) error                             { return nil }
+func (p *fakeProcesses) Close(context.Context) error                              { return nil }
 
 func (p *fakeProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, error) {
 	p.mu.Lock()
