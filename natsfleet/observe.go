@@ -320,13 +320,16 @@ func (pl *pool) startObserving() error {
 	if err != nil {
 		return err
 	}
+	pl.collector = pc
 	pl.mode.collector.Store(pc)
 	return nil
 }
 
 // stopObserving stops the parent's side.
 func (pl *pool) stopObserving() {
-	pl.mode.collector.CompareAndSwap(pl.mode.collector.Load(), nil)
+	if pl.collector != nil {
+		pl.mode.collector.CompareAndSwap(pl.collector, nil)
+	}
 	if pl.logs != nil {
 		pl.logs.Close()
 	}

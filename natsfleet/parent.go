@@ -97,7 +97,8 @@ type pool struct {
 	children  map[*childProc]struct{}
 	closed    bool
 	closeOnce sync.Once
-	logs      *LogReceiver // the children's log records, onto the fleet's logger
+	logs      *LogReceiver      // the children's log records, onto the fleet's logger
+	collector *ProcessCollector // the children's metrics, while the fleet runs
 }
 
 // serveProxy serves the fleet's REST limiter on loopback, behind a
