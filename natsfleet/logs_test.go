@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"testing/slogtest"
 	"time"
 
 	"github.com/gofleet/fleet/natsfleet"
@@ -219,4 +220,61 @@ func TestLogConfigErrors(t *testing.T) {
 	if _, err := natsfleet.NewLogHandler(nil, natsfleet.LogConfig{}); err == nil {
 		t.Error("nil connection accepted")
 	}
+}
+
+// The handler and the receiver together pass slog's conformance suite:
+// what a child logs reaches the parent's handler as it was logged.
+func TestLogsConformToSlogtest(t *testing.T) {
+	var rec *recorder
+	slogtest.Run(t, func(t *testing.T) slog.Handler {
+		prefix := newPrefix()
+		rec = newRecorder()
+		lr, err := natsfleet.ReceiveLogs(connect(t), prefix, slog.New(rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(lr.Close)
+		h, err := natsfleet.NewLogHandler(connect(t), natsfleet.LogConfig{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runLogHandler(t, h)
+		return h
+	}, func(t *testing.T) map[string]any {
+		rec.waitN(t, testCtx(t), 1)
+		rec.mu.Lock()
+		r := rec.records[0]
+		rec.mu.Unlock()
+		m := map[string]any{slog.LevelKey: r.Level, slog.MessageKey: r.Message}
+		if !r.Time.IsZero() {
+			m[slog.TimeKey] = r.Time
+		}
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key != "cluster" && a.Key != "pid" {
+				addAttr(m, a)
+			}
+			return true
+		})
+		return m
+	})
+}
+
+// addAttr puts a into m as slogtest expects: groups as nested maps, an
+// empty group's attributes inlined.
+func addAttr(m map[string]any, a slog.Attr) {
+	if a.Value.Kind() != slog.KindGroup {
+		m[a.Key] = a.Value.Any()
+		return
+	}
+	if a.Key == "" {
+		for _, g := range a.Value.Group() {
+			addAttr(m, g)
+		}
+		return
+	}
+	sub := map[string]any{}
+	for _, g := range a.Value.Group() {
+		addAttr(sub, g)
+	}
+	m[a.Key] = sub
 }
