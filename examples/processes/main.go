@@ -13,8 +13,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -100,10 +98,7 @@ func run(o options) error {
 	child := natsfleet.IsChild()
 	var sim *discordtest.Server
 	if !child {
-		token := make([]byte, 16)
-		_, _ = rand.Read(token)
 		sim = discordtest.NewServer(
-			discordtest.WithToken(hex.EncodeToString(token)),
 			discordtest.WithGuilds(200),
 			discordtest.WithRecommendedShards(o.shards),
 			discordtest.WithMaxConcurrency(4),
@@ -194,7 +189,7 @@ func parent(rt *runtime.Runtime, sim *discordtest.Server, o options) error {
 	select {
 	case <-rt.Ready():
 	case err := <-runDone:
-		return fmt.Errorf("the fleet stopped before it was ready: %w", err)
+		return fmt.Errorf("the fleet stopped before it was ready: %v", err)
 	}
 	printPids(rt, "ready")
 	half := time.NewTimer(max(o.duration/2-time.Since(start), 0))
