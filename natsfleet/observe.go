@@ -63,7 +63,8 @@ func (e exportedGatherer) Gather() ([]*dto.MetricFamily, error) {
 // childObserver is a child's side: it reports its cluster to the parent
 // and answers the parent's metrics requests until stop.
 type childObserver struct {
-	metrics *MetricsResponder
+	unsubscribe func() // from the member's events
+	metrics     *MetricsResponder
 	logs    *LogHandler
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -98,6 +99,18 @@ func observe(nc *nats.Conn, spec childSpec, rt *runtime.Runtime, logs *LogHandle
 		interval = time.Second
 	}
 	subject := statsSubject(spec.Prefix, spec.ID)
+	// A shard's change of state is reported at once, besides every
+	// interval.
+	kick := make(chan struct{}, 1)
+	o.unsubscribe = rt.Subscribe(func(e runtime.Event) {
+		switch e.(type) {
+		case runtime.ShardReady, runtime.ShardResumed, runtime.ShardDisconnected, runtime.ClusterReady:
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+	})
 	o.wg.Go(func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
@@ -105,6 +118,7 @@ func observe(nc *nats.Conn, spec childSpec, rt *runtime.Runtime, logs *LogHandle
 			report(nc, subject, spec.Cluster, rt)
 			select {
 			case <-t.C:
+			case <-kick:
 			case <-ctx.Done():
 				return
 			}
@@ -128,6 +142,7 @@ func report(nc *nats.Conn, subject string, cluster int, rt *runtime.Runtime) {
 
 // stop stops reporting and answering, and sends the last log records.
 func (o *childObserver) stop() {
+	o.unsubscribe()
 	o.metrics.Close()
 	o.cancel()
 	o.wg.Wait()

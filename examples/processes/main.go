@@ -191,6 +191,9 @@ func parent(rt *runtime.Runtime, sim *discordtest.Server, o options) error {
 	case err := <-runDone:
 		return fmt.Errorf("the fleet stopped before it was ready: %v", err)
 	}
+	for _, c := range rt.Clusters() {
+		waitShown(rt, c.ID)
+	}
 	printPids(rt, "ready")
 	half := time.NewTimer(max(o.duration/2-time.Since(start), 0))
 	defer half.Stop()
@@ -224,6 +227,7 @@ func parent(rt *runtime.Runtime, sim *discordtest.Server, o options) error {
 			n := len(t.resumedAfterKill)
 			t.mu.Unlock()
 			if n == len(shards) {
+				waitShown(rt, o.kill)
 				printPids(rt, fmt.Sprintf("cluster %d back by RESUME", o.kill))
 				killed = false // printed once
 			}
@@ -246,6 +250,20 @@ func clusterPid(rt *runtime.Runtime, cluster int) (int, []int) {
 		}
 	}
 	return 0, nil
+}
+
+// waitShown waits, at most a second, until Clusters shows every shard
+// of cluster ready: the child's report follows its events closely.
+func waitShown(rt *runtime.Runtime, cluster int) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		for _, c := range rt.Clusters() {
+			if c.ID == cluster && c.State == shardgroup.StateReady {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func printPids(rt *runtime.Runtime, when string) {
