@@ -65,9 +65,9 @@ func (e exportedGatherer) Gather() ([]*dto.MetricFamily, error) {
 type childObserver struct {
 	unsubscribe func() // from the member's events
 	metrics     *MetricsResponder
-	logs    *LogHandler
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	logs        *LogHandler
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 // childLogger returns the child's logger, which sends every record to
