@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/internal/errwrap"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 // shardSet is a set of shard IDs safe for concurrent use.
@@ -56,10 +57,11 @@ func (inst *instance) notReady() []int {
 // groups' would: its IDENTIFYs and READYs count towards the start-up, its
 // ClusterReady makes the instance ready.
 func (r *Runtime) spawn(ctx context.Context, c *cluster, env *fleetEnv, mode ResumeMode) (*instance, error) {
-	inst := &instance{ready: make(chan struct{}), waiting: newShardSet(c.shards)}
-	ready, waiting := inst.ready, inst.waiting
+	inst := &instance{ready: make(chan struct{}), waiting: newShardSet(c.shards), child: r.children.Add(1)}
+	ready, waiting, child := inst.ready, inst.waiting, inst.child
 	var readyOnce sync.Once
 	report := func(e Event) {
+		c.noteState(child, e)
 		switch e := e.(type) {
 		case ShardIdentify:
 			if env.counting {
@@ -86,6 +88,11 @@ func (r *Runtime) spawn(ctx context.Context, c *cluster, env *fleetEnv, mode Res
 		default:
 			r.events.emit(e)
 		}
+	}
+	if mode != ResumeHandOver { // no other child serves the cluster: its events count from now
+		c.mu.Lock()
+		c.follow(child)
+		c.mu.Unlock()
 	}
 	proc, err := r.pool.Spawn(ctx, ChildSpec{Cluster: c.id, Shards: slices.Clone(c.shards), Resume: mode, Report: report})
 	if err != nil {
@@ -122,7 +129,7 @@ func (r *Runtime) startChild(c *cluster, env *fleetEnv, mode ResumeMode, deadlin
 	if err != nil {
 		return nil, err
 	}
-	r.publishChild(c, inst.proc)
+	r.publishChild(c, inst)
 	return inst, nil
 }
 
@@ -135,13 +142,52 @@ func (r *Runtime) startFresh(c *cluster, env *fleetEnv, deadline time.Time) (*in
 	return r.startInstance(c, env, nil, deadline)
 }
 
-func (r *Runtime) publishChild(c *cluster, proc ChildProcess) {
+func (r *Runtime) publishChild(c *cluster, inst *instance) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.group != nil || c.proc != nil {
 		c.restarts++
 	}
-	c.runner, c.group, c.proc, c.startedAt = nil, nil, proc, time.Now()
-	c.mu.Unlock()
+	c.runner, c.group, c.proc, c.startedAt = nil, nil, inst.proc, time.Now()
+	c.follow(inst.child)
+}
+
+// follow makes the cluster's shard states those of child number child,
+// connecting until its events say more. c.mu must be held.
+func (c *cluster) follow(child int64) {
+	if c.live == child {
+		return
+	}
+	c.live = child
+	c.states = make(map[int]shardgroup.State, len(c.shards))
+	for _, id := range c.shards {
+		c.states[id] = shardgroup.StateConnecting
+	}
+}
+
+// noteState keeps the state of a child's shards from its events, for the
+// stats. Events of a child that does not serve the cluster (yet, or any
+// more) are ignored.
+func (c *cluster) noteState(child int64, e Event) {
+	var shard int
+	var st shardgroup.State
+	switch e := e.(type) {
+	case ShardIdentify:
+		shard, st = e.Shard, shardgroup.StateIdentifying
+	case ShardReady:
+		shard, st = e.Shard, shardgroup.StateReady
+	case ShardResumed:
+		shard, st = e.Shard, shardgroup.StateReady
+	case ShardDisconnected:
+		shard, st = e.Shard, shardgroup.StateDisconnected
+	default:
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.live == child {
+		c.states[shard] = st
+	}
 }
 
 // handOverChild is handOver across processes: a new child is started and
@@ -169,7 +215,7 @@ func (r *Runtime) handOverChild(ctx context.Context, c *cluster, env *fleetEnv, 
 			"cluster", c.id, "err", stopErr.Error())
 		sessions = nil
 	}
-	r.publishChild(c, next.proc)
+	r.publishChild(c, next)
 	rctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	if err := next.proc.Resume(rctx, sessions); err != nil {
 		r.cfg.Logger.Error("soft restart: the new child did not take its sessions", "cluster", c.id, "err", err.Error())

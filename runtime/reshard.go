@@ -106,6 +106,10 @@ func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, 
 	return total, n, "", nil
 }
 
+// ErrMemberReshard is Reshard's error on a runtime that serves part of a
+// fleet (Config.Member): the fleet is resharded from its admiral.
+var ErrMemberReshard = errors.New("runtime: this runtime serves part of a fleet (Config.Member): reshard from the fleet's admiral")
+
 // Reshard changes the fleet's shard count without losing or repeating an
 // event: a new generation of clusters identifies at the new count through
 // the identify queue while the old generation keeps serving. The new
@@ -137,6 +141,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 	}
 	if r.cfg.Processes != nil {
 		return "", errProcessReshard
+	}
+	if r.cfg.Member != nil {
+		return "", ErrMemberReshard
 	}
 	if err := r.checkRunning(ctx); err != nil {
 		return "", err

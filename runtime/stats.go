@@ -240,6 +240,19 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 	c.mu.Lock()
 	g, startedAt, proc := c.group, c.startedAt, c.proc
 	cs := ClusterStats{ID: c.id, Restarts: c.restarts, Failed: c.parked == "failed"}
+	if c.proc != nil { // in a child process: the states its events told
+		cs.Uptime = now.Sub(startedAt)
+		cs.Shards = make([]ShardStats, len(c.shards))
+		cs.State = shardgroup.StateReady
+		for i, id := range c.shards {
+			cs.Shards[i] = ShardStats{ID: id, State: c.states[id]}
+			if v := c.states[id]; v != shardgroup.StateReady && (cs.State == shardgroup.StateReady || v < cs.State) {
+				cs.State = v // the least advanced shard's, as Group.State
+			}
+		}
+		c.mu.Unlock()
+		return cs, nil
+	}
 	c.mu.Unlock()
 	if rep, ok := proc.(ChildReporter); ok {
 		return childState(cs, rep, c.shards, now.Sub(startedAt)), nil
