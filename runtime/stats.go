@@ -5,7 +5,6 @@ import (
 	"os"
 	goruntime "runtime"
 	rtmetrics "runtime/metrics"
-	"slices"
 	"strconv"
 	"time"
 
@@ -251,12 +250,12 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 			}
 		}
 		c.mu.Unlock()
+		if rep, ok := proc.(ChildReporter); ok {
+			withReport(&cs, rep)
+		}
 		return cs, nil
 	}
 	c.mu.Unlock()
-	if rep, ok := proc.(ChildReporter); ok {
-		return childState(cs, rep, c.shards, now.Sub(startedAt)), nil
-	}
 	if g == nil {
 		cs.Shards = make([]ShardStats, len(c.shards))
 		for i, id := range c.shards {
@@ -292,23 +291,28 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 	return cs, g
 }
 
-// childState describes a cluster served by a child process from the
-// child's last report; its ID, restarts and failure are the parent's.
-func childState(cs ClusterStats, rep ChildReporter, shards []int, uptime time.Duration) ClusterStats {
+// withReport adds to cs, a cluster served by a child process, the
+// child's process and its last report: the counts and caches, and each
+// shard's latency, guilds and events. The states stay those the child's
+// events told, which are fresher.
+func withReport(cs *ClusterStats, rep ChildReporter) {
 	p := rep.Process()
+	cs.Process = &p
 	got, ok := rep.ClusterStats()
 	if !ok {
-		cs.Shards = make([]ShardStats, len(shards))
-		for i, id := range shards {
-			cs.Shards[i] = ShardStats{ID: id, State: shardgroup.StateIdle}
-		}
-		cs.Uptime, cs.Process = uptime, &p
-		return cs
+		return
 	}
-	got.ID, got.Restarts, got.Failed, got.Uptime = cs.ID, cs.Restarts, cs.Failed, uptime
-	got.Shards = slices.Clone(got.Shards)
-	got.Process = &p
-	return got
+	cs.Guilds, cs.Users, cs.Members, cs.LargeGuilds = got.Guilds, got.Users, got.Members, got.LargeGuilds
+	cs.VoiceConnections, cs.ListenerPanics, cs.Cache = got.VoiceConnections, got.ListenerPanics, got.Cache
+	byID := make(map[int]ShardStats, len(got.Shards))
+	for _, sh := range got.Shards {
+		byID[sh.ID] = sh
+	}
+	for i, sh := range cs.Shards {
+		if r, ok := byID[sh.ID]; ok {
+			cs.Shards[i].Latency, cs.Shards[i].Guilds, cs.Shards[i].Events, cs.Shards[i].Zombies = r.Latency, r.Guilds, r.Events, r.Zombies
+		}
+	}
 }
 
 // clusterStats describes one cluster, walking its caches; mark is the
