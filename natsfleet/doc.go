@@ -66,6 +66,24 @@
 // is then the only one: one set of buckets and one global limit for the
 // whole fleet.
 //
+// # Process mode
+//
+// [Processes] is runtime.Config.Processes: the parent embeds the server
+// (loopback, generated credentials), moves its bus onto it, and serves the
+// fleet's REST limiter to the children as a proxy on loopback behind a
+// generated secret. Each child is the program itself (os.Executable, run
+// again with the same arguments), in a process group of its own, with
+// [ChildEnv] in its environment carrying the server's address and
+// credentials (never on the command line, which ps shows), GOMAXPROCS and
+// GOMEMLIMIT if configured. It joins the fleet's bus, identify queue and
+// session store, reports its lifecycle events to the parent, checkpoints
+// its sessions every ProcessConfig.CheckpointInterval, and answers the
+// parent's hand-over and stop requests. Its stdin is a pipe from the
+// parent: when it closes (the parent has exited, however), the child
+// closes its shards resumably, saves their sessions if the parent's store
+// still answers, and exits within two seconds. [ProcessMode.Sessions]
+// lists what is stored.
+//
 // # Faults
 //
 // A message larger than the server's max payload fails with a

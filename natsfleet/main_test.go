@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 	srv = s
 	code := m.Run()
 	srv.Close()
+	if left := leftChildren(); len(left) > 0 {
+		fmt.Fprintln(os.Stderr, "processes left behind:", left)
+		code = 1
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)

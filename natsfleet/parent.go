@@ -74,7 +74,27 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 		return nil, err
 	}
 	ok = true
+	p.mu.Lock()
+	p.pool = pl
+	p.mu.Unlock()
 	return pl, nil
+}
+
+// Sessions returns the fleet's stored sessions, with the child that wrote
+// each and when: those the children checkpoint while they run and save
+// when they stop. It works in the parent while Run runs.
+func (p *ProcessMode) Sessions(ctx context.Context) ([]SessionRecord, error) {
+	p.mu.Lock()
+	pl := p.pool
+	p.mu.Unlock()
+	if pl == nil {
+		return nil, errors.New("natsfleet: Sessions: the fleet is not running in this process")
+	}
+	st, err := NewKVSessionStore(ctx, pl.nc, p.prefix(), "parent")
+	if err != nil {
+		return nil, err
+	}
+	return st.Records(ctx)
 }
 
 // pool starts and tracks the children of one Run.
@@ -236,6 +256,11 @@ func (pl *pool) environ(spec string) []string {
 // Close kills the children left, waits for them, and stops the proxy,
 // the connection and the server.
 func (pl *pool) Close(ctx context.Context) error {
+	pl.mode.mu.Lock()
+	if pl.mode.pool == pl {
+		pl.mode.pool = nil
+	}
+	pl.mode.mu.Unlock()
 	pl.mu.Lock()
 	pl.closed = true
 	left := make([]*childProc, 0, len(pl.children))

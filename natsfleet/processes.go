@@ -82,6 +82,9 @@ type ProcessMode struct {
 	cfg       ProcessConfig
 	tr        *lateTransport
 	collector atomic.Pointer[ProcessCollector] // the running fleet's, for Collector
+
+	mu   sync.Mutex // guards pool
+	pool *pool      // the running parent's, between Start and its Close
 }
 
 // Processes returns the process mode for runtime.Config.Processes:

@@ -103,6 +103,22 @@
 // Every cluster's REST client shares one restproxy.Limiter, so the fleet
 // together respects each bucket and the global limit.
 //
+// # Process mode
+//
+// With Config.Processes set (natsfleet.Processes), each cluster runs in a
+// child process of the same executable: the program's main is unchanged,
+// Run in the parent plans the fleet, runs the services and the admiral,
+// and supervises one child per cluster; Run in a child serves that
+// cluster only, as a Member of the parent's fleet. A child that crashes,
+// panics or is killed costs its cluster only: the parent starts a new
+// child at once if the old one had been ready (the back-off spaces only
+// failures before a ready; every restart counts against MaxRestarts),
+// and its shards resume the checkpointed sessions. SoftRestart starts a
+// new child (the executable on disk now), waits until it is set up, then
+// the old child closes its shards resumably and hands their exact
+// sessions over. Restart, ShutdownCluster and the rolling restarts act
+// on the children; Reshard is refused.
+//
 // # Snapshots
 //
 // Clusters and Stats describe the fleet at one moment, as values the
