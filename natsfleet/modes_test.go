@@ -140,7 +140,7 @@ type modeFleet struct {
 func startModeFleet(t *testing.T, m fleetMode, s *discordtest.Server, clusters int) *modeFleet {
 	t.Helper()
 	rt, err := fleetrt.New(modeConfig(m, modeArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: clusters, Prefix: "mode" + strconv.Itoa(os.Getpid()) + newPrefix()}))
+		Interval: s.IdentifyWindow(), Clusters: clusters, Prefix: procPrefix + "-mode" + newPrefix()}))
 	if err != nil {
 		t.Fatal(err)
 	}

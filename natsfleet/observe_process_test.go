@@ -77,7 +77,7 @@ func obsChild(childArgs) error {
 func obsFleet(t *testing.T, s *discordtest.Server, clusters int, maxRSS int64, log *slog.Logger) (*fleetrt.Runtime, *events) {
 	t.Helper()
 	rt, err := fleetrt.New(obsConfig(obsArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: clusters, Prefix: "obs" + strconv.Itoa(os.Getpid()) + newPrefix(),
+		Interval: s.IdentifyWindow(), Clusters: clusters, Prefix: procPrefix + "-obs" + newPrefix(),
 		MaxRSS: maxRSS}, log))
 	if err != nil {
 		t.Fatal(err)
