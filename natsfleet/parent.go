@@ -65,6 +65,10 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	if err := p.tr.connect(pl.tr); err != nil {
 		return nil, fmt.Errorf("natsfleet: move the parent's bus to NATS: %w", err)
 	}
+	if pl.sessions, err = NewKVSessionStore(ctx, pl.nc, p.prefix(), "parent"); err != nil {
+		return nil, err
+	}
+	pl.importSessions(ctx)
 	if f.RESTLimiter != nil {
 		if err := pl.serveProxy(); err != nil {
 			return nil, err
@@ -90,11 +94,7 @@ func (p *ProcessMode) Sessions(ctx context.Context) ([]SessionRecord, error) {
 	if pl == nil {
 		return nil, errors.New("natsfleet: Sessions: the fleet is not running in this process")
 	}
-	st, err := NewKVSessionStore(ctx, pl.nc, p.prefix(), "parent")
-	if err != nil {
-		return nil, err
-	}
-	return st.Records(ctx)
+	return pl.sessions.Records(ctx)
 }
 
 // pool starts and tracks the children of one Run.
@@ -109,6 +109,7 @@ type pool struct {
 	tr        *Transport
 	hs        *http.Server
 	proxy     *restproxy.Server
+	sessions  *KVSessionStore // the fleet's, which the children share
 	proxyURL  string
 	secret    string
 	seq       atomic.Int64
@@ -288,8 +289,41 @@ func (pl *pool) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("natsfleet: child processes not reaped: %w", ctx.Err()))
 	}
+	pl.exportSessions(ctx)
 	pl.closeConns()
 	return errors.Join(errs...)
+}
+
+// importSessions copies the sessions of Config.SessionStore, if set, to
+// the fleet's store, for the children to resume.
+func (pl *pool) importSessions(ctx context.Context) {
+	if pl.f.SessionStore == nil {
+		return
+	}
+	sessions, err := pl.f.SessionStore.Load(ctx)
+	if err == nil {
+		err = pl.sessions.Save(ctx, sessions)
+	}
+	if err != nil {
+		pl.log.Warn("stored sessions not passed to the children: their shards identify", "err", err.Error())
+	}
+}
+
+// exportSessions saves the fleet's sessions, as the children left them,
+// to Config.SessionStore, if set.
+func (pl *pool) exportSessions(ctx context.Context) {
+	if pl.f.SessionStore == nil {
+		return
+	}
+	sessions, err := pl.sessions.Load(ctx)
+	if err == nil {
+		err = pl.f.SessionStore.Save(ctx, sessions)
+	}
+	if err != nil {
+		pl.log.Error("saving sessions failed: the next start identifies", "err", err.Error())
+		return
+	}
+	pl.log.Info("sessions saved", "sessions", len(sessions))
 }
 
 // closeConns closes what Start opened.

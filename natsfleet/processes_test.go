@@ -164,10 +164,13 @@ type procFleet struct {
 	evCh   chan struct{}
 }
 
-func startProcFleet(t *testing.T, s *discordtest.Server, clusters int) *procFleet {
+func startProcFleet(t *testing.T, s *discordtest.Server, clusters int, opts ...func(*runtime.Config)) *procFleet {
 	t.Helper()
 	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		Interval: s.IdentifyWindow(), Clusters: clusters, Prefix: procPrefix + "-" + newPrefix()})
+	for _, o := range opts {
+		o(&cfg)
+	}
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -616,5 +619,30 @@ func TestProcessesOperations(t *testing.T) {
 	}
 	if err := f.rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8}); err == nil || !strings.Contains(err.Error(), "process mode") {
 		t.Errorf("Reshard in process mode: %v, want an error naming process mode", err)
+	}
+}
+
+// TestProcessesResumeAcrossParentRestart: with Config.SessionStore, a
+// fleet in process mode saves its sessions when it stops, and the next
+// run's children resume them: a new version of the whole program spends
+// no IDENTIFY.
+func TestProcessesResumeAcrossParentRestart(t *testing.T) {
+	s := procServer(t)
+	store := &runtime.MemorySessionStore{}
+	withStore := func(c *runtime.Config) { c.SessionStore = store }
+	f := startProcFleet(t, s, 2, withStore)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.rt.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	saved, _ := store.Load(ctx)
+	if len(saved) != 4 {
+		t.Fatalf("%d sessions saved, want 4", len(saved))
+	}
+	identifies := s.Stats().Identifies
+	startProcFleet(t, s, 2, withStore)
+	if got := s.Stats().Identifies - identifies; got != 0 {
+		t.Errorf("the second run spent %d IDENTIFYs, want 0: its children resume the saved sessions", got)
 	}
 }

@@ -151,15 +151,18 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			r.park(c, stop, "failed")
 			return false
 		}
-		wait, ok := budget.Fail(r.clock.Now())
+		var wait time.Duration
+		ok := true
+		if quick {
+			ok = budget.FailNow(r.clock.Now())
+		} else {
+			wait, ok = budget.Fail(r.clock.Now())
+		}
 		if !ok {
 			r.events.emit(ClusterFailed{Cluster: c.id,
 				Err: errwrap.Wrap(fmt.Sprintf("runtime: cluster %d failed after %d restarts within %s", c.id, r.cfg.MaxRestarts, r.cfg.RestartWindow), "runtime", err)})
 			r.park(c, stop, "failed")
 			return false
-		}
-		if quick {
-			wait = 0
 		}
 		r.events.emit(ClusterRestarted{Cluster: c.id, Restarts: budget.Used(r.clock.Now()),
 			MaxRestarts: max(r.cfg.MaxRestarts, 0), Backoff: wait, Err: err})

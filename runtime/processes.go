@@ -51,6 +51,10 @@ type ProcessFleet struct {
 	// children's REST calls go through.
 	RESTURL     string
 	RESTLimiter *restproxy.Limiter
+	// SessionStore is Config.SessionStore: the children keep the fleet's
+	// sessions in a store of the implementation's, which starts with
+	// these and gives them back when the fleet stops.
+	SessionStore SessionStore
 	// ShutdownTimeout is Config.ShutdownTimeout: how long a child has to
 	// stop before it is killed is derived from it.
 	ShutdownTimeout time.Duration

@@ -285,7 +285,8 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		}
 		pool, err := p.Start(startCtx, ProcessFleet{Token: r.cfg.Token, Shards: total, MaxConcurrency: mc,
 			IdentifyInterval: r.cfg.IdentifyInterval, GatewayURL: gwURL, RESTURL: r.cfg.RESTURL,
-			RESTLimiter: r.cfg.RESTLimiter, ShutdownTimeout: r.cfg.ShutdownTimeout, Logger: r.cfg.Logger})
+			RESTLimiter: r.cfg.RESTLimiter, SessionStore: r.cfg.SessionStore, ShutdownTimeout: r.cfg.ShutdownTimeout,
+			Logger: r.cfg.Logger})
 		if err != nil {
 			return fmt.Errorf("runtime: process mode: %w", err)
 		}

@@ -148,7 +148,7 @@ func (f FileSessionStore) Load(context.Context) ([]shardgroup.Session, error) {
 // session is checked before it is trusted (see checkSession); the ones
 // refused are summed up in one warning.
 func (r *Runtime) loadSessions(ctx context.Context, total int, gatewayURL string) map[int]shardgroup.Session {
-	if r.cfg.SessionStore == nil || r.cfg.Processes != nil { // process mode: the children keep the fleet's sessions
+	if r.cfg.SessionStore == nil || r.cfg.Processes != nil { // process mode: ProcessPool carries them to the children
 		return nil
 	}
 	sessions, err := r.cfg.SessionStore.Load(ctx)

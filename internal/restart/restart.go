@@ -40,24 +40,8 @@ func (b *Budget) Up(t time.Time) { b.upSince = t }
 // Fail records a failure at t. It reports whether a restart is allowed
 // and, if so, how long to wait before it; a restart allowed is counted.
 func (b *Budget) Fail(t time.Time) (wait time.Duration, ok bool) {
-	if !b.upSince.IsZero() {
-		if b.StableAfter > 0 && t.Sub(b.upSince) >= b.StableAfter {
-			b.next = 0
-		}
-		b.upSince = time.Time{}
-	}
-	if b.Window > 0 {
-		i := 0
-		for i < len(b.restarts) && t.Sub(b.restarts[i]) >= b.Window {
-			i++
-		}
-		b.restarts = b.restarts[i:]
-	}
-	if b.Max >= 0 && len(b.restarts) >= b.Max {
+	if !b.count(t) {
 		return 0, false
-	}
-	if b.Max >= 0 || b.Window > 0 { // unlimited and windowless: nothing to count
-		b.restarts = append(b.restarts, t)
 	}
 	if b.next == 0 {
 		b.next = b.Base
@@ -76,6 +60,36 @@ func (b *Budget) Fail(t time.Time) (wait time.Duration, ok bool) {
 		wait += time.Duration(b.Jitter * r() * float64(wait))
 	}
 	return wait, true
+}
+
+// FailNow records at t the failure of a thing that was up and restarts at
+// once (a crashed process whose work resumes): it is counted like Fail's
+// and reports whether the budget allows it, but it neither waits nor
+// lengthens the next back-off.
+func (b *Budget) FailNow(t time.Time) bool { return b.count(t) }
+
+// count records a failure at t and reports whether a restart is allowed.
+func (b *Budget) count(t time.Time) bool {
+	if !b.upSince.IsZero() {
+		if b.StableAfter > 0 && t.Sub(b.upSince) >= b.StableAfter {
+			b.next = 0
+		}
+		b.upSince = time.Time{}
+	}
+	if b.Window > 0 {
+		i := 0
+		for i < len(b.restarts) && t.Sub(b.restarts[i]) >= b.Window {
+			i++
+		}
+		b.restarts = b.restarts[i:]
+	}
+	if b.Max >= 0 && len(b.restarts) >= b.Max {
+		return false
+	}
+	if b.Max >= 0 || b.Window > 0 { // unlimited and windowless: nothing to count
+		b.restarts = append(b.restarts, t)
+	}
+	return true
 }
 
 // Used is how many restarts count within the window at t.

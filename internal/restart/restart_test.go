@@ -67,3 +67,25 @@ func TestBudgetJitter(t *testing.T) {
 		t.Fatalf("an unlimited windowless budget keeps %d times", len(b.restarts))
 	}
 }
+
+// TestBudgetFailNow: a restart at once counts in the window but leaves
+// the back-off as it was.
+func TestBudgetFailNow(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := &Budget{Max: 3, Window: time.Minute, Base: time.Second}
+	if wait, ok := b.Fail(t0); !ok || wait != time.Second {
+		t.Fatalf("Fail = %v, %v; want 1s, true", wait, ok)
+	}
+	if !b.FailNow(t0.Add(2 * time.Second)) {
+		t.Fatal("FailNow refused the second restart of three")
+	}
+	if wait, ok := b.Fail(t0.Add(3 * time.Second)); !ok || wait != 2*time.Second {
+		t.Fatalf("Fail after FailNow = %v, %v; want 2s (not lengthened by FailNow), true", wait, ok)
+	}
+	if b.FailNow(t0.Add(4 * time.Second)) {
+		t.Fatal("FailNow allowed a fourth restart within the window")
+	}
+	if n := b.Used(t0.Add(4 * time.Second)); n != 3 {
+		t.Fatalf("Used = %d, want 3", n)
+	}
+}
