@@ -11,27 +11,27 @@ import (
 	"github.com/gofleet/fleet/shardgroup"
 )
 
-// fakeProcesses is a process mode whose children are values in this
+// reportingProcesses is a process mode whose children are values in this
 // process: each reports its shards ready at once, and its cluster's state
 // as a child's report would.
-type fakeProcesses struct {
+type reportingProcesses struct {
 	mu   sync.Mutex // guards next
 	next int        // the next fake pid
 }
 
-func (p *fakeProcesses) Transport() bus.Transport { return nil }
-func (p *fakeProcesses) Child(context.Context, Config, func()) (bool, error) {
+func (p *reportingProcesses) Transport() bus.Transport { return nil }
+func (p *reportingProcesses) Child(context.Context, Config, func()) (bool, error) {
 	return false, nil
 }
-func (p *fakeProcesses) Start(context.Context, ProcessFleet) (ProcessPool, error) { return p, nil }
-func (p *fakeProcesses) Close(context.Context) error                              { return nil }
+func (p *reportingProcesses) Start(context.Context, ProcessFleet) (ProcessPool, error) { return p, nil }
+func (p *reportingProcesses) Close(context.Context) error                              { return nil }
 
-func (p *fakeProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, error) {
+func (p *reportingProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, error) {
 	p.mu.Lock()
 	p.next++
 	pid := 1000 + p.next
 	p.mu.Unlock()
-	ch := &fakeChild{pid: pid, cluster: spec.Cluster, shards: spec.Shards, exited: make(chan struct{})}
+	ch := &reportingChild{pid: pid, cluster: spec.Cluster, shards: spec.Shards, exited: make(chan struct{})}
 	for _, sh := range spec.Shards {
 		spec.Report(ShardReady{Cluster: spec.Cluster, Shard: sh})
 	}
@@ -39,28 +39,28 @@ func (p *fakeProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, 
 	return ch, nil
 }
 
-type fakeChild struct {
+type reportingChild struct {
 	pid, cluster int
 	shards       []int
 	once         sync.Once
 	exited       chan struct{}
 }
 
-func (c *fakeChild) Pid() int                { return c.pid }
-func (c *fakeChild) Exited() <-chan struct{} { return c.exited }
-func (c *fakeChild) Err() error              { return nil }
-func (c *fakeChild) HandOver(context.Context) (map[int]shardgroup.Session, error) {
+func (c *reportingChild) Pid() int                { return c.pid }
+func (c *reportingChild) Exited() <-chan struct{} { return c.exited }
+func (c *reportingChild) Err() error              { return nil }
+func (c *reportingChild) HandOver(context.Context) (map[int]shardgroup.Session, error) {
 	return nil, nil
 }
-func (c *fakeChild) Resume(context.Context, map[int]shardgroup.Session) error { return nil }
-func (c *fakeChild) Stop(context.Context, bool) error {
+func (c *reportingChild) Resume(context.Context, map[int]shardgroup.Session) error { return nil }
+func (c *reportingChild) Stop(context.Context, bool) error {
 	c.once.Do(func() { close(c.exited) })
 	return nil
 }
 
 // ClusterStats is the child's report: every shard ready, 3 guilds each,
 // and figures the parent must not take (ID, restarts) set wrong.
-func (c *fakeChild) ClusterStats() (ClusterStats, bool) {
+func (c *reportingChild) ClusterStats() (ClusterStats, bool) {
 	cs := ClusterStats{ID: -1, Restarts: 99, State: shardgroup.StateReady, Guilds: 3 * len(c.shards), Users: 5}
 	for _, sh := range c.shards {
 		cs.Shards = append(cs.Shards, ShardStats{ID: sh, State: shardgroup.StateReady, Latency: 7 * time.Millisecond, Guilds: 3})
@@ -68,11 +68,11 @@ func (c *fakeChild) ClusterStats() (ClusterStats, bool) {
 	return cs, true
 }
 
-func (c *fakeChild) Process() ProcessStats {
+func (c *reportingChild) Process() ProcessStats {
 	return ProcessStats{PID: c.pid, RSS: uint64(c.cluster+1) << 20}
 }
 
-var _ ChildReporter = (*fakeChild)(nil)
+var _ ChildReporter = (*reportingChild)(nil)
 
 func TestStatsShowEachChildProcess(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
@@ -80,7 +80,7 @@ func TestStatsShowEachChildProcess(t *testing.T) {
 	defer s.Close()
 	cfg := testConfig(s)
 	cfg.Clusters = 2
-	cfg.Processes = &fakeProcesses{}
+	cfg.Processes = &reportingProcesses{}
 	rt, stop := startFleet(t, cfg)
 	defer func() {
 		if err := stop(); err != nil {
