@@ -25,7 +25,8 @@
 // address for back-pressure). A call or reply alone goes out at once from
 // the goroutine that makes it; under load, calls to one address, and
 // replies to one process, are coalesced into one NATS message while the
-// previous one is sent. [Transport.TakeOver] moves an address from one
+// previous one is sent, and the answers to one message of calls go back
+// together as the endpoint gives them. [Transport.TakeOver] moves an address from one
 // process to another as Bus.Standby and Bus.Replace do within one. The
 // bus/bustest conformance suite runs on it.
 //
@@ -37,7 +38,10 @@
 // which skips the loopback socket on its side of the server. `go run
 // ./bench -scenario bus-nats` measures this topology between two
 // processes, beside bare nats.go on the same connections and on TCP
-// ones.
+// ones, and eris-fleet's IPC when node is installed. A process that only
+// serves the bus (a process-mode child) answers sooner with GOMAXPROCS 1:
+// a request then wakes no second thread; the bench runs its service
+// process so.
 //
 // # Identify queue
 //
