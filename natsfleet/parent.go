@@ -30,6 +30,9 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	if err := p.check(); err != nil {
 		return nil, err
 	}
+	if p.tr.nt.Load() != nil {
+		return nil, errors.New("natsfleet: this ProcessMode has run a fleet already: give each runtime.Config its own natsfleet.Processes(...)")
+	}
 	log := f.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

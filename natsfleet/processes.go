@@ -77,7 +77,7 @@ type ProcessConfig struct {
 // server (loopback, generated credentials) that carries the fleet's bus,
 // its identify queue and its sessions, and serves the fleet's REST
 // limiter as a proxy on loopback; each child joins them. Create it with
-// [Processes].
+// [Processes]; one serves one runtime, once.
 type ProcessMode struct {
 	cfg       ProcessConfig
 	tr        *lateTransport

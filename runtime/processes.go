@@ -19,6 +19,11 @@ import (
 // supervises one child per cluster; Run in a child serves its cluster
 // only. With Processes nil, everything runs in this process as before.
 //
+// The children share the parent's bus, identify queue and session store
+// (the implementation's, across the processes); Config.SessionStore, if
+// set, seeds that store at start and receives the fleet's sessions when it
+// stops, and Config.Bus must be nil. Reshard is refused.
+//
 // The runtime calls an implementation in this order; it starts nothing
 // before Start.
 type Processes interface {
