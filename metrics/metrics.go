@@ -209,7 +209,9 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 
 // Register creates the fleet's collectors on reg, as New does, and
 // attaches them to rt (see Attach): the one step that wires a runtime's
-// metrics. It may be called before or after rt.Run. With a reg that is
+// metrics. It may be called before or after rt.Run. In process mode it
+// also registers the children's collector (natsfleet's), so that reg
+// covers every child. With a reg that is
 // also a prometheus.Gatherer (a *prometheus.Registry is), m.Handler
 // serves its /metrics.
 func Register(rt *runtime.Runtime, reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
@@ -219,6 +221,14 @@ func Register(rt *runtime.Runtime, reg prometheus.Registerer, opts ...Option) (*
 	m, err := New(reg, opts...)
 	if err != nil {
 		return nil, err
+	}
+	// In process mode, the children's own metrics (their gateway events
+	// by shard, their bus requests, their Go runtime and process) join
+	// reg, labelled with their cluster and pid.
+	if p, ok := rt.Processes().(interface{ Collector() prometheus.Collector }); ok {
+		if err := reg.Register(p.Collector()); err != nil {
+			return nil, fmt.Errorf("metrics: register the child processes' collector: %w", err)
+		}
 	}
 	if g, ok := reg.(prometheus.Gatherer); ok {
 		m.gatherer = g

@@ -44,7 +44,7 @@ func (p *ProcessMode) Child(ctx context.Context, cfg runtime.Config, ready func(
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		return true, fmt.Errorf("natsfleet: %s is not a child's spec: %w", ChildEnv, err)
 	}
-	return true, runChild(ctx, spec, cfg, ready)
+	return true, runChild(ctx, spec, cfg, p.cfg, ready)
 }
 
 // sessionRecorder is the child's session store: the fleet's, which also
@@ -91,7 +91,7 @@ type child struct {
 	busy   sync.Mutex // held while a request of the parent, or a stop, is handled
 }
 
-func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, ready func()) error {
+func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg ProcessConfig, ready func()) error {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -149,11 +149,25 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, ready fun
 	if err := asMember(&cfg, spec, c.resumeSessions); err != nil {
 		return err
 	}
+	// The child's records go to the parent's logger, which adds the
+	// cluster and the pid.
+	var logs *LogHandler
+	if pcfg.LogBuffer >= 0 {
+		if logs, err = childLogger(nc, spec, pcfg); err != nil {
+			return err
+		}
+		cfg.Logger = slog.New(logs)
+	}
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
 	}
 	c.rt = rt
+	obs, err := observe(nc, spec, rt, logs)
+	if err != nil {
+		return err
+	}
+	defer obs.stop()
 	out := outSubject(spec.Prefix, spec.ID)
 	unsubscribe := rt.Subscribe(func(e runtime.Event) {
 		if w, ok := toWire(e); ok {

@@ -135,6 +135,26 @@
 // still answers, and exits within two seconds. [ProcessMode.Sessions]
 // lists what is stored.
 //
+// # Observing the children
+//
+// The parent is the one place to look. A child's slog records go to the
+// parent's Config.Logger with "cluster" and "pid" attributes ([LogHandler]
+// in the child, sending without ever blocking a shard, and [ReceiveLogs]
+// in the parent). metrics.Register on the parent registers
+// [ProcessMode.Collector], a [ProcessCollector] that gathers over NATS, at
+// each scrape, what only a child counts (its gateway events by shard, its
+// bus requests, its Go runtime and process figures; [ServeMetrics] in the
+// child) with "cluster" and "pid" labels: the children are gathered, not
+// scraped, so no port per child and nothing to discover. Shard states,
+// latencies, caches, IDENTIFYs and resumes reach the parent's own
+// collectors through the children's events and reports: each child
+// reports its cluster every ProcessConfig.StatsInterval and whenever a
+// shard changes state, and the parent's Stats and Clusters show it with
+// runtime.ProcessStats (pid, RSS from /proc/<pid>/status, [ReadRSS]).
+// A child whose RSS stays above ProcessConfig.MaxRSS for MaxRSSFor
+// ([MemoryGuard]) is killed and restarted like a crash, with a
+// [*MemoryLimitError] in the ClusterRestarted event.
+//
 // # Faults
 //
 // A message larger than the server's max payload fails with a

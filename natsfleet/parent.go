@@ -77,6 +77,9 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 			return nil, err
 		}
 	}
+	if err := pl.startObserving(); err != nil {
+		return nil, err
+	}
 	ok = true
 	p.mu.Lock()
 	p.pool = pl
@@ -118,6 +121,8 @@ type pool struct {
 	children  map[*childProc]struct{}
 	closed    bool
 	closeOnce sync.Once
+	logs      *LogReceiver      // the children's log records, onto the fleet's logger
+	collector *ProcessCollector // the children's metrics, while the fleet runs
 }
 
 // serveProxy serves the fleet's REST limiter on loopback, behind a
@@ -160,7 +165,7 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 	raw, err := json.Marshal(childSpec{ID: id, Cluster: spec.Cluster, Shards: spec.Shards, Resume: spec.Resume,
 		NATS: pl.srv.ConnectInfo(), Prefix: prefix, Total: pl.f.Shards, MaxConc: pl.f.MaxConcurrency,
 		Interval: pl.f.IdentifyInterval, GatewayURL: pl.f.GatewayURL, Proxy: pl.proxyURL, Secret: pl.secret,
-		Checkpoint: pl.mode.cfg.CheckpointInterval})
+		Checkpoint: pl.mode.cfg.CheckpointInterval, StatsInterval: pl.mode.cfg.StatsInterval})
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return nil, err
@@ -175,21 +180,30 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 		cmd.Stderr = os.Stderr
 	}
 	setProcessGroup(cmd)
-	stdin, err := cmd.StdinPipe()
+	stats, err := pl.nc.Subscribe(statsSubject(prefix, id), ch.view.onReport)
 	if err != nil {
 		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("natsfleet: listen to the child of cluster %d: %w", spec.Cluster, err)
+	}
+	unsubscribe := func() {
+		_ = sub.Unsubscribe()
+		_ = stats.Unsubscribe()
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		unsubscribe()
 		return nil, err
 	}
 	ch.cmd, ch.stdin = cmd, stdin
 	pl.mu.Lock()
 	if pl.closed {
 		pl.mu.Unlock()
-		_ = sub.Unsubscribe()
+		unsubscribe()
 		return nil, errors.New("natsfleet: the fleet is stopping")
 	}
 	if err := cmd.Start(); err != nil {
 		pl.mu.Unlock()
-		_ = sub.Unsubscribe()
+		unsubscribe()
 		return nil, fmt.Errorf("natsfleet: start the child of cluster %d (%s): %w", spec.Cluster, pl.exe, err)
 	}
 	pl.children[ch] = struct{}{}
@@ -201,13 +215,16 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 		if err == nil {
 			err = errors.New("exited with status 0")
 		}
-		ch.err = err
-		_ = sub.Unsubscribe()
+		ch.err = ch.exitError(err)
+		unsubscribe()
 		pl.mu.Lock()
 		delete(pl.children, ch)
 		pl.mu.Unlock()
 		close(ch.exited)
 	}()
+	if pl.mode.cfg.MaxRSS > 0 {
+		pl.wg.Go(func() { pl.watchMemory(ch) })
+	}
 	pl.log.Info("child process started", "cluster", spec.Cluster, "pid", cmd.Process.Pid)
 	select {
 	case <-ch.setup:
@@ -315,6 +332,7 @@ func (pl *pool) exportSessions(ctx context.Context) {
 // closeConns closes what Start opened.
 func (pl *pool) closeConns() {
 	pl.closeOnce.Do(func() {
+		pl.stopObserving()
 		if pl.proxy != nil {
 			pl.proxy.Close()
 		}
@@ -342,6 +360,9 @@ type childProc struct {
 	once    sync.Once
 	exited  chan struct{}
 	err     error // why it exited; set before exited closes
+
+	view      childView                        // its last report
+	overLimit atomic.Pointer[MemoryLimitError] // set when killed over MaxRSS
 }
 
 func (ch *childProc) Pid() int                { return ch.cmd.Process.Pid }

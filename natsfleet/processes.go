@@ -2,8 +2,10 @@ package natsfleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -50,6 +52,25 @@ type ProcessConfig struct {
 	// Stdout and Stderr receive the children's output (default the
 	// parent's).
 	Stdout, Stderr io.Writer
+
+	// MaxRSS (bytes), if set, is each child's memory limit, measured by
+	// the parent every MemoryCheckInterval (default 250 ms): a child whose
+	// RSS stays above it for MaxRSSFor (default 1 s) is killed and its
+	// cluster restarts as after a crash, with a *MemoryLimitError in the
+	// ClusterRestarted event. Linux only (read from /proc).
+	MaxRSS              int64
+	MaxRSSFor           time.Duration
+	MemoryCheckInterval time.Duration
+	// StatsInterval is how often a child reports its cluster's state to
+	// the parent's Stats and Clusters (default 1 s).
+	StatsInterval time.Duration
+	// LogLevel is the lowest level of the children's records sent to the
+	// parent's logger (default slog.LevelInfo), LogBuffer how many wait to
+	// be sent at most (default 1024; past it they are dropped and
+	// counted). A negative LogBuffer keeps each child's records on its
+	// own Config.Logger instead.
+	LogLevel  slog.Leveler
+	LogBuffer int
 }
 
 // ProcessMode is a runtime.Processes on NATS: the parent embeds a NATS
@@ -58,8 +79,9 @@ type ProcessConfig struct {
 // limiter as a proxy on loopback; each child joins them. Create it with
 // [Processes]; one serves one runtime, once.
 type ProcessMode struct {
-	cfg ProcessConfig
-	tr  *lateTransport
+	cfg       ProcessConfig
+	tr        *lateTransport
+	collector atomic.Pointer[ProcessCollector] // the running fleet's, for Collector
 
 	mu   sync.Mutex // guards pool
 	pool *pool      // the running parent's, between Start and its Close
@@ -105,6 +127,10 @@ func (p *ProcessMode) check() error {
 		return fmt.Errorf("natsfleet: ProcessConfig.GOMEMLIMIT (%d) < 0: use 0 for no limit", p.cfg.GOMEMLIMIT)
 	case p.cfg.CheckpointInterval < 0:
 		return fmt.Errorf("natsfleet: ProcessConfig.CheckpointInterval (%v) < 0: use 0 for the default", p.cfg.CheckpointInterval)
+	case p.cfg.MaxRSS < 0:
+		return fmt.Errorf("natsfleet: ProcessConfig.MaxRSS (%d) < 0: use 0 for no limit", p.cfg.MaxRSS)
+	case p.cfg.MaxRSSFor < 0 || p.cfg.MemoryCheckInterval < 0 || p.cfg.StatsInterval < 0:
+		return errors.New("natsfleet: ProcessConfig: MaxRSSFor, MemoryCheckInterval and StatsInterval must be >= 0 (0 for the default)")
 	}
 	return nil
 }
@@ -124,6 +150,8 @@ type childSpec struct {
 	Proxy      string             `json:"rest_proxy,omitempty"`
 	Secret     string             `json:"rest_secret,omitempty"`
 	Checkpoint time.Duration      `json:"checkpoint,omitempty"`
+	// StatsInterval is how often the child reports its cluster.
+	StatsInterval time.Duration `json:"stats_interval,omitempty"`
 }
 
 // Subjects between the parent and a child: the child publishes its

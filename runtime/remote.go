@@ -185,9 +185,16 @@ func (c *cluster) noteState(child int64, e Event) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.live == child {
-		c.states[shard] = st
+	if c.live != child {
+		return
 	}
+	// A child publishes its events from the goroutines that cause them,
+	// so a shard's IDENTIFY can arrive after its READY: it does not take
+	// a ready shard back.
+	if st == shardgroup.StateIdentifying && c.states[shard] == shardgroup.StateReady {
+		return
+	}
+	c.states[shard] = st
 }
 
 // handOverChild is handOver across processes: a new child is started and

@@ -34,7 +34,7 @@ type Stats struct {
 	// Guilds, Members (the sum of the guilds' member counts), LargeGuilds
 	// (over 50 members) and VoiceConnections add up the clusters. Users
 	// is the number of distinct users in the member caches of the whole
-	// fleet.
+	// fleet (in process mode, the sum of each child's distinct users).
 	Guilds           int            `json:"guilds"`
 	Users            int            `json:"users"`
 	Members          int            `json:"members"`
@@ -77,6 +77,37 @@ type ClusterStats struct {
 	ListenerPanics   int64         `json:"listener_panics"`
 	Cache            CacheStats    `json:"cache"`
 	Shards           []ShardStats  `json:"shards"`
+	// Process describes the child process serving the cluster in process
+	// mode; nil when the cluster runs in this process.
+	Process *ProcessStats `json:"process,omitempty"`
+}
+
+// ProcessStats describes the child process serving a cluster in process
+// mode.
+type ProcessStats struct {
+	PID int `json:"pid"`
+	// RSS is the child's resident set size, read by the parent from
+	// /proc/<pid>/status on Linux, else the Go runtime's mapped memory
+	// the child last reported.
+	RSS uint64 `json:"rss_bytes"`
+	// Reported is when the child last reported its cluster's state (the
+	// shards, caches and counts of ClusterStats); zero before its first
+	// report.
+	Reported time.Time `json:"reported"`
+}
+
+// Processes returns Config.Processes: nil when every cluster runs in
+// this process.
+func (r *Runtime) Processes() Processes { return r.cfg.Processes }
+
+// ChildReporter is what a ChildProcess implements to describe its
+// cluster as the parent's Stats and Clusters show it.
+type ChildReporter interface {
+	// ClusterStats returns the child's last report of its cluster, with
+	// its process, and false before its first report.
+	ClusterStats() (ClusterStats, bool)
+	// Process describes the child process now.
+	Process() ProcessStats
 }
 
 // CacheStats counts the entries of a cluster's disgo caches.
@@ -149,8 +180,12 @@ func (r *Runtime) Stats() Stats {
 	// users maps a user to 1 + the index of the last cluster that counted
 	// it, so one map counts distinct users per cluster and fleet-wide.
 	users := map[snowflake.ID]int32{}
+	childUsers := 0 // the distinct users of clusters in child processes, each counted by its child
 	for i, c := range clusters {
 		cs := clusterStats(c, now, users, int32(i+1))
+		if cs.Process != nil {
+			childUsers += cs.Users
+		}
 		for _, sh := range cs.Shards {
 			if sh.State == shardgroup.StateReady {
 				st.ShardsReady++
@@ -162,7 +197,7 @@ func (r *Runtime) Stats() Stats {
 		st.VoiceConnections += cs.VoiceConnections
 		st.Clusters = append(st.Clusters, cs)
 	}
-	st.Users = len(users)
+	st.Users = len(users) + childUsers
 	if r.services != nil {
 		for _, in := range r.services.Services() {
 			st.Services = append(st.Services, ServiceStats{Name: in.Name, State: string(in.State), Uptime: in.Uptime,
@@ -202,7 +237,7 @@ func (r *Runtime) Clusters() []ClusterStats {
 // caches, and returns its group (nil before its first one).
 func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 	c.mu.Lock()
-	g, startedAt := c.group, c.startedAt
+	g, startedAt, proc := c.group, c.startedAt, c.proc
 	cs := ClusterStats{ID: c.id, Restarts: c.restarts, Failed: c.parked == "failed"}
 	if c.proc != nil { // in a child process: the states its events told
 		cs.Uptime = now.Sub(startedAt)
@@ -215,6 +250,9 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 			}
 		}
 		c.mu.Unlock()
+		if rep, ok := proc.(ChildReporter); ok {
+			withReport(&cs, rep)
+		}
 		return cs, nil
 	}
 	c.mu.Unlock()
@@ -251,6 +289,30 @@ func clusterState(c *cluster, now time.Time) (ClusterStats, *shardgroup.Group) {
 		Stickers:    caches.StickersAllLen(),
 	}
 	return cs, g
+}
+
+// withReport adds to cs, a cluster served by a child process, the
+// child's process and its last report: the counts and caches, and each
+// shard's latency, guilds and events. The states stay those the child's
+// events told, which are fresher.
+func withReport(cs *ClusterStats, rep ChildReporter) {
+	p := rep.Process()
+	cs.Process = &p
+	got, ok := rep.ClusterStats()
+	if !ok {
+		return
+	}
+	cs.Guilds, cs.Users, cs.Members, cs.LargeGuilds = got.Guilds, got.Users, got.Members, got.LargeGuilds
+	cs.VoiceConnections, cs.ListenerPanics, cs.Cache = got.VoiceConnections, got.ListenerPanics, got.Cache
+	byID := make(map[int]ShardStats, len(got.Shards))
+	for _, sh := range got.Shards {
+		byID[sh.ID] = sh
+	}
+	for i, sh := range cs.Shards {
+		if r, ok := byID[sh.ID]; ok {
+			cs.Shards[i].Latency, cs.Shards[i].Guilds, cs.Shards[i].Events, cs.Shards[i].Zombies = r.Latency, r.Guilds, r.Events, r.Zombies
+		}
+	}
 }
 
 // clusterStats describes one cluster, walking its caches; mark is the
