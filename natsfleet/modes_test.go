@@ -122,18 +122,18 @@ func modeChild(childArgs) error {
 	return rt.Run(context.Background())
 }
 
-// deliveries counts what the clusters' listeners saw.
-type deliveries struct {
+// modeDeliveries counts what the clusters' listeners saw.
+type modeDeliveries struct {
 	mu    sync.Mutex // guards count, n
 	count map[delivery]int
 	n     int
 	ch    chan struct{}
 }
 
-// modeFleet is a ready fleet in mode m against s, with its deliveries.
+// modeFleet is a ready fleet in mode m against s, with its modeDeliveries.
 type modeFleet struct {
 	rt   *fleetrt.Runtime
-	seen *deliveries
+	seen *modeDeliveries
 	ev   *events
 }
 
@@ -144,7 +144,7 @@ func startModeFleet(t *testing.T, m fleetMode, s *discordtest.Server, clusters i
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &modeFleet{rt: rt, seen: &deliveries{count: map[delivery]int{}, ch: make(chan struct{}, 1)},
+	f := &modeFleet{rt: rt, seen: &modeDeliveries{count: map[delivery]int{}, ch: make(chan struct{}, 1)},
 		ev: &events{ch: make(chan struct{}, 1)}}
 	rt.Subscribe(f.ev.add)
 	ep, err := rt.Bus().Register(bus.Service("deliveries"), bus.Concurrency(1))
@@ -181,9 +181,9 @@ func startModeFleet(t *testing.T, m fleetMode, s *discordtest.Server, clusters i
 	return f
 }
 
-// distinct waits until n distinct deliveries were seen, failing with how
+// distinct waits until n distinct modeDeliveries were seen, failing with how
 // many were lost, and returns how many were seen more than once.
-func (d *deliveries) distinct(t *testing.T, ctx context.Context, n int64) int {
+func (d *modeDeliveries) distinct(t *testing.T, ctx context.Context, n int64) int {
 	t.Helper()
 	for {
 		d.mu.Lock()
