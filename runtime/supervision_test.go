@@ -338,14 +338,17 @@ func TestSoftRestartDuringReshardHonoursCtx(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	start := time.Now()
-	err := rt.SoftRestart(ctx, 0)
-	took := time.Since(start)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("SoftRestart = %v, want ctx's error", err)
-	}
-	if took > 250*time.Millisecond {
-		t.Fatalf("SoftRestart returned after %s, want within 250 ms", took)
+	// The reshard holds the operation slot until it is cancelled below:
+	// a SoftRestart that returns meanwhile has honoured its ctx.
+	softDone := make(chan error, 1)
+	go func() { softDone <- rt.SoftRestart(ctx, 0) }()
+	select {
+	case err := <-softDone:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("SoftRestart = %v, want ctx's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SoftRestart still waiting 10 s after its ctx ended: it waits for the reshard instead of its ctx")
 	}
 	if n := len(rec.of(EventSoftRestartStarted)); n != 0 {
 		t.Fatalf("%d soft restarts started: it did something", n)
