@@ -1,0 +1,277 @@
+package multihost
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gofleet/fleet/discordtest"
+)
+
+func seenSubject(prefix string) string { return prefix + ".multihost.seen" }
+
+// Reporter publishes, from a host, each message its listeners saw.
+type Reporter struct {
+	nc      *nats.Conn
+	subject string
+	host    string
+}
+
+// NewReporter returns a Reporter for host on the fleet prefix.
+func NewReporter(nc *nats.Conn, prefix, host string) *Reporter {
+	return &Reporter{nc: nc, subject: seenSubject(prefix), host: host}
+}
+
+// Seen reports a message seen on shard. A report the connection cannot
+// take (closed) is dropped: it then counts as lost.
+func (r *Reporter) Seen(shard int, message uint64) {
+	b := make([]byte, 0, 64)
+	b = append(b, r.host...)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(shard), 10)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, message, 10)
+	_ = r.nc.Publish(r.subject, b)
+}
+
+// Tally counts the reports of every host of a fleet, in the parent.
+type Tally struct {
+	sub   *nats.Subscription
+	grace time.Duration
+	wg    sync.WaitGroup
+	stop  context.CancelFunc
+
+	mu       sync.Mutex // guards everything below
+	seen     map[uint64]int
+	byHost   map[string]int64
+	changed  chan struct{} // closed at the next report
+	clusters map[int]int   // shard -> cluster, from the fleet's plan
+	leases   map[int]leaseState
+	twice    map[int]bool // shards delivered by a host without the lease, or READY twice
+}
+
+type leaseState struct {
+	owner string
+	since time.Time
+}
+
+// NewTally subscribes to the reports on prefix. A report from a host for
+// a shard whose cluster's lease has been another's (or nobody's) for
+// longer than grace counts the shard as owned twice, once
+// [Tally.WatchLeases] runs.
+func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error) {
+	t := &Tally{grace: grace, seen: map[uint64]int{}, byHost: map[string]int64{}, changed: make(chan struct{}),
+		clusters: map[int]int{}, leases: map[int]leaseState{}, twice: map[int]bool{}, stop: func() {}}
+	sub, err := nc.Subscribe(seenSubject(prefix), t.report)
+	if err != nil {
+		return nil, err
+	}
+	if err := sub.SetPendingLimits(-1, 256<<20); err != nil {
+		return nil, err
+	}
+	t.sub = sub
+	return t, nc.Flush()
+}
+
+func (t *Tally) report(m *nats.Msg) {
+	f := strings.Fields(string(m.Data))
+	if len(f) != 3 {
+		return
+	}
+	shard, err1 := strconv.Atoi(f[1])
+	id, err2 := strconv.ParseUint(f[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	t.seen[id]++
+	t.byHost[f[0]]++
+	if c, ok := t.clusters[shard]; ok {
+		if l, ok := t.leases[c]; ok && l.owner != f[0] && now.Sub(l.since) > t.grace {
+			t.twice[shard] = true
+		}
+	}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// WatchLeases follows the fleet's hosts bucket (<prefix>_hosts): its plan
+// (which shards each cluster has) and its lease.<cluster> keys (their
+// owner). It returns once the watch runs; Close stops it.
+func (t *Tally) WatchLeases(ctx context.Context, nc *nats.Conn, prefix string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	bucket := strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(prefix) + "_hosts"
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return fmt.Errorf("the fleet's hosts bucket %s: %w", bucket, err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w, err := kv.WatchAll(wctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	t.stop = cancel
+	t.wg.Go(func() {
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					t.learn(e)
+				}
+			}
+		}
+	})
+	return nil
+}
+
+func (t *Tally) learn(e jetstream.KeyValueEntry) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch key := e.Key(); {
+	case key == "plan":
+		var p struct {
+			Clusters [][]int `json:"clusters"`
+		}
+		if json.Unmarshal(e.Value(), &p) == nil {
+			for c, shards := range p.Clusters {
+				for _, s := range shards {
+					t.clusters[s] = c
+				}
+			}
+		}
+	case strings.HasPrefix(key, "lease."):
+		c, err := strconv.Atoi(strings.TrimPrefix(key, "lease."))
+		if err != nil {
+			return
+		}
+		var l struct {
+			Owner string `json:"owner"`
+		}
+		if e.Operation() == jetstream.KeyValuePut {
+			_ = json.Unmarshal(e.Value(), &l)
+		}
+		if old, ok := t.leases[c]; !ok || old.owner != l.Owner {
+			t.leases[c] = leaseState{owner: l.Owner, since: now}
+		}
+	}
+}
+
+// Owners returns each cluster's lease owner as last seen ("" released).
+func (t *Tally) Owners() map[int]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[int]string, len(t.leases))
+	for c, l := range t.leases {
+		out[c] = l.owner
+	}
+	return out
+}
+
+// ClusterOf returns the cluster of shard in the fleet's plan.
+func (t *Tally) ClusterOf(shard int) (int, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.clusters[shard]
+	return c, ok
+}
+
+// SampleSimulator adds the shards that s sees READY in more than one
+// live session at this moment to the shards owned twice.
+func (t *Tally) SampleSimulator(s *discordtest.Server) {
+	st := s.Stats()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for shard, n := range st.ReadyShards {
+		if n > 1 {
+			t.twice[shard] = true
+		}
+	}
+}
+
+// OwnedTwice returns how many shards were delivered by a host without
+// their cluster's lease, or READY twice in the simulator when sampled.
+func (t *Tally) OwnedTwice() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.twice)
+}
+
+// Count returns, of ids, how many no host reported (lost) and how many
+// extra reports the others got (duplicates).
+func (t *Tally) Count(ids []uint64) (lost, dup int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		switch n := t.seen[id]; {
+		case n == 0:
+			lost++
+		case n > 1:
+			dup += int64(n - 1)
+		}
+	}
+	return lost, dup
+}
+
+// ByHost returns how many reports each host sent.
+func (t *Tally) ByHost() map[string]int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]int64, len(t.byHost))
+	for h, n := range t.byHost {
+		out[h] = n
+	}
+	return out
+}
+
+// Await waits until every one of ids has been reported, failing when ctx
+// ends with how many are still missing.
+func (t *Tally) Await(ctx context.Context, ids []uint64) error {
+	missing := ids
+	for {
+		t.mu.Lock()
+		still := missing[:0:0]
+		for _, id := range missing {
+			if t.seen[id] == 0 {
+				still = append(still, id)
+			}
+		}
+		changed := t.changed
+		t.mu.Unlock()
+		missing = still
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d events not reported by any host: %w", len(missing), len(ids), context.Cause(ctx))
+		}
+	}
+}
+
+// Close stops the subscription and the lease watch.
+func (t *Tally) Close() {
+	_ = t.sub.Unsubscribe()
+	t.stop()
+	t.wg.Wait()
+}
