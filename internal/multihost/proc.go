@@ -25,9 +25,9 @@ type Proc struct {
 	once  sync.Once
 }
 
-// Start starts name's binary exe with args and env added to this
+// StartProc starts name's binary exe with args and env added to this
 // process's environment; its stderr goes to this process's stderr.
-func Start(name, exe string, args, env []string) (*Proc, error) {
+func StartProc(name, exe string, args, env []string) (*Proc, error) {
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr

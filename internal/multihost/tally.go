@@ -51,8 +51,9 @@ type Tally struct {
 	mu       sync.Mutex // guards everything below
 	seen     map[uint64]int
 	byHost   map[string]int64
-	changed  chan struct{} // closed at the next report
-	clusters map[int]int   // shard -> cluster, from the fleet's plan
+	last     map[int]map[string]time.Time // shard -> host -> its last report
+	changed  chan struct{}                // closed at the next report
+	clusters map[int]int                  // shard -> cluster, from the fleet's plan
 	leases   map[int]leaseState
 	twice    map[int]bool // shards delivered by a host without the lease, or READY twice
 }
@@ -67,7 +68,7 @@ type leaseState struct {
 // longer than grace counts the shard as owned twice, once
 // [Tally.WatchLeases] runs.
 func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error) {
-	t := &Tally{grace: grace, seen: map[uint64]int{}, byHost: map[string]int64{}, changed: make(chan struct{}),
+	t := &Tally{grace: grace, seen: map[uint64]int{}, byHost: map[string]int64{}, last: map[int]map[string]time.Time{}, changed: make(chan struct{}),
 		clusters: map[int]int{}, leases: map[int]leaseState{}, twice: map[int]bool{}, stop: func() {}}
 	sub, err := nc.Subscribe(seenSubject(prefix), t.report)
 	if err != nil {
@@ -94,6 +95,10 @@ func (t *Tally) report(m *nats.Msg) {
 	t.mu.Lock()
 	t.seen[id]++
 	t.byHost[f[0]]++
+	if t.last[shard] == nil {
+		t.last[shard] = map[string]time.Time{}
+	}
+	t.last[shard][f[0]] = now
 	if c, ok := t.clusters[shard]; ok {
 		if l, ok := t.leases[c]; ok && l.owner != f[0] && now.Sub(l.since) > t.grace {
 			t.twice[shard] = true
@@ -214,6 +219,46 @@ func (t *Tally) OwnedTwice() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.twice)
+}
+
+// AwaitDelivered waits until each of shards has been delivered by a host
+// other than not since since (a report received after it), and returns
+// when the last of them was; it fails when ctx ends, naming the shards
+// still waiting.
+func (t *Tally) AwaitDelivered(ctx context.Context, shards []int, not string, since time.Time) (time.Time, error) {
+	found := map[int]time.Time{} // shard -> when this wait first saw it delivered elsewhere
+	var latest time.Time
+	for {
+		t.mu.Lock()
+		var waiting []int
+		for _, s := range shards {
+			if _, ok := found[s]; ok {
+				continue
+			}
+			for h, at := range t.last[s] {
+				if h != not && at.After(since) {
+					found[s] = at
+					if at.After(latest) {
+						latest = at
+					}
+					break
+				}
+			}
+			if _, ok := found[s]; !ok {
+				waiting = append(waiting, s)
+			}
+		}
+		changed := t.changed
+		t.mu.Unlock()
+		if len(waiting) == 0 {
+			return latest, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("shards %v not delivered by another host than %s: %w", waiting, not, context.Cause(ctx))
+		}
+	}
 }
 
 // Count returns, of ids, how many no host reported (lost) and how many
