@@ -1,0 +1,123 @@
+package natsfleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A lease is a key of the fleet's hosts bucket (leader, lease.<cluster>)
+// whose value names its owner. The owner renews it by compare-and-set on
+// the revision it wrote last; the lease is valid on the owner's clock
+// until TTL after it sent its last successful renewal. Another host takes
+// it only when it has seen the same revision for TTL plus a margin on its
+// own clock, and only by compare-and-set on that revision: the revision
+// was written no later than the host saw it, so the owner's validity has
+// ended before anyone can take the lease, and no two hosts' clocks are
+// ever compared.
+
+// leaseRecord is a lease key's value.
+type leaseRecord struct {
+	// Owner is the host holding the lease; empty when released.
+	Owner string `json:"owner"`
+	// Epoch grows by one each time the lease changes hands, so that a
+	// new owner's writes (sessions) win over an old owner's.
+	Epoch uint64 `json:"epoch"`
+}
+
+// seenKey is what this host saw of a key of the hosts bucket.
+type seenKey struct {
+	rev     uint64
+	value   []byte
+	deleted bool
+	at      time.Time // when this host first saw rev, on its clock
+}
+
+// heldLease is a lease this host holds.
+type heldLease struct {
+	key      string
+	epoch    uint64
+	rev      uint64       // the revision this host wrote last; only the Host's loop touches it
+	deadline atomic.Int64 // unix ns on this host's clock after which the lease is not valid
+}
+
+// valid reports whether the lease is still this host's at now.
+func (l *heldLease) valid(now time.Time) bool { return now.UnixNano() < l.deadline.Load() }
+
+// Deadline returns when the lease ends on this host's clock unless renewed.
+func (l *heldLease) Deadline() time.Time { return time.Unix(0, l.deadline.Load()) }
+
+// errLeaseHeld means the lease is held by another host and has not
+// expired yet as this host sees it.
+var errLeaseHeld = errors.New("natsfleet: lease held by another host")
+
+// leases takes, renews and releases leases in one bucket for one host.
+type leases struct {
+	kv     jetstream.KeyValue
+	owner  string
+	ttl    time.Duration
+	margin time.Duration
+	now    func() time.Time
+}
+
+// acquire takes the lease key given what this host saw of it (nil: never
+// seen). A released or missing lease is taken at once; one held by
+// another host only once its revision has stayed the same for TTL plus
+// the margin.
+func (ls *leases) acquire(ctx context.Context, key string, seen *seenKey) (*heldLease, error) {
+	rec := leaseRecord{Owner: ls.owner, Epoch: 1}
+	var prevRev uint64
+	if seen != nil && !seen.deleted {
+		var old leaseRecord
+		if err := json.Unmarshal(seen.value, &old); err != nil {
+			return nil, fmt.Errorf("natsfleet: lease %s: %w", key, err)
+		}
+		if old.Owner != "" && ls.now().Sub(seen.at) < ls.ttl+ls.margin {
+			return nil, errLeaseHeld
+		}
+		rec.Epoch = old.Epoch + 1
+		prevRev = seen.rev
+	}
+	data, _ := json.Marshal(rec)
+	sent := ls.now()
+	var rev uint64
+	var err error
+	if prevRev == 0 {
+		rev, err = ls.kv.Create(ctx, key, data)
+	} else {
+		rev, err = ls.kv.Update(ctx, key, data, prevRev)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &heldLease{key: key, epoch: rec.Epoch, rev: rev}
+	l.deadline.Store(sent.Add(ls.ttl).UnixNano())
+	return l, nil
+}
+
+// renew extends l by TTL from now. A conflict means another host took it:
+// the lease is lost for good.
+func (ls *leases) renew(ctx context.Context, l *heldLease) error {
+	data, _ := json.Marshal(leaseRecord{Owner: ls.owner, Epoch: l.epoch})
+	sent := ls.now()
+	rev, err := ls.kv.Update(ctx, l.key, data, l.rev)
+	if err != nil {
+		return err
+	}
+	l.rev = rev
+	l.deadline.Store(sent.Add(ls.ttl).UnixNano())
+	return nil
+}
+
+// release gives l up at once, for the next owner to take without waiting.
+func (ls *leases) release(ctx context.Context, l *heldLease) error {
+	l.deadline.Store(0)
+	data, _ := json.Marshal(leaseRecord{Epoch: l.epoch})
+	_, err := ls.kv.Update(ctx, l.key, data, l.rev)
+	return err
+}
