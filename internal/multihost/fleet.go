@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,6 +36,9 @@ type HostArgs struct {
 	IdentifyWindow time.Duration         `json:"identify_window"`
 	LeaseTTL       time.Duration         `json:"lease_ttl"`
 	Checkpoint     time.Duration         `json:"checkpoint"`
+	// Only: use NATS.URL alone, not the servers the cluster tells of
+	// (for a host behind a [Cutter]).
+	Only bool `json:"only"`
 }
 
 // Config describes a fleet of host processes. Zero fields take the
@@ -57,6 +61,9 @@ type Config struct {
 	// Grace is how long a host may still deliver a cluster after its
 	// lease changed hands, for reports in flight [250 ms].
 	Grace time.Duration
+	// Cuttable lists hosts that reach NATS only through a [Cutter] in
+	// front of their node (see [Fleet.Cutter]).
+	Cuttable []int
 	// Logger receives progress; nil: none.
 	Logger *slog.Logger
 }
@@ -99,7 +106,10 @@ type Fleet struct {
 	Tally   *Tally
 	Hosts   []*Proc // by index; a killed host stays, Exited
 	IDs     []string
+	cutters map[int]*Cutter
 	nc      *nats.Conn
+	closed  sync.Once
+	err     error // Close's
 }
 
 // Start starts the NATS cluster, the simulator and cfg.Hosts hosts at
@@ -107,7 +117,7 @@ type Fleet struct {
 // cluster leased.
 func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	cfg.defaults()
-	f := &Fleet{Cfg: cfg}
+	f := &Fleet{Cfg: cfg, cutters: map[int]*Cutter{}}
 	var err error
 	if f.NATS, err = natsfleet.StartCluster(cfg.Nodes, natsfleet.ServerConfig{}); err != nil {
 		return nil, err
@@ -156,6 +166,17 @@ func (f *Fleet) StartHost(i int) error {
 		GatewayURL: f.Discord.GatewayURL(), RESTURL: f.Discord.RESTURL(), Shards: f.Cfg.Shards, Clusters: f.Cfg.Clusters,
 		MaxConcurrency: f.Cfg.MaxConcurrency, IdentifyWindow: f.Cfg.IdentifyWindow, LeaseTTL: f.Cfg.LeaseTTL,
 		Checkpoint: f.Cfg.Checkpoint}
+	if slices.Contains(f.Cfg.Cuttable, i) {
+		c := f.cutters[i]
+		if c == nil {
+			var err error
+			if c, err = NewCutter(strings.TrimPrefix(info.URL, "nats://")); err != nil {
+				return err
+			}
+			f.cutters[i] = c
+		}
+		a.NATS.URL, a.Only = "nats://"+c.Addr(), true
+	}
 	raw, err := json.Marshal(a)
 	if err != nil {
 		return err
@@ -231,6 +252,9 @@ func (f *Fleet) ClustersOf(i int) []int {
 	return out
 }
 
+// Cutter returns the proxy between host i and NATS, if Cuttable lists it.
+func (f *Fleet) Cutter(i int) *Cutter { return f.cutters[i] }
+
 // Kill kills host i with SIGKILL and reaps it.
 func (f *Fleet) Kill(i int) { f.Hosts[i].Kill() }
 
@@ -251,8 +275,14 @@ func (f *Fleet) Drain(ctx context.Context, i int) error {
 }
 
 // Close stops every host still running (closing its stdin, then killing
-// it after 10 s), the tally, the simulator and the NATS cluster.
+// it after 10 s), the tally, the simulator and the NATS cluster. Later
+// calls return the first one's result.
 func (f *Fleet) Close() error {
+	f.closed.Do(func() { f.err = f.close() })
+	return f.err
+}
+
+func (f *Fleet) close() error {
 	var errs []error
 	for _, p := range f.Hosts {
 		if p == nil || p.Exited() {
@@ -263,6 +293,9 @@ func (f *Fleet) Close() error {
 			errs = append(errs, fmt.Errorf("%s: %w", p.Name, err))
 		}
 		cancel()
+	}
+	for _, c := range f.cutters {
+		c.Close()
 	}
 	if f.Tally != nil {
 		f.Tally.Close()

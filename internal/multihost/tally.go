@@ -29,15 +29,19 @@ func NewReporter(nc *nats.Conn, prefix, host string) *Reporter {
 	return &Reporter{nc: nc, subject: seenSubject(prefix), host: host}
 }
 
-// Seen reports a message seen on shard. A report the connection cannot
-// take (closed) is dropped: it then counts as lost.
+// Seen reports a message seen on shard now. A report the connection
+// cannot take (closed) is dropped: it then counts as lost. A report made
+// while the connection is down goes out when it is back, with the time
+// of the delivery.
 func (r *Reporter) Seen(shard int, message uint64) {
-	b := make([]byte, 0, 64)
+	b := make([]byte, 0, 80)
 	b = append(b, r.host...)
 	b = append(b, ' ')
 	b = strconv.AppendInt(b, int64(shard), 10)
 	b = append(b, ' ')
 	b = strconv.AppendUint(b, message, 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, time.Now().UnixNano(), 10)
 	_ = r.nc.Publish(r.subject, b)
 }
 
@@ -54,8 +58,8 @@ type Tally struct {
 	last     map[int]map[string]time.Time // shard -> host -> its last report
 	changed  chan struct{}                // closed at the next report
 	clusters map[int]int                  // shard -> cluster, from the fleet's plan
-	leases   map[int]leaseState
-	twice    map[int]bool // shards delivered by a host without the lease, or READY twice
+	leases   map[int][]leaseState // by cluster, every change of owner in order
+	twice    map[int]bool         // shards delivered by a host without the lease, or READY twice
 }
 
 type leaseState struct {
@@ -63,13 +67,14 @@ type leaseState struct {
 	since time.Time
 }
 
-// NewTally subscribes to the reports on prefix. A report from a host for
-// a shard whose cluster's lease has been another's (or nobody's) for
-// longer than grace counts the shard as owned twice, once
-// [Tally.WatchLeases] runs.
+// NewTally subscribes to the reports on prefix. A delivery by a host of a
+// shard whose cluster's lease had been another's (or nobody's) for longer
+// than grace at the time of the delivery counts the shard as owned twice,
+// once [Tally.WatchLeases] runs. (Times of deliveries and of lease changes
+// are compared: every process runs on this machine's clock.)
 func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error) {
 	t := &Tally{grace: grace, seen: map[uint64]int{}, byHost: map[string]int64{}, last: map[int]map[string]time.Time{}, changed: make(chan struct{}),
-		clusters: map[int]int{}, leases: map[int]leaseState{}, twice: map[int]bool{}, stop: func() {}}
+		clusters: map[int]int{}, leases: map[int][]leaseState{}, twice: map[int]bool{}, stop: func() {}}
 	sub, err := nc.Subscribe(seenSubject(prefix), t.report)
 	if err != nil {
 		return nil, err
@@ -83,30 +88,54 @@ func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error)
 
 func (t *Tally) report(m *nats.Msg) {
 	f := strings.Fields(string(m.Data))
-	if len(f) != 3 {
+	if len(f) != 4 {
 		return
 	}
 	shard, err1 := strconv.Atoi(f[1])
 	id, err2 := strconv.ParseUint(f[2], 10, 64)
-	if err1 != nil || err2 != nil {
+	ns, err3 := strconv.ParseInt(f[3], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
 		return
 	}
+	host, at := f[0], time.Unix(0, ns)
 	now := time.Now()
 	t.mu.Lock()
 	t.seen[id]++
-	t.byHost[f[0]]++
+	t.byHost[host]++
 	if t.last[shard] == nil {
 		t.last[shard] = map[string]time.Time{}
 	}
-	t.last[shard][f[0]] = now
+	t.last[shard][host] = now
 	if c, ok := t.clusters[shard]; ok {
-		if l, ok := t.leases[c]; ok && l.owner != f[0] && now.Sub(l.since) > t.grace {
+		if !ownedNear(t.leases[c], host, at, t.grace) {
 			t.twice[shard] = true
 		}
 	}
 	close(t.changed)
 	t.changed = make(chan struct{})
 	t.mu.Unlock()
+}
+
+// ownedNear reports whether host held the lease (as the watch saw its
+// changes) at some time within grace of at, or the watch knew nothing
+// of it by then.
+func ownedNear(history []leaseState, host string, at time.Time, grace time.Duration) bool {
+	from, to := at.Add(-grace), at.Add(grace)
+	known := false
+	for i, l := range history {
+		end := time.Time{} // this state lasts until the next one's since
+		if i+1 < len(history) {
+			end = history[i+1].since
+		}
+		if l.since.After(to) || (!end.IsZero() && end.Before(from)) {
+			continue
+		}
+		known = true
+		if l.owner == host {
+			return true
+		}
+	}
+	return !known
 }
 
 // WatchLeases follows the fleet's hosts bucket (<prefix>_hosts): its plan
@@ -175,8 +204,8 @@ func (t *Tally) learn(e jetstream.KeyValueEntry) {
 		if e.Operation() == jetstream.KeyValuePut {
 			_ = json.Unmarshal(e.Value(), &l)
 		}
-		if old, ok := t.leases[c]; !ok || old.owner != l.Owner {
-			t.leases[c] = leaseState{owner: l.Owner, since: now}
+		if h := t.leases[c]; len(h) == 0 || h[len(h)-1].owner != l.Owner {
+			t.leases[c] = append(h, leaseState{owner: l.Owner, since: now})
 		}
 	}
 }
@@ -186,8 +215,8 @@ func (t *Tally) Owners() map[int]string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make(map[int]string, len(t.leases))
-	for c, l := range t.leases {
-		out[c] = l.owner
+	for c, h := range t.leases {
+		out[c] = h[len(h)-1].owner
 	}
 	return out
 }
