@@ -58,8 +58,8 @@ type Tally struct {
 	last     map[int]map[string]time.Time // shard -> host -> its last report
 	changed  chan struct{}                // closed at the next report
 	clusters map[int]int                  // shard -> cluster, from the fleet's plan
-	leases   map[int][]leaseState // by cluster, every change of owner in order
-	twice    map[int]bool         // shards delivered by a host without the lease, or READY twice
+	leases   map[int][]leaseState         // by cluster, every change of owner in order
+	twice    map[int]bool                 // shards delivered by a host without the lease, or READY twice
 }
 
 type leaseState struct {
