@@ -398,6 +398,16 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 	if err != nil {
 		return nil, err
 	}
+	if m := r.cfg.Member; m != nil && m.Resume != nil {
+		handed, err := r.memberResume(ctx, c.id, m.Resume)
+		if err != nil {
+			r.stopInstance(inst, false)
+			return nil, fmt.Errorf("runtime: cluster %d: Member.Resume: %w", c.id, err)
+		}
+		if handed != nil {
+			sessions = handed
+		}
+	}
 	r.publish(c, inst.run)
 	if err := inst.activate(); err != nil {
 		r.stopInstance(inst, false)
@@ -405,6 +415,22 @@ func (r *Runtime) startInstance(c *cluster, env *fleetEnv, sessions map[int]shar
 	}
 	inst.run.StartResuming(env.groupCtx, sessions)
 	return inst, nil
+}
+
+// memberResume calls Member.Resume with a panic recovered.
+// The sessions travel by channel: callUser gives up on a Resume that
+// outlives ctx, and one that returns later must not write what was read.
+func (r *Runtime) memberResume(ctx context.Context, cluster int, resume func(context.Context, int) (map[int]shardgroup.Session, error)) (map[int]shardgroup.Session, error) {
+	got := make(chan map[int]shardgroup.Session, 1)
+	err := r.callUser(ctx, fmt.Sprintf("cluster %d: Member.Resume", cluster), func() error {
+		sessions, err := resume(ctx, cluster)
+		got <- sessions
+		return err
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return <-got, nil
 }
 
 func (r *Runtime) publish(c *cluster, run *shardgroup.Runner) {
@@ -532,6 +558,13 @@ func (r *Runtime) cluster(ctx context.Context, id int) (*cluster, error) {
 		if c.id == id {
 			return c, nil
 		}
+	}
+	if m := r.cfg.Member; m != nil {
+		ids := make([]int, 0, len(r.clusters))
+		for _, c := range r.clusters {
+			ids = append(ids, c.id)
+		}
+		return nil, fmt.Errorf("%w %d (this member runs clusters %v; the fleet's admiral reaches the others)", ErrUnknownCluster, id, ids)
 	}
 	return nil, fmt.Errorf("%w %d (have 0..%d)", ErrUnknownCluster, id, len(r.clusters)-1)
 }

@@ -148,6 +148,18 @@ type Config struct {
 	// SessionMaxAge is how old a stored session may be to be resumed
 	// (default 3 minutes; Discord keeps sessions "a few minutes").
 	SessionMaxAge time.Duration
+	// CheckpointInterval is how often, with a SessionStore, the live
+	// sessions of every cluster are saved while the fleet runs (default 1
+	// s; CheckpointOff, or any negative value, saves them only when Run
+	// stops). A checkpointed sequence is the last event delivered to the
+	// listeners: a process that dies without stopping is resumed from its
+	// last checkpoint, Discord replays what came after it, and the events
+	// delivered since the checkpoint are delivered again.
+	CheckpointInterval time.Duration
+	// Member makes this runtime serve some clusters of a fleet whose
+	// admiral runs elsewhere (another process or host); nil runs a whole
+	// fleet. See Member.
+	Member *Member
 	// Services are the fleet's service actors, started (in order, or all
 	// at once with StartServicesTogether) before any cluster; clusters
 	// start once every service is ready. The central store is always
@@ -171,6 +183,107 @@ type Config struct {
 }
 
 const maxGuildsPerShard = 2500
+
+// CheckpointOff as Config.CheckpointInterval saves sessions only when Run
+// stops.
+const CheckpointOff time.Duration = -1
+
+// DefaultCheckpointInterval is Config.CheckpointInterval's default.
+const DefaultCheckpointInterval = time.Second
+
+// Member is the part of a fleet one runtime serves when the fleet spans
+// several processes or hosts: the admiral (plan, services, operations for
+// the whole fleet) runs elsewhere, and this runtime runs the clusters
+// listed, under their fleet-wide IDs, on what the fleet shares.
+//
+// With Config.Member set, Config.Shards (the fleet's shard count),
+// GatewayURL, IdentifyQueue (the fleet-wide queue) and Bus (the fleet's
+// bus) are required, Run does not ask GET /gateway/bot, and serves
+// neither the admiral nor services (Config.Services must be empty).
+// SoftRestart, Restart and ShutdownCluster act on its clusters by ID;
+// Reshard is refused. When Run stops, shards close resumably and their
+// sessions are saved to the SessionStore, if one is set, as in a whole
+// fleet.
+type Member struct {
+	// Clusters are the clusters to run: fleet-wide IDs (their bus
+	// addresses are bus.Cluster(ID)) and shard IDs. Required; IDs and
+	// shards must not repeat.
+	Clusters []ClusterPlan
+	// Resume, if set, is called for a cluster once its Setup has returned
+	// and before its shards connect. The sessions it returns are resumed;
+	// nil resumes the SessionStore's, as without Resume. It may block
+	// until another process hands the sessions over: its ctx ends with the
+	// cluster's ClusterTimeout or the fleet's stop. An error counts as a
+	// failed start of the cluster.
+	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
+}
+
+// memberShards is how many shards a member runs.
+func memberShards(m *Member) int {
+	n := 0
+	for _, cp := range m.Clusters {
+		n += len(cp.Shards)
+	}
+	return n
+}
+
+// concurrencyReporter is an IdentifyQueue that knows its max_concurrency.
+type concurrencyReporter interface{ MaxConcurrency() int }
+
+// memberConcurrency is a member's max_concurrency: the override, else the
+// fleet queue's, else 1.
+func memberConcurrency(c Config) int {
+	if c.MaxConcurrencyOverride > 0 {
+		return c.MaxConcurrencyOverride
+	}
+	if q, ok := c.IdentifyQueue.(concurrencyReporter); ok {
+		return max(q.MaxConcurrency(), 1)
+	}
+	return 1
+}
+
+// ClusterPlan is one cluster of a fleet: its ID and its shards.
+type ClusterPlan struct {
+	ID     int   `json:"id"`
+	Shards []int `json:"shards"`
+}
+
+// validate checks a Member against the fleet's shard count.
+func (m *Member) validate(c Config) error {
+	switch {
+	case len(m.Clusters) == 0:
+		return errors.New("runtime: Member.Clusters is empty: list the clusters this runtime runs")
+	case c.Shards <= 0:
+		return errors.New("runtime: Member needs Config.Shards, the fleet's shard count")
+	case c.GatewayURL == "":
+		return errors.New("runtime: Member needs Config.GatewayURL (the admiral's gateway URL): a member does not ask GET /gateway/bot")
+	case c.IdentifyQueue == nil:
+		return errors.New("runtime: Member needs Config.IdentifyQueue, the fleet-wide identify queue: a queue of its own would break Discord's identify limit")
+	case c.Bus == nil:
+		return errors.New("runtime: Member needs Config.Bus, the fleet's shared bus")
+	case len(c.Services) > 0:
+		return errors.New("runtime: Member with Config.Services: services run beside the admiral; remove them from the member's Config")
+	case c.TotalShards > 0 || c.Clusters > 0 || c.ShardsPerCluster > 0:
+		return errors.New("runtime: Member with TotalShards, Clusters or ShardsPerCluster: a member's clusters come from Member.Clusters; leave those at 0")
+	}
+	ids, shards := map[int]bool{}, map[int]bool{}
+	for _, cp := range m.Clusters {
+		if cp.ID < 0 || ids[cp.ID] {
+			return fmt.Errorf("runtime: Member.Clusters: cluster ID %d is negative or repeated: give each cluster its own fleet-wide ID", cp.ID)
+		}
+		ids[cp.ID] = true
+		if len(cp.Shards) == 0 {
+			return fmt.Errorf("runtime: Member.Clusters: cluster %d has no shards", cp.ID)
+		}
+		for _, sh := range cp.Shards {
+			if sh < 0 || sh >= c.Shards || shards[sh] {
+				return fmt.Errorf("runtime: Member.Clusters: shard %d of cluster %d is outside 0..%d or repeated", sh, cp.ID, c.Shards-1)
+			}
+			shards[sh] = true
+		}
+	}
+	return nil
+}
 
 // StatsOff as Config.StatsInterval turns the periodic StatsReport events off
 // (eris-fleet's statsInterval "disable").
@@ -269,6 +382,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CacheFlags == 0 {
 		c.CacheFlags = cache.FlagGuilds | cache.FlagChannels | cache.FlagRoles | cache.FlagMembers
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if c.Member != nil {
+		if err := c.Member.validate(c); err != nil {
+			return c, err
+		}
 	}
 	if c.SessionMaxAge == 0 {
 		c.SessionMaxAge = 3 * time.Minute

@@ -78,6 +78,9 @@ func (r *Runtime) StartReshard(ctx context.Context, opts ReshardOptions) (Operat
 	if err := opts.check(); err != nil {
 		return Operation{}, err
 	}
+	if r.cfg.Member != nil {
+		return Operation{}, ErrMemberReshard
+	}
 	if r.reshardBusy.Load() || !r.reshardOp.CompareAndSwap(false, true) {
 		return Operation{}, ErrReshardInProgress
 	}

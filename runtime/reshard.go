@@ -106,6 +106,10 @@ func (r *Runtime) planReshard(ctx context.Context, opts ReshardOptions, shards, 
 	return total, n, "", nil
 }
 
+// ErrMemberReshard is Reshard's error on a runtime that serves part of a
+// fleet (Config.Member): the fleet is resharded from its admiral.
+var ErrMemberReshard = errors.New("runtime: this runtime serves part of a fleet (Config.Member): reshard from the fleet's admiral")
+
 // Reshard changes the fleet's shard count without losing or repeating an
 // event: a new generation of clusters identifies at the new count through
 // the identify queue while the old generation keeps serving. The new
@@ -134,6 +138,9 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool) (result string, err error) {
 	if err := opts.check(); err != nil {
 		return "", err
+	}
+	if r.cfg.Member != nil {
+		return "", ErrMemberReshard
 	}
 	if err := r.checkRunning(ctx); err != nil {
 		return "", err

@@ -286,10 +286,17 @@ func TestReshardReplacesAFailedCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	failed := make(chan ClusterFailed, 1)
+	ready := make(chan ClusterReady, 1)
 	rt.Subscribe(func(e Event) {
-		if e, ok := e.(ClusterFailed); ok {
+		switch e := e.(type) {
+		case ClusterFailed:
 			select {
 			case failed <- e:
+			default:
+			}
+		case ClusterReady:
+			select {
+			case ready <- e:
 			default:
 			}
 		}
@@ -298,6 +305,9 @@ func TestReshardReplacesAFailedCluster(t *testing.T) {
 	defer stop()
 	if e := waitEvent(t, failed); e.Cluster != 1 {
 		t.Fatalf("cluster %d failed, want 1", e.Cluster)
+	}
+	if e := waitEvent(t, ready); e.Cluster != 0 { // the healthy cluster serves
+		t.Fatalf("cluster %d ready, want 0", e.Cluster)
 	}
 	broken.Store(false)
 	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 4, Clusters: 2}); err != nil {

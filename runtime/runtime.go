@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,6 +115,9 @@ func New(cfg Config) (*Runtime, error) {
 		r.ownBus = true
 	}
 	specs := append(append([]services.Spec(nil), c.Services...), services.NewStore().Spec())
+	if c.Member != nil {
+		specs = nil // the admiral serves the fleet's services and store
+	}
 	r.services, err = services.NewManager(r.bus, services.ManagerConfig{
 		Specs: specs, StartTimeout: c.ServiceTimeout, StartTogether: c.StartServicesTogether,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow, RestartBackoff: c.RestartBackoff,
@@ -237,13 +241,21 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	}()
 	defer r.closeStopping() // once Run stops, whichever way
 
-	gb, err := r.gatewayBot(startCtx)
-	if err != nil {
-		return err
-	}
-	total, first, last, mc, err := r.resolve(gb)
-	if err != nil {
-		return err
+	var gb discord.GatewayBot
+	var total, first, last, mc int
+	if m := r.cfg.Member; m != nil {
+		gb.URL = r.cfg.GatewayURL
+		total, mc = r.cfg.Shards, memberConcurrency(r.cfg)
+		first, last = 0, memberShards(m)-1 // only their count matters: the plan is Member.Clusters
+	} else {
+		gb, err = r.gatewayBot(startCtx)
+		if err != nil {
+			return err
+		}
+		total, first, last, mc, err = r.resolve(gb)
+		if err != nil {
+			return err
+		}
 	}
 	queue := r.cfg.IdentifyQueue
 	if queue == nil {
@@ -274,8 +286,10 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 			r.bus.Close()
 		}
 	}()
-	if err := r.admiral(); err != nil {
-		return err
+	if r.cfg.Member == nil {
+		if err := r.admiral(); err != nil {
+			return err
+		}
 	}
 	if err := r.services.Start(startCtx); err != nil {
 		r.closeServices()
@@ -287,8 +301,19 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	r.stopFleet = stop
 	r.env = env
 	r.startup.plan(r.started, env.shards, mc, r.cfg.IdentifyInterval)
-	for i, ids := range plan(first, last, n) {
-		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
+	clusters := make([]ClusterPlan, 0, n)
+	if m := r.cfg.Member; m != nil {
+		for _, cp := range m.Clusters {
+			clusters = append(clusters, ClusterPlan{ID: cp.ID, Shards: slices.Clone(cp.Shards)})
+		}
+	} else {
+		for i, ids := range plan(first, last, n) {
+			clusters = append(clusters, ClusterPlan{ID: i, Shards: ids})
+		}
+	}
+	for _, cp := range clusters {
+		ids := cp.Shards
+		c := &cluster{id: cp.ID, shards: ids, ops: make(chan clusterOp)}
 		r.clusters = append(r.clusters, c)
 		sessions := map[int]shardgroup.Session{}
 		for _, id := range ids {
@@ -314,6 +339,13 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		defer r.wg.Done()
 		r.progressLoop(stop)
 	}()
+	if r.cfg.SessionStore != nil && r.cfg.CheckpointInterval > 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.checkpointLoop(stop, r.cfg.CheckpointInterval)
+		}()
+	}
 	close(r.planned)
 	r.mu.Unlock()
 

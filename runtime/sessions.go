@@ -287,3 +287,60 @@ func (r *Runtime) saveSessions() {
 	}
 	r.cfg.Logger.Info("sessions saved", "sessions", len(list))
 }
+
+// checkpointLoop saves the live sessions of every cluster each interval
+// until stop closes, so that a process that dies without stopping can be
+// resumed from its last checkpoint. A save is bounded by the interval (at
+// least a second) and ends with stop.
+func (r *Runtime) checkpointLoop(stop <-chan struct{}, interval time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer context.AfterFunc(r.lifeContext(), cancel)()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		list := r.liveSessions()
+		if len(list) == 0 {
+			continue
+		}
+		sctx, scancel := context.WithTimeout(ctx, max(interval, time.Second))
+		err := r.cfg.SessionStore.Save(sctx, list)
+		scancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			failing = true
+			r.cfg.Logger.Warn("session checkpoint failed: a crash now costs IDENTIFYs for the shards whose sessions are not saved", "err", err.Error())
+		case err == nil && failing:
+			failing = false
+			r.cfg.Logger.Info("session checkpoints saved again", "sessions", len(list))
+		}
+	}
+}
+
+// liveSessions is a snapshot of the sessions of every running cluster.
+func (r *Runtime) liveSessions() []shardgroup.Session {
+	r.mu.Lock()
+	clusters := slices.Clone(r.clusters)
+	r.mu.Unlock()
+	var list []shardgroup.Session
+	for _, c := range clusters {
+		c.mu.Lock()
+		run := c.runner
+		c.mu.Unlock()
+		if run == nil {
+			continue
+		}
+		for _, s := range run.Sessions() {
+			list = append(list, s)
+		}
+	}
+	return list
+}

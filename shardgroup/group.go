@@ -398,6 +398,27 @@ func (r *Runner) Stop(ctx context.Context, resumable bool) (map[int]Session, err
 	return sessions, err
 }
 
+// Sessions is a snapshot of the group's live sessions, by shard ID, each
+// stamped with the time it was taken: what another group or process needs
+// to resume the shards if this one dies. A session's Sequence is the last
+// event delivered to the listeners, so resuming it repeats only events
+// delivered after the snapshot and loses none.
+func (r *Runner) Sessions() map[int]Session {
+	g := r.g
+	now := time.Now()
+	out := make(map[int]Session, len(g.shards))
+	for id, s := range g.shards {
+		s.mu.Lock()
+		sess := s.session
+		s.mu.Unlock()
+		if sess.SessionID != "" {
+			sess.SavedAt = now
+			out[id] = sess
+		}
+	}
+	return out
+}
+
 // hurryGrace is how long Stop waits, once its ctx has ended, for shards
 // told to hurry before it names those still running.
 const hurryGrace = 100 * time.Millisecond
