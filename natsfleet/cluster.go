@@ -28,8 +28,9 @@ type Cluster struct {
 }
 
 // StartCluster starts n (at least 1) nodes of a NATS cluster and waits,
-// bounded by cfg.ReadyTimeout for each step, until their routes are up
-// and JetStream has a leader that every node follows. cfg gives what the
+// bounded by cfg.ReadyTimeout for each node and again for the cluster
+// (default 10 s and 30 s), until their routes are up and JetStream has a
+// leader that every node follows. cfg gives what the
 // nodes share (Cluster, default "fleet"; User and Password, default
 // generated; MaxPayload, ReadyTimeout, Logger); Port, DataDir,
 // ClusterPort, Routes and Name are per node and must be empty.
@@ -49,8 +50,9 @@ func StartCluster(n int, cfg ServerConfig) (*Cluster, error) {
 	if cfg.Password == "" {
 		cfg.Password = randomHex(24)
 	}
-	if cfg.ReadyTimeout == 0 {
-		cfg.ReadyTimeout = 10 * time.Second
+	ready := cfg.ReadyTimeout
+	if ready == 0 {
+		ready = 30 * time.Second // electing JetStream's leader takes seconds on a busy machine
 	}
 	// JetStream needs each node's routes configured from the start: every
 	// node lists every route address, its own included (a node does not
@@ -81,7 +83,7 @@ func StartCluster(n int, cfg ServerConfig) (*Cluster, error) {
 		urls[i] = s.ClientURL()
 	}
 	c.info = ConnectInfo{URL: strings.Join(urls, ","), User: cfg.User, Password: cfg.Password}
-	if err := c.waitReady(cfg.ReadyTimeout); err != nil {
+	if err := c.waitReady(ready); err != nil {
 		c.Close()
 		return nil, err
 	}

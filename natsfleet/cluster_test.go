@@ -87,10 +87,31 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	}
 	defer other.Close()
 
-	store, err := natsfleet.NewKVStore(ctx, nc, prefix)
+	// Connections to each node open the store's bucket at once, as hosts
+	// starting together do: each gets it, none waits for its deadline.
+	third, err := natsfleet.Connect(ctx, c.Node(2).ClientURL(), append(info.Options(), natsfleet.Logger(quiet))...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer third.Close()
+	var stores [3]*natsfleet.KVStore
+	var opened sync.WaitGroup
+	for i, conn := range []*nats.Conn{nc, other, third} {
+		opened.Go(func() {
+			octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			s, err := natsfleet.NewKVStore(octx, conn, prefix)
+			if err != nil {
+				t.Errorf("opening the store from node %d while the others do: %v", i, err)
+			}
+			stores[i] = s
+		})
+	}
+	opened.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	store := stores[0]
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -122,8 +143,18 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	bus.Handle(ep, "echo", func(_ context.Context, n int) (int, error) { return n, nil })
-	if n, err := bus.Request[int, int](ctx, caller, bus.Service("s"), "echo", 1); err != nil || n != 1 {
-		t.Fatalf("echo before the loss: %d, %v", n, err)
+	// The subscription reaches the other nodes over the routes a moment
+	// after this node has it.
+	for {
+		n, err := bus.Request[int, int](ctx, caller, bus.Service("s"), "echo", 1)
+		if errors.Is(err, bus.ErrUnknownAddress) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		if err != nil || n != 1 {
+			t.Fatalf("echo before the loss: %d, %v", n, err)
+		}
+		break
 	}
 
 	// Increments run across the loss; each must return within its own

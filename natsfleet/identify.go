@@ -184,26 +184,34 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage, Replicas: replicas(ctx, js, nc, bucket)})
+	cfg := jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage, Replicas: replicas(nc)}
+	// Create first: several processes creating the same bucket at once
+	// all succeed (the same config is no conflict), where concurrent
+	// create-or-updates, and lookups of a bucket being created, on a
+	// clustered JetStream can leave some without an answer. A bucket made
+	// with another config is updated, keeping its replicas (a node down
+	// now does not shrink it).
+	kv, err := js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		if old, err := js.KeyValue(ctx, bucket); err == nil {
+			if st, err := old.Status(ctx); err == nil {
+				if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && bs.StreamInfo().Config.Replicas > 0 {
+					cfg.Replicas = bs.StreamInfo().Config.Replicas
+				}
+			}
+		}
+		kv, err = js.UpdateKeyValue(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("natsfleet: key-value bucket %s: %w (is JetStream enabled on the server?)", bucket, err)
 	}
 	return kv, nil
 }
 
-// replicas returns how many nodes keep a copy of the key-value bucket: an
-// existing bucket keeps its own count (a node down at the time does not
-// shrink it); a new one is kept on three nodes of a clustered NATS (on
-// all of them if it has fewer), so that losing one node loses no key,
-// and on the one server of an unclustered NATS.
-func replicas(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, bucket string) int {
-	if kv, err := js.KeyValue(ctx, bucket); err == nil {
-		if st, err := kv.Status(ctx); err == nil {
-			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && bs.StreamInfo().Config.Replicas > 0 {
-				return bs.StreamInfo().Config.Replicas
-			}
-		}
-	}
+// replicas returns how many nodes keep a copy of a new key-value bucket:
+// three nodes of a clustered NATS (all of them if it has fewer), so that
+// losing one node loses no key; the one server of an unclustered NATS.
+func replicas(nc *nats.Conn) int {
 	if nc.ConnectedClusterName() == "" {
 		return 1
 	}
