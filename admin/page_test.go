@@ -167,13 +167,15 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("status.json carries %q, which the public page does not show", secret)
 		}
 	}
-	// Readers share one snapshot within MaxAge.
+	// Readers share one snapshot within MaxAge (clamped to a second): at
+	// most one more snapshot per second the reads took.
+	began := time.Now()
 	for range 20 {
 		get(t, srv.URL+"/status.json")
 		get(t, srv.URL+"/")
 	}
-	if n := src.calls.Load(); n != 1 {
-		t.Fatalf("%d snapshots for 41 reads within MaxAge, want 1", n)
+	if n, most := src.calls.Load(), 1+int64(time.Since(began)/time.Second)+1; n > most {
+		t.Fatalf("%d snapshots for 41 reads in %s, want at most %d", n, time.Since(began), most)
 	}
 }
 

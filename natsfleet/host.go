@@ -302,11 +302,12 @@ func (l *loop) refresh(ctx context.Context, key string) {
 }
 
 // tick is one round: heartbeat, renewals, fencing, leadership, and
-// following the assignment. Each key-value operation is bounded by the
-// renew interval.
+// following the assignment. The round's key-value operations are bounded
+// by half the TTL together (a renewal's validity counts from when it was
+// sent, so a slow one costs nothing).
 func (l *loop) tick(ctx context.Context) {
 	h := l.h
-	opCtx, cancel := context.WithTimeout(ctx, h.interval)
+	opCtx, cancel := context.WithTimeout(ctx, h.ttl/2)
 	defer cancel()
 	l.heartbeat(opCtx)
 	l.renew(opCtx)
@@ -435,7 +436,10 @@ func (l *loop) liveHosts(ctx context.Context) []hostInfo {
 func (l *loop) lead(ctx context.Context) {
 	h := l.h
 	if l.plan == nil {
-		if _, ok := l.seen[planKey]; !ok {
+		l.refresh(ctx, planKey)
+	}
+	if l.plan == nil {
+		if _, ok := l.seen[planKey]; !ok && ctx.Err() == nil {
 			p, err := h.plan(ctx)
 			if err != nil {
 				h.log.Error("making the fleet's plan failed", "err", err.Error())

@@ -92,6 +92,14 @@ func (ls *leases) acquire(ctx context.Context, key string, seen *seenKey) (*held
 	} else {
 		rev, err = ls.kv.Update(ctx, key, data, prevRev)
 	}
+	if err != nil && !isConflict(err) {
+		// A write that timed out may have been made all the same.
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ls.ttl)
+		if e, gerr := ls.kv.Get(gctx, key); gerr == nil && string(e.Value()) == string(data) {
+			rev, err = e.Revision(), nil
+		}
+		cancel()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +114,21 @@ func (ls *leases) renew(ctx context.Context, l *heldLease) error {
 	data, _ := json.Marshal(leaseRecord{Owner: ls.owner, Epoch: l.epoch})
 	sent := ls.now()
 	rev, err := ls.kv.Update(ctx, l.key, data, l.rev)
+	if err != nil && isConflict(err) {
+		// A renewal that timed out may have been written all the same:
+		// if the lease is still this host's at this epoch, go on from
+		// the revision it has.
+		e, gerr := ls.kv.Get(ctx, l.key)
+		if gerr != nil {
+			return gerr
+		}
+		var cur leaseRecord
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Owner != ls.owner || cur.Epoch != l.epoch {
+			return err
+		}
+		sent = ls.now()
+		rev, err = ls.kv.Update(ctx, l.key, data, e.Revision())
+	}
 	if err != nil {
 		return err
 	}

@@ -341,7 +341,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
 		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus.Client(),
-		Compression: r.cfg.Compression,
+		Compression: r.cfg.Compression, Deliver: r.delivering(c.id),
 	})
 	if err != nil {
 		return nil, err
@@ -489,6 +489,16 @@ func (r *Runtime) handOver(ctx context.Context, c *cluster, env *fleetEnv, old *
 	r.stopInstance(old, false) // its shards are stopped already; this runs its Shutdown hook
 	r.events.emit(SoftRestartDone{Cluster: c.id, Took: time.Since(began)})
 	return next, err
+}
+
+// delivering is the group's Deliver check for cluster id: the member's
+// Delivering, if any.
+func (r *Runtime) delivering(id int) func() bool {
+	m := r.cfg.Member
+	if m == nil || m.Delivering == nil {
+		return nil
+	}
+	return func() bool { return m.Delivering(id) }
 }
 
 // shutdownHook runs a Bot's Shutdown hook, if it has one, bounded by

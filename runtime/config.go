@@ -216,6 +216,11 @@ type Member struct {
 	// cluster's ClusterTimeout or the fleet's stop. An error counts as a
 	// failed start of the cluster.
 	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
+	// Delivering, if set, is asked before each gateway event of a cluster
+	// reaches its listeners; false drops the event. A host whose lease
+	// on the cluster has ended returns false, so that it delivers nothing
+	// the cluster's next owner will deliver after resuming.
+	Delivering func(cluster int) bool
 }
 
 // memberShards is how many shards a member runs.

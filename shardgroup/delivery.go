@@ -182,6 +182,9 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
 	}
+	if ok := g.cfg.Deliver; ok != nil && !ok() {
+		return
+	}
 	ev, ok := m.D.(gateway.EventData)
 	if !ok {
 		return

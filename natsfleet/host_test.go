@@ -1,0 +1,256 @@
+package natsfleet_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/disgoorg/disgo/bot"
+	devents "github.com/disgoorg/disgo/events"
+	"github.com/nats-io/nats.go"
+
+	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/natsfleet"
+	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
+)
+
+// deliveries counts, by message content, how many times user code on any
+// host received each MESSAGE_CREATE.
+type deliveries struct {
+	mu   sync.Mutex // guards seen
+	seen map[string]int
+}
+
+func newDeliveries() *deliveries { return &deliveries{seen: map[string]int{}} }
+
+func (d *deliveries) bot(int) runtime.Bot {
+	return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+		g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
+			d.mu.Lock()
+			d.seen[e.Message.Content]++
+			d.mu.Unlock()
+		}))
+		return nil
+	})
+}
+
+// check waits until every message in sent was delivered, then returns how
+// many were lost and how many deliveries were repeats.
+func (d *deliveries) check(t *testing.T, sent []string, wait time.Duration) (lost, dup int) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		d.mu.Lock()
+		lost, dup = 0, 0
+		for _, m := range sent {
+			switch n := d.seen[m]; {
+			case n == 0:
+				lost++
+			case n > 1:
+				dup += n - 1
+			}
+		}
+		d.mu.Unlock()
+		if lost == 0 || time.Now().After(deadline) {
+			return lost, dup
+		}
+		time.Sleep(5 * time.Millisecond) // polls the ledger; the assertion is on its content
+	}
+}
+
+// sender dispatches MESSAGE_CREATE to every guild in turn until stopped,
+// and lists the messages Discord accepted for a session.
+type sender struct {
+	s    *discordtest.Server
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex // guards sent
+	sent []string
+}
+
+func startSender(s *discordtest.Server, guilds int, tag string) *sender {
+	sd := &sender{s: s, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(sd.done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-sd.stop:
+				return
+			case <-tick.C:
+			}
+			g := s.GuildID(i % guilds)
+			content := fmt.Sprintf("%s-%d", tag, i)
+			if n, _ := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, content, i)); n > 0 {
+				sd.mu.Lock()
+				sd.sent = append(sd.sent, content)
+				sd.mu.Unlock()
+			}
+		}
+	}()
+	return sd
+}
+
+func (sd *sender) finish() []string {
+	close(sd.stop)
+	<-sd.done
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	return slices.Clone(sd.sent)
+}
+
+type runningHost struct {
+	h      *natsfleet.Host
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startHost(t *testing.T, s *discordtest.Server, fleet, id string, d *deliveries, ttl time.Duration) *runningHost {
+	t.Helper()
+	nc := connect(t)
+	ctx := testCtx(t)
+	h, err := natsfleet.NewHost(ctx, nc, natsfleet.HostConfig{Fleet: fleet, ID: id, LeaseTTL: ttl, Logger: hostLogger(id),
+		Runtime: runtime.Config{Token: runtime.Token(s.Token()), Bot: d.bot, GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+			IdentifyInterval: s.IdentifyWindow(), Shards: 4, Clusters: 4, MaxConcurrencyOverride: 4, ShutdownTimeout: 5 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	r := &runningHost{h: h, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- h.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	return r
+}
+
+// waitStatus waits until cond holds of the fleet as h sees it.
+func waitStatus(t *testing.T, h *natsfleet.Host, what string, cond func(natsfleet.FleetStatus) bool) natsfleet.FleetStatus {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := h.Status(context.Background())
+		if err == nil && cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %+v (%v)", what, st, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polls the fleet's view; what is asserted is its content
+	}
+}
+
+func allReady(s *discordtest.Server, shards int) bool {
+	st := s.Stats()
+	for i := range shards {
+		if st.ReadyShards[i] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func ownedBy(st natsfleet.FleetStatus) map[string][]int {
+	out := map[string][]int{}
+	for _, c := range st.Clusters {
+		out[c.Owner] = append(out[c.Owner], c.ID)
+	}
+	return out
+}
+
+func TestHostDrainHandsClustersOverWithNothingLostRepeatedOrIdentified(t *testing.T) {
+	t.Parallel()
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	fleet := newPrefix()
+	d := newDeliveries()
+	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
+	b := startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	waitStatus(t, a.h, "four clusters, two on each host", func(st natsfleet.FleetStatus) bool {
+		o := ownedBy(st)
+		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
+	})
+	before := s.Stats()
+	sd := startSender(s, 16, "drain")
+	ctx := testCtx(t)
+	if err := a.h.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, b.h, "every cluster on b, every shard ready", func(st natsfleet.FleetStatus) bool {
+		return len(ownedBy(st)["b"]) == 4 && allReady(s, 4)
+	})
+	sent := sd.finish()
+	lost, dup := d.check(t, sent, 10*time.Second)
+	after := s.Stats()
+	t.Logf("drain: %d messages sent, %d lost, %d repeated, %d IDENTIFYs, %d RESUMEs", len(sent), lost, dup,
+		after.Identifies-before.Identifies, after.Resumes-before.Resumes)
+	if len(sent) == 0 {
+		t.Fatal("no message was sent during the drain")
+	}
+	if lost != 0 || dup != 0 {
+		t.Errorf("drain lost %d and repeated %d of %d messages, want 0 and 0", lost, dup, len(sent))
+	}
+	if n := after.Identifies - before.Identifies; n != 0 {
+		t.Errorf("%d IDENTIFYs during the drain, want 0", n)
+	}
+	if n := after.Resumes - before.Resumes; n < 2 {
+		t.Errorf("%d RESUMEs during the drain, want at least 2 (a's two shards)", n)
+	}
+	if len(after.Violations) != 0 {
+		t.Errorf("violations: %v", after.Violations)
+	}
+	if got := a.h.Owned(); len(got) != 0 {
+		t.Errorf("a still runs %v after its drain", got)
+	}
+}
+
+func TestHostSoftRestartIsCarriedOutByTheOwner(t *testing.T) {
+	t.Parallel()
+	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	fleet := newPrefix()
+	d := newDeliveries()
+	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
+	startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	st := waitStatus(t, a.h, "two clusters on each host", func(st natsfleet.FleetStatus) bool {
+		o := ownedBy(st)
+		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
+	})
+	onB := ownedBy(st)["b"][0]
+	before := s.Stats()
+	if err := a.h.SoftRestart(testCtx(t), onB); err != nil {
+		t.Fatalf("SoftRestart(%d) from a for a cluster of b: %v", onB, err)
+	}
+	after := s.Stats()
+	if after.Resumes != before.Resumes+1 || after.Identifies != before.Identifies {
+		t.Errorf("soft restart of cluster %d: RESUMEs %d -> %d, IDENTIFYs %d -> %d; want one RESUME and no IDENTIFY",
+			onB, before.Resumes, after.Resumes, before.Identifies, after.Identifies)
+	}
+	if err := a.h.SoftRestart(testCtx(t), 99); err == nil {
+		t.Error("SoftRestart of a cluster that does not exist: no error")
+	}
+	// The fleet's view is the same from either host.
+	healthy, why := st.Healthy()
+	if !healthy || st.Leader == "" || len(st.Hosts) != 2 || st.Shards != 4 {
+		t.Errorf("status: healthy %v (%s), leader %q, %d hosts, %d shards", healthy, why, st.Leader, len(st.Hosts), st.Shards)
+	}
+}
+
+// hostLogger is quiet unless NATSFLEET_LOG is set.
+func hostLogger(id string) *slog.Logger {
+	if os.Getenv("NATSFLEET_LOG") == "" {
+		return quiet
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test_host", id)
+}

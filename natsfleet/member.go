@@ -1,0 +1,69 @@
+package natsfleet
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/gofleet/fleet/runtime"
+)
+
+// runMember runs one cluster this host holds the lease of, as a runtime
+// serving that cluster only: its shards resume the sessions stored in the
+// fleet's sessions bucket (the previous owner's checkpoint, or the exact
+// sessions it handed over), checkpoint there while the lease is valid,
+// and when ctx ends close resumably and save their sessions.
+func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
+	sh, err := h.clusterShared(ctx, c.Plan)
+	if err != nil {
+		return err
+	}
+	cfg := h.cfg.Runtime
+	cfg.Shards = c.Plan.Shards
+	cfg.Clusters, cfg.ShardsPerCluster = 0, 0
+	cfg.GatewayURL = c.Plan.GatewayURL
+	cfg.MaxConcurrencyOverride = c.Plan.MaxConcurrency
+	cfg.IdentifyQueue = sharedQueue{sh.queue}
+	cfg.Bus = sh.bus
+	cfg.SessionStore = newClusterSessions(h.sessions, h.cfg.ID, c)
+	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}}}
+	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		return err
+	}
+	c.SetOps(rt)
+	defer c.SetOps(nil)
+	return rt.Run(ctx)
+}
+
+// clusterShared returns what the host's clusters share, making the
+// identify queue once the plan is known.
+func (h *Host) clusterShared(ctx context.Context, p planRecord) (*hostShared, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sh := h.shared
+	if sh == nil {
+		return nil, errors.New("natsfleet: the host is not running")
+	}
+	if sh.queue == nil {
+		interval := h.cfg.Runtime.IdentifyInterval
+		if interval == 0 {
+			interval = 5 * time.Second
+		}
+		q, err := NewIdentifyQueue(ctx, h.nc, IdentifyConfig{Prefix: h.cfg.Fleet, MaxConcurrency: p.MaxConcurrency, Interval: interval})
+		if err != nil {
+			return nil, err
+		}
+		sh.queue = q
+	}
+	return sh, nil
+}
+
+// sharedQueue hands the host's identify queue to each of its runtimes,
+// which close the queue they are given when they stop: the host closes
+// it itself when Run returns.
+type sharedQueue struct{ *IdentifyQueue }
+
+// Close leaves the shared queue open.
+func (sharedQueue) Close(context.Context) {}
