@@ -184,7 +184,13 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	cfg := jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage, Replicas: replicas(nc)}
+	// A new bucket is kept on three nodes of a clustered NATS (so that
+	// losing one loses no key), on fewer if it has fewer, on the one
+	// server of an unclustered NATS.
+	cfg := jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage, Replicas: 1}
+	if nc.ConnectedClusterName() != "" {
+		cfg.Replicas = 3
+	}
 	// Create first: several processes creating the same bucket at once
 	// all succeed (the same config is no conflict), where concurrent
 	// create-or-updates, and lookups of a bucket being created, on a
@@ -192,6 +198,10 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 	// with another config is updated, keeping its replicas (a node down
 	// now does not shrink it).
 	kv, err := js.CreateKeyValue(ctx, cfg)
+	for cfg.Replicas > 1 && tooFewNodes(err) {
+		cfg.Replicas--
+		kv, err = js.CreateKeyValue(ctx, cfg)
+	}
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		if old, err := js.KeyValue(ctx, bucket); err == nil {
 			if st, err := old.Status(ctx); err == nil {
@@ -208,14 +218,18 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 	return kv, nil
 }
 
-// replicas returns how many nodes keep a copy of a new key-value bucket:
-// three nodes of a clustered NATS (all of them if it has fewer), so that
-// losing one node loses no key; the one server of an unclustered NATS.
-func replicas(nc *nats.Conn) int {
-	if nc.ConnectedClusterName() == "" {
-		return 1
+// tooFewNodes reports whether JetStream refused a bucket for want of
+// nodes to place its replicas on.
+func tooFewNodes(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
 	}
-	return min(3, max(1, len(nc.Servers())))
+	switch apiErr.ErrorCode {
+	case 10005, 10023, 10074: // no suitable peers, insufficient resources, replicas not supported
+		return true
+	}
+	return false
 }
 
 // watch keeps the view up to date until Close stops the watcher.
