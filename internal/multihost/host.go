@@ -113,4 +113,3 @@ func RunHost(a HostArgs, commands <-chan string) error {
 		}
 	}
 }
-
