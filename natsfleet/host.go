@@ -148,7 +148,7 @@ type coreConfig struct {
 }
 
 func newHostCore(ctx context.Context, nc *nats.Conn, cfg coreConfig) (*hostCore, error) {
-	kv, err := keyValue(ctx, nc, cfg.fleet, "hosts", jetstream.FileStorage)
+	kv, err := keyValue(ctx, nc, cfg.fleet, "hosts", jetstream.MemoryStorage)
 	if err != nil {
 		return nil, err
 	}

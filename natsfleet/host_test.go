@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,21 +24,34 @@ import (
 // deliveries counts, by message content, how many times user code on any
 // host received each MESSAGE_CREATE.
 type deliveries struct {
-	mu   sync.Mutex // guards seen
+	mu   sync.Mutex // guards seen, last
 	seen map[string]int
+	last map[string]time.Time // by host, its last delivery
 }
 
-func newDeliveries() *deliveries { return &deliveries{seen: map[string]int{}} }
+func newDeliveries() *deliveries {
+	return &deliveries{seen: map[string]int{}, last: map[string]time.Time{}}
+}
 
-func (d *deliveries) bot(int) runtime.Bot {
-	return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {
-		g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
-			d.mu.Lock()
-			d.seen[e.Message.Content]++
-			d.mu.Unlock()
-		}))
-		return nil
-	})
+// botOn is the user code of host id.
+func (d *deliveries) botOn(id string) func(int) runtime.Bot {
+	return func(int) runtime.Bot {
+		return runtime.BotFunc(func(_ context.Context, g *shardgroup.Group) error {
+			g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
+				d.mu.Lock()
+				d.seen[e.Message.Content]++
+				d.last[id] = time.Now()
+				d.mu.Unlock()
+			}))
+			return nil
+		})
+	}
+}
+
+func (d *deliveries) lastOn(id string) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last[id]
 }
 
 // check waits until every message in sent was delivered, then returns how
@@ -115,11 +129,16 @@ type runningHost struct {
 
 func startHost(t *testing.T, s *discordtest.Server, fleet, id string, d *deliveries, ttl time.Duration) *runningHost {
 	t.Helper()
-	nc := connect(t)
+	return startHostOn(t, connect(t), s, fleet, id, d, ttl)
+}
+
+func startHostOn(t *testing.T, nc *nats.Conn, s *discordtest.Server, fleet, id string, d *deliveries, ttl time.Duration) *runningHost {
+	t.Helper()
 	ctx := testCtx(t)
 	h, err := natsfleet.NewHost(ctx, nc, natsfleet.HostConfig{Fleet: fleet, ID: id, LeaseTTL: ttl, Logger: hostLogger(id),
-		Runtime: runtime.Config{Token: runtime.Token(s.Token()), Bot: d.bot, GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-			IdentifyInterval: s.IdentifyWindow(), Shards: 4, Clusters: 4, MaxConcurrencyOverride: 4, ShutdownTimeout: 5 * time.Second}})
+		Runtime: runtime.Config{Token: runtime.Token(s.Token()), Bot: d.botOn(id), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+			IdentifyInterval: s.IdentifyWindow(), Shards: 4, Clusters: 4, MaxConcurrencyOverride: 4, ShutdownTimeout: 5 * time.Second,
+			CheckpointInterval: checkpointEvery}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,4 +272,184 @@ func hostLogger(id string) *slog.Logger {
 		return quiet
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test_host", id)
+}
+
+// checkpointEvery is the hosts' checkpoint interval in these tests.
+const checkpointEvery = 100 * time.Millisecond
+
+// A host whose NATS connection closes without releasing anything loses
+// its clusters after the lease TTL; the other host takes them over by
+// RESUME from the last checkpoints: no IDENTIFY, nothing lost.
+func TestHostClosedAbruptlyIsTakenOverByResume(t *testing.T) {
+	t.Parallel()
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	fleet := newPrefix()
+	d := newDeliveries()
+	ttl := 600 * time.Millisecond
+	a := startHost(t, s, fleet, "a", d, ttl)
+	b := startHost(t, s, fleet, "b", d, ttl)
+	st := waitStatus(t, b.h, "two clusters on each host, checkpointed", func(st natsfleet.FleetStatus) bool {
+		o := ownedBy(st)
+		for _, c := range st.Clusters {
+			if c.CheckpointAge < 0 {
+				return false
+			}
+		}
+		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
+	})
+	fromA := ownedBy(st)["a"]
+	before := s.Stats()
+	started := time.Now()
+	sd := startSender(s, 16, "kill")
+	eventually(t, "a delivering traffic", func() bool { return d.lastOn("a").After(started) })
+	cut := time.Now()
+	a.nc.Close()
+	after := waitStatus(t, b.h, "a's clusters resumed on b", func(st natsfleet.FleetStatus) bool {
+		return len(ownedBy(st)["b"]) == 4 && allReady(s, 4)
+	})
+	recovered := time.Since(cut)
+	sent := sd.finish()
+	lost, dup := d.check(t, sent, 10*time.Second)
+	end := s.Stats()
+	t.Logf("takeover: recovered in %v (TTL %v); %d messages, %d lost, %d delivered twice; %d IDENTIFYs, %d RESUMEs",
+		recovered, ttl, len(sent), lost, dup, end.Identifies-before.Identifies, end.Resumes-before.Resumes)
+	if lost != 0 {
+		t.Errorf("%d of %d messages lost in the takeover", lost, len(sent))
+	}
+	if n := end.Identifies - before.Identifies; n != 0 {
+		t.Errorf("%d IDENTIFYs in the takeover, want 0 (RESUME from the checkpoints)", n)
+	}
+	if n := end.Resumes - before.Resumes; n < len(fromA) {
+		t.Errorf("%d RESUMEs, want at least %d (a's shards)", n, len(fromA))
+	}
+	if len(end.Violations) != 0 {
+		t.Errorf("violations: %v", end.Violations)
+	}
+	for _, c := range after.Clusters {
+		if slices.Contains(fromA, c.ID) && c.Epoch < 2 {
+			t.Errorf("cluster %d of a at epoch %d on b, want a new epoch", c.ID, c.Epoch)
+		}
+	}
+	if last := d.lastOn("a"); last.After(cut.Add(ttl)) {
+		t.Errorf("a delivered an event %v after its connection was cut, past the lease TTL (%v)", last.Sub(cut), ttl)
+	}
+}
+
+// eventually polls cond until it holds (what is asserted is cond itself).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A host whose NATS connection is cut for longer than the lease TTL stops
+// delivering at its lease's deadline, before the other host resumes its
+// clusters; when the connection comes back it serves none of them until
+// the leader gives it clusters again, which come by hand-over. Nothing is
+// lost and nothing identifies throughout.
+func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
+	t.Parallel()
+	s := discordtest.NewServer(discordtest.WithGuilds(16), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
+	defer s.Close()
+	fleet := newPrefix()
+	d := newDeliveries()
+	ttl := 600 * time.Millisecond
+	proxy := newCutter(t, srv.ClientURL())
+	ctx := testCtx(t)
+	ncA, err := natsfleet.Connect(ctx, proxy.URL(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ncA.Close)
+	startHostOn(t, ncA, s, fleet, "a", d, ttl)
+	b := startHost(t, s, fleet, "b", d, ttl)
+	balanced := func(st natsfleet.FleetStatus) bool {
+		o := ownedBy(st)
+		for _, c := range st.Clusters {
+			if c.CheckpointAge < 0 {
+				return false
+			}
+		}
+		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
+	}
+	st := waitStatus(t, b.h, "two clusters on each host", balanced)
+	fromA := ownedBy(st)["a"]
+	before := s.Stats()
+	started := time.Now()
+	sd := startSender(s, 16, "cut")
+	eventually(t, "a delivering traffic", func() bool { return d.lastOn("a").After(started) })
+
+	cut := time.Now()
+	proxy.cut()
+	waitStatus(t, b.h, "a's clusters resumed on b", func(st natsfleet.FleetStatus) bool {
+		return len(ownedBy(st)["b"]) == 4 && allReady(s, 4)
+	})
+	if last := d.lastOn("a"); last.After(cut.Add(ttl)) {
+		t.Errorf("a delivered an event %v after it was cut off, past the lease TTL (%v)", last.Sub(cut), ttl)
+	}
+	cutFor := time.Since(cut)
+
+	proxy.restore()
+	back := waitStatus(t, b.h, "a back with two clusters", balanced)
+	sent := sd.finish()
+	lost, dup := d.check(t, sent, 10*time.Second)
+	end := s.Stats()
+	t.Logf("cut for %v (TTL %v): %d messages, %d lost, %d delivered twice; %d IDENTIFYs, %d RESUMEs",
+		cutFor, ttl, len(sent), lost, dup, end.Identifies-before.Identifies, end.Resumes-before.Resumes)
+	if lost != 0 {
+		t.Errorf("%d of %d messages lost", lost, len(sent))
+	}
+	if n := end.Identifies - before.Identifies; n != 0 {
+		t.Errorf("%d IDENTIFYs, want 0", n)
+	}
+	if len(end.Violations) != 0 {
+		t.Errorf("violations: %v", end.Violations)
+	}
+	for _, c := range back.Clusters {
+		if c.Owner == "a" && c.Epoch < 2 {
+			t.Errorf("cluster %d back on a at epoch %d: a kept a lease it lost", c.ID, c.Epoch)
+		}
+	}
+	if len(fromA) != 2 {
+		t.Errorf("a ran %v before the cut, want two clusters", fromA)
+	}
+}
+
+func TestNewHostSaysWhatToChange(t *testing.T) {
+	t.Parallel()
+	nc := connect(t)
+	ctx := testCtx(t)
+	good := func() natsfleet.HostConfig {
+		return natsfleet.HostConfig{Fleet: newPrefix(), ID: "h1", Runtime: runtime.Config{Token: "t", Bot: newDeliveries().botOn("h1")}}
+	}
+	if _, err := natsfleet.NewHost(ctx, nc, good()); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	cases := []struct {
+		edit func(*natsfleet.HostConfig)
+		want string
+	}{
+		{func(c *natsfleet.HostConfig) { c.Fleet = "" }, "HostConfig.Fleet is empty"},
+		{func(c *natsfleet.HostConfig) { c.ID = "a.b" }, "letters, digits"},
+		{func(c *natsfleet.HostConfig) { c.Clusters = []int{-1} }, "cluster IDs start at 0"},
+		{func(c *natsfleet.HostConfig) { c.LeaseTTL, c.RenewInterval = time.Second, time.Second }, "renew at least twice"},
+		{func(c *natsfleet.HostConfig) { c.Runtime.TotalShards = 8 }, "plans its shards itself"},
+		{func(c *natsfleet.HostConfig) { c.Runtime.Token = "" }, "Token and Bot"},
+		{func(c *natsfleet.HostConfig) { c.RESTProxy = "ftp://x" }, "HostConfig.RESTProxy"},
+	}
+	for i, tc := range cases {
+		cfg := good()
+		tc.edit(&cfg)
+		if _, err := natsfleet.NewHost(ctx, nc, cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("case %d: %v, want an error containing %q", i, err, tc.want)
+		}
+	}
 }

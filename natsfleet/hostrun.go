@@ -12,10 +12,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/disgoorg/disgo/rest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/runtime"
 )
 
@@ -54,6 +56,14 @@ type HostConfig struct {
 	// RenewInterval is how often leases and the heartbeat are renewed
 	// (default LeaseTTL/3).
 	RenewInterval time.Duration
+	// RESTProxy is the URL of the fleet's REST proxy (restproxy's HTTP
+	// form, served by one process): every cluster of every host sends its
+	// REST calls there, so that the fleet obeys one set of buckets and one
+	// global limit. Empty: the proxy published in the fleet's store with
+	// PublishRESTProxy, if any; otherwise the clusters of this host share
+	// one limiter (Runtime.RESTLimiter, or one made from
+	// Runtime.RESTLimiterConfig), and hosts do not share limits.
+	RESTProxy string
 	// Logger receives the host's records (default: discarded).
 	Logger *slog.Logger
 }
@@ -69,6 +79,8 @@ type Host struct {
 	nc       *nats.Conn
 	core     *hostCore
 	sessions jetstream.KeyValue // the fleet's sessions bucket
+	store    *KVStore           // the fleet's central store
+	restOpts []rest.ConfigOpt   // through the fleet's REST proxy; nil: Runtime.RESTLimiter
 
 	mu     sync.Mutex // guards shared
 	shared *hostShared
@@ -141,11 +153,38 @@ func NewHost(ctx context.Context, nc *nats.Conn, cfg HostConfig) (*Host, error) 
 	if h.sessions, err = keyValue(ctx, nc, cfg.Fleet, "sessions", jetstream.FileStorage); err != nil {
 		return nil, err
 	}
+	if h.store, err = NewKVStore(ctx, nc, cfg.Fleet); err != nil {
+		return nil, err
+	}
+	proxy := RESTProxy{URL: cfg.RESTProxy}
+	if proxy.URL == "" {
+		if p, err := LookupRESTProxy(ctx, h.store); err == nil {
+			proxy = p
+		}
+	}
+	switch {
+	case proxy.URL != "":
+		if h.restOpts, err = proxy.ClientOpts(); err != nil {
+			return nil, fmt.Errorf("%w: set HostConfig.RESTProxy to the proxy's http(s)://host:port", err)
+		}
+		cfg.Logger.Info("REST calls go through the fleet's proxy", "url", proxy.URL)
+	case h.cfg.Runtime.RESTLimiter == nil && !h.cfg.Runtime.NoSharedRESTLimiter:
+		lc := h.cfg.Runtime.RESTLimiterConfig
+		if lc.Logger == nil {
+			lc.Logger = cfg.Logger
+		}
+		if h.cfg.Runtime.RESTLimiter, err = restproxy.New(lc); err != nil {
+			return nil, fmt.Errorf("natsfleet: HostConfig.Runtime.RESTLimiterConfig: %w", err)
+		}
+	}
 	return h, nil
 }
 
 // ID returns the host's ID in the fleet.
 func (h *Host) ID() string { return h.cfg.ID }
+
+// Store returns the fleet's central store, shared by every host.
+func (h *Host) Store() *KVStore { return h.store }
 
 // hostAddress is the bus address of a host's operations endpoint.
 func hostAddress(id string) bus.Address { return bus.Service("host." + id) }

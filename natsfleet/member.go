@@ -3,7 +3,10 @@ package natsfleet
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
+
+	"github.com/disgoorg/disgo/bot"
 
 	"github.com/gofleet/fleet/runtime"
 )
@@ -26,8 +29,14 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	cfg.IdentifyQueue = sharedQueue{sh.queue}
 	cfg.Bus = sh.bus
 	cfg.SessionStore = newClusterSessions(h.sessions, h.cfg.ID, c)
-	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}}}
+	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}},
+		// Fencing: nothing is delivered past the lease's local deadline.
+		Delivering: func(int) bool { return c.Lease.valid(time.Now()) }}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
+	if h.restOpts != nil {
+		cfg.RESTURL, cfg.RESTLimiter, cfg.NoSharedRESTLimiter = "", nil, true
+		cfg.ClientOptions = append(slices.Clone(cfg.ClientOptions), bot.WithRestClientConfigOpts(h.restOpts...))
+	}
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
