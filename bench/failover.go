@@ -159,6 +159,9 @@ func runFailover() (any, error) {
 	out.Identifies = st.Identifies - startIdentifies
 	out.IdentifyViolations = st.Violations["identify_concurrency"] + st.Violations["session_start_limit"]
 	out.OwnedTwice = f.Tally.OwnedTwice()
+	if out.OwnedTwice > 0 {
+		fmt.Fprintln(os.Stderr, "bench failover: shards owned twice:", f.Tally.OwnedTwiceWhy())
+	}
 	if err := f.Close(); err != nil {
 		return nil, err
 	}

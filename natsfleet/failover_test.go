@@ -137,7 +137,7 @@ func check(t *testing.T, f *multihost.Fleet, l *load, identifies, movedShards in
 		t.Errorf("%d duplicates, more than %d: %v's worth of events per moved shard", dup, bound, window)
 	}
 	if n := f.Tally.OwnedTwice(); n != 0 {
-		t.Errorf("%d shards owned twice", n)
+		t.Errorf("%d shards owned twice: %v", n, f.Tally.OwnedTwiceWhy())
 	}
 	if v := st.Violations["identify_concurrency"]; v != 0 {
 		t.Errorf("%d identify violations", v)
@@ -161,7 +161,7 @@ func TestHostsStartTogether(t *testing.T) {
 		t.Errorf("%d identify violations", v)
 	}
 	if n := f.Tally.OwnedTwice(); n != 0 {
-		t.Errorf("%d shards owned twice", n)
+		t.Errorf("%d shards owned twice: %v", n, f.Tally.OwnedTwiceWhy())
 	}
 	owners := f.Tally.Owners()
 	for c := range f.Cfg.Clusters {

@@ -49,7 +49,10 @@ func RunHost(a HostArgs, commands <-chan string) error {
 		return err
 	}
 	defer nc.Close()
-	rep := NewReporter(nc, a.Prefix, a.ID)
+	rep, err := NewReporter(nc, a.Prefix, a.ID)
+	if err != nil {
+		return err
+	}
 	listener := bot.NewListenerFunc(func(e *events.MessageCreate) {
 		rep.Seen(e.ShardID(), uint64(e.Message.ID))
 	})

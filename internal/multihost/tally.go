@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,34 +17,77 @@ import (
 	"github.com/gofleet/fleet/discordtest"
 )
 
-func seenSubject(prefix string) string { return prefix + ".multihost.seen" }
+func seenSubject(prefix string) string   { return prefix + ".multihost.seen" }
+func resendSubject(prefix string) string { return prefix + ".multihost.resend" }
 
-// Reporter publishes, from a host, each message its listeners saw.
+// Reporter publishes, from a host, each message its listeners saw. Core
+// NATS delivers at most once: a report written to a connection whose
+// server just died is gone, and so is one sent while the Tally's
+// connection moves to another server. So the Reporter numbers its
+// reports and sends again those of the last resend window when its
+// connection comes back or the Tally's does; the Tally counts each
+// number once.
 type Reporter struct {
 	nc      *nats.Conn
 	subject string
 	host    string
+
+	mu     sync.Mutex // guards seq, recent
+	seq    uint64
+	recent []sentReport // the reports of the last resendWindow, oldest first
 }
 
-// NewReporter returns a Reporter for host on the fleet prefix.
-func NewReporter(nc *nats.Conn, prefix, host string) *Reporter {
-	return &Reporter{nc: nc, subject: seenSubject(prefix), host: host}
+type sentReport struct {
+	at   time.Time
+	data []byte
 }
 
-// Seen reports a message seen on shard now. A report the connection
-// cannot take (closed) is dropped: it then counts as lost. A report made
-// while the connection is down goes out when it is back, with the time
-// of the delivery.
+const resendWindow = 3 * time.Second
+
+// NewReporter returns a Reporter for host on the fleet prefix. It takes
+// nc's reconnect handler.
+func NewReporter(nc *nats.Conn, prefix, host string) (*Reporter, error) {
+	r := &Reporter{nc: nc, subject: seenSubject(prefix), host: host}
+	nc.SetReconnectHandler(func(*nats.Conn) { r.resend() })
+	if _, err := nc.Subscribe(resendSubject(prefix), func(*nats.Msg) { r.resend() }); err != nil {
+		return nil, err
+	}
+	return r, nc.Flush()
+}
+
+// Seen reports a message seen on shard now. A report made while the
+// connection is down goes out when it is back, with the time of the
+// delivery.
 func (r *Reporter) Seen(shard int, message uint64) {
-	b := make([]byte, 0, 80)
+	now := time.Now()
+	r.mu.Lock()
+	r.seq++
+	b := make([]byte, 0, 96)
 	b = append(b, r.host...)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, r.seq, 10)
 	b = append(b, ' ')
 	b = strconv.AppendInt(b, int64(shard), 10)
 	b = append(b, ' ')
 	b = strconv.AppendUint(b, message, 10)
 	b = append(b, ' ')
-	b = strconv.AppendInt(b, time.Now().UnixNano(), 10)
+	b = strconv.AppendInt(b, now.UnixNano(), 10)
+	i := 0
+	for i < len(r.recent) && now.Sub(r.recent[i].at) > resendWindow {
+		i++
+	}
+	r.recent = append(r.recent[i:], sentReport{at: now, data: b})
+	r.mu.Unlock()
 	_ = r.nc.Publish(r.subject, b)
+}
+
+func (r *Reporter) resend() {
+	r.mu.Lock()
+	recent := slices.Clone(r.recent)
+	r.mu.Unlock()
+	for _, s := range recent {
+		_ = r.nc.Publish(r.subject, s.data)
+	}
 }
 
 // Tally counts the reports of every host of a fleet, in the parent.
@@ -52,14 +97,15 @@ type Tally struct {
 	wg    sync.WaitGroup
 	stop  context.CancelFunc
 
-	mu       sync.Mutex // guards everything below
+	mu       sync.Mutex                 // guards everything below
+	numbers  map[string]map[uint64]bool // host -> report numbers counted
 	seen     map[uint64]int
 	byHost   map[string]int64
 	last     map[int]map[string]time.Time // shard -> host -> its last report
 	changed  chan struct{}                // closed at the next report
 	clusters map[int]int                  // shard -> cluster, from the fleet's plan
 	leases   map[int][]leaseState         // by cluster, every change of owner in order
-	twice    map[int]bool                 // shards delivered by a host without the lease, or READY twice
+	twice    map[int]string               // shards owned twice: the first sign of it
 }
 
 type leaseState struct {
@@ -74,11 +120,13 @@ type leaseState struct {
 // are compared: every process runs on this machine's clock.)
 func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error) {
 	t := &Tally{grace: grace, seen: map[uint64]int{}, byHost: map[string]int64{}, last: map[int]map[string]time.Time{}, changed: make(chan struct{}),
-		clusters: map[int]int{}, leases: map[int][]leaseState{}, twice: map[int]bool{}, stop: func() {}}
+		clusters: map[int]int{}, leases: map[int][]leaseState{}, twice: map[int]string{}, numbers: map[string]map[uint64]bool{}, stop: func() {}}
 	sub, err := nc.Subscribe(seenSubject(prefix), t.report)
 	if err != nil {
 		return nil, err
 	}
+	// Back from a reconnect, ask the hosts for what may have been missed.
+	nc.SetReconnectHandler(func(nc *nats.Conn) { _ = nc.Publish(resendSubject(prefix), nil) })
 	if err := sub.SetPendingLimits(-1, 256<<20); err != nil {
 		return nil, err
 	}
@@ -88,18 +136,27 @@ func NewTally(nc *nats.Conn, prefix string, grace time.Duration) (*Tally, error)
 
 func (t *Tally) report(m *nats.Msg) {
 	f := strings.Fields(string(m.Data))
-	if len(f) != 4 {
+	if len(f) != 5 {
 		return
 	}
-	shard, err1 := strconv.Atoi(f[1])
-	id, err2 := strconv.ParseUint(f[2], 10, 64)
-	ns, err3 := strconv.ParseInt(f[3], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
+	num, err0 := strconv.ParseUint(f[1], 10, 64)
+	shard, err1 := strconv.Atoi(f[2])
+	id, err2 := strconv.ParseUint(f[3], 10, 64)
+	ns, err3 := strconv.ParseInt(f[4], 10, 64)
+	if err0 != nil || err1 != nil || err2 != nil || err3 != nil {
 		return
 	}
 	host, at := f[0], time.Unix(0, ns)
 	now := time.Now()
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.numbers[host] == nil {
+		t.numbers[host] = map[uint64]bool{}
+	}
+	if t.numbers[host][num] {
+		return // sent again after a reconnect
+	}
+	t.numbers[host][num] = true
 	t.seen[id]++
 	t.byHost[host]++
 	if t.last[shard] == nil {
@@ -108,12 +165,28 @@ func (t *Tally) report(m *nats.Msg) {
 	t.last[shard][host] = now
 	if c, ok := t.clusters[shard]; ok {
 		if !ownedNear(t.leases[c], host, at, t.grace) {
-			t.twice[shard] = true
+			if _, ok := t.twice[shard]; !ok {
+				t.twice[shard] = fmt.Sprintf("%s delivered it at %s without cluster %d's lease (%s)", host, at.Format("15:04:05.000"), c, leaseHistory(t.leases[c]))
+			}
 		}
 	}
 	close(t.changed)
 	t.changed = make(chan struct{})
-	t.mu.Unlock()
+}
+
+func leaseHistory(h []leaseState) string {
+	var b strings.Builder
+	for i, l := range h {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		owner := l.owner
+		if owner == "" {
+			owner = "nobody"
+		}
+		fmt.Fprintf(&b, "%s from %s", owner, l.since.Format("15:04:05.000"))
+	}
+	return b.String()
 }
 
 // ownedNear reports whether host held the lease (as the watch saw its
@@ -178,7 +251,7 @@ func (t *Tally) WatchLeases(ctx context.Context, nc *nats.Conn, prefix string) e
 }
 
 func (t *Tally) learn(e jetstream.KeyValueEntry) {
-	now := time.Now()
+	now := e.Created() // when the server stored it: the watch may see it later
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch key := e.Key(); {
@@ -236,8 +309,8 @@ func (t *Tally) SampleSimulator(s *discordtest.Server) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for shard, n := range st.ReadyShards {
-		if n > 1 {
-			t.twice[shard] = true
+		if _, ok := t.twice[shard]; n > 1 && !ok {
+			t.twice[shard] = fmt.Sprintf("the simulator saw %d READY sessions at %s", n, time.Now().Format("15:04:05.000"))
 		}
 	}
 }
@@ -248,6 +321,13 @@ func (t *Tally) OwnedTwice() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.twice)
+}
+
+// OwnedTwiceWhy returns, by shard owned twice, the first sign of it.
+func (t *Tally) OwnedTwiceWhy() map[int]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.twice)
 }
 
 // AwaitDelivered waits until each of shards has been delivered by a host
