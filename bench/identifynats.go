@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,19 +10,24 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/natsfleet"
 	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 func init() {
 	register("identify-nats", runIdentifyNATS)
 	childKinds["identify-nats-slice"] = runIdentifySlice
+	childKinds["identify-nats-sim"] = runIdentifySim
 }
 
 type identifyNATSResult struct {
@@ -86,18 +92,43 @@ func (r *identifyNATSResult) identifySpacing(ids []discordtest.Identify, start, 
 // runIdentifyNATS starts 256 shards split over 4 processes that share one
 // identify queue through an embedded NATS server, against one simulator,
 // and measures the time until every shard is ready.
+//
+// The simulator runs in a process of its own, as Discord runs on
+// machines of its own: in this process it would take the CPU the NATS
+// server needs to answer the queues, which a fleet does not pay.
+//
+// The ratio is the startup scenario's: the physical limit (one Interval
+// per IDENTIFY a bucket needs) over the measured time, from "go" to every
+// process's FleetReady, without transport compression. The clock starts
+// when every process is told "go", as the startup scenario's starts when
+// Run is called: each process has started, connected to NATS and opened
+// its queue before, as a fleet's processes do before they start their
+// shards. The time an OS process takes to start (130-400 ms measured
+// here on a loaded machine) is neither the identify schedule's nor part
+// of the in-process measure, so it stays out.
 func runIdentifyNATS() (any, error) {
 	const shards, mc, interval, procs = 256, 16, 50 * time.Millisecond, 4
 	res := identifyNATSResult{Scenario: "identify-nats", Shards: shards, MaxConcurrency: mc,
 		IntervalMS: int(interval.Milliseconds()), Processes: procs}
-	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
 	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Close()
+	sim, err := startChild("identify-nats-sim", srv.ConnectInfo(), nil,
+		strconv.Itoa(shards), strconv.Itoa(mc), interval.String())
+	if err != nil {
+		return nil, err
+	}
+	defer sim.stop()
+	line, err := sim.line(10 * time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("the simulator's address: %w", err)
+	}
+	var addr simAddress
+	if err := json.Unmarshal([]byte(line), &addr); err != nil {
+		return nil, fmt.Errorf("the simulator's address %q: %w", line, err)
+	}
 
 	// Start the processes and let each prepare (connect, open the queue)
 	// before any identifies: the measure starts with the "go" line.
@@ -109,7 +140,7 @@ func runIdentifyNATS() (any, error) {
 		}
 	}()
 	for p := range procs {
-		c, err := startChild("identify-nats-slice", srv.ConnectInfo(), []string{"FLEET_BENCH_TOKEN=" + s.Token()}, s.GatewayURL(), s.RESTURL(),
+		c, err := startChild("identify-nats-slice", srv.ConnectInfo(), []string{"FLEET_BENCH_TOKEN=" + addr.Token}, addr.Gateway, addr.REST,
 			strconv.Itoa(shards), strconv.Itoa(p*per), strconv.Itoa((p+1)*per-1), interval.String())
 		if err != nil {
 			return nil, err
@@ -122,14 +153,87 @@ func runIdentifyNATS() (any, error) {
 	}
 	readyAt := time.Now()
 	ready := readyAt.Sub(start)
-	st := s.Stats()
-	res.identifySpacing(s.Identifies(), start, readyAt, interval)
+	if _, err := io.WriteString(sim.stdin, "stats\n"); err != nil {
+		return nil, err
+	}
+	if line, err = sim.line(10 * time.Second); err != nil {
+		return nil, fmt.Errorf("the simulator's stats: %w", err)
+	}
+	var st simStats
+	if err := json.Unmarshal([]byte(line), &st); err != nil {
+		return nil, fmt.Errorf("the simulator's stats: %w", err)
+	}
+	res.identifySpacing(st.Identifies, start, readyAt, interval)
 	res.ReadyS = ready.Seconds()
 	res.LimitS = math.Ceil(float64(shards)/mc) * interval.Seconds()
 	res.Ratio = res.LimitS / res.ReadyS
-	res.Violations = st.Violations["identify_concurrency"]
-	res.Identifies = st.Identifies
+	res.Violations = st.Violations
+	res.Identifies = len(st.Identifies)
+	if dir := os.Getenv(timelineEnv); dir != "" {
+		for _, c := range children {
+			c.stop()
+		}
+		children = nil
+		printTimeline(os.Stderr, dir, st.Identifies, start, mc)
+	}
 	return res, nil
+}
+
+// simAddress is the simulator process's first line after "ready".
+type simAddress struct {
+	Gateway, REST, Token string
+}
+
+// simStats is its answer to "stats".
+type simStats struct {
+	Violations int
+	Identifies []discordtest.Identify
+}
+
+// runIdentifySim serves the simulator for identify-nats: it prints
+// "ready" and its address, answers each "stats" line on stdin with the
+// identify violations and the IDENTIFYs it read, and stops when stdin
+// closes. Args: shards, max_concurrency, identify window.
+func runIdentifySim(args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("identify-nats-sim: want 3 args, got %d", len(args))
+	}
+	shards, _ := strconv.Atoi(args[0])
+	mc, _ := strconv.Atoi(args[1])
+	window, err := time.ParseDuration(args[2])
+	if err != nil {
+		return err
+	}
+	s, err := discordtest.Start(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(window))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, "sim.cpu"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	addr, _ := json.Marshal(simAddress{Gateway: s.GatewayURL(), REST: s.RESTURL(), Token: s.Token()})
+	fmt.Println("ready")
+	fmt.Println(string(addr))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() != "stats" {
+			continue
+		}
+		pprof.StopCPUProfile()
+		out, _ := json.Marshal(simStats{Violations: s.Stats().Violations["identify_concurrency"], Identifies: s.Identifies()})
+		fmt.Println(string(out))
+	}
+	return nil
 }
 
 // runIdentifySlice runs shards first..last of total against the
@@ -163,9 +267,17 @@ func runIdentifySlice(args []string) error {
 		return err
 	}
 	token := os.Getenv("FLEET_BENCH_TOKEN")
+	tq := &timedQueue{q: q, asked: map[int]time.Time{}, granted: map[int]time.Time{}, unlocked: map[int]time.Time{}}
+	if dir := os.Getenv(timelineEnv); dir != "" {
+		defer tq.write(filepath.Join(dir, "slice-"+args[3]+".json"))
+	}
 	rt, err := runtime.New(runtime.Config{
 		Token: runtime.Token(token), GatewayURL: args[0], RESTURL: args[1],
-		IdentifyInterval: interval, IdentifyQueue: q, Clusters: 4, Bot: nopBot,
+		IdentifyInterval: interval, IdentifyQueue: tq, Clusters: 4, Bot: nopBot,
+		// Without transport compression, as the startup scenario's ratio:
+		// the measure is the identify schedule's, not the simulator's
+		// zstd encoder's (most of its CPU time with it).
+		Compression: shardgroup.CompressionNone,
 		TotalShards: total, FirstShardID: first, LastShardID: last,
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -186,10 +298,22 @@ func runIdentifySlice(args []string) error {
 	if _, err := io.ReadFull(os.Stdin, in); err != nil || strings.TrimSpace(string(in)) != "go" {
 		return errors.New("no go")
 	}
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, "slice-"+args[3]+".cpu"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- rt.Run(context.Background()) }()
 	select {
 	case <-readyc:
+		pprof.StopCPUProfile()
 		fmt.Println("fleet ready")
 	case err := <-errc:
 		fmt.Println("run:", err)
@@ -204,4 +328,96 @@ func runIdentifySlice(args []string) error {
 		return err
 	}
 	return <-errc
+}
+
+// profileEnv names a directory: when set, each process writes its CPU
+// profile from "go" to its shards' readiness there (slice-<first>.cpu),
+// and the simulator its own (sim.cpu).
+const profileEnv = "FLEET_BENCH_PPROF"
+
+// timelineEnv names a directory: when set, each process writes when its
+// shards asked for their turn, got it and were unlocked (READY), and the
+// scenario prints, per bucket, these with the simulator's IDENTIFYs.
+const timelineEnv = "FLEET_BENCH_TIMELINE"
+
+// timedQueue records the times of each shard's calls to its queue.
+type timedQueue struct {
+	q                        runtime.IdentifyQueue
+	mu                       sync.Mutex // guards the maps
+	asked, granted, unlocked map[int]time.Time
+}
+
+func (t *timedQueue) WaitBucket(ctx context.Context, shard int) error {
+	t.mu.Lock()
+	t.asked[shard] = time.Now()
+	t.mu.Unlock()
+	err := t.q.WaitBucket(ctx, shard)
+	t.mu.Lock()
+	t.granted[shard] = time.Now()
+	t.mu.Unlock()
+	return err
+}
+
+func (t *timedQueue) UnlockBucket(shard int) {
+	t.mu.Lock()
+	t.unlocked[shard] = time.Now()
+	t.mu.Unlock()
+	t.q.UnlockBucket(shard)
+}
+
+func (t *timedQueue) Close(ctx context.Context) { t.q.Close(ctx) }
+
+type shardTimes struct {
+	Shard                    int
+	Asked, Granted, Unlocked int64 // unix ns
+}
+
+func (t *timedQueue) write(path string) {
+	t.mu.Lock()
+	var out []shardTimes
+	for s, at := range t.asked {
+		out = append(out, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
+	}
+	t.mu.Unlock()
+	data, _ := json.Marshal(out)
+	_ = os.WriteFile(path, data, 0o644)
+}
+
+// printTimeline prints, per bucket in IDENTIFY order, each shard's times
+// in ms since start: asked, granted, IDENTIFY read by the simulator and
+// unlocked, with the gaps from the previous unlock to this grant and
+// from the IDENTIFY to the unlock.
+func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start time.Time, mc int) {
+	times := map[int]shardTimes{}
+	files, _ := filepath.Glob(filepath.Join(dir, "slice-*.json"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var ts []shardTimes
+		if json.Unmarshal(data, &ts) == nil {
+			for _, t := range ts {
+				times[t.Shard] = t
+			}
+		}
+	}
+	ms := func(ns int64) float64 { return float64(ns-start.UnixNano()) / 1e6 }
+	for b := range mc {
+		fmt.Fprintf(w, "bucket %d: shard asked granted identify unlocked (gap unlock->grant, identify->unlock)\n", b)
+		var prevUnlock int64
+		for _, id := range ids {
+			if id.Bucket != b {
+				continue
+			}
+			t := times[id.Shard]
+			gap := 0.0
+			if prevUnlock != 0 {
+				gap = float64(t.Granted-prevUnlock) / 1e6
+			}
+			fmt.Fprintf(w, "  %3d %8.1f %8.1f %8.1f %8.1f (%6.1f, %5.1f)\n", id.Shard, ms(t.Asked), ms(t.Granted),
+				ms(id.At.UnixNano()), ms(t.Unlocked), gap, float64(t.Unlocked-id.At.UnixNano())/1e6)
+			prevUnlock = t.Unlocked
+		}
+	}
 }

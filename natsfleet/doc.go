@@ -42,13 +42,14 @@
 // # Identify queue
 //
 // [NewIdentifyQueue] is a runtime.IdentifyQueue for every process of a
-// fleet: per bucket, a ticket taken by compare-and-set as soon as a shard
-// asks, and a turn that comes an interval after the process saw the
-// previous ticket's READY reported, so that one IDENTIFY per bucket per
-// interval reaches the gateway fleet-wide, with every bucket busy at once
-// and no process meeting the others at a window's boundary. It compares
-// no clocks between hosts. A holder that goes silent delays its bucket by
-// one interval plus its lease.
+// fleet: per bucket, a block of tickets, one per shard of the process
+// waiting there, taken by one compare-and-set as soon as a shard asks,
+// and a turn that comes an interval after the process saw the previous
+// ticket's READY (its own, or reported by another process), so that one
+// IDENTIFY per bucket per interval reaches the gateway fleet-wide, with
+// every bucket busy at once and no process meeting the others at a
+// window's boundary. It compares no clocks between hosts. A holder that
+// goes silent delays its bucket by one interval plus its lease.
 //
 // # Store and sessions
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,9 +27,10 @@ type IdentifyConfig struct {
 	// Interval is the time between two IDENTIFYs of a bucket (Discord: 5 s).
 	Interval time.Duration
 	// Lease bounds how long a bucket waits for the READY of an IDENTIFY
-	// whose process went silent (crashed, cut off): the next turn goes
-	// Interval plus Lease after the silent one could have begun. It must
-	// cover the time from WaitBucket's return to READY (default 10 s).
+	// whose process went silent (crashed, cut off): the next block of
+	// turns goes Interval plus Lease after the silent one's last ticket
+	// done. It must cover the time from WaitBucket's return to READY and
+	// its report's trip through NATS (default 10 s).
 	Lease time.Duration
 	// OpTimeout bounds one key-value operation when the caller gives no
 	// deadline: UnlockBucket's report and Close (default 5 s).
@@ -42,11 +44,12 @@ type IdentifyConfig struct {
 // # Tickets
 //
 // Each bucket has two keys: the last ticket issued, and the last ticket
-// done. WaitBucket takes the bucket's next ticket with one
-// compare-and-set as soon as a shard asks, long before its turn, then
-// waits in its process, watching the keys, until the previous ticket is
-// done and an Interval has passed since this process saw that. A ticket
-// is done when its shard's READY arrived (UnlockBucket reports it), so
+// done. When a shard asks, its process takes a block of the bucket's next
+// tickets with one compare-and-set, one for each of its shards waiting in
+// that bucket, long before their turns; each then waits in its process,
+// watching the keys, until the previous ticket is done and an Interval
+// has passed since this process saw that. A ticket is done when its
+// shard's READY arrived (UnlockBucket reports it), so
 // the gateway has read its IDENTIFY before the next one's Interval
 // starts counting, whatever the network's jitter; and since each process
 // counts on its own clock from a report it received after that READY,
@@ -55,10 +58,18 @@ type IdentifyConfig struct {
 // meeting at the window's boundary: a turn costs the Interval plus the
 // time from one IDENTIFY to its READY.
 //
-// In one process the shards of a bucket take tickets one after the other,
-// each once the previous one's turn came, so a process holds at most one
-// waiting ticket per bucket: one that dies delays each bucket by at most
-// one Interval plus Lease.
+// The tickets of a block follow each other in one process, which sees
+// each one's READY itself: the next turn waits an Interval from it, with
+// no trip through NATS, and the fleet's turns pass from one process to
+// another only between blocks.
+//
+// A process takes its next block of a bucket once the previous block's
+// first turn came, so it holds at most one waiting block per bucket, and
+// the key of issued tickets lists where each block begins. A block whose
+// process went silent is skipped whole: the bucket waits an Interval plus
+// Lease from the last ticket done (or from when the waiting ticket was
+// taken), once per block ahead, not per ticket, so a process that dies
+// delays each bucket by at most one Interval plus Lease per block it held.
 type IdentifyQueue struct {
 	cfg     IdentifyConfig
 	kv      jetstream.KeyValue
@@ -69,32 +80,58 @@ type IdentifyQueue struct {
 	stop    <-chan struct{} // ctx.Done()
 	clock   string          // this host's clock
 	once    sync.Once
-	wg      sync.WaitGroup // the watch loop and the reporter
+	wg      sync.WaitGroup // the watch loop and the reporters
 
-	mu        sync.Mutex // guards view, changed, primed, held, reports, abandoned
+	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned
 	view      []bucketView
-	changed   chan struct{} // closed when the view changes
+	lanes     []lane
+	primedc   chan struct{} // closed when the watcher delivered the initial values
 	primed    bool          // the watcher delivered the initial values
 	held      map[int]uint64
-	reports   []doneState // per bucket, the report to write (Done 0: none)
-	abandoned [][]uint64  // per bucket, tickets given up before their turn
-	wake      chan struct{}
-
-	turns []chan struct{} // per bucket, one token: whoever has it may take a ticket
+	reports   []doneState     // per bucket, the report to write (Done 0: none)
+	abandoned [][]uint64      // per bucket, tickets given up before their turn
+	wake      []chan struct{} // per bucket, wakes its reporter
 }
 
 // bucketView is what this process knows of a bucket.
 type bucketView struct {
 	issued, issuedRev uint64
-	done, doneRev     uint64
-	doneAt            time.Time // when this process saw done advance
+	blocks            []uint64  // the value of blocks at issuedRev
+	done, doneRev     uint64    // the done key
+	local             uint64    // the last ticket done here, maybe not yet reported
+	doneAt            time.Time // when this process saw the last ticket done
 	usedAt            time.Time // when this process saw a used ticket done
+}
+
+// last is the last ticket known done, here or in the done key.
+func (v *bucketView) last() uint64 { return max(v.done, v.local) }
+
+// lane is this process's side of a bucket: its shards waiting for a turn.
+type lane struct {
+	waiters []*waiter     // in the order they asked
+	taking  bool          // a waiter is taking a block for those without a ticket
+	first   uint64        // the first ticket of the last block, until its turn came (0: none)
+	changed chan struct{} // closed when the view of the bucket or the lane changes
+}
+
+// waiter is one WaitBucket call.
+type waiter struct {
+	ticket uint64    // 0 until its block is taken
+	taken  time.Time // when its block was taken
+	gone   bool      // the call returned
 }
 
 // ticketState is the value of t<bucket>; doneState of d<bucket>.
 type ticketState struct {
 	Issued uint64 `json:"issued"`
+	// Blocks lists the first tickets of the blocks issued that may not be
+	// done yet, ascending: a waiting ticket counts the blocks ahead of it.
+	Blocks []uint64 `json:"blocks,omitempty"`
 }
+
+// maxBlocks bounds the blocks listed: with one waiting block per process
+// and bucket, a fleet of fewer processes never reaches it.
+const maxBlocks = 1024
 
 type doneState struct {
 	Done uint64 `json:"done"`
@@ -133,20 +170,20 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		cfg:       cfg,
 		kv:        kv,
 		view:      make([]bucketView, cfg.MaxConcurrency),
-		changed:   make(chan struct{}),
+		primedc:   make(chan struct{}),
 		held:      map[int]uint64{},
 		reports:   make([]doneState, cfg.MaxConcurrency),
 		abandoned: make([][]uint64, cfg.MaxConcurrency),
-		wake:      make(chan struct{}, 1),
-		turns:     make([]chan struct{}, cfg.MaxConcurrency),
+		wake:      make([]chan struct{}, cfg.MaxConcurrency),
+		lanes:     make([]lane, cfg.MaxConcurrency),
+	}
+	for k := range q.lanes {
+		q.lanes[k].changed = make(chan struct{})
+		q.wake[k] = make(chan struct{}, 1)
 	}
 	q.clock = clockID()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.stop = q.ctx.Done()
-	for i := range q.turns {
-		q.turns[i] = make(chan struct{}, 1)
-		q.turns[i] <- struct{}{}
-	}
 	// Every key exists before the first ticket, so that a fleet's first
 	// turns are plain compare-and-sets, not creations racing.
 	for k := range cfg.MaxConcurrency {
@@ -166,9 +203,11 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		return nil, fmt.Errorf("natsfleet: watch the identify buckets: %w", err)
 	}
 	q.watcher, q.unwatch = w, unwatch
-	q.wg.Add(2)
+	q.wg.Add(1 + cfg.MaxConcurrency)
 	go q.watch()
-	go q.report()
+	for k := range cfg.MaxConcurrency {
+		go q.report(k)
+	}
 	return q, nil
 }
 
@@ -248,8 +287,10 @@ func (q *IdentifyQueue) watch() {
 		}
 		if e == nil {
 			q.mu.Lock()
-			q.primed = true
-			q.changedLocked()
+			if !q.primed {
+				q.primed = true
+				close(q.primedc)
+			}
 			q.mu.Unlock()
 			continue
 		}
@@ -286,8 +327,8 @@ func (q *IdentifyQueue) learnIssued(k int, st ticketState, rev uint64) {
 	defer q.mu.Unlock()
 	v := &q.view[k]
 	if rev > v.issuedRev {
-		v.issued, v.issuedRev = max(v.issued, st.Issued), rev
-		q.changedLocked()
+		v.issued, v.issuedRev, v.blocks = max(v.issued, st.Issued), rev, st.Blocks
+		q.changedLocked(k)
 	}
 }
 
@@ -299,32 +340,44 @@ func (q *IdentifyQueue) learnDone(k int, st doneState, rev uint64) {
 		return
 	}
 	v.doneRev = rev
-	if st.Done > v.done {
+	if st.Done <= v.local {
+		// Done here first: the times are already this process's own.
+		v.done = max(v.done, st.Done)
+	} else if st.Done > v.done {
 		v.done, v.doneAt = st.Done, time.Now()
+		used := v.usedAt
 		switch {
 		case st.Used:
-			v.usedAt = v.doneAt
+			used = v.doneAt
 			if st.Clock == q.clock && st.At > 0 {
-				if at := time.Unix(0, st.At); at.Before(v.usedAt) {
-					v.usedAt = at
+				if at := time.Unix(0, st.At); at.Before(used) {
+					used = at
 				}
 			}
 		case !q.primed:
 			// A report from before this process watched: a used ticket
 			// may have been done just before it, unseen.
-			v.usedAt = v.doneAt
+			used = v.doneAt
+		}
+		if used.After(v.usedAt) {
+			v.usedAt = used
 		}
 	}
-	q.changedLocked()
+	if q.settleLocked(k) {
+		q.kick(k)
+	}
+	q.changedLocked(k)
 }
 
-func (q *IdentifyQueue) changedLocked() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+// changedLocked wakes the waiters of bucket k.
+func (q *IdentifyQueue) changedLocked(k int) {
+	l := &q.lanes[k]
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
 // MaxConcurrency is the number of buckets.
-func (q *IdentifyQueue) MaxConcurrency() int { return len(q.turns) }
+func (q *IdentifyQueue) MaxConcurrency() int { return len(q.lanes) }
 
 var (
 	errQueueClosed = errors.New("natsfleet: identify queue closed")
@@ -335,44 +388,107 @@ var (
 // ctx ends. Call UnlockBucket once its READY arrived (or the connection
 // ended).
 func (q *IdentifyQueue) WaitBucket(ctx context.Context, shardID int) error {
-	k := shardID % len(q.turns)
-	select {
-	case <-q.turns[k]:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-q.stop:
-		return errQueueClosed
+	k := shardID % len(q.lanes)
+	w := &waiter{}
+	q.mu.Lock()
+	q.lanes[k].waiters = append(q.lanes[k].waiters, w)
+	q.mu.Unlock()
+	err := q.wait(ctx, k, w)
+	q.mu.Lock()
+	l := &q.lanes[k]
+	w.gone = true
+	l.waiters = slices.DeleteFunc(l.waiters, func(o *waiter) bool { return o == w })
+	if w.ticket != 0 && w.ticket == l.first {
+		l.first = 0 // its block's first turn came or went: take the next
 	}
-	defer func() { q.turns[k] <- struct{}{} }()
-	var ticket uint64
+	var prev uint64
+	var held bool
+	if err == nil {
+		prev, held = q.held[shardID]
+		q.held[shardID] = w.ticket
+	} else if w.ticket != 0 {
+		q.abandoned[k] = append(q.abandoned[k], w.ticket)
+		q.settleLocked(k)
+	}
+	q.changedLocked(k)
+	q.mu.Unlock()
+	q.kick(k)
+	if held {
+		q.done(k, prev, true) // a second wait without an unlock
+	}
+	return err
+}
+
+// wait gets w a ticket of bucket k, taking a block for every waiter of
+// the lane without one if nobody is, and waits for its turn.
+func (q *IdentifyQueue) wait(ctx context.Context, k int, w *waiter) error {
 	for {
-		var err error
-		if ticket, err = q.take(ctx, k); err != nil {
-			return err
+		q.mu.Lock()
+		l := &q.lanes[k]
+		var batch []*waiter
+		if w.ticket == 0 && !l.taking && l.first == 0 {
+			l.taking = true
+			for _, o := range l.waiters {
+				if o.ticket == 0 {
+					batch = append(batch, o)
+				}
+			}
 		}
-		err = q.await(ctx, k, ticket, time.Now())
-		if err == nil {
-			break
+		ticket, taken, changed := w.ticket, w.taken, l.changed
+		q.mu.Unlock()
+		if batch != nil {
+			first, err := q.take(ctx, k, len(batch))
+			now := time.Now()
+			q.mu.Lock()
+			l.taking = false
+			if err == nil {
+				l.first = first
+				for i, o := range batch {
+					o.ticket, o.taken = first+uint64(i), now
+					if o.gone { // its call returned while the block was taken
+						q.abandoned[k] = append(q.abandoned[k], o.ticket)
+						if o.ticket == first {
+							l.first = 0
+						}
+					}
+				}
+				q.settleLocked(k)
+			}
+			q.changedLocked(k)
+			q.mu.Unlock()
+			q.kick(k)
+			if err != nil {
+				return err
+			}
+			continue
 		}
+		if ticket == 0 {
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-q.stop:
+				return errQueueClosed
+			}
+			continue
+		}
+		err := q.await(ctx, k, ticket, taken)
 		if err != errSkipped {
-			q.abandon(k, ticket)
 			return err
 		}
 		// The tickets after this one went on without it (its lease ran
 		// out): its turn is gone, take another.
+		q.mu.Lock()
+		if l.first == ticket {
+			l.first = 0
+		}
+		w.ticket = 0
+		q.mu.Unlock()
 	}
-	q.mu.Lock()
-	prev, ok := q.held[shardID]
-	q.held[shardID] = ticket
-	q.mu.Unlock()
-	if ok {
-		q.done(k, prev, true) // a second wait without an unlock
-	}
-	return nil
 }
 
-// take takes bucket k's next ticket.
-func (q *IdentifyQueue) take(ctx context.Context, k int) (uint64, error) {
+// take takes bucket k's next n tickets and returns the first.
+func (q *IdentifyQueue) take(ctx context.Context, k, n int) (uint64, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, q.cfg.OpTimeout)
@@ -385,8 +501,22 @@ func (q *IdentifyQueue) take(ctx context.Context, k int) (uint64, error) {
 	for {
 		q.mu.Lock()
 		v := q.view[k]
+		// A block before the done key's next ticket is over for every
+		// process that reads this value: the watcher brings the keys in
+		// the order they were written.
+		blocks := make([]uint64, 0, len(v.blocks)+1)
+		for _, b := range v.blocks {
+			if b > v.done+1 {
+				blocks = append(blocks, b)
+			}
+		}
 		q.mu.Unlock()
-		st := ticketState{Issued: v.issued + 1}
+		first := v.issued + 1
+		blocks = append(blocks, first)
+		if len(blocks) > maxBlocks {
+			blocks = blocks[len(blocks)-maxBlocks:]
+		}
+		st := ticketState{Issued: v.issued + uint64(n), Blocks: blocks}
 		value, _ := json.Marshal(st)
 		var rev uint64
 		var err error
@@ -397,7 +527,7 @@ func (q *IdentifyQueue) take(ctx context.Context, k int) (uint64, error) {
 		}
 		if err == nil {
 			q.learnIssued(k, st, rev)
-			return st.Issued, nil
+			return first, nil
 		}
 		if err := q.refresh(ctx, k, key, v.issuedRev, err); err != nil {
 			return 0, err
@@ -421,7 +551,7 @@ func (q *IdentifyQueue) refresh(ctx context.Context, k int, key string, tried ui
 	defer timer.Stop()
 	for {
 		q.mu.Lock()
-		v, changed := q.view[k], q.changed
+		v, changed := q.view[k], q.lanes[k].changed
 		q.mu.Unlock()
 		rev := v.issuedRev
 		if key[0] == 'd' {
@@ -459,7 +589,7 @@ const refreshWait = time.Second
 func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 	for {
 		q.mu.Lock()
-		primed, changed := q.primed, q.changed
+		primed, changed := q.primed, q.primedc
 		q.mu.Unlock()
 		if primed {
 			return nil
@@ -476,9 +606,9 @@ func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 
 // await waits for ticket's turn in bucket k: the previous ticket done and
 // an Interval since a used one was, or, without that, an Interval plus
-// Lease per ticket ahead since they could have begun. taken is when this
-// process took the ticket. It returns errSkipped if a later ticket was
-// done first: the bucket went on without this one.
+// Lease per block ahead since the last ticket done or this one was taken.
+// It returns errSkipped if a later ticket was done first: the bucket went
+// on without this one.
 func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken time.Time) error {
 	var timer *time.Timer
 	defer func() {
@@ -488,25 +618,13 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 	}()
 	for {
 		q.mu.Lock()
-		v, changed := q.view[k], q.changed
+		at, skipped := q.turnLocked(k, ticket, taken)
+		changed := q.lanes[k].changed
 		q.mu.Unlock()
-		now := time.Now()
-		var at time.Time
-		if v.done >= ticket {
+		if skipped {
 			return errSkipped
 		}
-		if v.done+1 == ticket {
-			at = v.usedAt.Add(q.cfg.Interval)
-		} else {
-			// The tickets ahead began no earlier than the latest report
-			// or our ticket, each no earlier than an Interval plus Lease
-			// after the one before: past that, each is done.
-			at = v.doneAt
-			if taken.After(at) {
-				at = taken
-			}
-			at = at.Add(time.Duration(ticket-v.done-1) * (q.cfg.Interval + q.cfg.Lease))
-		}
+		now := time.Now()
 		if !now.Before(at) {
 			return nil
 		}
@@ -526,6 +644,33 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 	}
 }
 
+// turnLocked is when ticket's turn in bucket k comes, as far as this
+// process knows, or whether the bucket went past it.
+func (q *IdentifyQueue) turnLocked(k int, ticket uint64, taken time.Time) (at time.Time, skipped bool) {
+	v := &q.view[k]
+	d := v.last()
+	if d >= ticket {
+		return time.Time{}, true
+	}
+	if d+1 == ticket {
+		return v.usedAt.Add(q.cfg.Interval), false
+	}
+	// The blocks ahead began no earlier than the last ticket done or our
+	// ticket, each no earlier than an Interval plus Lease after the one
+	// before: past that, each is done.
+	ahead := 1 // the block of d+1
+	for _, b := range v.blocks {
+		if b > d+1 && b < ticket {
+			ahead++
+		}
+	}
+	at = v.doneAt
+	if taken.After(at) {
+		at = taken
+	}
+	return at.Add(time.Duration(ahead) * (q.cfg.Interval + q.cfg.Lease)), false
+}
+
 // UnlockBucket reports the shard's ticket done, after its READY: the
 // bucket's next IDENTIFY, in any process, waits an Interval from when
 // that process sees the report.
@@ -535,7 +680,7 @@ func (q *IdentifyQueue) UnlockBucket(shardID int) {
 	delete(q.held, shardID)
 	q.mu.Unlock()
 	if ok {
-		q.done(shardID%len(q.turns), ticket, true)
+		q.done(shardID%len(q.lanes), ticket, true)
 	}
 }
 
@@ -550,91 +695,106 @@ func clockID() string {
 	return "process-" + randomHex(8)
 }
 
-// done queues the report that ticket of bucket k is done.
+// done records ticket of bucket k done here, used if an IDENTIFY went out
+// on it, and queues its report.
 func (q *IdentifyQueue) done(k int, ticket uint64, used bool) {
-	now := time.Now().UnixNano()
 	q.mu.Lock()
+	q.doneLocked(k, ticket, used, time.Now())
+	q.settleLocked(k)
+	q.changedLocked(k)
+	q.mu.Unlock()
+	q.kick(k)
+}
+
+// doneLocked records ticket of bucket k done at now, here: the tickets
+// after it in this process count from now without waiting for the report.
+func (q *IdentifyQueue) doneLocked(k int, ticket uint64, used bool, now time.Time) {
+	v := &q.view[k]
+	if ticket > v.last() {
+		v.doneAt = now
+	}
+	if used && now.After(v.usedAt) {
+		v.usedAt = now
+	}
+	v.local = max(v.local, ticket)
 	r := &q.reports[k]
 	r.Done = max(r.Done, ticket)
 	if used {
-		r.Used, r.At, r.Clock = true, now, q.clock
-	}
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+		r.Used, r.At, r.Clock = true, now.UnixNano(), q.clock
 	}
 }
 
-// abandon reports ticket of bucket k done without an IDENTIFY once the
-// ticket before it is done: until then, the one before may be
-// identifying, and the one after must still wait for it.
-func (q *IdentifyQueue) abandon(k int, ticket uint64) {
-	q.mu.Lock()
-	q.abandoned[k] = append(q.abandoned[k], ticket)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// report writes the queued reports until Close.
-func (q *IdentifyQueue) report() {
-	defer q.wg.Done()
+// settleLocked records done, without an IDENTIFY, the tickets of bucket k
+// given up here whose previous ticket is done: until then, the one before
+// may be identifying, and the one after must still wait for it. It
+// reports whether there were any.
+func (q *IdentifyQueue) settleLocked(k int) bool {
+	settled := false
+	now := time.Now()
 	for {
-		var changed chan struct{}
-		q.mu.Lock()
-		for k, ts := range q.abandoned {
-			kept := ts[:0]
-			for _, t := range ts {
-				if q.view[k].done+1 >= t {
-					q.reports[k].Done = max(q.reports[k].Done, t)
-				} else {
-					kept = append(kept, t)
-				}
-			}
-			q.abandoned[k] = kept
-			if len(kept) > 0 {
-				changed = q.changed
+		progress := false
+		kept := q.abandoned[k][:0]
+		for _, t := range q.abandoned[k] {
+			if t <= q.view[k].last()+1 {
+				q.doneLocked(k, t, false, now)
+				progress = true
+			} else {
+				kept = append(kept, t)
 			}
 		}
-		q.mu.Unlock()
-		q.flush(q.ctx)
+		q.abandoned[k] = kept
+		if !progress {
+			return settled
+		}
+		settled = true
+	}
+}
+
+// kick wakes the reporter of bucket k.
+func (q *IdentifyQueue) kick(k int) {
+	select {
+	case q.wake[k] <- struct{}{}:
+	default:
+	}
+}
+
+// report writes the queued reports of bucket k until Close. Each bucket
+// has its own, so that a report never waits behind another bucket's.
+func (q *IdentifyQueue) report(k int) {
+	defer q.wg.Done()
+	for {
+		q.flush(q.ctx, k)
 		select {
-		case <-q.wake:
-		case <-changed: // nil: none abandoned
+		case <-q.wake[k]:
 		case <-q.stop:
 			return
 		}
 	}
 }
 
-// flush writes the queued reports.
-func (q *IdentifyQueue) flush(ctx context.Context) {
-	for k := range q.reports {
-		q.mu.Lock()
-		r := q.reports[k]
-		q.reports[k] = doneState{}
-		q.mu.Unlock()
-		if r.Done == 0 {
-			continue
-		}
-		octx, cancel := context.WithTimeout(ctx, q.cfg.OpTimeout)
-		err := q.writeDone(octx, k, r)
-		cancel()
-		if err != nil && ctx.Err() != nil {
-			// Stopped: keep it for Close's flush.
-			q.mu.Lock()
-			p := &q.reports[k]
-			p.Done = max(p.Done, r.Done)
-			if r.Used && !p.Used {
-				p.Used, p.At, p.Clock = true, r.At, r.Clock
-			}
-			q.mu.Unlock()
-		}
-		// Any other failure leaves the next ticket to wait out its lease.
+// flush writes the queued report of bucket k.
+func (q *IdentifyQueue) flush(ctx context.Context, k int) {
+	q.mu.Lock()
+	r := q.reports[k]
+	q.reports[k] = doneState{}
+	q.mu.Unlock()
+	if r.Done == 0 {
+		return
 	}
+	octx, cancel := context.WithTimeout(ctx, q.cfg.OpTimeout)
+	err := q.writeDone(octx, k, r)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		// Stopped: keep it for Close's flush.
+		q.mu.Lock()
+		p := &q.reports[k]
+		p.Done = max(p.Done, r.Done)
+		if r.Used && !p.Used {
+			p.Used, p.At, p.Clock = true, r.At, r.Clock
+		}
+		q.mu.Unlock()
+	}
+	// Any other failure leaves the next ticket to wait out its lease.
 }
 
 // writeDone raises bucket k's done key to r, unless it is there already.
@@ -673,7 +833,7 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		q.mu.Lock()
 		now := time.Now().UnixNano()
 		for shard, ticket := range q.held {
-			r := &q.reports[shard%len(q.turns)]
+			r := &q.reports[shard%len(q.lanes)]
 			r.Done = max(r.Done, ticket)
 			if !r.Used {
 				r.Used, r.At, r.Clock = true, now, q.clock
@@ -682,13 +842,15 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		clear(q.held)
 		q.mu.Unlock()
 		q.cancel()
-		q.wg.Wait() // the reporter and the watch loop
+		q.wg.Wait() // the reporters and the watch loop
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, q.cfg.OpTimeout)
 			defer cancel()
 		}
-		q.flush(ctx)
+		for k := range q.reports {
+			q.flush(ctx, k)
+		}
 		_ = q.watcher.Stop()
 		q.unwatch()
 	})

@@ -410,3 +410,63 @@ func TestIdentifyQueueClosed(t *testing.T) {
 		t.Error("a wait returned nil after Close")
 	}
 }
+
+// BenchmarkIdentifyQueueStartup is the queue's part of a fleet's start-up:
+// 256 shards over 4 queues on their own connections, 16 buckets, each
+// READY at once after its turn. It reports the physical limit (16
+// Intervals) over the time all turns took (ratio), the first turn's wait
+// (first_ms) and how far past the Interval the turns of a bucket came
+// (over_ms, mean).
+func BenchmarkIdentifyQueueStartup(b *testing.B) {
+	const shards, mc, queues = 256, 16, 4
+	interval := 20 * time.Millisecond
+	ctx := context.Background()
+	var total, first, over time.Duration
+	var gaps int
+	for b.Loop() {
+		cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval}
+		qs := make([]*natsfleet.IdentifyQueue, queues)
+		for i := range qs {
+			q, err := natsfleet.NewIdentifyQueue(ctx, connect(b), cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			qs[i] = q
+		}
+		var mu sync.Mutex
+		turns := make([][]time.Time, mc)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for shard := range shards {
+			q := qs[shard*queues/shards]
+			wg.Go(func() {
+				if err := q.WaitBucket(ctx, shard); err != nil {
+					b.Error(err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				turns[shard%mc] = append(turns[shard%mc], now)
+				mu.Unlock()
+				q.UnlockBucket(shard)
+			})
+		}
+		wg.Wait()
+		total += time.Since(start)
+		for _, q := range qs {
+			q.Close(ctx)
+		}
+		for _, ts := range turns {
+			slices.SortFunc(ts, time.Time.Compare)
+			first += ts[0].Sub(start)
+			for i := 1; i < len(ts); i++ {
+				over += ts[i].Sub(ts[i-1]) - interval
+				gaps++
+			}
+		}
+	}
+	limit := time.Duration(shards/mc) * interval
+	b.ReportMetric(float64(limit)*float64(b.N)/float64(total), "ratio")
+	b.ReportMetric(float64(first.Milliseconds())/float64(b.N*mc), "first_ms")
+	b.ReportMetric(float64(over.Microseconds())/1e3/float64(gaps), "over_ms")
+}

@@ -301,7 +301,9 @@ func TestClusterNeverReadyIsRestartedThenFailed(t *testing.T) {
 	c := newCounter()
 	cfg := testConfig(s)
 	cfg.Bot, cfg.Clusters = c.bot, 2
-	cfg.ClusterTimeout, cfg.MaxRestarts, cfg.RestartBackoff = 100*time.Millisecond, 2, time.Millisecond
+	// The timeout leaves a loaded machine time to make cluster 0 ready;
+	// restarts of cluster 0 all the same are not what this test counts.
+	cfg.ClusterTimeout, cfg.MaxRestarts, cfg.RestartBackoff = 400*time.Millisecond, 2, time.Millisecond
 	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -316,16 +318,20 @@ func TestClusterNeverReadyIsRestartedThenFailed(t *testing.T) {
 			restarted = append(restarted, e.Cluster)
 			mu.Unlock()
 		case ClusterFailed:
-			failed <- e
+			if e.Cluster == 1 {
+				failed <- e
+			} else {
+				t.Errorf("cluster %d failed: %v", e.Cluster, e.Err)
+			}
 		}
 	})
 	stop := runUntil(t, rt)
 	ev := waitEvent(t, failed)
-	if ev.Cluster != 1 || ev.Err == nil {
+	if ev.Err == nil {
 		t.Fatalf("failed event %+v", ev)
 	}
 	mu.Lock()
-	if len(restarted) != 2 || restarted[0] != 1 || restarted[1] != 1 {
+	if n := countOf(restarted, 1); n != 2 {
 		t.Fatalf("restarts %v, want cluster 1 twice", restarted)
 	}
 	mu.Unlock()
@@ -339,6 +345,17 @@ func TestClusterNeverReadyIsRestartedThenFailed(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// countOf counts v in xs.
+func countOf(xs []int, v int) int {
+	n := 0
+	for _, x := range xs {
+		if x == v {
+			n++
+		}
+	}
+	return n
 }
 
 func TestWhatToLogAndNoToken(t *testing.T) {
