@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,9 +12,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,7 +50,20 @@ type busNATSResult struct {
 	ConcurrentRPS float64 `json:"concurrent_rps"`
 	Requesters    int     `json:"concurrent_requesters"`
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
-	PayloadBytes  int     `json:"payload_bytes"`
+	// How many calls one NATS message carried on average in the
+	// concurrent phase, and how many replies.
+	CallsPerMessage   float64 `json:"concurrent_calls_per_message"`
+	RepliesPerMessage float64 `json:"concurrent_replies_per_message"`
+	// CPU time (user and system) per call in the first concurrent round:
+	// in the calling process (with the embedded server) and in the
+	// service process. Less sensitive to other load than the rates.
+	CallerCPUus  float64 `json:"concurrent_caller_cpu_us_per_call"`
+	ServiceCPUus float64 `json:"concurrent_service_cpu_us_per_call"`
+	PayloadBytes int     `json:"payload_bytes"`
+	// The GOMAXPROCS of the calling process (which embeds the server) and
+	// of the service process.
+	CallerProcs  int `json:"caller_gomaxprocs"`
+	ServiceProcs int `json:"service_gomaxprocs"`
 	// Bare nats.go request/reply between the same two processes, in the
 	// same run: on the same connections as the transport, what the
 	// transport adds to NATS itself; and with both processes on TCP, what
@@ -52,24 +72,41 @@ type busNATSResult struct {
 	BareConcurrentRPS    float64 `json:"bare_nats_concurrent_rps"`
 	BareTCPSeqP50us      float64 `json:"bare_nats_tcp_seq_p50_us"`
 	BareTCPConcurrentRPS float64 `json:"bare_nats_tcp_concurrent_rps"`
+	// eris-fleet's cross-process IPC (bench/erisipc/ipc.js under node) in
+	// the same run: null, with Note saying why, when it could not run.
+	ErisSeqP50us      *float64 `json:"eris_fleet_seq_p50_us"`
+	ErisSeqP99us      *float64 `json:"eris_fleet_seq_p99_us"`
+	ErisConcurrentRPS *float64 `json:"eris_fleet_concurrent_rps"`
+	// ConcurrentVsEris is concurrent_rps / eris_fleet_concurrent_rps.
+	ConcurrentVsEris *float64 `json:"concurrent_vs_eris"`
+	Note             string   `json:"note,omitempty"`
+	// The concurrent phase runs in rounds alternating with eris-fleet's;
+	// concurrent_rps and eris_fleet_concurrent_rps are their medians.
+	ConcurrentRounds     []float64 `json:"concurrent_rps_rounds"`
+	ErisConcurrentRounds []float64 `json:"eris_fleet_concurrent_rps_rounds"`
 }
 
 const (
 	busNATSSeq          = 20_000
 	busNATSPerRequester = 2_000
 	busNATSWarmup       = 5_000
+	busNATSServiceProcs = 1 // the service process's GOMAXPROCS
+	busNATSRounds       = 3 // rounds of the concurrent phase
 )
 
 // runBusNATS measures request/reply between two OS processes through an
 // embedded NATS server: this process calls service/bench in a child.
 func runBusNATS() (any, error) {
-	res := busNATSResult{Scenario: "bus-nats", Processes: 2, Requesters: busRequesters, PayloadBytes: 100}
+	res := busNATSResult{Scenario: "bus-nats", Processes: 2, Requesters: busRequesters, PayloadBytes: 100,
+		CallerProcs: runtime.GOMAXPROCS(0), ServiceProcs: busNATSServiceProcs}
 	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Close()
-	child, err := startChild("bus-nats-service", srv.ConnectInfo(), nil)
+	// The service process runs on one P: two processes on two cores, and
+	// a request then wakes no second thread in the child.
+	child, err := startChild("bus-nats-service", srv.ConnectInfo(), []string{fmt.Sprintf("GOMAXPROCS=%d", busNATSServiceProcs)})
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +149,7 @@ func runBusNATS() (any, error) {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	prof := startPhaseProfile(child, "seq")
 	lat := make([]time.Duration, busNATSSeq)
 	for i := range lat {
 		start := time.Now()
@@ -120,34 +158,91 @@ func runBusNATS() (any, error) {
 		}
 		lat[i] = time.Since(start)
 	}
+	prof.stop()
 	slices.Sort(lat)
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 	res.SeqP50us = us(lat[len(lat)/2])
 	res.SeqP99us = us(lat[len(lat)*99/100])
 
-	var wg sync.WaitGroup
-	errs := make(chan error, busRequesters)
-	gate := make(chan struct{})
-	for range busRequesters {
-		wg.Go(func() {
-			<-gate
-			for range busNATSPerRequester {
-				if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
-					errs <- err
-					return
+	// The concurrent phase, in rounds that alternate with eris-fleet's so
+	// that both see the same conditions; medians are reported.
+	concurrent := func(round int) (float64, error) {
+		var wg sync.WaitGroup
+		errs := make(chan error, busRequesters)
+		gate := make(chan struct{})
+		for range busRequesters {
+			wg.Go(func() {
+				<-gate
+				for range busNATSPerRequester {
+					if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+						errs <- err
+						return
+					}
 				}
+			})
+		}
+		prof := &phaseProfile{}
+		if round == 0 {
+			prof = startPhaseProfile(child, "concurrent")
+		}
+		before := nc.Stats()
+		cpuBefore, childBefore := cpuTime(), child.cpuTime()
+		start := time.Now()
+		close(gate)
+		wg.Wait()
+		elapsed := time.Since(start)
+		cpuAfter, childAfter := cpuTime(), child.cpuTime()
+		after := nc.Stats()
+		prof.stop()
+		close(errs)
+		if err := <-errs; err != nil {
+			return 0, fmt.Errorf("concurrent: %w", err)
+		}
+		calls := float64(busRequesters * busNATSPerRequester)
+		if round == 0 {
+			res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
+			res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
+			res.CallerCPUus = float64((cpuAfter - cpuBefore).Microseconds()) / calls
+			if childBefore >= 0 && childAfter >= 0 {
+				res.ServiceCPUus = float64((childAfter - childBefore).Microseconds()) / calls
 			}
-		})
+		}
+		return calls / elapsed.Seconds(), nil
 	}
-	start := time.Now()
-	close(gate)
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
-		return nil, fmt.Errorf("concurrent: %w", err)
+	var erisErr error
+	for round := range busNATSRounds {
+		rps, err := concurrent(round)
+		if err != nil {
+			return nil, err
+		}
+		res.ConcurrentRounds = append(res.ConcurrentRounds, rps)
+		if erisErr != nil {
+			continue
+		}
+		seq := 0
+		if round == 0 {
+			seq = busNATSSeq
+		}
+		eris, err := measureErisIPC(ctx, res.PayloadBytes, seq)
+		if err != nil {
+			erisErr = err
+			res.Note = "eris-fleet IPC not measured: " + err.Error()
+			continue
+		}
+		if round == 0 {
+			res.ErisSeqP50us, res.ErisSeqP99us = eris.SeqP50us, eris.SeqP99us
+		}
+		res.ErisConcurrentRounds = append(res.ErisConcurrentRounds, eris.ConcurrentRPS)
 	}
-	res.ConcurrentRPS = float64(busRequesters*busNATSPerRequester) / elapsed.Seconds()
+	res.ConcurrentRPS = median(res.ConcurrentRounds)
+	if erisErr == nil {
+		m := median(res.ErisConcurrentRounds)
+		res.ErisConcurrentRPS = &m
+		if m > 0 {
+			ratio := res.ConcurrentRPS / m
+			res.ConcurrentVsEris = &ratio
+		}
+	}
 
 	if res.BareSeqP50us, res.BareConcurrentRPS, err = measureBareNATS(ctx, nc, "bare.echo", payload); err != nil {
 		return nil, fmt.Errorf("bare NATS: %w", err)
@@ -162,6 +257,66 @@ func runBusNATS() (any, error) {
 	}
 	res.InMemoryRPS = mem.ConcurrentRPS
 	return res, nil
+}
+
+// median returns the median of xs (0 if empty); it sorts xs' copy.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// erisIPCScript reproduces eris-fleet 1.0.2's cross-process IPC (a
+// cluster's serviceCommand through the master to a service and back);
+// its header says how.
+//
+//go:embed erisipc/ipc.js
+var erisIPCScript []byte
+
+// erisFigures is what erisipc/ipc.js prints.
+type erisFigures struct {
+	SeqP50us      *float64 `json:"seq_p50_us"` // null when not measured
+	SeqP99us      *float64 `json:"seq_p99_us"`
+	ConcurrentRPS float64  `json:"concurrent_rps"`
+	Requesters    int      `json:"concurrent_requesters"`
+}
+
+// measureErisIPC runs erisipc/ipc.js under node with the bus-nats
+// scenario's counts and payload size, and seq sequential calls (0: none).
+func measureErisIPC(ctx context.Context, payloadBytes, seq int) (erisFigures, error) {
+	var f erisFigures
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return f, errors.New("node is not on PATH (install Node.js to compare with eris-fleet)")
+	}
+	dir, err := os.MkdirTemp("", "erisipc")
+	if err != nil {
+		return f, err
+	}
+	defer os.RemoveAll(dir)
+	script := filepath.Join(dir, "ipc.js")
+	if err := os.WriteFile(script, erisIPCScript, 0o600); err != nil {
+		return f, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, script, strconv.Itoa(seq), strconv.Itoa(busNATSPerRequester),
+		strconv.Itoa(busRequesters), strconv.Itoa(payloadBytes))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return f, fmt.Errorf("%s: %w", node, err)
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &f); err != nil {
+		return f, fmt.Errorf("%s printed %q: %w", node, out, err)
+	}
+	if f.Requesters != busRequesters {
+		return f, fmt.Errorf("%s ran %d requesters, want %d", node, f.Requesters, busRequesters)
+	}
+	return f, nil
 }
 
 // runBusNATSService serves service/bench's echo until stdin closes.
@@ -186,8 +341,98 @@ func runBusNATSService([]string) error {
 		return err
 	}
 	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	// The parent's commands: "profile <file>" starts a CPU profile,
+	// "stop" ends it, "cpu" prints the CPU time used so far (ns).
+	in := bufio.NewScanner(os.Stdin)
+	var prof *os.File
+	for in.Scan() {
+		switch cmd, arg, _ := strings.Cut(in.Text(), " "); cmd {
+		case "profile":
+			if prof, err = os.Create(arg); err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(prof); err != nil {
+				return err
+			}
+		case "stop":
+			if prof != nil {
+				pprof.StopCPUProfile()
+				_ = prof.Close()
+				prof = nil
+			}
+			fmt.Println("stopped")
+		case "cpu":
+			fmt.Println(int64(cpuTime()))
+		}
+	}
 	return nil
+}
+
+// cpuTime returns the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuTime asks a bus-nats service child for its CPU time; -1 if it does
+// not answer.
+func (c *child) cpuTime() time.Duration {
+	if _, err := io.WriteString(c.stdin, "cpu\n"); err != nil {
+		return -1
+	}
+	line, err := c.line(10 * time.Second)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(line, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return time.Duration(n)
+}
+
+// phaseProfile is a CPU profile of this process and of a child during
+// one phase of a scenario.
+type phaseProfile struct {
+	f     *os.File
+	child *child
+}
+
+// startPhaseProfile starts profiling phase in this process and in c, if
+// profileEnv (FLEET_BENCH_PPROF) names a directory: caller-<phase>.pprof
+// and service-<phase>.pprof there. Its stop does nothing otherwise.
+func startPhaseProfile(c *child, phase string) *phaseProfile {
+	dir := os.Getenv(profileEnv)
+	if dir == "" {
+		return &phaseProfile{}
+	}
+	f, err := os.Create(filepath.Join(dir, "caller-"+phase+".pprof"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return &phaseProfile{}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		_ = f.Close()
+		return &phaseProfile{}
+	}
+	_, _ = io.WriteString(c.stdin, "profile "+filepath.Join(dir, "service-"+phase+".pprof")+"\n")
+	return &phaseProfile{f: f, child: c}
+}
+
+func (p *phaseProfile) stop() {
+	if p.f == nil {
+		return
+	}
+	pprof.StopCPUProfile()
+	_ = p.f.Close()
+	_, _ = io.WriteString(p.child.stdin, "stop\n")
+	if _, err := p.child.line(10 * time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+	}
 }
 
 // childConnect connects a child to the parent's NATS.

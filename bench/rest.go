@@ -32,6 +32,7 @@ func init() {
 	register("rest", runREST)
 	childKinds["restproxy"] = runProxyChild
 	childKinds["reverseproxy"] = runReverseProxyChild
+	childKinds["rest-sim"] = runSimChild
 }
 
 // restResult is the rest scenario's line.
@@ -78,29 +79,33 @@ const (
 	restGlobal     = 10_000 // per second; does not bind here
 )
 
-// proxy is a restproxy Server in a child process, as cmd/restproxy runs
-// it: the clients' goroutines and the proxy's do not share a scheduler.
-type proxy struct {
-	url   string
-	cmd   *exec.Cmd
-	stdin io.Closer
+// proc is a child process of the rest scenario: a proxy or the
+// simulator, each with its own scheduler, as they run in production
+// (Discord is never in the bot's process).
+type proc struct {
+	url    string   // http://<addr> from its ready line
+	fields []string // what follows the address on its ready line
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string // its stdout, line by line; closed when it ends
 }
 
-// startProxy starts the child, with a global limit of global requests a
-// second, and waits at most 30 s for its address.
-func startProxy(upstream, token string, global int) (*proxy, error) {
-	return startProxyKind("restproxy", token, upstream, strconv.Itoa(global))
+// startProxy starts a restproxy child in front of upstream, with a
+// global limit of global requests a second.
+func startProxy(upstream, token string, global int) (*proc, error) {
+	return startProc("restproxy", token, upstream, strconv.Itoa(global))
 }
 
-// startProxyKind starts a child of kind with args, and waits at most 30 s
-// for its address.
-func startProxyKind(kind, token string, args ...string) (*proxy, error) {
+// startProc starts this binary as a child of kind with args, token in
+// its environment (not on the command line), and waits at most 30 s for
+// its "ready <addr> [fields]" line.
+func startProc(kind, token string, args ...string) (*proc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, append([]string{"-child", kind}, args...)...)
-	cmd.Env = append(os.Environ(), "BENCH_RESTPROXY_TOKEN="+token) // not on the command line
+	cmd.Env = append(os.Environ(), "BENCH_RESTPROXY_TOKEN="+token)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -113,36 +118,53 @@ func startProxyKind(kind, token string, args ...string) (*proxy, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	x := &proxy{cmd: cmd, stdin: stdin}
-	line := make(chan string, 1)
-	go func() {
-		l, _ := bufio.NewReader(stdout).ReadString('\n')
-		line <- l
+	x := &proc{cmd: cmd, stdin: stdin, lines: make(chan string, 1)}
+	go func() { // ends when the child's stdout closes
+		defer close(x.lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			x.lines <- sc.Text()
+		}
 	}()
-	t := time.NewTimer(30 * time.Second)
+	l, err := x.line(30 * time.Second)
+	if err != nil {
+		_ = x.close()
+		return nil, fmt.Errorf("%s child: %w", kind, err)
+	}
+	f := strings.Fields(l)
+	if len(f) < 2 || f[0] != "ready" {
+		_ = x.close()
+		return nil, fmt.Errorf("%s child: said %q, want \"ready <addr>\"", kind, l)
+	}
+	x.url, x.fields = "http://"+f[1], f[2:]
+	return x, nil
+}
+
+// line returns the child's next line, waiting at most d.
+func (x *proc) line(d time.Duration) (string, error) {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case l := <-line:
-		addr, ok := strings.CutPrefix(strings.TrimSpace(l), "ready ")
+	case l, ok := <-x.lines:
 		if !ok {
-			_ = x.close()
-			return nil, fmt.Errorf("restproxy child: said %q, want \"ready <addr>\"", l)
+			return "", errors.New("exited")
 		}
-		x.url = "http://" + addr
-		return x, nil
+		return l, nil
 	case <-t.C:
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return nil, errors.New("restproxy child: no address in 30s")
+		return "", fmt.Errorf("no answer in %s", d)
 	}
 }
 
 // close ends the child (it shuts down when its stdin closes) and waits
 // for it, at most 10 s.
-func (x *proxy) close() error {
+func (x *proc) close() error {
 	_ = x.stdin.Close()
 	done := make(chan error, 1)
-	go func() { done <- x.cmd.Wait() }()
+	go func() {
+		for range x.lines { // what it says now is not read
+		}
+		done <- x.cmd.Wait()
+	}()
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	select {
@@ -151,8 +173,98 @@ func (x *proxy) close() error {
 	case <-t.C:
 		_ = x.cmd.Process.Kill()
 		<-done
-		return errors.New("restproxy child: did not stop within 10s of its stdin closing")
+		return errors.New("child did not stop within 10s of its stdin closing")
 	}
+}
+
+// restSim is the scenario's simulator in a child process.
+type restSim struct {
+	*proc
+	token string
+	chans []snowflake.ID
+}
+
+// startSim starts a simulator child with the route limit of routeLimit
+// requests per routeWin, and a global limit of global requests a second.
+func startSim(routeLimit int, routeWin time.Duration, global int) (*restSim, error) {
+	token := "bench." + strconv.FormatInt(time.Now().UnixNano(), 36)
+	x, err := startProc("rest-sim", token, strconv.Itoa(routeLimit), routeWin.String(), strconv.Itoa(global))
+	if err != nil {
+		return nil, err
+	}
+	s := &restSim{proc: x, token: token}
+	for _, f := range x.fields {
+		id, err := snowflake.Parse(f)
+		if err != nil {
+			_ = x.close()
+			return nil, fmt.Errorf("rest-sim child: channel %q: %w", f, err)
+		}
+		s.chans = append(s.chans, id)
+	}
+	if len(s.chans) != restChannels {
+		_ = x.close()
+		return nil, fmt.Errorf("rest-sim child: %d channels, want %d", len(s.chans), restChannels)
+	}
+	return s, nil
+}
+
+// restURL is the simulator's REST API base URL.
+func (s *restSim) restURL() string { return s.url + "/api/v10" }
+
+// rateLimited asks the simulator how many 429s it has answered.
+func (s *restSim) rateLimited() (int, error) {
+	if _, err := io.WriteString(s.stdin, "stats\n"); err != nil {
+		return 0, err
+	}
+	l, err := s.line(10 * time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("rest-sim child: stats: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(l, "429s "))
+	if err != nil {
+		return 0, fmt.Errorf("rest-sim child: stats: said %q, want \"429s <n>\"", l)
+	}
+	return n, nil
+}
+
+// runSimChild serves a simulator with the route limit and window and the
+// global limit in args, and the token in its environment; its ready line
+// holds its channels. It answers each "stats" line on stdin with the
+// number of 429s it has sent, and stops when stdin closes.
+func runSimChild(args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("rest-sim child: want the route limit, the route window and the global limit, got %q", args)
+	}
+	limit, err1 := strconv.Atoi(args[0])
+	win, err2 := time.ParseDuration(args[1])
+	global, err3 := strconv.Atoi(args[2])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return fmt.Errorf("rest-sim child: %w", err)
+	}
+	srv, err := discordtest.Start(discordtest.WithToken(os.Getenv("BENCH_RESTPROXY_TOKEN")), discordtest.WithGuilds(1),
+		discordtest.WithGuildShape(2, restChannels, 0), discordtest.WithRouteRateLimit(limit, win),
+		discordtest.WithGlobalRateLimit(global, time.Second))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	line := []string{"ready", srv.Addr()}
+	for i := range restChannels {
+		line = append(line, strconv.FormatUint(srv.ChannelID(0, i), 10))
+	}
+	fmt.Println(strings.Join(line, " "))
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() != "stats" {
+			return fmt.Errorf("rest-sim child: unknown command %q", sc.Text())
+		}
+		n := 0
+		for _, v := range srv.Stats().REST.RateLimited {
+			n += v
+		}
+		fmt.Println("429s", n)
+	}
+	return sc.Err()
 }
 
 // runProxyChild serves a restproxy for upstream until stdin closes.
@@ -294,25 +406,24 @@ func runREST() (any, error) {
 	return r, nil
 }
 
-// restWorkload runs the scenario's workload against a new simulator,
-// through a proxy or with the clients sharing a Limiter, and returns its
-// time and the simulator's 429s.
+// restWorkload runs the scenario's workload against a new simulator in a
+// child process, through a proxy or with the clients sharing a Limiter,
+// and returns its time and the simulator's 429s.
 func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
-	srv, err := discordtest.Start(discordtest.WithGuilds(1), discordtest.WithGuildShape(2, restChannels, 0),
-		discordtest.WithRouteRateLimit(restRouteLimit, restRouteWin), discordtest.WithGlobalRateLimit(restGlobal, time.Second))
+	srv, err := startSim(restRouteLimit, restRouteWin, restGlobal)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer srv.Close()
+	defer func() { err = errors.Join(err, srv.close()) }()
 	l, err := restproxy.New(restproxy.Config{GlobalLimit: restGlobal})
 	if err != nil {
 		return 0, 0, err
 	}
 	clients := make([]rest.Rest, restClusters)
 	transports := make([]*http.Transport, restClusters)
-	gatewayURL := srv.RESTURL() + "/gateway"
+	gatewayURL := srv.restURL() + "/gateway"
 	if viaProxy {
-		px, err := startProxy("http://"+srv.Addr(), srv.Token(), restGlobal)
+		px, err := startProxy(srv.url, srv.token, restGlobal)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -325,15 +436,12 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 		}
 	} else {
 		for i := range clients {
-			c, tr, closeClient := restClient(srv.RESTURL(), srv.Token(), l.ConfigOpt())
+			c, tr, closeClient := restClient(srv.restURL(), srv.token, l.ConfigOpt())
 			defer closeClient()
 			clients[i], transports[i] = c, tr
 		}
 	}
-	chans := make([]snowflake.ID, restChannels)
-	for i := range chans {
-		chans[i] = snowflake.ID(srv.ChannelID(0, i))
-	}
+	chans := srv.chans
 	requests := restClusters * restPerCluster
 
 	// Every request has its goroutine, started before the clock and
@@ -377,31 +485,30 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 	if n := failed.Load(); n > 0 {
 		return 0, 0, fmt.Errorf("%d of %d requests (proxy %t) failed, first: %v", n, requests, viaProxy, first.Load())
 	}
-	for _, n := range srv.Stats().REST.RateLimited {
-		n429 += n
+	if n429, err = srv.rateLimited(); err != nil {
+		return 0, 0, err
 	}
 	return elapsed, n429, nil
 }
 
 // proxyOverhead times GET /users/@me one request at a time, alternating
-// a disgo client straight to a simulator (with an in-process Limiter)
-// and one through a proxy in front of it, with limits far above the
-// rate, and returns each one's median in µs. It then measures the same
+// a disgo client straight to a simulator in a child process (with an
+// in-process Limiter) and one through a proxy in front of it, with
+// limits far above the rate, and returns each one's median in µs. It then measures the same
 // pair again with net/http's ReverseProxy in the proxy's place, and
 // returns that proxy's median minus its direct one.
 func proxyOverhead() (direct, proxied, reverse float64, err error) {
-	srv, err := discordtest.Start(discordtest.WithGuilds(1), discordtest.WithRouteRateLimit(1<<30, time.Second),
-		discordtest.WithGlobalRateLimit(1<<30, time.Second))
+	srv, err := startSim(1<<30, time.Second, 1<<30)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	defer srv.Close()
-	px, err := startProxy("http://"+srv.Addr(), srv.Token(), 1<<20)
+	defer func() { err = errors.Join(err, srv.close()) }()
+	px, err := startProxy(srv.url, srv.token, 1<<20)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, px.close()) }()
-	rx, err := startProxyKind("reverseproxy", srv.Token(), "http://"+srv.Addr())
+	rx, err := startProc("reverseproxy", srv.token, srv.url)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -410,7 +517,7 @@ func proxyOverhead() (direct, proxied, reverse float64, err error) {
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	dc, _, closeDirect := restClient(srv.RESTURL(), srv.Token(), ld.ConfigOpt())
+	dc, _, closeDirect := restClient(srv.restURL(), srv.token, ld.ConfigOpt())
 	defer closeDirect()
 	pc, _, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 	defer closeProxied()

@@ -106,7 +106,7 @@ func startRESTProxy(upstream, token string) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	hs := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 40 * time.Second, IdleTimeout: time.Minute}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	stop := func() {

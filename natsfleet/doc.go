@@ -34,7 +34,8 @@
 // address for back-pressure). A call or reply alone goes out at once from
 // the goroutine that makes it; under load, calls to one address, and
 // replies to one process, are coalesced into one NATS message while the
-// previous one is sent. [Transport.TakeOver] moves an address from one
+// previous one is sent, and the answers to one message of calls go back
+// together as the endpoint gives them. [Transport.TakeOver] moves an address from one
 // process to another as Bus.Standby and Bus.Replace do within one. The
 // bus/bustest conformance suite runs on it.
 //
@@ -46,7 +47,10 @@
 // which skips the loopback socket on its side of the server. `go run
 // ./bench -scenario bus-nats` measures this topology between two
 // processes, beside bare nats.go on the same connections and on TCP
-// ones.
+// ones, and eris-fleet's IPC when node is installed. A process that only
+// serves the bus (a process-mode child) answers sooner with GOMAXPROCS 1:
+// a request then wakes no second thread; the bench runs its service
+// process so.
 //
 // # Identify queue
 //
@@ -75,6 +79,52 @@
 // REST proxy (restproxy's HTTP form, served by one process), whose limiter
 // is then the only one: one set of buckets and one global limit for the
 // whole fleet.
+//
+// # Hosts
+//
+// [Host] runs a fleet over several machines (or processes) that share
+// only a NATS cluster. Every host runs the same binary with the same
+// fleet name and a [HostConfig]; together they:
+//
+//   - elect a leader through a lease in the key-value bucket
+//     <fleet>_hosts; the first leader makes the fleet's plan once (shard
+//     count from GET /gateway/bot or Runtime.Shards, contiguous clusters);
+//   - register with a heartbeat; the leader assigns clusters to the live
+//     hosts: the ones a host asks for (HostConfig.Clusters), the others
+//     spread by weight, moving as few as possible when hosts come and go;
+//   - own each cluster by a lease (key lease.<id>) that its owner renews
+//     by compare-and-set every RenewInterval. A lease is valid on its
+//     owner's clock until LeaseTTL after it sent its last successful
+//     renewal; another host takes it only once it has seen the same
+//     revision for LeaseTTL + LeaseMargin on its own clock, and only by
+//     compare-and-set on that revision. No clocks are compared between
+//     hosts, and an owner's validity ends before anyone can take over;
+//   - run each owned cluster as a runtime.Runtime with runtime.Member set,
+//     on the host's bus (over [NewTransport]) and identify queue
+//     ([NewIdentifyQueue], fleet-wide), with a session store that
+//     checkpoints to the bucket <fleet>_sessions every
+//     Runtime.CheckpointInterval and writes only while the lease is valid,
+//     never over a session of a later lease epoch.
+//
+// Fencing: a host delivers no event of a cluster past its lease's local
+// deadline (runtime.Member.Delivering) and stops the cluster's shards
+// then. A host that dies or is cut off therefore loses its clusters after
+// the TTL, and the hosts they are reassigned to RESUME them from the last
+// checkpoint: no IDENTIFY while Discord accepts the resume, nothing lost,
+// and the events delivered since the checkpoint delivered again.
+//
+// Planned moves hand sessions over exactly: [Host.Drain], a host joining
+// (the leader rebalances) or Run ending close the old owner's shards
+// resumably, save their exact sessions, release the lease, and the new
+// owner resumes them: nothing lost, nothing repeated, no IDENTIFY.
+//
+// [Host.SoftRestart] and [Host.Restart] act on any cluster of the fleet
+// from any host (the owner carries them out, asked over the bus);
+// [Host.Status] and [Host.Handler] (/status, /healthz) describe the whole
+// fleet: hosts, their clusters, leases and the age of each cluster's last
+// checkpoint. REST calls go through the fleet's REST proxy when one is
+// given or published ([PublishRESTProxy]); [Host.Store] is the central
+// store.
 //
 // # Faults
 //

@@ -237,6 +237,14 @@ func (h *hostCore) runLoop(ctx context.Context, stopTimeout time.Duration) error
 				continue
 			}
 			l.learn(e)
+			if primed && l.actionable(e) {
+				// A new assignment or a released lease: act now rather
+				// than at the next round.
+				fctx, fcancel := context.WithTimeout(ctx, h.ttl/2)
+				l.follow(fctx)
+				fcancel()
+				l.publish()
+			}
 		case <-ticker.C:
 			if primed {
 				l.tick(ctx)
@@ -287,6 +295,19 @@ func (l *loop) learn(e jetstream.KeyValueEntry) {
 		}
 	}
 	l.publish()
+}
+
+// actionable reports whether a change may let this host take or hand
+// over a cluster at once: the assignment, or a lease released.
+func (l *loop) actionable(e jetstream.KeyValueEntry) bool {
+	if e.Key() == assignKey {
+		return true
+	}
+	if !strings.HasPrefix(e.Key(), leaseKeyPref) || e.Operation() != jetstream.KeyValuePut {
+		return false
+	}
+	var r leaseRecord
+	return json.Unmarshal(e.Value(), &r) == nil && r.Owner == ""
 }
 
 // refresh reads key again after a failed compare-and-set, so that the
@@ -376,9 +397,9 @@ func (l *loop) renew(ctx context.Context) {
 			continue
 		}
 		if err := h.ls.renew(ctx, c.run.Lease); err != nil {
-			if isConflict(err) {
+			if isConflict(err) || errors.Is(err, errLeaseExpired) {
 				c.run.Lease.deadline.Store(0)
-				h.log.Warn("cluster lease taken by another host: stopping its shards", "cluster", c.run.ID)
+				h.log.Warn("cluster lease lost: stopping its shards", "cluster", c.run.ID, "err", err.Error())
 				l.refresh(ctx, c.run.Lease.key)
 			} else {
 				h.log.Warn("cluster lease renewal failed", "cluster", c.run.ID, "err", err.Error())
@@ -458,8 +479,9 @@ func (l *loop) lead(ctx context.Context) {
 			return
 		}
 	}
-	// Give the hosts starting together one round to register.
-	if time.Since(l.started) < h.interval {
+	// Give the hosts starting together two rounds to register, so that
+	// the first assignment does not move clusters while they identify.
+	if time.Since(l.started) < 2*h.interval {
 		return
 	}
 	hosts := l.liveHosts(ctx)
@@ -593,6 +615,11 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 	h := l.h
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// Draining, so that the leader reassigns the clusters while they stop.
+	l.draining = true
+	hctx, hcancel := context.WithTimeout(ctx, h.interval)
+	l.heartbeat(hctx)
+	hcancel()
 	for _, c := range l.clusters {
 		if !c.stopping {
 			l.stopCluster(c, true)

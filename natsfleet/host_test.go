@@ -193,8 +193,8 @@ func TestHostDrainHandsClustersOverWithNothingLostRepeatedOrIdentified(t *testin
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
-	b := startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	a := startHost(t, s, fleet, "a", d, hostTTL)
+	b := startHost(t, s, fleet, "b", d, hostTTL)
 	waitStatus(t, a.h, "four clusters, two on each host", func(st natsfleet.FleetStatus) bool {
 		o := ownedBy(st)
 		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
@@ -240,8 +240,8 @@ func TestHostSoftRestartIsCarriedOutByTheOwner(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	a := startHost(t, s, fleet, "a", d, 600*time.Millisecond)
-	startHost(t, s, fleet, "b", d, 600*time.Millisecond)
+	a := startHost(t, s, fleet, "a", d, hostTTL)
+	startHost(t, s, fleet, "b", d, hostTTL)
 	st := waitStatus(t, a.h, "two clusters on each host", func(st natsfleet.FleetStatus) bool {
 		o := ownedBy(st)
 		return len(o["a"]) == 2 && len(o["b"]) == 2 && allReady(s, 4)
@@ -259,7 +259,8 @@ func TestHostSoftRestartIsCarriedOutByTheOwner(t *testing.T) {
 	if err := a.h.SoftRestart(testCtx(t), 99); err == nil {
 		t.Error("SoftRestart of a cluster that does not exist: no error")
 	}
-	// The fleet's view is the same from either host.
+	// The fleet's view, from either host, is healthy.
+	st = waitStatus(t, a.h, "a healthy fleet", func(st natsfleet.FleetStatus) bool { ok, _ := st.Healthy(); return ok })
 	healthy, why := st.Healthy()
 	if !healthy || st.Leader == "" || len(st.Hosts) != 2 || st.Shards != 4 {
 		t.Errorf("status: healthy %v (%s), leader %q, %d hosts, %d shards", healthy, why, st.Leader, len(st.Hosts), st.Shards)
@@ -287,7 +288,7 @@ func TestHostClosedAbruptlyIsTakenOverByResume(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	ttl := 600 * time.Millisecond
+	ttl := hostTTL
 	a := startHost(t, s, fleet, "a", d, ttl)
 	b := startHost(t, s, fleet, "b", d, ttl)
 	st := waitStatus(t, b.h, "two clusters on each host, checkpointed", func(st natsfleet.FleetStatus) bool {
@@ -361,7 +362,7 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	ttl := 600 * time.Millisecond
+	ttl := hostTTL
 	proxy := newCutter(t, srv.ClientURL())
 	ctx := testCtx(t)
 	ncA, err := natsfleet.Connect(ctx, proxy.URL(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
@@ -453,3 +454,7 @@ func TestNewHostSaysWhatToChange(t *testing.T) {
 		}
 	}
 }
+
+// hostTTL is the hosts' lease TTL in these tests: short, yet long enough
+// for a key-value write on a loaded machine under the race detector.
+const hostTTL = 1500 * time.Millisecond

@@ -141,7 +141,7 @@ func NewHost(ctx context.Context, nc *nats.Conn, cfg HostConfig) (*Host, error) 
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	cfg.Logger = cfg.Logger.With("host", cfg.ID)
+	cfg.Logger = cfg.Logger.With("fleet", cfg.Fleet, "host", cfg.ID)
 	h := &Host{cfg: cfg, nc: nc}
 	core, err := newHostCore(ctx, nc, coreConfig{fleet: cfg.Fleet, id: cfg.ID, weight: cfg.Weight, static: cfg.Clusters,
 		ttl: cfg.LeaseTTL, margin: cfg.LeaseMargin, interval: cfg.RenewInterval, log: cfg.Logger,

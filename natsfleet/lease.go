@@ -46,8 +46,27 @@ type heldLease struct {
 	deadline atomic.Int64 // unix ns on this host's clock after which the lease is not valid
 }
 
-// valid reports whether the lease is still this host's at now.
-func (l *heldLease) valid(now time.Time) bool { return now.UnixNano() < l.deadline.Load() }
+// valid reports whether the lease is still this host's at now. Once it
+// has answered false it always does: a renewal that completes late does
+// not revive a lease whose cluster has stopped delivering.
+func (l *heldLease) valid(now time.Time) bool {
+	d := l.deadline.Load()
+	if now.UnixNano() < d {
+		return true
+	}
+	l.deadline.CompareAndSwap(d, 0)
+	return false
+}
+
+// extend moves the deadline to until if the lease is still valid, and
+// reports whether it was.
+func (l *heldLease) extend(until time.Time) bool {
+	d := l.deadline.Load()
+	return d != 0 && l.valid(time.Now()) && l.deadline.CompareAndSwap(d, max(d, until.UnixNano()))
+}
+
+// errLeaseExpired means a renewal came after the lease's deadline.
+var errLeaseExpired = errors.New("natsfleet: lease expired before its renewal")
 
 // Deadline returns when the lease ends on this host's clock unless renewed.
 func (l *heldLease) Deadline() time.Time { return time.Unix(0, l.deadline.Load()) }
@@ -133,7 +152,9 @@ func (ls *leases) renew(ctx context.Context, l *heldLease) error {
 		return err
 	}
 	l.rev = rev
-	l.deadline.Store(sent.Add(ls.ttl).UnixNano())
+	if !l.extend(sent.Add(ls.ttl)) {
+		return errLeaseExpired
+	}
 	return nil
 }
 

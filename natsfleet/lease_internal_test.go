@@ -206,3 +206,28 @@ func TestHostCutOffIsFencedAndItsClustersTakenAfterTheTTL(t *testing.T) {
 		}
 	}
 }
+
+// A lease that has been seen expired stays expired: a renewal that
+// completes late must not revive a cluster that stopped delivering.
+func TestExpiredLeaseIsNotRevived(t *testing.T) {
+	t.Parallel()
+	l := &heldLease{key: leaseKey(0), epoch: 1}
+	now := time.Now()
+	l.deadline.Store(now.Add(time.Hour).UnixNano())
+	if !l.extend(now.Add(2 * time.Hour)) {
+		t.Fatal("a valid lease was not extended")
+	}
+	if !l.Deadline().Equal(time.Unix(0, now.Add(2*time.Hour).UnixNano())) {
+		t.Errorf("deadline %v after extending to now+2h", l.Deadline())
+	}
+	l.deadline.Store(now.Add(-time.Millisecond).UnixNano())
+	if l.valid(now) {
+		t.Fatal("a lease past its deadline is valid")
+	}
+	if l.extend(now.Add(time.Hour)) {
+		t.Error("an expired lease was extended")
+	}
+	if l.valid(now.Add(-time.Hour)) {
+		t.Error("an expired lease became valid again")
+	}
+}

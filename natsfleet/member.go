@@ -60,7 +60,10 @@ func (h *Host) clusterShared(ctx context.Context, p planRecord) (*hostShared, er
 		if interval == 0 {
 			interval = 5 * time.Second
 		}
-		q, err := NewIdentifyQueue(ctx, h.nc, IdentifyConfig{Prefix: h.cfg.Fleet, MaxConcurrency: p.MaxConcurrency, Interval: interval})
+		// A bucket whose holder went silent waits at most a lease TTL:
+		// a host silent that long has lost its clusters anyway.
+		q, err := NewIdentifyQueue(ctx, h.nc, IdentifyConfig{Prefix: h.cfg.Fleet, MaxConcurrency: p.MaxConcurrency, Interval: interval,
+			Lease: h.cfg.LeaseTTL})
 		if err != nil {
 			return nil, err
 		}

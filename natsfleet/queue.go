@@ -9,27 +9,43 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/gofleet/fleet/bus"
 )
 
 // outQueue coalesces the frames for one subject. A sender alone (the only
 // call in flight to the address, the only call being answered) that
 // finds it idle publishes its frame itself, at once, saving a hand-over
-// between goroutines; otherwise the queue's goroutine publishes, and the
-// frames queued meanwhile go out together in its next message, so that
-// under load one NATS message carries many calls or replies. A sender
-// publishes at most two messages before handing the rest to the
-// goroutine, so that no caller keeps publishing for the others. It is bounded by the
-// senders' windows (calls) and by the calls in flight (replies).
+// between goroutines, and so does the goroutine that received a message
+// of calls with the answers it collected for them; otherwise the queue's
+// goroutine publishes, and the frames queued meanwhile go out together in
+// its next message, so that under load one NATS message carries many
+// calls or replies. A sender publishes at most two messages before
+// handing the rest to the goroutine, so that no caller keeps publishing
+// for the others. It is bounded by the senders' windows (calls) and by
+// the calls in flight (replies).
 type outQueue struct {
 	subject string
 	calls   bool // frames are this process's calls (else replies)
 
-	mu    sync.Mutex // guards buf, spare, busy, dead
-	buf   []byte     // frames, each as uvarint length | frame
-	spare []byte     // the last buffer published, for reuse
-	busy  bool       // a sender or the goroutine is publishing
-	dead  bool       // its goroutine has returned: take a new queue
-	wake  chan struct{}
+	mu         sync.Mutex    // guards buf, spare, replies, spareReply, busy, dead
+	buf        []byte        // frames, each as uvarint length | frame
+	spare      []byte        // the last buffer published, for reuse
+	replies    []queuedReply // replies to encode into the next message
+	spareReply []queuedReply // the last replies encoded, for reuse
+	busy       bool          // a sender or the goroutine is publishing
+	dead       bool          // its goroutine has returned: take a new queue
+	wake       chan struct{}
+}
+
+// queuedReply is a reply queued before its encoding: the goroutine that
+// publishes encodes it, so that the short-lived goroutine that waited for
+// it needs no stack for the Codec.
+type queuedReply struct {
+	id   uint64
+	r    bus.Response
+	addr bus.Address
+	name string
 }
 
 // queueIdle is how long a queue's goroutine waits for a frame before it
@@ -42,12 +58,31 @@ const queueIdle = time.Minute
 // alone and nobody is publishing; it reports false once the Transport is
 // closed.
 func (t *Transport) enqueue(subject string, calls bool, frame []byte, alone bool) bool {
+	return t.enqueueItem(subject, calls, alone, func(q *outQueue) (bool, bool) { return q.add(frame) })
+}
+
+// enqueueFrames queues frames, already each as uvarint length | frame,
+// for subject and publishes them if nobody is publishing, as the
+// goroutine that received the calls they answer.
+func (t *Transport) enqueueFrames(subject string, frames []byte) bool {
+	return t.enqueueItem(subject, false, true, func(q *outQueue) (bool, bool) { return q.addFramed(frames) })
+}
+
+// enqueueReply queues a reply to be encoded by the goroutine that
+// publishes it, as enqueue queues a frame.
+func (t *Transport) enqueueReply(subject string, r queuedReply, alone bool) bool {
+	return t.enqueueItem(subject, false, alone, func(q *outQueue) (bool, bool) { return q.addReply(r) })
+}
+
+// enqueueItem queues an item with add, which returns whether the queue
+// was idle, or false.
+func (t *Transport) enqueueItem(subject string, calls, alone bool, add func(*outQueue) (added, idle bool)) bool {
 	for {
 		q := t.queue(subject, calls)
 		if q == nil {
 			return false
 		}
-		added, idle := q.add(frame)
+		added, idle := add(q)
 		if !added {
 			continue
 		}
@@ -99,38 +134,86 @@ func (q *outQueue) add(frame []byte) (added, idle bool) {
 	return true, true
 }
 
-// take returns the queued frames, or nil and marks the queue idle.
-func (q *outQueue) take() []byte {
+// addFramed queues frames already each as uvarint length | frame.
+func (q *outQueue) addFramed(frames []byte) (added, idle bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.buf) == 0 {
-		q.busy = false
-		return nil
+	if q.dead {
+		return false, false
 	}
-	buf := q.buf
-	q.buf = q.spare[:0]
-	q.spare = nil
-	return buf
+	q.buf = append(q.buf, frames...)
+	if q.busy {
+		return true, false
+	}
+	q.busy = true
+	return true, true
 }
 
-func (q *outQueue) recycle(buf []byte) {
+// addReply queues r, as add queues a frame.
+func (q *outQueue) addReply(r queuedReply) (added, idle bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.dead {
+		return false, false
+	}
+	q.replies = append(q.replies, r)
+	if q.busy {
+		return true, false
+	}
+	q.busy = true
+	return true, true
+}
+
+// take returns the queued frames and replies, or nothing (ok false) and
+// marks the queue idle.
+func (q *outQueue) take() (buf []byte, replies []queuedReply, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.buf) == 0 && len(q.replies) == 0 {
+		q.busy = false
+		return nil, nil, false
+	}
+	buf, replies = q.buf, q.replies
+	q.buf, q.replies = q.spare[:0], q.spareReply[:0]
+	q.spare, q.spareReply = nil, nil
+	return buf, replies, true
+}
+
+func (q *outQueue) recycle(buf []byte, replies []queuedReply) {
+	clear(replies) // drop the references to the values
 	q.mu.Lock()
 	if q.spare == nil {
 		q.spare = buf
 	}
+	if q.spareReply == nil {
+		q.spareReply = replies
+	}
 	q.mu.Unlock()
+}
+
+// send encodes replies after buf's frames and publishes them all.
+func (t *Transport) send(q *outQueue, buf []byte, replies []queuedReply) []byte {
+	for _, r := range replies {
+		frame := t.encodeResponse(r.r, r.id, r.addr, r.name)
+		if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
+			frame = appendError(nil, r.id, err)
+		}
+		buf = binary.AppendUvarint(buf, uint64(len(frame)))
+		buf = append(buf, frame...)
+	}
+	t.publish(q, buf)
+	return buf
 }
 
 // drain publishes q's frames as the sender that found it idle: two
 // messages at most, then the queue's goroutine takes over.
 func (t *Transport) drain(q *outQueue) {
 	for range 2 {
-		buf := q.take()
-		if buf == nil {
+		buf, replies, ok := q.take()
+		if !ok {
 			return
 		}
-		t.publish(q, buf)
-		q.recycle(buf)
+		q.recycle(t.send(q, buf, replies), replies)
 	}
 	select {
 	case q.wake <- struct{}{}:
@@ -163,22 +246,21 @@ func (t *Transport) runQueue(q *outQueue) {
 			// under load this is what makes one message carry many.
 			for range 4 {
 				q.mu.Lock()
-				n := len(q.buf)
+				n := len(q.buf) + len(q.replies)
 				q.mu.Unlock()
 				runtime.Gosched()
 				q.mu.Lock()
-				grew := len(q.buf) > n
+				grew := len(q.buf)+len(q.replies) > n
 				q.mu.Unlock()
 				if !grew {
 					break
 				}
 			}
-			buf := q.take()
-			if buf == nil {
+			buf, replies, ok := q.take()
+			if !ok {
 				break
 			}
-			t.publish(q, buf)
-			q.recycle(buf)
+			q.recycle(t.send(q, buf, replies), replies)
 		}
 	}
 }
@@ -189,7 +271,7 @@ func (t *Transport) retire(q *outQueue) bool {
 	defer t.wmu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.buf) > 0 || q.busy {
+	if len(q.buf) > 0 || len(q.replies) > 0 || q.busy {
 		return false
 	}
 	q.dead = true

@@ -105,7 +105,7 @@ type Transport struct {
 	nextID  uint64
 
 	wmu     sync.Mutex // guards windows, queues
-	windows map[bus.Address]chan struct{}
+	windows map[bus.Address]remote
 	queues  map[string]*outQueue // by subject: calls to an address, replies to a process
 
 	batchSeq uint64                 // guarded by pmu
@@ -194,7 +194,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		takeOver: map[bus.Address]chan struct{}{},
 		changed:  make(chan struct{}),
 		pending:  map[uint64]*pendingCall{},
-		windows:  map[bus.Address]chan struct{}{},
+		windows:  map[bus.Address]remote{},
 		queues:   map[string]*outQueue{},
 	}
 	t.inbox = cfg.Prefix + ".inbox." + t.id
@@ -488,24 +488,31 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	t.nextID++
 	id := t.nextID
 	t.pmu.Unlock()
-	frame := appendCallHeader(make([]byte, 0, 64), id, m.Kind, timeout, deadline, m.Name)
+	var data []byte
 	if m.Encoded {
-		data, ok := m.Payload.([]byte)
-		if !ok {
+		var ok bool
+		if data, ok = m.Payload.([]byte); !ok {
 			return fmt.Errorf("%w: %s %s: encoded payload is %T, not []byte", bus.ErrStrict, m.To, m.Name, m.Payload)
 		}
-		frame = append(frame, data...)
 	} else {
-		data, err := t.cfg.Codec.Marshal(m.Payload)
-		if err != nil {
+		var err error
+		if data, err = t.cfg.Codec.Marshal(m.Payload); err != nil {
 			return fmt.Errorf("%w: %s %s: cannot encode payload of type %T: %w", bus.ErrStrict, m.To, m.Name, m.Payload, err)
 		}
-		frame = append(frame, data...)
 	}
-	if err := checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, len(frame)+binary.MaxVarintLen64); err != nil {
-		return err
+	// The queue copies the frame: build it in a reused buffer.
+	fp := framePool.Get().(*[]byte)
+	defer func() {
+		if cap(*fp) <= 64<<10 {
+			framePool.Put(fp)
+		}
+	}()
+	frame := append(appendCallHeader((*fp)[:0], id, m.Kind, timeout, deadline, m.Name), data...)
+	*fp = frame
+	if n := len(frame) + binary.MaxVarintLen64; t.tooLarge(n) {
+		return checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, n)
 	}
-	w := t.window(m.To)
+	w, subject := t.window(m.To)
 	select {
 	case w <- struct{}{}:
 	default:
@@ -530,7 +537,7 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	if !t.enqueue(t.subject(m.To), true, frame, len(w) == 1) {
+	if !t.enqueue(subject, true, frame, len(w) == 1) {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
@@ -558,16 +565,23 @@ func (t *Transport) publishError(err error, to bus.Address, name string, n int) 
 	return fmt.Errorf("natsfleet: %s %s: %w", to, name, err)
 }
 
-// window returns the semaphore bounding the calls in flight to addr.
-func (t *Transport) window(addr bus.Address) chan struct{} {
+// remote is what this process keeps for an address it calls in another.
+type remote struct {
+	window  chan struct{} // a semaphore bounding the calls in flight
+	subject string
+}
+
+// window returns the semaphore bounding the calls in flight to addr, and
+// addr's subject.
+func (t *Transport) window(addr bus.Address) (chan struct{}, string) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	w, ok := t.windows[addr]
+	r, ok := t.windows[addr]
 	if !ok {
-		w = make(chan struct{}, t.cfg.Window)
-		t.windows[addr] = w
+		r = remote{window: make(chan struct{}, t.cfg.Window), subject: t.subject(addr)}
+		t.windows[addr] = r
 	}
-	return w
+	return r.window, r.subject
 }
 
 // take removes the pending call id and frees its place in the window; it
@@ -699,12 +713,20 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 	if i := strings.LastIndexByte(replyTo, '.'); i >= 0 {
 		replyTo = replyTo[:i] + ".r"
 	}
+	// The answers go back together, as one message when they are ready
+	// together: acknowledgements and errors at once, replies as the
+	// endpoint gives them. Requests still unanswered once the endpoint
+	// stops answering are left to goroutines of their own.
+	var (
+		out     []byte     // answers, each as uvarint length | frame
+		waiting []awaiting // requests queued at the endpoint, in order
+	)
 	data := msg.Data
 	for len(data) > 0 {
 		frame, rest, ok := nextFrame(data)
 		if !ok {
 			t.log.Warn("malformed bus message dropped", "address", b.addr)
-			return
+			break
 		}
 		data = rest
 		c, err := parseCall(frame)
@@ -716,70 +738,242 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
 			continue
 		}
-		// The message's last call, with no other being answered, may be
-		// answered from here.
 		t.serving.Add(1)
-		t.serve(b, c, replyTo, len(data) == 0 && t.serving.Load() == 1)
+		w, answer := t.serve(b, c)
+		if answer != nil {
+			out = t.appendAnswer(out, answer)
+		} else {
+			waiting = append(waiting, w)
+		}
+		// The endpoint answers in order with one worker: take what it has
+		// answered while the next calls are queued.
+		for len(waiting) > 0 {
+			if out, ok = t.poll(b, waiting[0], out); !ok {
+				break
+			}
+			waiting = waiting[1:]
+		}
+	}
+	// Let the endpoint's workers run, and take their answers from here
+	// while they keep coming, rather than hand each wait to a goroutine.
+	for idle := 0; len(waiting) > 0 && idle < 3; {
+		runtime.Gosched()
+		n := 0
+		for _, w := range waiting {
+			var ok bool
+			if out, ok = t.poll(b, w, out); !ok {
+				waiting[n] = w
+				n++
+			}
+		}
+		if n == len(waiting) {
+			idle++
+		} else {
+			idle = 0
+		}
+		clear(waiting[n:])
+		waiting = waiting[:n]
+	}
+	if len(out) > 0 && replyTo != "" {
+		t.enqueueFrames(replyTo, out)
+	}
+	for _, w := range waiting {
+		t.wg.Add(1)
+		go t.await(w.cancel, w.ch, replyTo, w.id, b.addr, w.name)
 	}
 }
 
-// serve delivers one call received for b to its receiver.
-func (t *Transport) serve(b *binding, c call, replyTo string, alone bool) {
+// callCtx is the context of a call received from another process: its
+// caller's deadline, and the Transport's end. Most handlers only read its
+// Err, which it computes, so it starts no timer and joins no parent until
+// something asks for Done.
+type callCtx struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu       sync.Mutex // guards ctx, cancel, released
+	ctx      context.Context
+	cancel   context.CancelFunc
+	released bool
+}
+
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *callCtx) Value(key any) any { return c.parent.Value(key) }
+
+// Done returns the channel of a context with the deadline, made on the
+// first call.
+func (c *callCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.released {
+			c.cancel()
+		}
+	}
+	return c.ctx.Done()
+}
+
+func (c *callCtx) Err() error {
+	c.mu.Lock()
+	ctx, released := c.ctx, c.released
+	c.mu.Unlock()
+	switch {
+	case ctx != nil:
+		return ctx.Err()
+	case released:
+		return context.Canceled
+	}
+	if err := c.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// release ends the context once the call is answered, as cancelling
+// it would, and frees its timer if Done made one.
+func (c *callCtx) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released = true
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// awaiting is a request queued at a local endpoint, waiting for its
+// answer.
+type awaiting struct {
+	ch     chan bus.Response
+	cancel context.CancelFunc
+	id     uint64
+	name   string
+}
+
+// poll appends w's answer to out if the endpoint has answered.
+func (t *Transport) poll(b *binding, w awaiting, out []byte) ([]byte, bool) {
+	select {
+	case r := <-w.ch:
+		replyPool.Put(w.ch)
+		w.cancel()
+		return t.appendResponse(out, r, w.id, b.addr, w.name), true
+	default:
+		return out, false
+	}
+}
+
+// appendAnswer appends one answer frame to out, as the frames of a
+// message, and counts it answered.
+func (t *Transport) appendAnswer(out, frame []byte) []byte {
+	t.serving.Add(-1)
+	if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
+		id, _ := binary.Uvarint(frame)
+		frame = appendError(nil, id, err)
+	}
+	out = binary.AppendUvarint(out, uint64(len(frame)))
+	return append(out, frame...)
+}
+
+// serve delivers one call received for b to its receiver. It returns the
+// call's answer frame if it has one already (a send's or an event's, or
+// an error), else the request waiting for its answer.
+func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 	ctx, cancel := t.ctx, context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		d := time.Now().Add(time.Duration(c.timeout))
 		if sd := time.Unix(0, c.deadline); sd.Before(d) {
 			d = sd
 		}
-		ctx, cancel = context.WithDeadline(t.ctx, d)
+		cc := &callCtx{parent: t.ctx, deadline: d}
+		ctx, cancel = cc, cc.release
 	}
 	m := bus.Message{To: b.addr, Kind: bus.Kind(c.kind), Name: c.name, Payload: c.payload, Encoded: true}
 	if m.Kind != bus.KindRequest {
 		err := b.r.Receive(ctx, m)
 		cancel()
 		if err != nil {
-			t.respond(replyTo, appendError(nil, c.id, err))
-		} else {
-			t.respond(replyTo, append(binary.AppendUvarint(nil, c.id), replyAck))
+			return awaiting{}, appendError(nil, c.id, err)
 		}
-		return
+		return awaiting{}, append(binary.AppendUvarint(nil, c.id), replyAck)
 	}
-	ch := make(chan bus.Response, 1)
+	ch := replyPool.Get().(chan bus.Response)
 	m.Reply = ch
 	if err := b.r.Receive(ctx, m); err != nil {
+		replyPool.Put(ch)
 		cancel()
-		t.respond(replyTo, appendError(nil, c.id, err))
-		return
+		return awaiting{}, appendError(nil, c.id, err)
 	}
-	if alone {
-		// Let the handler run, and answer from here if it was quick,
-		// rather than hand the wait to a goroutine.
-		for range 3 {
-			runtime.Gosched()
-			select {
-			case r := <-ch:
-				cancel()
-				t.respond(replyTo, t.encodeResponse(r, c.id, b.addr, c.name))
-				return
-			default:
-			}
-		}
-	}
-	t.wg.Add(1)
-	go t.await(ctx, cancel, ch, replyTo, c.id, b.addr, c.name)
+	return awaiting{ch: ch, cancel: cancel, id: c.id, name: c.name}, nil
 }
 
-// await sends the reply of a request handled here to its caller.
-func (t *Transport) await(ctx context.Context, cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
+// await sends the reply of a request handled here to its caller. The
+// endpoint answers every request it accepted, once handled or with an
+// error if the caller's time ran out first, so it waits for that answer
+// (a late one is dropped by the caller), or for the Transport to close.
+func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
 	defer t.wg.Done()
 	defer cancel()
 	select {
 	case r := <-ch:
-		t.respond(to, t.encodeResponse(r, id, addr, name))
-	case <-ctx.Done():
-		// The caller's time is up (or the transport closed): it no longer waits.
+		replyPool.Put(ch)
+		alone := t.serving.Add(-1) == 0
+		if to != "" {
+			t.enqueueReply(to, queuedReply{id: id, r: r, addr: addr, name: name}, alone)
+		}
+	case <-t.ctx.Done():
 		t.serving.Add(-1)
 	}
+}
+
+// framePool holds the buffers Deliver builds a call's frame in.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// replyPool recycles the reply channels of requests received from other
+// processes; a channel goes back once its one Response was read.
+var replyPool = sync.Pool{New: func() any { return make(chan bus.Response, 1) }}
+
+// tooLarge reports whether a message of n bytes exceeds the server's max
+// payload.
+func (t *Transport) tooLarge(n int) bool {
+	max := t.nc.MaxPayload()
+	return max > 0 && int64(n) > max
+}
+
+// appendResponse appends r's frame to out as uvarint length | frame,
+// and counts the call answered.
+func (t *Transport) appendResponse(out []byte, r bus.Response, id uint64, addr bus.Address, name string) []byte {
+	data, ok := r.Value.([]byte)
+	if r.Err == nil && (!r.Encoded || !ok) {
+		var err error
+		if data, err = t.cfg.Codec.Marshal(r.Value); err != nil {
+			r.Err = fmt.Errorf("%w: %s %s: cannot encode reply of type %T: %w", bus.ErrStrict, addr, name, r.Value, err)
+		}
+	}
+	n := uvarintLen(id) + 1 + len(data)
+	if r.Err != nil || t.tooLarge(n+binary.MaxVarintLen64) {
+		if r.Err == nil {
+			r.Err = &PayloadError{Size: int64(n + binary.MaxVarintLen64), Max: t.nc.MaxPayload(), What: "bus reply"}
+		}
+		return t.appendAnswer(out, appendError(nil, id, r.Err))
+	}
+	t.serving.Add(-1)
+	out = binary.AppendUvarint(out, uint64(n))
+	out = binary.AppendUvarint(out, id)
+	out = append(out, replyValue)
+	return append(out, data...)
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
 }
 
 func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, name string) []byte {
@@ -795,19 +989,6 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 	}
 	b := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64+1), id)
 	return append(append(b, replyValue), data...)
-}
-
-// respond queues a reply frame for the process whose replies go to to.
-func (t *Transport) respond(to string, frame []byte) {
-	alone := t.serving.Add(-1) == 0
-	if to == "" {
-		return
-	}
-	if err := checkPayload(t.nc, "bus reply", len(frame)+binary.MaxVarintLen64); err != nil {
-		id, _ := binary.Uvarint(frame)
-		frame = appendError(nil, id, err)
-	}
-	t.enqueue(to, false, frame, alone)
 }
 
 // Members returns the addresses in group served by any process of the

@@ -86,5 +86,6 @@
 // appear in logs, hooks or errors: routes are templates, and the major
 // parameter, which can hold a webhook token, stays inside the limiter.
 // A Server starts no goroutine of its own: net/http runs its handlers,
-// and its upstream client's idle connections end with Server.Close.
+// each handler writes its upstream request and reads the answer itself,
+// and the upstream client's idle connections end with Server.Close.
 package restproxy

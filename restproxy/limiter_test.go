@@ -61,11 +61,15 @@ func TestRestSharedLimiterEightClustersNo429s(t *testing.T) {
 	t.Logf("%d messages in %s; the limits allow %s (ratio %.2f)", clusters*perCluster, elapsed, least, least.Seconds()/elapsed.Seconds())
 }
 
-// TestIndependentLimitersGet429s runs the same clusters and channels with
-// limits tight enough to bind even under -race, first with a limiter per
-// cluster, then with one shared.
+// TestIndependentLimitersGet429s has each cluster post one message to the
+// same channel, whose limit is half the clusters per window, first with a
+// limiter per cluster, then with one shared. A limiter sends its first
+// request of a bucket before it knows the limit, so limiters that do not
+// share buckets overrun it however slowly the machine runs, as long as
+// the first requests land in one window (2 s); one shared limiter does
+// not.
 func TestRestIndependentLimitersGet429s(t *testing.T) {
-	const perCluster, limit, window = 20, 10, 200 * time.Millisecond
+	const perCluster, limit, window = 1, clusters / 2, 2 * time.Second
 	noRetry := restproxy.Config{Retries: -1}
 	_, _, st := postFromClusters(t, false, perCluster, limit, window, noRetry)
 	if st.RateLimited["user"] == 0 {
@@ -79,11 +83,16 @@ func TestRestIndependentLimitersGet429s(t *testing.T) {
 		clusters, perCluster, st.RateLimited["user"], shared.RateLimited["user"])
 }
 
+// TestRestGlobalLimitSaturated sends three global windows of requests
+// over buckets that never bind. The limiter cannot see when the server's
+// window starts: its margin must cover how much later one request leaves
+// than another let go at the same time, which under -race on a loaded
+// machine reaches hundreds of milliseconds. The margin here is 1 s.
 func TestRestGlobalLimitSaturated(t *testing.T) {
-	const n, global, win = 100, 20, 100 * time.Millisecond
+	const n, global, win = 60, 20, 250 * time.Millisecond
 	srv := newSim(t, discordtest.WithGuilds(1), discordtest.WithGuildShape(2, 25, 0),
 		discordtest.WithRouteRateLimit(1000, time.Second), discordtest.WithGlobalRateLimit(global, win))
-	l := newLimiter(t, restproxy.Config{GlobalLimit: global, GlobalWindow: win, GlobalMargin: win / 5})
+	l := newLimiter(t, restproxy.Config{GlobalLimit: global, GlobalWindow: win, GlobalMargin: 4 * win})
 	clients := []rest.Rest{
 		newClient(t, srv.RESTURL(), srv.Token(), l.ConfigOpt()),
 		newClient(t, srv.RESTURL(), srv.Token(), l.ConfigOpt()),
@@ -259,8 +268,10 @@ func TestRestUser429FromAnotherSenderIsRetried(t *testing.T) {
 }
 
 func TestRestGlobal429BlocksEveryBucket(t *testing.T) {
+	// 20 requests at once against 5 per window: the window is long enough
+	// for more than 5 of them to arrive in it on a loaded machine.
 	srv := newSim(t, discordtest.WithGuilds(1), discordtest.WithGuildShape(2, 5, 0),
-		discordtest.WithRouteRateLimit(100, time.Second), discordtest.WithGlobalRateLimit(5, 100*time.Millisecond))
+		discordtest.WithRouteRateLimit(100, time.Second), discordtest.WithGlobalRateLimit(5, 500*time.Millisecond))
 	var rec recorder
 	// The limiter believes in a higher global limit than the server's:
 	// the server's global 429s must hold every bucket back.

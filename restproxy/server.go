@@ -66,7 +66,12 @@ type ServerConfig struct {
 	// Client sends the upstream requests. Default: a client that does not
 	// follow redirects, leaves bodies compressed or not as Discord sends
 	// them, and waits at most 60 s for a response's headers once the
-	// request is sent.
+	// request is sent. With the default, a request the proxy holds whole
+	// (no body, or one of at most 64 KiB) is written and its answer read
+	// on the handler's goroutine, over keep-alive HTTP/1.1 connections
+	// that have no goroutine of their own; streamed bodies, and every
+	// request where the environment names an HTTP proxy
+	// (HTTPS_PROXY), go through a net/http Transport.
 	Client *http.Client
 	// Logger gets one debug line per request and warnings for upstream
 	// failures; never a token. Default: no logs.
@@ -107,6 +112,7 @@ type Server struct {
 	metrics     http.Handler
 	client      *http.Client
 	own         *http.Transport // closed by Close when the Server made it
+	up          *upstream       // with own: requests held whole; nil if unusable here
 	log         *slog.Logger
 }
 
@@ -168,6 +174,7 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 			Transport:     s.own,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
+		s.up = newUpstream(u)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -182,6 +189,9 @@ func NewServer(l *Limiter, cfg ServerConfig) (*Server, error) {
 func (s *Server) Close() {
 	if s.own != nil {
 		s.own.CloseIdleConnections()
+	}
+	if s.up != nil {
+		s.up.close()
 	}
 }
 
@@ -429,7 +439,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if stream != nil {
 			out.ContentLength = length
 		}
-		rs, err := s.send(out)
+		rs, err := s.send(out, stream != nil)
 		if stream != nil {
 			_ = rc.SetReadDeadline(time.Time{})
 		}
@@ -522,10 +532,14 @@ func (s *Server) outgoing(r *http.Request, auth string) (string, http.Header) {
 	return target.String(), header
 }
 
-// send sends an upstream request: through the Server's own transport
-// when it made one (http.Client adds nothing to it but a copy of the
-// headers for redirects, which it does not follow), else through Client.
-func (s *Server) send(out *http.Request) (*http.Response, error) {
+// send sends an upstream request: one held whole through the Server's
+// upstream client when it has one, else through its own transport when it
+// made one (http.Client adds nothing to it but a copy of the headers for
+// redirects, which it does not follow), else through Client.
+func (s *Server) send(out *http.Request, streams bool) (*http.Response, error) {
+	if s.up != nil && !streams {
+		return s.up.roundTrip(out)
+	}
 	if s.own != nil {
 		return s.own.RoundTrip(out)
 	}

@@ -31,7 +31,9 @@ func newProxy(t testing.TB, l *restproxy.Limiter, cfg restproxy.ServerConfig) *h
 }
 
 func TestRestProxySharesLimitsAcrossClients(t *testing.T) {
-	const perClient, limit, window = 100, 10, 50 * time.Millisecond
+	// Windows of 200 ms: long next to how late an answer is read under
+	// -race on a loaded machine.
+	const perClient, limit, window = 40, 10, 200 * time.Millisecond
 	srv := newSim(t, discordtest.WithGuilds(1), discordtest.WithGuildShape(2, 2, 0),
 		discordtest.WithRouteRateLimit(limit, window), discordtest.WithGlobalRateLimit(100_000, time.Second))
 	l := newLimiter(t, restproxy.Config{GlobalLimit: 100_000})
