@@ -14,6 +14,15 @@
 // naming the URL if no server answers, and saying so if the credentials
 // are refused. Everything else takes a *nats.Conn.
 //
+// With ServerConfig.Cluster, Name, ClusterPort and Routes, embedded
+// servers form a NATS cluster routed on loopback (or across hosts), its
+// routes authenticated with the same user, and JetStream clustered over
+// the nodes; [StartCluster] starts such a cluster in one process. On a
+// clustered NATS the fleet's key-value buckets (leases, sessions, the
+// identify queue, the store) are kept on three nodes, so the loss of one
+// loses no key; a connection given every node's URL, or one that learns
+// them from its server, moves to another node with its subscriptions.
+//
 // # Bus
 //
 // [NewTransport] carries the bus across processes: a bus.Bus given it as

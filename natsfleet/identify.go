@@ -223,11 +223,52 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage})
+	// A new bucket is kept on three nodes of a clustered NATS (so that
+	// losing one loses no key), on fewer if it has fewer, on the one
+	// server of an unclustered NATS.
+	cfg := jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: storage, Replicas: 1}
+	if nc.ConnectedClusterName() != "" {
+		cfg.Replicas = 3
+	}
+	// Create first: several processes creating the same bucket at once
+	// all succeed (the same config is no conflict), where concurrent
+	// create-or-updates, and lookups of a bucket being created, on a
+	// clustered JetStream can leave some without an answer. A bucket made
+	// with another config is updated, keeping its replicas (a node down
+	// now does not shrink it).
+	kv, err := js.CreateKeyValue(ctx, cfg)
+	for cfg.Replicas > 1 && tooFewNodes(err) {
+		cfg.Replicas--
+		kv, err = js.CreateKeyValue(ctx, cfg)
+	}
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		if old, err := js.KeyValue(ctx, bucket); err == nil {
+			if st, err := old.Status(ctx); err == nil {
+				if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && bs.StreamInfo().Config.Replicas > 0 {
+					cfg.Replicas = bs.StreamInfo().Config.Replicas
+				}
+			}
+		}
+		kv, err = js.UpdateKeyValue(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("natsfleet: key-value bucket %s: %w (is JetStream enabled on the server?)", bucket, err)
 	}
 	return kv, nil
+}
+
+// tooFewNodes reports whether JetStream refused a bucket for want of
+// nodes to place its replicas on.
+func tooFewNodes(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case 10005, 10023, 10074: // no suitable peers, insufficient resources, replicas not supported
+		return true
+	}
+	return false
 }
 
 // watch keeps the view up to date until Close stops the watcher.

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/multihost"
 	"github.com/gofleet/fleet/natsfleet"
 )
 
@@ -24,6 +25,13 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
+	if os.Getenv(multihost.HostEnv) != "" {
+		if err := multihost.RunHostFromEnv(); err != nil {
+			fmt.Fprintln(os.Stderr, "host:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	s, err := natsfleet.StartServer(natsfleet.ServerConfig{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -32,8 +40,13 @@ func TestMain(m *testing.M) {
 	srv = s
 	code := m.Run()
 	srv.Close()
+	// No test leaves a child process behind.
 	if left := leftChildren(); len(left) > 0 {
 		fmt.Fprintln(os.Stderr, "processes left behind:", left)
+		code = 1
+	}
+	if pids, err := multihost.Children(); err != nil || len(pids) > 0 {
+		fmt.Fprintf(os.Stderr, "child processes left behind: %v %v\n", pids, err)
 		code = 1
 	}
 	if code == 0 {

@@ -4,9 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -34,6 +40,25 @@ type ServerConfig struct {
 	// Logger, if set, receives the server's warnings and errors; nil
 	// keeps the server quiet.
 	Logger *slog.Logger
+
+	// Cluster, if set, makes the server a node of the NATS cluster of
+	// that name, with JetStream clustered over the nodes. Every node of a
+	// cluster has the same Cluster, User and Password (routes between
+	// nodes authenticate with them too, so nothing without them can join
+	// as a client or as a node) and its own Name. [StartCluster] starts
+	// the nodes of a cluster in one process.
+	Cluster string
+	// Name is the server's name, unique in its cluster and kept across
+	// restarts of a node (default generated).
+	Name string
+	// ClusterPort is the port on 127.0.0.1 where the node accepts routes
+	// from the other nodes (0: a free one; see [Server.RouteAddr]).
+	ClusterPort int
+	// Routes are the route addresses (host:port, as [Server.RouteAddr]
+	// returns them) of the cluster's nodes, this one's included if
+	// convenient (a node does not route to itself): the same list on
+	// every node. JetStream needs at least one.
+	Routes []string
 }
 
 // Server is a NATS server running inside this process, on loopback, with
@@ -45,6 +70,8 @@ type Server struct {
 	info    ConnectInfo
 	dataDir string
 	tempDir bool
+	route   string // host:port of the route listener; "" when not clustered
+	once    sync.Once
 }
 
 // ConnectInfo is what another process needs to join a fleet's NATS: the
@@ -83,6 +110,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
+	clusterOpts, routes, err := routeOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{dataDir: cfg.DataDir}
 	if s.dataDir == "" {
 		d, err := os.MkdirTemp("", "natsfleet-*")
@@ -114,6 +145,14 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		Users:                  []*server.User{{Username: user, Password: pass}},
 		HTTPPort:               0,
 	}
+	if cfg.Cluster != "" {
+		opts.ServerName = cfg.Name
+		if opts.ServerName == "" {
+			opts.ServerName = cfg.Cluster + "-" + randomHex(4)
+		}
+		opts.Cluster = clusterOpts
+		opts.Routes = routes
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		s.removeTemp()
@@ -131,8 +170,60 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	}
 	s.ns = ns
 	s.info = ConnectInfo{URL: ns.ClientURL(), User: user, Password: pass}
+	if a := ns.ClusterAddr(); cfg.Cluster != "" && a != nil {
+		s.route = net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port))
+	}
 	return s, nil
 }
+
+// routeOptions checks a node's cluster fields and returns its route
+// listener and the routes it joins, authenticated with User and Password.
+func routeOptions(cfg ServerConfig) (server.ClusterOpts, []*url.URL, error) {
+	if cfg.Cluster == "" {
+		if cfg.ClusterPort != 0 || len(cfg.Routes) > 0 || cfg.Name != "" {
+			return server.ClusterOpts{}, nil, errors.New("natsfleet: ServerConfig.ClusterPort, Routes or Name set without Cluster: name the cluster the node joins")
+		}
+		return server.ClusterOpts{}, nil, nil
+	}
+	if strings.ContainsAny(cfg.Cluster, " .*>") {
+		return server.ClusterOpts{}, nil, fmt.Errorf("natsfleet: ServerConfig.Cluster %q has a space, '.', '*' or '>': use letters, digits, '-' and '_'", cfg.Cluster)
+	}
+	if cfg.User == "" || cfg.Password == "" {
+		return server.ClusterOpts{}, nil, errors.New("natsfleet: ServerConfig.Cluster set without User and Password: the nodes of a cluster share them (StartCluster generates them)")
+	}
+	if len(cfg.Routes) == 0 {
+		return server.ClusterOpts{}, nil, errors.New("natsfleet: ServerConfig.Cluster set without Routes: list the route addresses of the cluster's nodes (the same list on every node)")
+	}
+	if cfg.ClusterPort < 0 || cfg.ClusterPort > 65535 {
+		return server.ClusterOpts{}, nil, fmt.Errorf("natsfleet: ServerConfig.ClusterPort (%d) out of range: use 0 for a free port or 1-65535", cfg.ClusterPort)
+	}
+	port := cfg.ClusterPort
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	co := server.ClusterOpts{
+		Name: cfg.Cluster, Host: "127.0.0.1", Port: port,
+		Username: cfg.User, Password: cfg.Password,
+	}
+	var routes []*url.URL
+	for _, r := range cfg.Routes {
+		host, p, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(r, "nats-route://"), "nats://"))
+		if err != nil {
+			return server.ClusterOpts{}, nil, fmt.Errorf("natsfleet: ServerConfig.Routes: %q: want host:port as Server.RouteAddr returns it", r)
+		}
+		routes = append(routes, &url.URL{Scheme: "nats-route", Host: net.JoinHostPort(host, p), User: url.UserPassword(cfg.User, cfg.Password)})
+	}
+	return co, routes, nil
+}
+
+// RouteAddr returns host:port where the node accepts routes from other
+// nodes of its cluster ("" for a standalone server): what another node
+// puts in its ServerConfig.Routes to join.
+func (s *Server) RouteAddr() string { return s.route }
+
+// Name returns the server's name (in a cluster, ServerConfig.Name or the
+// generated one).
+func (s *Server) Name() string { return s.ns.Name() }
 
 // ClientURL returns the server's URL, nats://127.0.0.1:<port>.
 func (s *Server) ClientURL() string { return s.info.URL }
@@ -159,10 +250,13 @@ func (s *Server) ConnectInProcess(ctx context.Context, opts ...Option) (*nats.Co
 
 // Close stops the server, waits for it, and removes its data directory
 // if it was a temporary one.
+// Closing a closed server does nothing.
 func (s *Server) Close() {
-	s.ns.Shutdown()
-	s.ns.WaitForShutdown()
-	s.removeTemp()
+	s.once.Do(func() {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+		s.removeTemp()
+	})
 }
 
 func (s *Server) removeTemp() {
