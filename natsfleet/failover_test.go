@@ -38,14 +38,14 @@ func startFleet(t *testing.T, cfg multihost.Config) *multihost.Fleet {
 	return f
 }
 
-// load sends MESSAGE_CREATEs at faultRate and samples the simulator for
+// hostLoad sends MESSAGE_CREATEs at faultRate and samples the simulator for
 // two live sessions of one shard until the test ends or stop is called.
-type load struct {
+type hostLoad struct {
 	send *multihost.Sender
 	stop func()
 }
 
-func startLoad(t *testing.T, f *multihost.Fleet) *load {
+func startLoad(t *testing.T, f *multihost.Fleet) *hostLoad {
 	send := multihost.NewSender(f.Discord, faultRate)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
@@ -64,7 +64,7 @@ func startLoad(t *testing.T, f *multihost.Fleet) *load {
 		}
 	}()
 	var stopped bool
-	l := &load{send: send}
+	l := &hostLoad{send: send}
 	l.stop = func() {
 		if stopped {
 			return
@@ -83,7 +83,7 @@ func startLoad(t *testing.T, f *multihost.Fleet) *load {
 
 // flowing waits until a second's events have been sent and every one
 // reported.
-func (l *load) flowing(t *testing.T, f *multihost.Fleet) {
+func (l *hostLoad) flowing(t *testing.T, f *multihost.Fleet) {
 	t.Helper()
 	from := l.send.Mark()
 	await(t, 30*time.Second, func(ctx context.Context) error {
@@ -113,7 +113,7 @@ func await(t *testing.T, d time.Duration, fn func(context.Context) error) {
 // duplicates no more than window's worth of events per moved shard
 // (window: how long a host delivered without a checkpoint reaching the
 // store).
-func check(t *testing.T, f *multihost.Fleet, l *load, identifies, movedShards int, window time.Duration) {
+func check(t *testing.T, f *multihost.Fleet, l *hostLoad, identifies, movedShards int, window time.Duration) {
 	t.Helper()
 	l.stop()
 	all := l.send.Sent(0, -1)
