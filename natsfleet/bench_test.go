@@ -38,3 +38,28 @@ func BenchmarkRequestParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRequestSequential measures request/reply between two Buses
+// through the embedded server, one request at a time.
+func BenchmarkRequestSequential(b *testing.B) {
+	prefix := newPrefix()
+	ct, st := newTransport(b, prefix), newTransport(b, prefix)
+	caller := newBus(b, bus.Options{}, ct)
+	server := newBus(b, bus.Options{}, st)
+	ep, err := server.Register(bus.Service("echo"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	bus.Handle(ep, "echo", func(_ context.Context, p []byte) ([]byte, error) { return p, nil })
+	ctx := context.Background()
+	if err := ct.WaitMember(ctx, bus.Service("echo")); err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, 100)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := bus.Request[[]byte, []byte](ctx, caller, bus.Service("echo"), "echo", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

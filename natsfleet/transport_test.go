@@ -156,3 +156,66 @@ func TestHandlerContextEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestAbandonedCallsFreeWindow: a process that receives calls and never
+// answers holds the caller's window only until each caller gives up,
+// whether its ctx was cancelled or its deadline passed; the next call
+// then goes out.
+func TestAbandonedCallsFreeWindow(t *testing.T) {
+	t.Parallel()
+	prefix := newPrefix()
+	ctx := testCtx(t)
+	tr, err := natsfleet.NewTransport(connect(t), natsfleet.TransportConfig{Prefix: prefix, Logger: quiet, Window: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Close)
+	caller := newBus(t, bus.Options{}, tr)
+	silent := connect(t)
+	got := make(chan struct{}, 16)
+	if _, err := silent.QueueSubscribe(prefix+".bus.service.silent", "serve", func(*nats.Msg) { got <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	addr := bus.Service("silent")
+	call := func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := bus.Request[int, int](ctx, caller, addr, "x", 1)
+			done <- err
+		}()
+		return done
+	}
+	received := func(what string) {
+		t.Helper()
+		select {
+		case <-got:
+		case <-ctx.Done():
+			t.Fatalf("%s never reached the silent process: the window stayed full", what)
+		}
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	first := call(cctx)
+	received("the first call")
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: err = %v, want context.Canceled", err)
+	}
+
+	dctx, dcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer dcancel()
+	second := call(dctx)
+	received("the call after a cancelled one")
+	if err := <-second; !errors.Is(err, bus.ErrTimeout) {
+		t.Fatalf("unanswered call: err = %v, want ErrTimeout", err)
+	}
+
+	lctx, lcancel := context.WithCancel(ctx)
+	third := call(lctx)
+	received("the call after a timed-out one")
+	lcancel()
+	<-third
+}
