@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gofleet/fleet/discordtest"
+	"github.com/gofleet/fleet/internal/multihost"
 	"github.com/gofleet/fleet/natsfleet"
 	"github.com/gofleet/fleet/runtime"
 	"github.com/gofleet/fleet/shardgroup"
@@ -363,9 +364,13 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	fleet := newPrefix()
 	d := newDeliveries()
 	ttl := hostTTL
-	proxy := newCutter(t, srv.ClientURL())
+	proxy, err := multihost.NewCutter(strings.TrimPrefix(srv.ClientURL(), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
 	ctx := testCtx(t)
-	ncA, err := natsfleet.Connect(ctx, proxy.URL(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
+	ncA, err := natsfleet.Connect(ctx, "nats://"+proxy.Addr(), append(srv.ConnectInfo().Options(), natsfleet.Logger(quiet))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +394,7 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	eventually(t, "a delivering traffic", func() bool { return d.lastOn("a").After(started) })
 
 	cut := time.Now()
-	proxy.cut()
+	proxy.Cut()
 	waitStatus(t, b.h, "a's clusters resumed on b", func(st natsfleet.FleetStatus) bool {
 		return len(ownedBy(st)["b"]) == 4 && allReady(s, 4)
 	})
@@ -398,7 +403,7 @@ func TestHostCutOffLongerThanTheTTLIsFencedAndRejoins(t *testing.T) {
 	}
 	cutFor := time.Since(cut)
 
-	proxy.restore()
+	proxy.Restore()
 	back := waitStatus(t, b.h, "a back with two clusters", balanced)
 	sent := sd.finish()
 	lost, dup := d.check(t, sent, 10*time.Second)
