@@ -9,9 +9,10 @@ import (
 
 var parallelism = 32
 
-// BenchmarkRequestParallel measures request/reply between two Buses
-// through the embedded server, many requests in flight.
-func BenchmarkRequestParallel(b *testing.B) {
+// echoPair returns a Bus whose calls reach an "echo" service on another
+// Bus through the embedded server.
+func echoPair(b *testing.B) *bus.Bus {
+	b.Helper()
 	prefix := newPrefix()
 	ct, st := newTransport(b, prefix), newTransport(b, prefix)
 	caller := newBus(b, bus.Options{}, ct)
@@ -21,10 +22,17 @@ func BenchmarkRequestParallel(b *testing.B) {
 		b.Fatal(err)
 	}
 	bus.Handle(ep, "echo", func(_ context.Context, p []byte) ([]byte, error) { return p, nil })
-	ctx := context.Background()
-	if err := ct.WaitMember(ctx, bus.Service("echo")); err != nil {
+	if err := ct.WaitMember(context.Background(), bus.Service("echo")); err != nil {
 		b.Fatal(err)
 	}
+	return caller
+}
+
+// BenchmarkRequestParallel measures request/reply between two Buses
+// through the embedded server, many requests in flight.
+func BenchmarkRequestParallel(b *testing.B) {
+	caller := echoPair(b)
+	ctx := context.Background()
 	payload := make([]byte, 100)
 	b.ReportAllocs()
 	b.SetParallelism(parallelism)
@@ -42,19 +50,8 @@ func BenchmarkRequestParallel(b *testing.B) {
 // BenchmarkRequestSequential measures request/reply between two Buses
 // through the embedded server, one request at a time.
 func BenchmarkRequestSequential(b *testing.B) {
-	prefix := newPrefix()
-	ct, st := newTransport(b, prefix), newTransport(b, prefix)
-	caller := newBus(b, bus.Options{}, ct)
-	server := newBus(b, bus.Options{}, st)
-	ep, err := server.Register(bus.Service("echo"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	bus.Handle(ep, "echo", func(_ context.Context, p []byte) ([]byte, error) { return p, nil })
+	caller := echoPair(b)
 	ctx := context.Background()
-	if err := ct.WaitMember(ctx, bus.Service("echo")); err != nil {
-		b.Fatal(err)
-	}
 	payload := make([]byte, 100)
 	b.ReportAllocs()
 	for b.Loop() {
