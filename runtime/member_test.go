@@ -22,15 +22,23 @@ func memberConfig(s *discordtest.Server, b *bus.Bus, q IdentifyQueue, clusters .
 	return cfg
 }
 
-func TestMemberValidation(t *testing.T) {
-	s := smallServer()
-	defer s.Close()
+// memberShared is what the members of a fleet on s share: a bus, closed
+// when the test ends, and an identify queue.
+func memberShared(t *testing.T, s *discordtest.Server) (*bus.Bus, IdentifyQueue) {
+	t.Helper()
 	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, time.Millisecond)
+	t.Cleanup(b.Close)
+	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b, q
+}
+
+func TestMemberValidation(t *testing.T) {
+	s := smallServer()
+	defer s.Close()
+	b, q := memberShared(t, s)
 	ok := memberConfig(s, b, q, ClusterPlan{ID: 3, Shards: []int{2, 3}})
 	if _, err := New(ok); err != nil {
 		t.Fatalf("valid member: %v", err)
@@ -68,12 +76,7 @@ func TestMemberValidation(t *testing.T) {
 func TestMembersRunTheirClusters(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(8), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	a, err := New(memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0, 1}}))
 	if err != nil {
 		t.Fatal(err)
@@ -130,12 +133,7 @@ func TestMembersRunTheirClusters(t *testing.T) {
 func TestMemberResumeHandsSessionsOver(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	store := &MemorySessionStore{}
 	cfg := memberConfig(s, b, q, ClusterPlan{ID: 1, Shards: []int{0, 1, 2, 3}})
 	cfg.SessionStore = store
@@ -271,12 +269,7 @@ func TestCheckpointSavesDeliveredSequences(t *testing.T) {
 func TestShutdownEndsABlockedResume(t *testing.T) {
 	s := smallServer()
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	cfg := memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0, 1, 2, 3}})
 	waiting := make(chan struct{})
 	cfg.Member.Resume = func(ctx context.Context, _ int) (map[int]shardgroup.Session, error) {
