@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -23,12 +24,15 @@ import (
 // Bodies that stream go through the Transport, which reads an early
 // answer while it still sends.
 //
-// An idle connection has no goroutine reading it, so a connection Discord
-// closed while idle is found before reuse by a non-blocking peek at its
-// socket (alive); a request whose reused connection still turns out
-// closed before any byte of the answer is sent again on a new one when
-// the Transport would: when nothing of it was written, or its method is
-// idempotent.
+// An idle connection has one goroutine (watch) blocked reading it, so
+// that a connection Discord closes while idle is known to be closed
+// without a system call when it is taken: taking it ends that read with a
+// deadline in the past, a hand-off between goroutines of the same thread
+// when the proxy runs on one (cmd/restproxy's -procs 1). The read starts
+// once the request that used the connection has ended, off its path. A
+// request whose reused connection still turns out closed before any byte
+// of the answer is sent again on a new one when the Transport would: when
+// nothing of it was written, or its method is idempotent.
 type upstream struct {
 	addr          string      // host:port
 	tls           *tls.Config // nil for http
@@ -40,24 +44,21 @@ type upstream struct {
 	mu     sync.Mutex // guards idle, closed
 	idle   []*upConn  // most recently used last
 	closed bool
+	wg     sync.WaitGroup // the idle connections' watch goroutines
 }
 
 type upConn struct {
 	nc    net.Conn
-	raw   syscall.RawConn // of the TCP connection under nc
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	since time.Time // idle since
-	used  bool      // has carried a request
+	since time.Time  // idle since
+	used  bool       // has carried a request
+	seen  chan error // capacity 1: what watch read while the connection was idle
 }
 
 // newUpstream returns the client for u, or nil when requests to u must go
-// through a Transport: on a platform without alive, or when the
-// environment names an HTTP proxy for u.
+// through a Transport: when the environment names an HTTP proxy for u.
 func newUpstream(u *url.URL) *upstream {
-	if !canPeek {
-		return nil
-	}
 	if p, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err != nil || p != nil {
 		return nil
 	}
@@ -83,8 +84,8 @@ func newUpstream(u *url.URL) *upstream {
 	return up
 }
 
-// close closes the idle connections; connections in use close when their
-// request ends.
+// close closes the idle connections and waits for their watch
+// goroutines; connections in use close when their request ends.
 func (u *upstream) close() {
 	u.mu.Lock()
 	idle := u.idle
@@ -93,7 +94,12 @@ func (u *upstream) close() {
 	for _, c := range idle {
 		_ = c.nc.Close()
 	}
+	u.wg.Wait()
 }
+
+// aLongTimeAgo is a deadline that has passed: it ends a blocked read at
+// once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // get returns an idle connection that is still open, or dials one.
 func (u *upstream) get(ctx context.Context) (*upConn, error) {
@@ -109,27 +115,29 @@ func (u *upstream) get(ctx context.Context) (*upConn, error) {
 		u.idle[n-1] = nil
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		if now.Sub(c.since) < u.idleTimeout && c.br.Buffered() == 0 && alive(c.raw) {
-			return c, nil
+		// End the watch; it read nothing, the end or an error.
+		_ = c.nc.SetReadDeadline(aLongTimeAgo)
+		err := <-c.seen
+		if errors.Is(err, os.ErrDeadlineExceeded) && c.br.Buffered() == 0 && now.Sub(c.since) < u.idleTimeout {
+			return c, nil // exchange sets the read deadline it needs
 		}
 		_ = c.nc.Close()
 	}
 	return u.dial(ctx)
 }
 
+// watch reads the idle connection c until Discord closes it, sends
+// something unasked, or get ends the read, and leaves what it read in
+// c.br and its error in c.seen.
+func (u *upstream) watch(c *upConn) {
+	defer u.wg.Done()
+	_, err := c.br.Peek(1)
+	c.seen <- err
+}
+
 func (u *upstream) dial(ctx context.Context) (*upConn, error) {
 	nc, err := u.dialer.DialContext(ctx, "tcp", u.addr)
 	if err != nil {
-		return nil, err
-	}
-	tc, ok := nc.(*net.TCPConn)
-	if !ok {
-		_ = nc.Close()
-		return nil, errors.New("restproxy: upstream connection is not TCP")
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		_ = nc.Close()
 		return nil, err
 	}
 	if u.tls != nil {
@@ -142,11 +150,11 @@ func (u *upstream) dial(ctx context.Context) (*upConn, error) {
 		}
 		nc = t
 	}
-	return &upConn{nc: nc, raw: raw, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10)}, nil
+	return &upConn{nc: nc, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10), seen: make(chan error, 1)}, nil
 }
 
-// put makes c idle, or closes it when the pool is full or closed, and
-// closes the connections idle for longer than idleTimeout.
+// put makes c idle, watched, or closes it when the pool is full or
+// closed, and closes the connections idle for longer than idleTimeout.
 func (u *upstream) put(c *upConn) {
 	now := time.Now()
 	c.since = now
@@ -155,7 +163,10 @@ func (u *upstream) put(c *upConn) {
 	if u.closed || len(u.idle) >= u.maxIdle {
 		drop = append(drop, c)
 	} else {
+		_ = c.nc.SetReadDeadline(time.Time{})
 		u.idle = append(u.idle, c)
+		u.wg.Add(1)
+		go u.watch(c)
 	}
 	for len(u.idle) > 0 && now.Sub(u.idle[0].since) >= u.idleTimeout {
 		drop = append(drop, u.idle[0])

@@ -137,18 +137,22 @@ func TestUpstreamSkipsConnectionsClosedWhileIdle(t *testing.T) {
 	}
 }
 
-// waitClosed waits until the idle connection of up reads its end; its
-// socket then keeps saying so.
+// waitClosed waits until the watch of the idle connection of up reads its
+// end, and leaves what it read for get.
 func waitClosed(t *testing.T, up *upstream) {
 	t.Helper()
 	up.mu.Lock()
 	c := up.idle[len(up.idle)-1]
 	up.mu.Unlock()
-	_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.br.Peek(1); err != io.EOF {
-		t.Fatalf("idle connection: %v, want EOF", err)
+	select {
+	case err := <-c.seen:
+		c.seen <- err
+		if err != io.EOF {
+			t.Fatalf("idle connection: %v, want EOF", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the idle connection did not read its end within 30s")
 	}
-	_ = c.nc.SetReadDeadline(time.Time{})
 }
 
 func TestUpstreamSkipsInformationalAnswers(t *testing.T) {
