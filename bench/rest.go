@@ -289,6 +289,9 @@ func runProxyChild(args []string) error {
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("restproxy child: %w", err)
 	}
+	// Before NewServer, as cmd/restproxy does: the upstream client
+	// watches idle connections when there is one thread.
+	setChildProcs(procs)
 	l, err := restproxy.New(restproxy.Config{GlobalLimit: global})
 	if err != nil {
 		return err
@@ -298,16 +301,19 @@ func runProxyChild(args []string) error {
 		return err
 	}
 	defer p.Close()
-	return serveChild(p, procs)
+	return serveChild(p)
 }
 
-// serveChild serves h on a loopback port with procs threads (0: Go's
-// default), as cmd/restproxy serves the proxy, prints its address, and
-// shuts down when stdin closes.
-func serveChild(h http.Handler, procs int) error {
+// setChildProcs sets a child's GOMAXPROCS to procs (0: Go's default).
+func setChildProcs(procs int) {
 	if procs > 0 {
 		runtime.GOMAXPROCS(procs)
 	}
+}
+
+// serveChild serves h on a loopback port, as cmd/restproxy serves the
+// proxy, prints its address, and shuts down when stdin closes.
+func serveChild(h http.Handler) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -333,6 +339,7 @@ func runReverseProxyChild(args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("reverseproxy child: want the upstream URL, got %q", args)
 	}
+	setChildProcs(proxyProcs)
 	u, err := url.Parse(args[0])
 	if err != nil {
 		return fmt.Errorf("reverseproxy child: upstream: %w", err)
@@ -346,7 +353,7 @@ func runReverseProxyChild(args []string) error {
 		r.Out.Header.Set("Authorization", auth)
 	}}
 	defer tr.CloseIdleConnections()
-	return serveChild(rp, proxyProcs)
+	return serveChild(rp)
 }
 
 // restClient is a disgo REST client with its own keep-alive connections,

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -24,15 +25,19 @@ import (
 // Bodies that stream go through the Transport, which reads an early
 // answer while it still sends.
 //
-// An idle connection has one goroutine (watch) blocked reading it, so
-// that a connection Discord closes while idle is known to be closed
-// without a system call when it is taken: taking it ends that read with a
-// deadline in the past, a hand-off between goroutines of the same thread
-// when the proxy runs on one (cmd/restproxy's -procs 1). The read starts
-// once the request that used the connection has ended, off its path. A
-// request whose reused connection still turns out closed before any byte
-// of the answer is sent again on a new one when the Transport would: when
-// nothing of it was written, or its method is idempotent.
+// A connection Discord closed while idle must not be reused. When the
+// process runs Go on one thread (GOMAXPROCS 1, cmd/restproxy's default),
+// an idle connection has one goroutine (watchIdle) blocked reading it,
+// and taking the connection ends that read with a deadline in the past: a
+// hand-off between goroutines of that one thread, with no system call on
+// the request's path (the read's own call happens once the previous
+// request has ended). With more threads, each such hand-off may wake
+// another thread, which costs more than a system call: an idle
+// connection then has no goroutine, and is found closed before reuse by a
+// non-blocking peek at its socket (alive). A request whose reused
+// connection still turns out closed before any byte of the answer is sent
+// again on a new one when the Transport would: when nothing of it was
+// written, or its method is idempotent.
 type upstream struct {
 	addr          string      // host:port
 	tls           *tls.Config // nil for http
@@ -40,6 +45,7 @@ type upstream struct {
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
 	maxIdle       int
+	watch         bool // idle connections are watched, not peeked at
 
 	mu     sync.Mutex // guards idle, closed
 	idle   []*upConn  // most recently used last
@@ -49,16 +55,22 @@ type upstream struct {
 
 type upConn struct {
 	nc    net.Conn
+	raw   syscall.RawConn // of the TCP connection under nc
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	since time.Time  // idle since
 	used  bool       // has carried a request
-	seen  chan error // capacity 1: what watch read while the connection was idle
+	seen  chan error // capacity 1: what watchIdle read while the connection was idle
 }
 
 // newUpstream returns the client for u, or nil when requests to u must go
-// through a Transport: when the environment names an HTTP proxy for u.
+// through a Transport: on a platform without alive, or when the
+// environment names an HTTP proxy for u. It watches idle connections if
+// GOMAXPROCS is 1 now.
 func newUpstream(u *url.URL) *upstream {
+	if !canPeek {
+		return nil
+	}
 	if p, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err != nil || p != nil {
 		return nil
 	}
@@ -68,6 +80,7 @@ func newUpstream(u *url.URL) *upstream {
 		headerTimeout: 60 * time.Second,
 		idleTimeout:   90 * time.Second,
 		maxIdle:       1024,
+		watch:         runtime.GOMAXPROCS(0) == 1,
 	}
 	switch u.Scheme {
 	case "https":
@@ -84,7 +97,7 @@ func newUpstream(u *url.URL) *upstream {
 	return up
 }
 
-// close closes the idle connections and waits for their watch
+// close closes the idle connections and waits for their watchIdle
 // goroutines; connections in use close when their request ends.
 func (u *upstream) close() {
 	u.mu.Lock()
@@ -115,10 +128,16 @@ func (u *upstream) get(ctx context.Context) (*upConn, error) {
 		u.idle[n-1] = nil
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		// End the watch; it read nothing, the end or an error.
-		_ = c.nc.SetReadDeadline(aLongTimeAgo)
-		err := <-c.seen
-		if errors.Is(err, os.ErrDeadlineExceeded) && c.br.Buffered() == 0 && now.Sub(c.since) < u.idleTimeout {
+		var open bool
+		if u.watch {
+			// End the watch; it read nothing, the end or an error.
+			_ = c.nc.SetReadDeadline(aLongTimeAgo)
+			err := <-c.seen
+			open = errors.Is(err, os.ErrDeadlineExceeded) && c.br.Buffered() == 0
+		} else {
+			open = c.br.Buffered() == 0 && alive(c.raw)
+		}
+		if open && now.Sub(c.since) < u.idleTimeout {
 			return c, nil // exchange sets the read deadline it needs
 		}
 		_ = c.nc.Close()
@@ -126,10 +145,10 @@ func (u *upstream) get(ctx context.Context) (*upConn, error) {
 	return u.dial(ctx)
 }
 
-// watch reads the idle connection c until Discord closes it, sends
+// watchIdle reads the idle connection c until Discord closes it, sends
 // something unasked, or get ends the read, and leaves what it read in
 // c.br and its error in c.seen.
-func (u *upstream) watch(c *upConn) {
+func (u *upstream) watchIdle(c *upConn) {
 	defer u.wg.Done()
 	_, err := c.br.Peek(1)
 	c.seen <- err
@@ -138,6 +157,16 @@ func (u *upstream) watch(c *upConn) {
 func (u *upstream) dial(ctx context.Context) (*upConn, error) {
 	nc, err := u.dialer.DialContext(ctx, "tcp", u.addr)
 	if err != nil {
+		return nil, err
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		_ = nc.Close()
+		return nil, errors.New("restproxy: upstream connection is not TCP")
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		_ = nc.Close()
 		return nil, err
 	}
 	if u.tls != nil {
@@ -150,10 +179,10 @@ func (u *upstream) dial(ctx context.Context) (*upConn, error) {
 		}
 		nc = t
 	}
-	return &upConn{nc: nc, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10), seen: make(chan error, 1)}, nil
+	return &upConn{nc: nc, raw: raw, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10), seen: make(chan error, 1)}, nil
 }
 
-// put makes c idle, watched, or closes it when the pool is full or
+// put makes c idle (and watched), or closes it when the pool is full or
 // closed, and closes the connections idle for longer than idleTimeout.
 func (u *upstream) put(c *upConn) {
 	now := time.Now()
@@ -163,10 +192,12 @@ func (u *upstream) put(c *upConn) {
 	if u.closed || len(u.idle) >= u.maxIdle {
 		drop = append(drop, c)
 	} else {
-		_ = c.nc.SetReadDeadline(time.Time{})
 		u.idle = append(u.idle, c)
-		u.wg.Add(1)
-		go u.watch(c)
+		if u.watch {
+			_ = c.nc.SetReadDeadline(time.Time{})
+			u.wg.Add(1)
+			go u.watchIdle(c)
+		}
 	}
 	for len(u.idle) > 0 && now.Sub(u.idle[0].since) >= u.idleTimeout {
 		drop = append(drop, u.idle[0])
