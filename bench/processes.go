@@ -467,6 +467,7 @@ func processStartup(cold bool) (float64, error) {
 		}
 	})
 	runDone := make(chan error, 1)
+	began := time.Now()
 	go func() { runDone <- rt.Run(context.Background()) }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -479,6 +480,13 @@ func processStartup(cold bool) (float64, error) {
 	}()
 	if err := waitReady(rt, runDone, 2*time.Minute, "256 shards in 4 child processes to be ready"); err != nil {
 		return 0, err
+	}
+	if os.Getenv("FLEET_BENCH_LOG") != "" {
+		ids := s.Identifies()
+		if len(ids) > 0 {
+			fmt.Fprintf(os.Stderr, "cold=%v identifies=%d first=%v last=%v ready=%v stats=%+v\n", cold, len(ids),
+				ids[0].At.Sub(began), ids[len(ids)-1].At.Sub(began), elapsed, s.Stats())
+		}
 	}
 	if v := s.Stats().Violations["identify_concurrency"]; v > 0 {
 		return 0, fmt.Errorf("start-up of 256 shards: %d identify violations", v)
