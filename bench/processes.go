@@ -484,8 +484,9 @@ func processStartup(cold bool) (float64, error) {
 	if os.Getenv("FLEET_BENCH_LOG") != "" {
 		ids := s.Identifies()
 		if len(ids) > 0 {
-			fmt.Fprintf(os.Stderr, "cold=%v identifies=%d first=%v last=%v ready=%v stats=%+v\n", cold, len(ids),
-				ids[0].At.Sub(began), ids[len(ids)-1].At.Sub(began), elapsed, s.Stats())
+			st := s.Stats()
+			fmt.Fprintf(os.Stderr, "start-up (cold %v): identifies %d (first %v, last %v after Run), resumes %d, ready %v\n",
+				cold, len(ids), ids[0].At.Sub(began), ids[len(ids)-1].At.Sub(began), st.Resumes, elapsed)
 		}
 	}
 	if v := s.Stats().Violations["identify_concurrency"]; v > 0 {
@@ -497,6 +498,8 @@ func processStartup(cold bool) (float64, error) {
 	return math.Round(limit/elapsed.Seconds()*1000) / 1000, nil
 }
 
+// benchLogger is the fleet's logger in the start-up measures: stderr
+// with FLEET_BENCH_LOG set, else none.
 func benchLogger() *slog.Logger {
 	if os.Getenv("FLEET_BENCH_LOG") == "" {
 		return nil
