@@ -432,7 +432,8 @@ func waitReady(rt *runtime.Runtime, runDone <-chan error, limit time.Duration, w
 // processStartup starts 256 shards in 4 child processes at
 // max_concurrency 16 with a 50 ms identify window and returns the
 // physical limit (16 windows) over the time from Run to the fleet's
-// READY, child processes' start included.
+// READY, child processes' start included: with the warm start, or with
+// ProcessConfig.ColdStart if cold.
 func processStartup(cold bool) (float64, error) {
 	const shards, clusters, mc, window = 256, 4, 16, 50 * time.Millisecond
 	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
