@@ -314,10 +314,10 @@ func (h *Host) Owned() []int {
 
 // FleetStatus is the fleet as one host sees it.
 type FleetStatus struct {
-	Fleet    string          `json:"fleet"`
-	Host     string          `json:"host"` // the host answering
-	Leader   string          `json:"leader"`
-	Shards   int             `json:"shards"`
+	Fleet  string `json:"fleet"`
+	Host   string `json:"host"` // the host answering
+	Leader string `json:"leader"`
+	Shards int    `json:"shards"`
 	// PlanRevision counts the fleet's plans: 1 for the first, one more
 	// for each reshard asked since (an aborted one included).
 	PlanRevision int `json:"plan_revision"`
