@@ -314,18 +314,18 @@ func (h *Host) Owned() []int {
 
 // FleetStatus is the fleet as one host sees it.
 type FleetStatus struct {
-	Fleet  string `json:"fleet"`
-	Host   string `json:"host"` // the host answering
-	Leader string `json:"leader"`
-	Shards int    `json:"shards"`
+	Fleet    string          `json:"fleet"`
+	Host     string          `json:"host"` // the host answering
+	Leader   string          `json:"leader"`
+	Shards   int             `json:"shards"`
+	Hosts    []HostStatus    `json:"hosts"`
+	Clusters []ClusterStatus `json:"clusters"`
 	// PlanRevision counts the fleet's plans: 1 for the first, one more
 	// for each reshard asked since (an aborted one included).
 	PlanRevision int `json:"plan_revision"`
 	// Reshard is the last reshard of the fleet, running or ended; nil
 	// when there was none.
-	Reshard  *ReshardStatus  `json:"reshard,omitempty"`
-	Hosts    []HostStatus    `json:"hosts"`
-	Clusters []ClusterStatus `json:"clusters"`
+	Reshard *ReshardStatus `json:"reshard,omitempty"`
 }
 
 // HostStatus is one host of the fleet.
