@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,12 +23,17 @@ import (
 // startReshardHost starts host id of a fleet of 4 shards in 4 clusters.
 // While hold is open (nil: never), the Setup of its clusters at 8 shards (a reshard's
 // new clusters) waits, so that they never become READY.
-func startReshardHost(t *testing.T, nc *nats.Conn, s *discordtest.Server, fleet, id string, d *deliveries, hold <-chan struct{}) *runningHost {
+// onNew, if set, is given each new cluster's group.
+func startReshardHost(t *testing.T, nc *nats.Conn, s *discordtest.Server, fleet, id string, d *deliveries, hold <-chan struct{},
+	onNew func(*shardgroup.Group)) *runningHost {
 	t.Helper()
 	user := d.botOn(id)
 	bot := func(c int) runtime.Bot {
 		inner := user(c)
 		return runtime.BotFunc(func(ctx context.Context, g *shardgroup.Group) error {
+			if onNew != nil && g.ShardCount() == 8 {
+				onNew(g)
+			}
 			if hold != nil && g.ShardCount() == 8 {
 				select {
 				case <-hold:
@@ -102,8 +108,15 @@ func TestHostReshardUnderLoadLosesNothingAcrossTheSwitch(t *testing.T) {
 	defer s.Close()
 	fleet := newPrefix()
 	d := newDeliveries()
-	a := startReshardHost(t, connect(t), s, fleet, "a", d, nil)
-	b := startReshardHost(t, connect(t), s, fleet, "b", d, nil)
+	var mu sync.Mutex // guards groups
+	var groups []*shardgroup.Group
+	onNew := func(g *shardgroup.Group) {
+		mu.Lock()
+		groups = append(groups, g)
+		mu.Unlock()
+	}
+	a := startReshardHost(t, connect(t), s, fleet, "a", d, nil, onNew)
+	b := startReshardHost(t, connect(t), s, fleet, "b", d, nil, onNew)
 	st := waitStatus(t, a.h, "two clusters on each host", balancedOn(s, "a", "b"))
 	if st.PlanRevision != 1 || st.Reshard != nil {
 		t.Fatalf("before any reshard: plan revision %d, reshard %+v; want 1 and none", st.PlanRevision, st.Reshard)
@@ -142,6 +155,15 @@ func TestHostReshardUnderLoadLosesNothingAcrossTheSwitch(t *testing.T) {
 	if got := append(a.h.Owned(), b.h.Owned()...); len(got) != 4 {
 		t.Errorf("a runs %v and b %v after the switch, want the 4 new clusters between them", a.h.Owned(), b.h.Owned())
 	}
+	// The new clusters' caches hold their guilds, received while they
+	// did not deliver: 16 guilds over 8 shards, 4 per cluster of 2.
+	mu.Lock()
+	for _, g := range groups {
+		if g.State() == shardgroup.StateReady && g.Client().Caches().GuildsLen() != 4 {
+			t.Errorf("new cluster %d caches %d guilds, want 4", g.ID(), g.Client().Caches().GuildsLen())
+		}
+	}
+	mu.Unlock()
 	// Both hosts see the same fleet, and /healthz names the revision.
 	bst := waitStatus(t, b.h, "b sees the new plan", onNewPlan(s, 2, "a", "b"))
 	if bst.PlanRevision != 2 {
@@ -176,8 +198,8 @@ func TestHostReshardRefusesASecondAndADrainAndAbortsWhenCtxEnds(t *testing.T) {
 	fleet := newPrefix()
 	d := newDeliveries()
 	hold := make(chan struct{}) // the new clusters never get READY
-	a := startReshardHost(t, connect(t), s, fleet, "a", d, hold)
-	b := startReshardHost(t, connect(t), s, fleet, "b", d, hold)
+	a := startReshardHost(t, connect(t), s, fleet, "a", d, hold, nil)
+	b := startReshardHost(t, connect(t), s, fleet, "b", d, hold, nil)
 	waitStatus(t, a.h, "two clusters on each host", balancedOn(s, "a", "b"))
 
 	ctx, cancel := context.WithCancel(testCtx(t))
@@ -255,9 +277,9 @@ func TestHostReshardSurvivesTheLeaderDying(t *testing.T) {
 	never := make(chan struct{}) // the leader's new clusters never get READY
 	open := make(chan struct{})
 	close(open)
-	first := startReshardHost(t, connect(t), s, fleet, "a", d, never)
+	first := startReshardHost(t, connect(t), s, fleet, "a", d, never, nil)
 	waitStatus(t, first.h, "a leading", func(st natsfleet.FleetStatus) bool { return st.Leader == "a" && allReady(s, 4) })
-	other := startReshardHost(t, connect(t), s, fleet, "b", d, open)
+	other := startReshardHost(t, connect(t), s, fleet, "b", d, open, nil)
 	waitStatus(t, other.h, "two clusters on each host", balancedOn(s, "a", "b"))
 
 	sd := startSender(s, 16, "leader-dies")
