@@ -227,6 +227,11 @@ func TestHostReshardRefusesASecondAndADrainAndAbortsWhenCtxEnds(t *testing.T) {
 	if st.PlanRevision != 1 || st.Reshard.Revision != 2 || !st.Reshard.Running {
 		t.Errorf("status during the reshard: plan revision %d, reshard %+v", st.PlanRevision, st.Reshard)
 	}
+	rec := httptest.NewRecorder()
+	b.h.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if body := rec.Body.String(); rec.Code != http.StatusOK || !strings.Contains(body, "plan revision 1, 4 shards; resharding to 8 shards (revision 2, starting)") {
+		t.Errorf("/healthz during the reshard: %d %q, want 200 naming the reshard", rec.Code, body)
+	}
 
 	cancel()
 	err := <-res
