@@ -304,6 +304,7 @@ func TestHostReshardSurvivesTheLeaderDying(t *testing.T) {
 		return true
 	})
 	before := s.Stats()
+	died := time.Now()
 	first.nc.Close()
 	if err := <-res; err != nil {
 		t.Fatalf("Reshard with its leader dead: %v", err)
@@ -321,6 +322,17 @@ func TestHostReshardSurvivesTheLeaderDying(t *testing.T) {
 	}
 	if len(after.Violations) != 0 {
 		t.Errorf("violations: %v", after.Violations)
+	}
+	// a's two new clusters (4 shards) never delivered: b identifies them;
+	// a's two old clusters are resumed from their checkpoints.
+	if n := after.Identifies - before.Identifies; n < 4 {
+		t.Errorf("%d IDENTIFYs after a died, want at least 4 (a's new clusters' shards)", n)
+	}
+	if n := after.Resumes - before.Resumes; n < 2 {
+		t.Errorf("%d RESUMEs after a died, want at least 2 (a's old clusters' shards)", n)
+	}
+	if last := d.lastOn("a"); last.After(died.Add(reshardTTL)) {
+		t.Errorf("a delivered %v after it died, past its lease TTL (%v)", last.Sub(died), reshardTTL)
 	}
 	if end.Leader != "b" || end.Reshard == nil || end.Reshard.Leader != "b" || end.Reshard.Phase != "done" {
 		t.Errorf("after the leader died: leader %q, reshard %+v; want b to have finished it", end.Leader, end.Reshard)
