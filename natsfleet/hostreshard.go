@@ -115,7 +115,7 @@ var ErrReshardAborted = errors.New("natsfleet: reshard aborted")
 const DefaultReshardTimeout = 10 * time.Minute
 
 // Reshard changes the fleet's shard count to shards, across every host,
-// and returns once the new plan is current. Any host may call it; the
+// and returns once the new plan is current and the reshard has ended. Any host may call it; the
 // leader carries it out: it plans the new clusters (contiguous shard
 // ranges, as the first plan) under the next plan revision and assigns
 // them as it assigns clusters (static, then balanced). Each host starts
@@ -165,11 +165,16 @@ func (h *Host) Reshard(ctx context.Context, shards int) error {
 	h.cfg.Logger.Info("reshard asked", "shards", shards, "revision", rec.Rev)
 	var end *reshardRecord
 	err = h.core.waitFor(ctx, func(s fleetSnapshot) bool {
-		if r := s.Reshard; r != nil && r.Record.Rev == rec.Rev && !r.Record.running() {
+		r := s.Reshard
+		switch {
+		case r == nil:
+			return false
+		case r.Record.Rev == rec.Rev && !r.Record.running():
 			end = &r.Record
 			return true
 		}
-		return s.Plan != nil && s.Plan.Revision >= rec.Rev
+		// A later reshard was asked once this one had ended.
+		return r.Record.Rev > rec.Rev
 	})
 	if err != nil {
 		switched, aerr := h.core.abortReshard(context.WithoutCancel(ctx), rec.Rev, "Reshard's ctx ended: "+err.Error())
@@ -182,7 +187,13 @@ func (h *Host) Reshard(ctx context.Context, shards int) error {
 		}
 		return fmt.Errorf("natsfleet: Reshard to %d shards gave up before the switch: %w (the old plan keeps running; the new clusters stop)", shards, err)
 	}
-	if end != nil && end.Phase == phaseAborted {
+	if end == nil {
+		if s, _ := h.core.snapshot(); s.Plan != nil && s.Plan.Revision >= rec.Rev {
+			return nil
+		}
+		return fmt.Errorf("%w: a later reshard replaced it (see Status)", ErrReshardAborted)
+	}
+	if end.Phase == phaseAborted {
 		return fmt.Errorf("%w: %s (the old plan keeps running)", ErrReshardAborted, end.Reason)
 	}
 	return nil
