@@ -861,14 +861,14 @@ func (l *loop) reshardWaiting(r *reshardRecord, phase string) []int {
 }
 
 // currentWaiting lists the current plan's clusters not reported ready
-// by the host holding their lease.
+// by a live host holding their lease (renewed lately).
 func (l *loop) currentWaiting() []int {
 	var out []int
 	rev := max(l.plan.Revision, 1)
 	for c := range l.plan.Clusters {
 		s := l.seen[planLeaseKey(rev, c)]
 		var lr leaseRecord
-		if s == nil || s.deleted || json.Unmarshal(s.value, &lr) != nil || lr.Owner == "" {
+		if !l.fresh(s) || json.Unmarshal(s.value, &lr) != nil || lr.Owner == "" || !l.fresh(l.seen[hostKeyPrefix+lr.Owner]) {
 			out = append(out, c)
 			continue
 		}
@@ -881,12 +881,18 @@ func (l *loop) currentWaiting() []int {
 	return out
 }
 
-// reported reports whether owner holds the lease of new cluster c and
-// reports it ready (phase starting) or delivering.
+// fresh reports whether a lease or heartbeat key was renewed within the
+// lease TTL as this host saw it: a dead host's last reports do not count.
+func (l *loop) fresh(s *seenKey) bool {
+	return s != nil && !s.deleted && time.Since(s.at) <= l.h.ttl
+}
+
+// reported reports whether owner, live, holds the lease of new cluster c
+// (renewed lately) and reports it ready (phase starting) or delivering.
 func (l *loop) reported(rev, c int, owner, phase string) bool {
 	s := l.seen[planLeaseKey(rev, c)]
 	var lr leaseRecord
-	if s == nil || s.deleted || json.Unmarshal(s.value, &lr) != nil || lr.Owner != owner {
+	if !l.fresh(s) || json.Unmarshal(s.value, &lr) != nil || lr.Owner != owner || !l.fresh(l.seen[hostKeyPrefix+owner]) {
 		return false
 	}
 	s = l.seen[progressKey(owner)]
