@@ -569,12 +569,14 @@ func (l *loop) followReshard(ctx context.Context) {
 	}
 }
 
-// reportProgress writes this host's progress record when it changed.
+// reportProgress writes this host's progress record when it changed,
+// while a reshard runs (it is read only then).
 func (l *loop) reportProgress(ctx context.Context) {
-	p := progressRecord{Current: []int{}, Ready: []int{}, Delivering: []int{}}
-	if r := l.rs.rec; r != nil {
-		p.Rev = r.Rev
+	r := l.rs.rec
+	if r == nil || !r.running() {
+		return
 	}
+	p := progressRecord{Rev: r.Rev, Current: []int{}, Ready: []int{}, Delivering: []int{}}
 	now := time.Now()
 	for id, c := range l.clusters {
 		if !c.stopping && c.run.Next.ready.Load() && c.run.Lease.valid(now) {
@@ -747,7 +749,7 @@ func (l *loop) leadReshard(ctx context.Context) {
 		return
 	}
 	if r.Phase == phaseDelivering {
-		if old := l.currentWaiting(); len(old) > 0 {
+		if old := l.currentWaiting(r.Rev); len(old) > 0 {
 			// A cluster of the old plan taken over from a dead host
 			// must have resumed (Discord replaying what it missed)
 			// before it stops.
@@ -860,9 +862,10 @@ func (l *loop) reshardWaiting(r *reshardRecord, phase string) []int {
 	return out
 }
 
-// currentWaiting lists the current plan's clusters not reported ready
-// by a live host holding their lease (renewed lately).
-func (l *loop) currentWaiting() []int {
+// currentWaiting lists the current plan's clusters not reported ready,
+// during the reshard of revision reshard, by a live host holding their
+// lease (renewed lately).
+func (l *loop) currentWaiting(reshard int) []int {
 	var out []int
 	rev := max(l.plan.Revision, 1)
 	for c := range l.plan.Clusters {
@@ -874,7 +877,7 @@ func (l *loop) currentWaiting() []int {
 		}
 		s = l.seen[progressKey(lr.Owner)]
 		var p progressRecord
-		if s == nil || s.deleted || json.Unmarshal(s.value, &p) != nil || !slices.Contains(p.Current, c) {
+		if s == nil || s.deleted || json.Unmarshal(s.value, &p) != nil || p.Rev != reshard || !slices.Contains(p.Current, c) {
 			out = append(out, c)
 		}
 	}
