@@ -298,6 +298,9 @@ func runIdentifySlice(args []string) error {
 	if _, err := io.ReadFull(os.Stdin, in); err != nil || strings.TrimSpace(string(in)) != "go" {
 		return errors.New("no go")
 	}
+	tq.mu.Lock()
+	tq.goAt = time.Now()
+	tq.mu.Unlock()
 	if dir := os.Getenv(profileEnv); dir != "" {
 		f, err := os.Create(filepath.Join(dir, "slice-"+args[3]+".cpu"))
 		if err != nil {
@@ -340,10 +343,12 @@ const profileEnv = "FLEET_BENCH_PPROF"
 // scenario prints, per bucket, these with the simulator's IDENTIFYs.
 const timelineEnv = "FLEET_BENCH_TIMELINE"
 
-// timedQueue records the times of each shard's calls to its queue.
+// timedQueue records the times of each shard's calls to its queue, and
+// when its process was told "go".
 type timedQueue struct {
 	q                        runtime.IdentifyQueue
-	mu                       sync.Mutex // guards the maps
+	mu                       sync.Mutex // guards goAt and the maps
+	goAt                     time.Time
 	asked, granted, unlocked map[int]time.Time
 }
 
@@ -372,37 +377,48 @@ type shardTimes struct {
 	Asked, Granted, Unlocked int64 // unix ns
 }
 
+// sliceTimes is one process's timeline file.
+type sliceTimes struct {
+	Go     int64 // unix ns: when it was told "go"
+	Shards []shardTimes
+}
+
 func (t *timedQueue) write(path string) {
 	t.mu.Lock()
-	var out []shardTimes
+	out := sliceTimes{Go: t.goAt.UnixNano()}
 	for s, at := range t.asked {
-		out = append(out, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
+		out.Shards = append(out.Shards, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
 	}
 	t.mu.Unlock()
 	data, _ := json.Marshal(out)
 	_ = os.WriteFile(path, data, 0o644)
 }
 
-// printTimeline prints, per bucket in IDENTIFY order, each shard's times
-// in ms since start: asked, granted, IDENTIFY read by the simulator and
-// unlocked, with the gaps from the previous unlock to this grant and
-// from the IDENTIFY to the unlock.
+// printTimeline prints, per process, when it was told "go" and when its
+// first and last shards asked for a turn, then, per bucket in IDENTIFY
+// order, each shard's times in ms since start: asked, granted, IDENTIFY
+// read by the simulator and unlocked, with the gaps from the previous
+// unlock to this grant and from the IDENTIFY to the unlock.
 func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start time.Time, mc int) {
 	times := map[int]shardTimes{}
 	files, _ := filepath.Glob(filepath.Join(dir, "slice-*.json"))
+	ms := func(ns int64) float64 { return float64(ns-start.UnixNano()) / 1e6 }
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		var ts []shardTimes
-		if json.Unmarshal(data, &ts) == nil {
-			for _, t := range ts {
-				times[t.Shard] = t
-			}
+		var st sliceTimes
+		if json.Unmarshal(data, &st) != nil || len(st.Shards) == 0 {
+			continue
 		}
+		first, last := st.Shards[0].Asked, st.Shards[0].Asked
+		for _, t := range st.Shards {
+			times[t.Shard] = t
+			first, last = min(first, t.Asked), max(last, t.Asked)
+		}
+		fmt.Fprintf(w, "%s: go %.1f, first ask %.1f, last ask %.1f\n", filepath.Base(f), ms(st.Go), ms(first), ms(last))
 	}
-	ms := func(ns int64) float64 { return float64(ns-start.UnixNano()) / 1e6 }
 	for b := range mc {
 		fmt.Fprintf(w, "bucket %d: shard asked granted identify unlocked (gap unlock->grant, identify->unlock)\n", b)
 		var prevUnlock int64
