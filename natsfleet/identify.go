@@ -624,14 +624,20 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 		if skipped {
 			return errSkipped
 		}
-		now := time.Now()
-		if !now.Before(at) {
+		wait := time.Until(at)
+		if wait <= 0 {
 			return nil
 		}
+		if wait <= fineWait {
+			// The turn's last moment is slept precisely (see sleepFine),
+			// then looked at again.
+			sleepFine(wait)
+			continue
+		}
 		if timer == nil {
-			timer = time.NewTimer(at.Sub(now))
+			timer = time.NewTimer(wait - fineWait)
 		} else {
-			timer.Reset(at.Sub(now))
+			timer.Reset(wait - fineWait)
 		}
 		select {
 		case <-timer.C:
@@ -643,6 +649,12 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 		}
 	}
 }
+
+// fineWait is how much of a wait for a turn is slept by sleepFine rather
+// than on a Go timer, which may wake a millisecond late: long enough to
+// cover that, short enough that a cancelled wait returns at once but for
+// it.
+const fineWait = 2 * time.Millisecond
 
 // turnLocked is when ticket's turn in bucket k comes, as far as this
 // process knows, or whether the bucket went past it.
