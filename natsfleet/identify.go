@@ -915,11 +915,12 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		q.mu.Lock()
 		now := time.Now().UnixNano()
 		for shard, ticket := range q.held {
+			// Its IDENTIFY may have gone out, and been read, until now:
+			// the next turn counts from now, even if a report of an
+			// earlier READY waits.
 			r := &q.reports[shard%len(q.lanes)]
 			r.Done = max(r.Done, ticket)
-			if !r.Used {
-				r.Used, r.At, r.Clock = true, now, q.clock
-			}
+			r.Used, r.At, r.Clock = true, now, q.clock
 		}
 		clear(q.held)
 		q.mu.Unlock()
