@@ -1,18 +1,42 @@
 package natsfleet
 
 import (
+	"os"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
-// sleepFine sleeps d (at most fineWait) on the kernel's high-resolution
-// timer. The Go runtime's timers wake an idle process to the millisecond
-// (its poller waits in whole milliseconds), which every turn of a bucket
-// would add to the next; this thread's sleep ends within tens of
-// microseconds of d. It blocks its thread, not the others: the runtime
-// hands the thread's processor to other goroutines.
+// sleepFine sleeps d (at most fineWait) on a kernel timer, read through
+// the Go runtime's poller. The runtime's own timers wake an idle process
+// to the millisecond (its poller waits in whole milliseconds), which
+// every turn of a bucket would add to the next; a timerfd's expiry wakes
+// the poller within microseconds, and the goroutine waits as for any
+// other file, holding no thread.
 func sleepFine(d time.Duration) {
-	ts := syscall.NsecToTimespec(int64(d))
-	for syscall.Nanosleep(&ts, &ts) == syscall.EINTR {
+	fd, _, errno := syscall.Syscall(syscall.SYS_TIMERFD_CREATE, clockMonotonic, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errno != 0 {
+		time.Sleep(d)
+		return
 	}
+	f := os.NewFile(fd, "timerfd")
+	defer f.Close()
+	spec := itimerspec{value: syscall.NsecToTimespec(int64(d))}
+	if _, _, errno := syscall.Syscall6(syscall.SYS_TIMERFD_SETTIME, fd, 0, uintptr(unsafe.Pointer(&spec)), 0, 0, 0); errno != 0 {
+		time.Sleep(d)
+		return
+	}
+	var expirations [8]byte
+	if _, err := f.Read(expirations[:]); err != nil {
+		time.Sleep(d)
+	}
+}
+
+// clockMonotonic is CLOCK_MONOTONIC, the clock Go's monotonic readings
+// come from.
+const clockMonotonic = 1
+
+// itimerspec is the kernel's struct itimerspec: no interval, one expiry.
+type itimerspec struct {
+	interval, value syscall.Timespec
 }
