@@ -8,12 +8,15 @@ import (
 )
 
 // sleepFine sleeps d (at most fineWait) on a kernel timer, read through
-// the Go runtime's poller. The runtime's own timers wake an idle process
-// to the millisecond (its poller waits in whole milliseconds), which
-// every turn of a bucket would add to the next; a timerfd's expiry wakes
-// the poller within microseconds, and the goroutine waits as for any
-// other file, holding no thread.
+// the Go runtime's poller, and on the runtime's own timer, whichever ends
+// first. The runtime's timer wakes an idle process to the millisecond
+// (its poller waits in whole milliseconds), which every turn of a bucket
+// would add to the next; a timerfd's expiry wakes the poller within
+// microseconds, and the goroutine waits as for any other file, holding no
+// thread. A busy process looks at its poller less often than at its
+// timers: the read's deadline, a runtime timer, then ends the sleep.
 func sleepFine(d time.Duration) {
+	deadline := time.Now().Add(d)
 	fd, _, errno := syscall.Syscall(syscall.SYS_TIMERFD_CREATE, clockMonotonic, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if errno != 0 {
 		time.Sleep(d)
@@ -26,10 +29,12 @@ func sleepFine(d time.Duration) {
 		time.Sleep(d)
 		return
 	}
-	var expirations [8]byte
-	if _, err := f.Read(expirations[:]); err != nil {
-		time.Sleep(d)
+	if f.SetReadDeadline(deadline) != nil {
+		time.Sleep(d) // not a pollable file: the runtime's timer alone
+		return
 	}
+	var expirations [8]byte
+	_, _ = f.Read(expirations[:]) // the expiry, or the deadline
 }
 
 // clockMonotonic is CLOCK_MONOTONIC, the clock Go's monotonic readings
