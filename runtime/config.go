@@ -221,9 +221,14 @@ type Member struct {
 	// failed start of the cluster.
 	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
 	// Delivering, if set, is asked before each gateway event of a cluster
-	// reaches its listeners; false drops the event. A host whose lease
-	// on the cluster has ended returns false, so that it delivers nothing
-	// the cluster's next owner will deliver after resuming.
+	// reaches its listeners. False holds the event (and the shard's
+	// reading): it is asked again every few milliseconds, and the event
+	// is delivered once it answers true. A shard that stops while holding
+	// an event does not deliver it, and its session stops before it, so
+	// that the session's next owner gets it replayed. A host whose lease
+	// on the cluster has ended, or whose checkpoints fail, returns false,
+	// so that it delivers nothing the cluster's next owner will deliver
+	// again after resuming. It must not block.
 	Delivering func(cluster int) bool
 }
 

@@ -58,9 +58,15 @@ type Config struct {
 	// Hooks tell the group's owner what its shards do.
 	Hooks Hooks
 	// Deliver, if set, is asked before each gateway event reaches the
-	// client; false drops the event. An owner whose right to serve the
-	// shards has ended (a host whose lease on the cluster lapsed) thus
-	// delivers nothing more, whatever its shards still receive.
+	// client. While it answers false the shard holds the event, and reads
+	// nothing after it: it asks again every few milliseconds and delivers
+	// the event once the answer is true. A shard stopped while it holds an
+	// event closes without delivering it, and its session's sequence stays
+	// at the last event delivered, so that whoever resumes the session
+	// gets the held event replayed: nothing is lost or delivered twice.
+	// An owner whose right to serve the shards is in doubt (a host whose
+	// lease on the cluster lapsed, or whose checkpoints fail) thus
+	// delivers nothing more until it is sure again, or stops.
 	Deliver func() bool
 
 	// Compression is the gateway transport compression; zero means
