@@ -40,11 +40,11 @@ func TestClusterSessionsFencedByLease(t *testing.T) {
 	sess := func(seq int) []shardgroup.Session {
 		return []shardgroup.Session{{ShardID: 6, ShardCount: 8, SessionID: "s6", Sequence: seq}, {ShardID: 7, ShardCount: 8, SessionID: "s7", Sequence: seq}, {ShardID: 1, ShardCount: 8, SessionID: "other"}}
 	}
-	oldOwner := newClusterSessions(kv, "a", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(1, true)})
+	oldOwner := newClusterSessions(kv, "a", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(1, true)}, time.Second)
 	if err := oldOwner.Save(ctx, sess(10)); err != nil {
 		t.Fatal(err)
 	}
-	newOwner := newClusterSessions(kv, "b", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(2, true)})
+	newOwner := newClusterSessions(kv, "b", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(2, true)}, time.Second)
 	got, err := newOwner.Load(ctx)
 	if err != nil || len(got) != 2 || got[0].Sequence != 10 || got[1].Sequence != 10 {
 		t.Fatalf("new owner loaded %+v, %v; want shards 6 and 7 at sequence 10 (not shard 1 of another cluster)", got, err)
@@ -58,7 +58,7 @@ func TestClusterSessionsFencedByLease(t *testing.T) {
 		t.Errorf("old owner's save after the new owner's: %v, want ErrLeaseLost", err)
 	}
 	// An owner whose lease ended locally does not even try.
-	expired := newClusterSessions(kv, "b", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(2, false)})
+	expired := newClusterSessions(kv, "b", &clusterRun{ID: 3, Shards: []int{6, 7}, Lease: lease(2, false)}, time.Second)
 	if err := expired.Save(ctx, sess(30)); !errors.Is(err, ErrLeaseLost) {
 		t.Errorf("save with an expired lease: %v, want ErrLeaseLost", err)
 	}

@@ -291,15 +291,21 @@ func (h *Host) route(ctx context.Context, cluster int, cmd string, op func(clust
 // resume them: nothing lost, nothing repeated, no IDENTIFY) and returns
 // once it runs none. The host stays in the fleet, taking no cluster,
 // until Run ends. It fails when ctx ends first, e.g. when no other host
-// is there to take them.
+// is there to take them, and when a cluster could not be handed over
+// exactly (its lease was lost to another host before its sessions were
+// written): the error names it, and its new owner resumes its last
+// checkpoint, delivering again the events since.
 func (h *Host) Drain(ctx context.Context) error {
+	h.core.mu.Lock()
+	before := h.core.handOverFails
+	h.core.mu.Unlock()
 	h.core.startDrain()
 	err := h.core.waitFor(ctx, func(s fleetSnapshot) bool { return s.Draining && len(s.Owned) == 0 })
 	if err != nil {
 		s, _ := h.core.snapshot()
 		return fmt.Errorf("natsfleet: drain of host %s: clusters %v still here: %w (is another host live and not draining?)", h.cfg.ID, s.Owned, err)
 	}
-	return nil
+	return errors.Join(h.core.handOverErrsSince(before)...)
 }
 
 // Owned returns the clusters running on this host now, sorted.

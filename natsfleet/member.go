@@ -15,7 +15,9 @@ import (
 // serving that cluster only: its shards resume the sessions stored in the
 // fleet's sessions bucket (the previous owner's checkpoint, or the exact
 // sessions it handed over), checkpoint there while the lease is valid,
-// and when ctx ends close resumably and save their sessions.
+// and when ctx ends close resumably and save their sessions. Its events
+// are held while the lease is not valid or the checkpoints fail for more
+// than an interval.
 func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	sh, err := h.clusterShared(ctx, c.Plan)
 	if err != nil {
@@ -28,10 +30,20 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	cfg.MaxConcurrencyOverride = c.Plan.MaxConcurrency
 	cfg.IdentifyQueue = sharedQueue{sh.queue}
 	cfg.Bus = sh.bus
-	cfg.SessionStore = newClusterSessions(h.sessions, h.cfg.ID, c)
+	interval := cfg.CheckpointInterval
+	if interval == 0 {
+		interval = runtime.DefaultCheckpointInterval
+	}
+	store := newClusterSessions(h.sessions, h.cfg.ID, c, interval)
+	c.sessions = store
+	cfg.SessionStore = store
 	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}},
-		// Fencing: nothing is delivered past the lease's local deadline.
-		Delivering: func(int) bool { return c.Lease.valid(time.Now()) }}
+		// Fencing: nothing is delivered past the lease's local deadline,
+		// nor while the checkpoints fail (events are held meanwhile).
+		Delivering: func(int) bool {
+			now := time.Now()
+			return c.Lease.valid(now) && store.fresh(now)
+		}}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
 	if h.restOpts != nil {
 		cfg.RESTURL, cfg.RESTLimiter, cfg.NoSharedRESTLimiter = "", nil, true
