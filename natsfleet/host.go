@@ -668,7 +668,9 @@ func (l *loop) handOver(ctx context.Context, c *ownedCluster) {
 	if !c.release && !pending && !lease.valid(time.Now()) {
 		return // fenced with its sessions written: the lease ends by itself
 	}
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.ttl)
+	// Bounded as a round's writes, so that the other leases are renewed
+	// in time.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.ttl/2)
 	defer cancel()
 	var err error
 	if !lease.valid(time.Now()) {
