@@ -19,6 +19,7 @@ import (
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/services"
 )
 
 // HostConfig configures a [Host]. Zero fields take the defaults given.
@@ -183,7 +184,10 @@ func NewHost(ctx context.Context, nc *nats.Conn, cfg HostConfig) (*Host, error) 
 // ID returns the host's ID in the fleet.
 func (h *Host) ID() string { return h.cfg.ID }
 
-// Store returns the fleet's central store, shared by every host.
+// Store returns the fleet's central store, shared by every host. Run
+// serves it on the bus (services.StoreName) to this host's clusters, so
+// that their code uses services.StoreGet, StoreSet, StoreIncrement and
+// the other helpers on g.Bus() as in a single process.
 func (h *Host) Store() *KVStore { return h.store }
 
 // hostAddress is the bus address of a host's operations endpoint.
@@ -204,12 +208,24 @@ func (h *Host) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b := bus.New(bus.Options{Transport: tr, Logger: h.cfg.Logger, DefaultTimeout: h.cfg.Runtime.RequestTimeout})
+	// The central store is served on every host, from the fleet's
+	// bucket, to this host's clusters.
+	b := bus.New(bus.Options{Transport: newLocalFirst(tr, bus.Service(services.StoreName)), Logger: h.cfg.Logger,
+		DefaultTimeout: h.cfg.Runtime.RequestTimeout})
 	sh := &hostShared{bus: b, tr: tr}
 	h.mu.Lock()
 	h.shared = sh
 	h.mu.Unlock()
+	store, err := serveStore(ctx, b, h.store, services.ManagerConfig{Logger: h.cfg.Logger, ShutdownTimeout: h.cfg.RenewInterval})
+	if err != nil {
+		b.Close()
+		tr.Close()
+		return err
+	}
 	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), h.cfg.RenewInterval)
+		_ = store.Close(sctx)
+		cancel()
 		b.Close()
 		tr.Close()
 		h.mu.Lock()
