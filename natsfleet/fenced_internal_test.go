@@ -72,3 +72,68 @@ func TestClusterSessionsFencedByLease(t *testing.T) {
 		t.Errorf("shard 1, not of the cluster, was written: %v", err)
 	}
 }
+
+// The checkpoints of a cluster are fresh (its events delivered) until a
+// save has failed for an interval, or the last one written was taken two
+// intervals ago; a save that succeeds again makes them fresh again.
+func TestClusterSessionsFreshWhileCheckpointsKeepUp(t *testing.T) {
+	t.Parallel()
+	s, err := StartServer(ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := s.Connect(ctx, Logger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	kv, err := keyValue(ctx, nc, "fresh", "sessions", jetstream.FileStorage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const interval = time.Second
+	lease := &heldLease{key: leaseKey(0), epoch: 1}
+	store := newClusterSessions(kv, "a", &clusterRun{ID: 0, Shards: []int{0}, Lease: lease}, interval)
+	t0 := time.Now()
+	save := func(taken time.Time, valid bool) {
+		t.Helper()
+		lease.deadline.Store(0)
+		if valid {
+			lease.deadline.Store(time.Now().Add(time.Hour).UnixNano())
+		}
+		err := store.Save(ctx, []shardgroup.Session{{ShardID: 0, ShardCount: 1, SessionID: "s", Sequence: 1, SavedAt: taken}})
+		if (err == nil) != valid {
+			t.Fatalf("save with the lease valid=%v: %v", valid, err)
+		}
+	}
+	check := func(what string, at time.Duration, want bool) {
+		t.Helper()
+		if got := store.fresh(t0.Add(at)); got != want {
+			t.Errorf("%s: fresh at t0+%v = %v, want %v", what, at, got, want)
+		}
+	}
+	check("before any save", 0, true)
+	save(t0, true)
+	check("a save written", interval/2, true)
+	check("the last save written taken almost two intervals ago", 2*interval-time.Millisecond, true)
+	check("the last save written taken two intervals ago", 2*interval, false)
+	// A save of sessions taken a quarter interval after the last one
+	// written fails: an interval later, before the last one written is
+	// two intervals old, the checkpoints are not fresh.
+	t1 := t0.Add(interval / 4)
+	save(t1, false)
+	check("a save failing for half an interval", interval/4+interval/2, true)
+	check("a save failing for an interval", interval/4+interval, false)
+	if !store.pending() {
+		t.Error("the failed save's sessions are not pending")
+	}
+	t2 := t0.Add(3 * interval)
+	save(t2, true)
+	check("a save written again", 3*interval+interval/2, true)
+	if store.pending() {
+		t.Error("sessions pending after a save written")
+	}
+}
