@@ -25,7 +25,7 @@ func TestHostsShareTheCentralStore(t *testing.T) {
 		discordtest.WithMaxConcurrency(4), discordtest.WithIdentifyWindow(5*time.Millisecond))
 	defer s.Close()
 	fleet := newPrefix()
-	const each = 40 // increments per cluster, all at once
+	const each = 20 // increments per cluster, all at once
 	var made atomic.Int64
 	var mu sync.Mutex // guards errs, read
 	var errs []error
