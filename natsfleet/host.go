@@ -676,6 +676,11 @@ func (l *loop) handOver(ctx context.Context, c *ownedCluster) {
 	if !lease.valid(time.Now()) {
 		if err = h.ls.reclaim(hctx, lease); err == nil {
 			h.log.Info("cluster lease reclaimed to hand the cluster over", "cluster", c.run.ID)
+		} else if !pending {
+			// Its sessions were written while the lease was valid: the
+			// next owner resumes them once the lease ends.
+			h.log.Info("cluster handed over; its lease ends by itself", "cluster", c.run.ID, "err", err.Error())
+			return
 		}
 	}
 	if err == nil && pending {
