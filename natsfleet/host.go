@@ -705,11 +705,15 @@ func (l *loop) handOver(ctx context.Context, c *ownedCluster) {
 }
 
 // stop hands every cluster over (sessions saved, leases released), waits
-// for the runners within timeout, and leaves the fleet.
+// for the runners within timeout, and leaves the fleet. Its error names
+// the hand-overs that could not be made exact.
 func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) error {
 	h := l.h
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	h.mu.Lock()
+	failedBefore := h.handOverFails
+	h.mu.Unlock()
 	// Draining, so that the leader reassigns the clusters while they stop.
 	l.draining = true
 	hctx, hcancel := context.WithTimeout(ctx, h.interval)
@@ -748,6 +752,7 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 	}
 	_ = h.kv.Delete(ctx, hostKeyPrefix+h.id)
 	l.publish()
+	errs = append(errs, h.handOverErrsSince(failedBefore)...)
 	return errors.Join(errs...)
 }
 

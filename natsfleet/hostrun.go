@@ -202,7 +202,8 @@ const (
 // Run joins the fleet and runs this host's part of it until ctx ends;
 // then it hands its clusters over (shards closed resumably, sessions
 // saved, leases released) and leaves the fleet. It returns early with an
-// error if a cluster fails.
+// error if a cluster fails, and its error names the clusters whose
+// hand-over at the end could not be made exact (see Drain).
 func (h *Host) Run(ctx context.Context) error {
 	tr, err := NewTransport(h.nc, TransportConfig{Prefix: h.cfg.Fleet, Logger: h.cfg.Logger})
 	if err != nil {
