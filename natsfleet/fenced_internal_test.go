@@ -76,7 +76,7 @@ func TestClusterSessionsFencedByLease(t *testing.T) {
 // The checkpoints of a cluster are fresh (its events delivered) until a
 // save has failed for an interval, or the last one written was taken two
 // intervals ago; a save that succeeds again makes them fresh again.
-func TestClusterSessionsFreshWhileCheckpointsKeepUp(t *testing.T) {
+func TestFencedSessionsAreFreshWhileCheckpointsKeepUp(t *testing.T) {
 	t.Parallel()
 	s, err := StartServer(ServerConfig{})
 	if err != nil {

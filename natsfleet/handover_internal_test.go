@@ -137,7 +137,7 @@ func (f *handOverFleet) drainA(t *testing.T) {
 // A drain whose lease lapsed before the final save is still exact: the
 // old owner reclaims its lease (nobody took it), writes the sessions it
 // stopped with and releases it, and the new owner resumes those.
-func TestHandOverAfterALapsedLeaseIsExact(t *testing.T) {
+func TestDrainAfterALapsedLeaseIsExact(t *testing.T) {
 	t.Parallel()
 	f := startHandOverFleet(t, false)
 	f.drainA(t)
@@ -163,7 +163,7 @@ func TestHandOverAfterALapsedLeaseIsExact(t *testing.T) {
 
 // A drain whose lease was taken by another host before the final save
 // cannot be exact, and says so.
-func TestHandOverWhoseLeaseWasTakenFailsLoudly(t *testing.T) {
+func TestDrainWhoseLeaseWasTakenFailsLoudly(t *testing.T) {
 	t.Parallel()
 	f := startHandOverFleet(t, true)
 	f.drainA(t)
