@@ -161,6 +161,32 @@
 // still answers, and exits within two seconds. [ProcessMode.Sessions]
 // lists what is stored.
 //
+// # Warm start
+//
+// A child must exec, join the parent and run its Setup before any of its
+// shards can identify, and every bucket's chain of IDENTIFYs would start
+// only then. So at Run the parent opens the sessions itself while the
+// children start: for each planned shard without a stored session worth
+// resuming, a shard of a group that runs no user code and delivers
+// nothing identifies through the fleet's identify queue and closes
+// resumably as soon as its READY arrives (shardgroup.Config.StopAtReady).
+// Each child asks the parent for its shards' sessions
+// (runtime.Member.Await) and RESUMEs each as it opens; its client first
+// gets the READY the parent read (self user, guilds), then Discord replays
+// what came after it (the GUILD_CREATEs, every event since): a bot sees a
+// READY, its guilds as GuildReady, then a RESUMED, and nothing is lost or
+// delivered twice. A session is handed once, to the first child that asks
+// for it, and saved to the fleet's session store as it is, so that a child
+// that dies before its first checkpoint is replaced by one that resumes
+// it; a shard the parent could not open in time (an identify schedule
+// plus 30 s) is identified by its child. A Shutdown during the warm start
+// closes the sessions not handed yet resumably and saves them with the
+// others. The price is that the parent holds the shards' connections
+// while they wait for their turns (one identify schedule for the last
+// ones); ProcessConfig.ColdStart turns the warm start off, and each child
+// then identifies its own shards. Restarts after the start (a crash, a
+// soft restart) are unchanged.
+//
 // # Observing the children
 //
 // The parent is the one place to look. A child's slog records go to the
