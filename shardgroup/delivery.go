@@ -180,11 +180,15 @@ func (g *Group) sessionLost(s *shard) {
 // updates the caches and makes disgo events of it, which reach the
 // listeners now, or later for a reshard's new generation (see CutOver).
 // frame is the whole gateway payload, valid only during the call. It
-// reports false when the event was held by the Deliver check until ctx
-// ended (the shard stops): it was not delivered.
+// reports false when the event was not delivered: held by the Deliver
+// check until ctx ended (the shard stops), or in a group that opens
+// sessions for another (StopAtReady).
 func (g *Group) deliver(ctx context.Context, s *shard, m gateway.Message, frame []byte) bool {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
+	}
+	if g.cfg.StopAtReady != nil {
+		return false // it opens sessions for another group, which delivers
 	}
 	if ok := g.cfg.Deliver; ok != nil && !ok() && !holdUntil(ctx, ok) {
 		return false

@@ -79,9 +79,9 @@ type Config struct {
 	// resumable code so that the session lives on, and StopAtReady gets
 	// the session, at the READY's sequence (a RESUME from it replays every
 	// event after the READY), and the READY's payload, which the resuming
-	// group delivers (see Await). Give such a group a Deliver that returns
-	// false and no user code. It runs on the shard's goroutine and must
-	// not block.
+	// group delivers (see Await). Such a group delivers no event (its
+	// Deliver is not asked, and nothing is held); give it no user code.
+	// It runs on the shard's goroutine and must not block.
 	StopAtReady func(sess Session, ready []byte)
 	// Await, if set, is called by each shard that has no session to
 	// resume when it starts, before it connects. It blocks until another
