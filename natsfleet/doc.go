@@ -109,16 +109,33 @@
 //     never over a session of a later lease epoch.
 //
 // Fencing: a host delivers no event of a cluster past its lease's local
-// deadline (runtime.Member.Delivering) and stops the cluster's shards
+// deadline (runtime.Member.Serving) and stops the cluster's shards
 // then. A host that dies or is cut off therefore loses its clusters after
 // the TTL, and the hosts they are reassigned to RESUME them from the last
 // checkpoint: no IDENTIFY while Discord accepts the resume, nothing lost,
-// and the events delivered since the checkpoint delivered again.
+// and the events delivered since the checkpoint delivered again. Those
+// are bounded by the checkpoint interval, not the TTL: a host whose
+// checkpoints of a cluster have failed for an interval (or whose last
+// written checkpoint was taken two intervals ago) holds the cluster's
+// events, undelivered, until a checkpoint succeeds again while its lease
+// is valid, or its lease ends and its shards stop (a held event is then
+// never delivered there, and the next owner gets it replayed).
 //
 // Planned moves hand sessions over exactly: [Host.Drain], a host joining
 // (the leader rebalances) or Run ending close the old owner's shards
 // resumably, save their exact sessions, release the lease, and the new
-// owner resumes them: nothing lost, nothing repeated, no IDENTIFY.
+// owner resumes them: nothing lost, nothing repeated, no IDENTIFY. When
+// the lease lapsed on the way (renewals too slow) or the final write
+// failed, the old owner reclaims its lease by compare-and-set on its own
+// last revision, which fails only if another host took it meanwhile, and
+// writes the sessions then; a hand-over that still cannot be made exact is
+// logged as an error and returned by [Host.Drain].
+//
+// The central store: every host serves services.StoreName to its own
+// clusters from the fleet's store bucket ([Host.Store]), so cluster code
+// on any host reads and writes the same data with services.StoreGet,
+// StoreSet and StoreIncrement on its bus, and increments from several
+// hosts at once lose no update.
 //
 // [Host.SoftRestart] and [Host.Restart] act on any cluster of the fleet
 // from any host (the owner carries them out, asked over the bus);
@@ -126,7 +143,7 @@
 // fleet: hosts, their clusters, leases and the age of each cluster's last
 // checkpoint. REST calls go through the fleet's REST proxy when one is
 // given or published ([PublishRESTProxy]); [Host.Store] is the central
-// store.
+// store, which cluster code reaches through the bus on every host.
 //
 // # Resharding hosts
 //

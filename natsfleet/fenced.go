@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,37 +34,124 @@ type fencedRecord struct {
 // sessions of the cluster's shards, Save writes them only while the
 // lease is valid, by compare-and-set, and never over a record of a later
 // epoch.
+//
+// It also tells whether the cluster's checkpoints keep up (fresh): the
+// host delivers the cluster's events only while they do, so that the
+// events a next owner delivers again after resuming the last checkpoint
+// stay within about two checkpoint intervals. And it keeps the sessions
+// of the last Save that was not written (unsaved), so that a hand-over
+// whose final write failed can write them once the lease is back.
 type clusterSessions struct {
-	kv      jetstream.KeyValue
-	owner   string
-	cluster int
-	shards  []int
-	lease   *heldLease
-	now     func() time.Time
+	kv       jetstream.KeyValue
+	owner    string
+	cluster  int
+	shards   []int
+	lease    *heldLease
+	interval time.Duration // the checkpoint interval; <= 0: checkpoints off, always fresh
+	now      func() time.Time
 
-	mu   sync.Mutex     // guards revs
-	revs map[int]uint64 // by shard, the revision this store wrote last
+	mu      sync.Mutex           // guards revs, unsaved
+	revs    map[int]uint64       // by shard, the revision this store wrote last
+	unsaved []shardgroup.Session // the sessions of the last Save, until all are written
+
+	// When the sessions of the last complete Save were taken, and when
+	// the oldest Save begun since then was (unix ns; 0: none).
+	savedAt, tryingSince atomic.Int64
 }
 
-func newClusterSessions(kv jetstream.KeyValue, owner string, c *clusterRun) *clusterSessions {
-	return &clusterSessions{kv: kv, owner: owner, cluster: c.ID, shards: slices.Clone(c.Shards), lease: c.Lease, now: time.Now, revs: map[int]uint64{}}
+func newClusterSessions(kv jetstream.KeyValue, owner string, c *clusterRun, interval time.Duration) *clusterSessions {
+	return &clusterSessions{kv: kv, owner: owner, cluster: c.ID, shards: slices.Clone(c.Shards), lease: c.Lease, interval: interval,
+		now: time.Now, revs: map[int]uint64{}}
 }
 
 func sessionKey(shard int) string { return "shard." + strconv.Itoa(shard) }
 
 // Save writes the sessions of the cluster's shards (others are ignored).
 func (s *clusterSessions) Save(ctx context.Context, sessions []shardgroup.Session) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	var mine []shardgroup.Session
+	var taken time.Time
 	for _, sess := range sessions {
 		if !slices.Contains(s.shards, sess.ShardID) {
 			continue
 		}
-		if err := s.saveLocked(ctx, sess); err != nil {
-			return err
+		mine = append(mine, sess)
+		if taken.IsZero() || sess.SavedAt.Before(taken) {
+			taken = sess.SavedAt
 		}
 	}
+	if len(mine) == 0 {
+		return nil
+	}
+	if taken.IsZero() {
+		taken = s.now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tryingSince.CompareAndSwap(0, taken.UnixNano())
+	s.unsaved = mine
+	return s.writeUnsavedLocked(ctx, taken)
+}
+
+// writeUnsavedLocked writes the unsaved sessions, taken at taken, and
+// marks the checkpoints fresh once all are written.
+func (s *clusterSessions) writeUnsavedLocked(ctx context.Context, taken time.Time) error {
+	for len(s.unsaved) > 0 {
+		if err := s.saveLocked(ctx, s.unsaved[0]); err != nil {
+			return err
+		}
+		s.unsaved = s.unsaved[1:]
+	}
+	s.unsaved = nil
+	for {
+		old := s.savedAt.Load()
+		if old >= taken.UnixNano() || s.savedAt.CompareAndSwap(old, taken.UnixNano()) {
+			break
+		}
+	}
+	s.tryingSince.Store(0)
 	return nil
+}
+
+// pending reports whether the sessions of the last Save are not all
+// written.
+func (s *clusterSessions) pending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.unsaved) > 0
+}
+
+// flush writes the sessions of the last Save that are not written yet
+// (while the lease is valid, as Save).
+func (s *clusterSessions) flush(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.unsaved) == 0 {
+		return nil
+	}
+	taken := s.unsaved[0].SavedAt
+	for _, sess := range s.unsaved {
+		if sess.SavedAt.Before(taken) {
+			taken = sess.SavedAt
+		}
+	}
+	return s.writeUnsavedLocked(ctx, taken)
+}
+
+// fresh reports whether the cluster's checkpoints keep up at now: no
+// Save has been failing (or running) for an interval or more, and the
+// last one written was taken less than two intervals ago (which also
+// catches checkpoints that stopped being attempted). Before the first
+// Save, it is fresh.
+func (s *clusterSessions) fresh(now time.Time) bool {
+	if s.interval <= 0 {
+		return true
+	}
+	n := now.UnixNano()
+	if t := s.tryingSince.Load(); t != 0 && n-t >= int64(s.interval) {
+		return false
+	}
+	t := s.savedAt.Load()
+	return t == 0 || n-t < int64(2*s.interval)
 }
 
 func (s *clusterSessions) saveLocked(ctx context.Context, sess shardgroup.Session) error {

@@ -80,6 +80,9 @@ type clusterRun struct {
 	// it also holds its delivery until the leader opens it, and its
 	// sessions until the switch.
 	Next *nextRun
+	// sessions is the cluster's session store, set by the runner; the
+	// loop reads it once the runner has returned.
+	sessions *clusterSessions
 }
 
 // clusterRunner runs a cluster on this host until ctx ends, then stops its
@@ -127,12 +130,39 @@ type hostCore struct {
 
 	drain chan struct{} // Drain's request to the loop; closed once
 
-	mu      sync.Mutex // guards snap, changed, ops, running
+	mu      sync.Mutex // guards snap, changed, ops, running, handOverErrs, handOverFails
 	snap    fleetSnapshot
 	changed chan struct{} // closed when snap changes
 	ops     map[int]clusterOps
 	running bool
 	drainOn sync.Once
+	// handOverErrs are the last planned hand-overs that could not be
+	// made exact (at most maxHandOverErrs), handOverFails how many there
+	// were in all; Drain reports those of its own.
+	handOverErrs  []error
+	handOverFails int
+}
+
+const maxHandOverErrs = 16
+
+// handOverFailed records a planned hand-over that was not exact.
+func (h *hostCore) handOverFailed(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.handOverFails++
+	if len(h.handOverErrs) == maxHandOverErrs {
+		h.handOverErrs = slices.Delete(h.handOverErrs, 0, 1)
+	}
+	h.handOverErrs = append(h.handOverErrs, err)
+}
+
+// handOverErrsSince returns the errors of the hand-overs that failed
+// after the first fails (as many as are kept).
+func (h *hostCore) handOverErrsSince(fails int) []error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := min(h.handOverFails-fails, len(h.handOverErrs))
+	return slices.Clone(h.handOverErrs[len(h.handOverErrs)-n:])
 }
 
 // fleetSnapshot is what the loop last knew of the fleet.
@@ -347,23 +377,11 @@ func (l *loop) refresh(ctx context.Context, key string) {
 // sent, so a slow one costs nothing).
 func (l *loop) tick(ctx context.Context) {
 	h := l.h
+	l.renew(ctx)
+	l.fenceExpired()
 	opCtx, cancel := context.WithTimeout(ctx, h.ttl/2)
 	defer cancel()
 	l.heartbeat(opCtx)
-	l.renew(opCtx)
-	l.renewReshard(opCtx)
-	if l.leader != nil {
-		if err := h.ls.renew(opCtx, l.leader); err != nil {
-			if isConflict(err) {
-				l.leader = nil
-				l.refresh(opCtx, leaderKey)
-			}
-		}
-		if l.leader != nil && !l.leader.valid(time.Now()) {
-			l.leader = nil
-		}
-	}
-	l.fenceExpired()
 	if l.leader == nil {
 		lease, err := h.ls.acquire(opCtx, leaderKey, l.seen[leaderKey])
 		switch {
@@ -410,22 +428,57 @@ func (l *loop) nextDeadline() time.Duration {
 	return min(next, l.reshardDeadline())
 }
 
-// renew renews the lease of every cluster this host runs. A conflict
-// means another host took the lease: the cluster is fenced at once.
+// renew renews the leader's lease and that of every cluster this host
+// runs, all at once, each for as long as it is valid (a renewal that
+// lands later cannot extend it), so that one slow write costs the others
+// nothing. A conflict means another host took the lease: the cluster is
+// fenced at once.
 func (l *loop) renew(ctx context.Context) {
 	h := l.h
+	type renewal struct {
+		c     *ownedCluster // nil: the leader's lease
+		lease *heldLease
+		err   error
+	}
+	var all []*renewal
 	for _, c := range l.clusters {
-		if c.run.Lease.deadline.Load() == 0 {
-			continue
+		if c.run.Lease.deadline.Load() != 0 {
+			all = append(all, &renewal{c: c, lease: c.run.Lease})
 		}
-		if err := h.ls.renew(ctx, c.run.Lease); err != nil {
-			if isConflict(err) || errors.Is(err, errLeaseExpired) {
-				c.run.Lease.deadline.Store(0)
-				h.log.Warn("cluster lease lost: stopping its shards", "cluster", c.run.ID, "err", err.Error())
-				l.refresh(ctx, c.run.Lease.key)
-			} else {
-				h.log.Warn("cluster lease renewal failed", "cluster", c.run.ID, "err", err.Error())
+	}
+	for _, c := range l.reshardRunners() {
+		if c.run.Lease.deadline.Load() != 0 {
+			all = append(all, &renewal{c: c, lease: c.run.Lease})
+		}
+	}
+	if l.leader != nil {
+		all = append(all, &renewal{lease: l.leader})
+	}
+	var wg sync.WaitGroup
+	for _, r := range all {
+		wg.Go(func() {
+			rctx, cancel := context.WithDeadline(ctx, r.lease.Deadline())
+			defer cancel()
+			r.err = h.ls.renew(rctx, r.lease)
+		})
+	}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(ctx, h.ttl/2) // bounds the refreshes
+	defer cancel()
+	for _, r := range all {
+		lost := r.err != nil && (isConflict(r.err) || errors.Is(r.err, errLeaseExpired))
+		switch {
+		case r.c == nil:
+			if lost || !l.leader.valid(time.Now()) {
+				l.leader = nil
+				l.refresh(ctx, leaderKey)
 			}
+		case lost:
+			r.lease.deadline.Store(0)
+			h.log.Warn("cluster lease lost: stopping its shards", "cluster", r.c.run.ID, "err", r.err.Error())
+			l.refresh(ctx, r.lease.key)
+		case r.err != nil:
+			h.log.Warn("cluster lease renewal failed", "cluster", r.c.run.ID, "err", r.err.Error())
 		}
 	}
 }
@@ -625,24 +678,74 @@ func (l *loop) finish(ctx context.Context, c *ownedCluster) {
 		}
 		c.release = true
 	}
-	if c.release && c.run.Lease.valid(time.Now()) {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.interval)
-		defer cancel()
-		if err := h.ls.release(rctx, c.run.Lease); err != nil {
-			h.log.Warn("releasing a cluster lease failed: the next owner waits for it to expire", "cluster", c.run.ID, "err", err.Error())
-		} else {
-			h.log.Info("cluster handed over", "cluster", c.run.ID)
-		}
-	}
+	l.handOver(ctx, c)
 	l.publish()
 }
 
+// handOver makes a stopped cluster's hand-over exact when it can: the
+// sessions it stopped with are written, and the lease released, so that
+// the next owner resumes them with nothing delivered twice. When the
+// lease lapsed meanwhile (slow renewals) it is reclaimed first, which
+// succeeds only if no other host took it: the cluster delivered nothing
+// since the lapse, so its sessions are still exactly what it delivered.
+// A planned hand-over (Drain, a reassignment, Run ending) that cannot be
+// made exact is an error, kept for Drain: the next owner resumes from
+// the last checkpoint, and the events since it are delivered again. A
+// cluster fenced because its lease lapsed is handed over exactly only if
+// its lease is still unclaimed.
+func (l *loop) handOver(ctx context.Context, c *ownedCluster) {
+	h := l.h
+	lease, store := c.run.Lease, c.run.sessions
+	pending := store != nil && store.pending()
+	if !c.release && !pending && !lease.valid(time.Now()) {
+		return // fenced with its sessions written: the lease ends by itself
+	}
+	// Bounded as a round's writes, so that the other leases are renewed
+	// in time.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.ttl/2)
+	defer cancel()
+	var err error
+	if !lease.valid(time.Now()) {
+		if err = h.ls.reclaim(hctx, lease); err == nil {
+			h.log.Info("cluster lease reclaimed to hand the cluster over", "cluster", c.run.ID)
+		} else if !pending {
+			// Its sessions were written while the lease was valid: the
+			// next owner resumes them once the lease ends.
+			h.log.Info("cluster handed over; its lease ends by itself", "cluster", c.run.ID, "err", err.Error())
+			return
+		}
+	}
+	if err == nil && pending {
+		err = store.flush(hctx)
+	}
+	if err != nil {
+		if c.release {
+			err = fmt.Errorf("natsfleet: host %s: hand-over of cluster %d not exact (its next owner resumes the last checkpoint, and the events since are delivered again): %w",
+				h.id, c.run.ID, err)
+			h.log.Error("cluster hand-over not exact: its next owner resumes the last checkpoint", "cluster", c.run.ID, "err", err.Error())
+			h.handOverFailed(err)
+		} else {
+			h.log.Warn("fenced cluster not handed over: its next owner resumes the last checkpoint", "cluster", c.run.ID, "err", err.Error())
+		}
+		return
+	}
+	if err := h.ls.release(hctx, lease); err != nil {
+		h.log.Warn("releasing a cluster lease failed: the next owner waits for it to expire", "cluster", c.run.ID, "err", err.Error())
+		return
+	}
+	h.log.Info("cluster handed over", "cluster", c.run.ID)
+}
+
 // stop hands every cluster over (sessions saved, leases released), waits
-// for the runners within timeout, and leaves the fleet.
+// for the runners within timeout, and leaves the fleet. Its error names
+// the hand-overs that could not be made exact.
 func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) error {
 	h := l.h
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	h.mu.Lock()
+	failedBefore := h.handOverFails
+	h.mu.Unlock()
 	// Draining, so that the leader reassigns the clusters while they stop.
 	l.draining = true
 	hctx, hcancel := context.WithTimeout(ctx, h.interval)
@@ -665,10 +768,7 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 		case <-ticker.C:
 			// The leases stay valid while the shards close and their
 			// sessions are saved.
-			rctx, rcancel := context.WithTimeout(ctx, h.interval)
-			l.renew(rctx)
-			l.renewReshard(rctx)
-			rcancel()
+			l.renew(ctx)
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("natsfleet: host %s: clusters %v did not stop within %v", h.id, l.owned(), timeout))
 			close(l.abandon)
@@ -687,6 +787,7 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 	_ = h.kv.Delete(ctx, hostKeyPrefix+h.id)
 	_ = h.kv.Delete(ctx, progressKey(h.id))
 	l.publish()
+	errs = append(errs, h.handOverErrsSince(failedBefore)...)
 	return errors.Join(errs...)
 }
 

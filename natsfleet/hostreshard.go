@@ -370,16 +370,16 @@ func (h *Host) sessionsBucket(ctx context.Context, rev int) (jetstream.KeyValue,
 
 // clusterSessionStore is the session store of a cluster this host runs:
 // its plan revision's bucket, fenced by its lease.
-func (h *Host) clusterSessionStore(ctx context.Context, c *clusterRun) (runtime.SessionStore, error) {
+func (h *Host) clusterSessionStore(ctx context.Context, c *clusterRun, interval time.Duration) (runtime.SessionStore, *clusterSessions, error) {
 	kv, err := h.sessionsBucket(ctx, c.Plan.Revision)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s := newClusterSessions(kv, h.cfg.ID, c)
+	s := newClusterSessions(kv, h.cfg.ID, c, interval)
 	if c.Next != nil && !c.Next.promoted.Load() {
-		return nextSessions{n: c.Next, inner: s}, nil
+		return nextSessions{n: c.Next, inner: s}, s, nil
 	}
-	return s, nil
+	return s, s, nil
 }
 
 // replanner makes the plan of a reshard to shards from the current plan.
@@ -605,23 +605,6 @@ func (l *loop) reportProgress(ctx context.Context) {
 		return
 	}
 	l.rs.wrote = data
-}
-
-// renewReshard renews the leases of the reshard's runners, as renew does
-// the host's clusters'.
-func (l *loop) renewReshard(ctx context.Context) {
-	for _, c := range l.reshardRunners() {
-		if c.run.Lease.deadline.Load() == 0 {
-			continue
-		}
-		if err := l.h.ls.renew(ctx, c.run.Lease); err != nil {
-			if isConflict(err) || errors.Is(err, errLeaseExpired) {
-				c.run.Lease.deadline.Store(0)
-				l.h.log.Warn("reshard cluster lease lost: stopping its shards", "cluster", c.run.ID, "err", err.Error())
-				l.refresh(ctx, c.run.Lease.key)
-			}
-		}
-	}
 }
 
 func (l *loop) reshardRunners() []*ownedCluster {

@@ -19,6 +19,7 @@ import (
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
 	"github.com/gofleet/fleet/runtime"
+	"github.com/gofleet/fleet/services"
 )
 
 // HostConfig configures a [Host]. Zero fields take the defaults given.
@@ -184,7 +185,10 @@ func NewHost(ctx context.Context, nc *nats.Conn, cfg HostConfig) (*Host, error) 
 // ID returns the host's ID in the fleet.
 func (h *Host) ID() string { return h.cfg.ID }
 
-// Store returns the fleet's central store, shared by every host.
+// Store returns the fleet's central store, shared by every host. Run
+// serves it on the bus (services.StoreName) to this host's clusters, so
+// that their code uses services.StoreGet, StoreSet, StoreIncrement and
+// the other helpers on g.Bus() as in a single process.
 func (h *Host) Store() *KVStore { return h.store }
 
 // hostAddress is the bus address of a host's operations endpoint.
@@ -199,18 +203,31 @@ const (
 // Run joins the fleet and runs this host's part of it until ctx ends;
 // then it hands its clusters over (shards closed resumably, sessions
 // saved, leases released) and leaves the fleet. It returns early with an
-// error if a cluster fails.
+// error if a cluster fails, and its error names the clusters whose
+// hand-over at the end could not be made exact (see Drain).
 func (h *Host) Run(ctx context.Context) error {
 	tr, err := NewTransport(h.nc, TransportConfig{Prefix: h.cfg.Fleet, Logger: h.cfg.Logger})
 	if err != nil {
 		return err
 	}
-	b := bus.New(bus.Options{Transport: tr, Logger: h.cfg.Logger, DefaultTimeout: h.cfg.Runtime.RequestTimeout})
+	// The central store is served on every host, from the fleet's
+	// bucket, to this host's clusters.
+	b := bus.New(bus.Options{Transport: newLocalFirst(tr, bus.Service(services.StoreName)), Logger: h.cfg.Logger,
+		DefaultTimeout: h.cfg.Runtime.RequestTimeout})
 	sh := &hostShared{bus: b, tr: tr}
 	h.mu.Lock()
 	h.shared = sh
 	h.mu.Unlock()
+	store, err := serveStore(ctx, b, h.store, services.ManagerConfig{Logger: h.cfg.Logger, ShutdownTimeout: h.cfg.RenewInterval})
+	if err != nil {
+		b.Close()
+		tr.Close()
+		return err
+	}
 	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), h.cfg.RenewInterval)
+		_ = store.Close(sctx)
+		cancel()
 		b.Close()
 		tr.Close()
 		h.mu.Lock()
@@ -292,18 +309,24 @@ func (h *Host) route(ctx context.Context, cluster int, cmd string, op func(clust
 // resume them: nothing lost, nothing repeated, no IDENTIFY) and returns
 // once it runs none. The host stays in the fleet, taking no cluster,
 // until Run ends. It fails when ctx ends first, e.g. when no other host
-// is there to take them.
+// is there to take them, and when a cluster could not be handed over
+// exactly (its lease was lost to another host before its sessions were
+// written): the error names it, and its new owner resumes its last
+// checkpoint, delivering again the events since.
 func (h *Host) Drain(ctx context.Context) error {
 	if err := h.core.drainRefused(); err != nil {
 		return err
 	}
+	h.core.mu.Lock()
+	before := h.core.handOverFails
+	h.core.mu.Unlock()
 	h.core.startDrain()
 	err := h.core.waitFor(ctx, func(s fleetSnapshot) bool { return s.Draining && len(s.Owned) == 0 })
 	if err != nil {
 		s, _ := h.core.snapshot()
 		return fmt.Errorf("natsfleet: drain of host %s: clusters %v still here: %w (is another host live and not draining?)", h.cfg.ID, s.Owned, err)
 	}
-	return nil
+	return errors.Join(h.core.handOverErrsSince(before)...)
 }
 
 // Owned returns the clusters running on this host now, sorted.

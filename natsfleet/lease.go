@@ -130,6 +130,38 @@ func (ls *leases) acquire(ctx context.Context, key string, seen *seenKey) (*held
 // renew extends l by TTL from now. A conflict means another host took it:
 // the lease is lost for good.
 func (ls *leases) renew(ctx context.Context, l *heldLease) error {
+	sent, err := ls.rewrite(ctx, l)
+	if err != nil {
+		return err
+	}
+	if !l.extend(sent.Add(ls.ttl)) {
+		return errLeaseExpired
+	}
+	return nil
+}
+
+// reclaim makes l valid again for TTL from now, even after its deadline
+// passed, if no other host has taken it meanwhile: it is written by
+// compare-and-set on the revision this host wrote last, which another
+// host must also have used to take it. Only a cluster that delivered
+// nothing since its lease lapsed may be reclaimed (a held event is not
+// delivered): its sessions are then exactly what it delivered, and can
+// be handed over.
+func (ls *leases) reclaim(ctx context.Context, l *heldLease) error {
+	sent, err := ls.rewrite(ctx, l)
+	if err != nil {
+		return err
+	}
+	if until := sent.Add(ls.ttl); ls.now().Before(until) {
+		l.deadline.Store(until.UnixNano())
+		return nil
+	}
+	return errLeaseExpired
+}
+
+// rewrite writes l again by compare-and-set, and returns when the write
+// was sent.
+func (ls *leases) rewrite(ctx context.Context, l *heldLease) (time.Time, error) {
 	data, _ := json.Marshal(leaseRecord{Owner: ls.owner, Epoch: l.epoch})
 	sent := ls.now()
 	rev, err := ls.kv.Update(ctx, l.key, data, l.rev)
@@ -139,23 +171,20 @@ func (ls *leases) renew(ctx context.Context, l *heldLease) error {
 		// the revision it has.
 		e, gerr := ls.kv.Get(ctx, l.key)
 		if gerr != nil {
-			return gerr
+			return sent, gerr
 		}
 		var cur leaseRecord
 		if json.Unmarshal(e.Value(), &cur) != nil || cur.Owner != ls.owner || cur.Epoch != l.epoch {
-			return err
+			return sent, err
 		}
 		sent = ls.now()
 		rev, err = ls.kv.Update(ctx, l.key, data, e.Revision())
 	}
 	if err != nil {
-		return err
+		return sent, err
 	}
 	l.rev = rev
-	if !l.extend(sent.Add(ls.ttl)) {
-		return errLeaseExpired
-	}
-	return nil
+	return sent, nil
 }
 
 // release gives l up at once, for the next owner to take without waiting.

@@ -15,7 +15,9 @@ import (
 // serving that cluster only: its shards resume the sessions stored in the
 // fleet's sessions bucket (the previous owner's checkpoint, or the exact
 // sessions it handed over), checkpoint there while the lease is valid,
-// and when ctx ends close resumably and save their sessions.
+// and when ctx ends close resumably and save their sessions. Its events
+// are held while the lease is not valid or the checkpoints fail for more
+// than an interval.
 func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	sh, err := h.clusterShared(ctx, c.Plan)
 	if err != nil {
@@ -28,13 +30,26 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	cfg.MaxConcurrencyOverride = c.Plan.MaxConcurrency
 	cfg.IdentifyQueue = sharedQueue{sh.queue}
 	cfg.Bus = sh.bus
-	if cfg.SessionStore, err = h.clusterSessionStore(ctx, c); err != nil {
+	interval := cfg.CheckpointInterval
+	if interval == 0 {
+		interval = runtime.DefaultCheckpointInterval
+	}
+	store, sessions, err := h.clusterSessionStore(ctx, c, interval)
+	if err != nil {
 		return err
 	}
+	c.sessions = sessions
+	cfg.SessionStore = store
 	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}},
-		// Fencing: nothing is delivered past the lease's local deadline;
-		// nor by a reshard's new cluster before the switch.
-		Delivering: func(int) bool { return c.Lease.valid(time.Now()) && c.Next.delivers() }}
+		// Fencing: nothing is delivered past the lease's local deadline,
+		// nor while the checkpoints fail (events are held meanwhile).
+		Serving: func(int) bool {
+			now := time.Now()
+			return c.Lease.valid(now) && sessions.fresh(now)
+		},
+		// A reshard's new cluster delivers nothing before the switch
+		// (its caches fill meanwhile).
+		Delivering: func(int) bool { return c.Next.delivers() }}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
 	if h.restOpts != nil {
 		cfg.RESTURL, cfg.RESTLimiter, cfg.NoSharedRESTLimiter = "", nil, true

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,7 +30,14 @@ var ErrConflict = errors.New("natsfleet: concurrent updates: too many conflicts"
 // [KVStore.Increment] for changes that must not lose a concurrent write.
 type KVStore struct {
 	kv jetstream.KeyValue
+	// stripes serialize this process's updates of keys that hash alike,
+	// so that concurrent updates of one key contend across processes
+	// only, not within one (a compare-and-set retried by every writer at
+	// once costs rounds in the square of their number).
+	stripes [updateStripes]chan struct{}
 }
+
+const updateStripes = 32
 
 // NewKVStore creates or opens the fleet's store bucket, kept on disk.
 func NewKVStore(ctx context.Context, nc *nats.Conn, prefix string) (*KVStore, error) {
@@ -40,7 +48,29 @@ func NewKVStore(ctx context.Context, nc *nats.Conn, prefix string) (*KVStore, er
 	if err != nil {
 		return nil, err
 	}
-	return &KVStore{kv: kv}, nil
+	return newKVStore(kv), nil
+}
+
+func newKVStore(kv jetstream.KeyValue) *KVStore {
+	s := &KVStore{kv: kv}
+	for i := range s.stripes {
+		s.stripes[i] = make(chan struct{}, 1)
+	}
+	return s
+}
+
+// lockKey takes the stripe of key until ctx ends; the caller calls the
+// returned func to give it back.
+func (s *KVStore) lockKey(ctx context.Context, key string) (func(), error) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	stripe := s.stripes[h.Sum32()%updateStripes]
+	select {
+	case stripe <- struct{}{}:
+		return func() { <-stripe }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 var _ services.StoreBackend = (*KVStore)(nil)
@@ -141,6 +171,11 @@ const maxUpdateTries = 100
 // meanwhile, fn runs again on the newer value. It returns the value
 // written. fn must have no other effect: it may run several times.
 func (s *KVStore) Update(ctx context.Context, key string, fn func(old json.RawMessage, found bool) (json.RawMessage, error)) (json.RawMessage, error) {
+	unlock, err := s.lockKey(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("natsfleet: store update %q: %w", key, err)
+	}
+	defer unlock()
 	k := kvKey(key)
 	for range maxUpdateTries {
 		var old json.RawMessage

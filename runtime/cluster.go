@@ -381,7 +381,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
 		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus.Client(),
-		Compression: r.cfg.Compression, Deliver: r.delivering(c.id), Await: r.awaiting(c.id),
+		Compression: r.cfg.Compression, Deliver: r.delivering(c.id), Serve: r.serving(c.id), Await: r.awaiting(c.id),
 	})
 	if err != nil {
 		return nil, err
@@ -545,6 +545,16 @@ func (r *Runtime) delivering(id int) func() bool {
 		return nil
 	}
 	return func() bool { return m.Delivering(id) }
+}
+
+// serving is the group's Serve check for cluster id: the member's
+// Serving, if any.
+func (r *Runtime) serving(id int) func() bool {
+	m := r.cfg.Member
+	if m == nil || m.Serving == nil {
+		return nil
+	}
+	return func() bool { return m.Serving(id) }
 }
 
 // awaiting is Member.Await for one cluster, or nil.

@@ -222,10 +222,19 @@ type Member struct {
 	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
 	// Delivering, if set, is asked before each gateway event of a cluster
 	// reaches its listeners; false keeps the event from them (the
-	// cluster's caches still take it in). A host whose lease
-	// on the cluster has ended returns false, so that it delivers nothing
-	// the cluster's next owner will deliver after resuming.
+	// cluster's caches still take it in): a reshard's new cluster does
+	// not deliver before the switch, with its caches filled.
 	Delivering func(cluster int) bool
+	// Serving, if set, is asked before each gateway event of a cluster
+	// reaches its client (before Delivering). False holds the event (and
+	// the shard's reading): it is asked again every few milliseconds, and
+	// the event goes on once it answers true. A shard that stops while
+	// holding an event does not deliver it, and its session stops before
+	// it, so that the session's next owner gets it replayed. A host whose
+	// lease on the cluster has ended, or whose checkpoints fail, returns
+	// false, so that it delivers nothing the cluster's next owner will
+	// deliver again after resuming. It must not block.
+	Serving func(cluster int) bool
 	// Await, if set, is given to the shards of each cluster that have no
 	// session to resume: such a shard waits for the session another
 	// process opened for it and RESUMEs it, delivering its READY first,

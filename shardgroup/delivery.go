@@ -1,10 +1,12 @@
 package shardgroup
 
 import (
+	"context"
 	"hash/maphash"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/disgoorg/disgo/bot"
 	"github.com/disgoorg/disgo/gateway"
@@ -177,21 +179,30 @@ func (g *Group) sessionLost(s *shard) {
 // deliver hands one gateway event to the group's client: disgo's handler
 // updates the caches and makes disgo events of it, which reach the
 // listeners now, or later for a reshard's new generation (see CutOver).
-// frame is the whole gateway payload, valid only during the call.
-func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
+// frame is the whole gateway payload, valid only during the call. It
+// reports false when the event was not delivered: held by the Serve
+// check until ctx ended (the shard stops), or in a group that opens
+// sessions for another (StopAtReady).
+func (g *Group) deliver(ctx context.Context, s *shard, m gateway.Message, frame []byte) bool {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
 	}
-	// An event not delivered still reaches the caches, so that a group
-	// whose delivery opens later (a reshard's new cluster on another
-	// host) has them filled.
+	if g.cfg.StopAtReady != nil {
+		return false // it opens sessions for another group, which delivers
+	}
+	if ok := g.cfg.Serve; ok != nil && !ok() && !holdUntil(ctx, ok) {
+		return false
+	}
+	// An event kept from the listeners still reaches the caches, so that
+	// a group whose delivery opens later (a reshard's new cluster on
+	// another host) has them filled.
 	listeners := g.cfg.Deliver == nil || g.cfg.Deliver()
 	ev, ok := m.D.(gateway.EventData)
 	if !ok {
-		return
+		return true
 	}
 	if _, unknown := ev.(gateway.EventUnknown); unknown {
-		return
+		return true
 	}
 	d := g.deliv[s.id]
 	d.mu.Lock()
@@ -200,7 +211,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	evs := g.handle(s, d, m, ev)
 	if !listeners {
 		d.recycle(evs)
-		return
+		return true
 	}
 	switch d.mode {
 	case modeLive:
@@ -212,7 +223,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 		raw := field(frame, "d")
 		key := guildKey(string(m.T), raw)
 		if d.drops(key) {
-			return
+			return true
 		}
 		for _, e := range evs {
 			g.em.deliver(s.id, e)
@@ -221,6 +232,27 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 		d.record(key, maphash.Bytes(payloadSeed, raw))
 	case modeStandby:
 		d.hold(m.T, ev, evs, field(frame, "d"))
+	}
+	return true
+}
+
+// holdPoll is how often a held event asks the Serve check again.
+const holdPoll = 5 * time.Millisecond
+
+// holdUntil asks ok every holdPoll until it answers true, and reports
+// true then; it reports false if ctx ends first.
+func holdUntil(ctx context.Context, ok func() bool) bool {
+	t := time.NewTicker(holdPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			if ok() {
+				return true
+			}
+		}
 	}
 }
 

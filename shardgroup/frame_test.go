@@ -2,6 +2,7 @@ package shardgroup
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"sync/atomic"
 	"syscall"
@@ -134,7 +135,7 @@ func BenchmarkFrame(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s.dispatch(m, f)
+				s.dispatch(context.Background(), m, f)
 			}
 			if !g.Group().Loaded() {
 				b.Fatal("the guilds did not load")
@@ -170,7 +171,7 @@ func BenchmarkFrame(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s.dispatch(m, data)
+				s.dispatch(context.Background(), m, data)
 			}
 			// The process's CPU time per frame, the garbage collector's
 			// included: on a shared machine it varies less than wall time.

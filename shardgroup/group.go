@@ -59,10 +59,21 @@ type Config struct {
 	Hooks Hooks
 	// Deliver, if set, is asked before each gateway event reaches the
 	// listeners; false keeps the event from them (the client's caches
-	// still take it in). An owner whose right to serve the shards has
-	// ended (a host whose lease on the cluster lapsed) thus delivers
-	// nothing more, whatever its shards still receive.
+	// still take it in): a reshard's new cluster fills its caches before
+	// its delivery opens.
 	Deliver func() bool
+	// Serve, if set, is asked before each gateway event reaches the
+	// client (before Deliver). While it answers false the shard holds the
+	// event, and reads nothing after it: it asks again every few
+	// milliseconds and goes on once the answer is true. A shard stopped
+	// while it holds an event closes without delivering it, and its
+	// session's sequence stays at the last event delivered, so that
+	// whoever resumes the session gets the held event replayed: nothing
+	// is lost or delivered twice. An owner whose right to serve the
+	// shards is in doubt (a host whose lease on the cluster lapsed, or
+	// whose checkpoints fail) thus delivers nothing more until it is sure
+	// again, or stops. It must not block.
+	Serve func() bool
 
 	// Compression is the gateway transport compression; zero means
 	// DefaultCompression.
@@ -74,9 +85,9 @@ type Config struct {
 	// resumable code so that the session lives on, and StopAtReady gets
 	// the session, at the READY's sequence (a RESUME from it replays every
 	// event after the READY), and the READY's payload, which the resuming
-	// group delivers (see Await). Give such a group a Deliver that returns
-	// false and no user code. It runs on the shard's goroutine and must
-	// not block.
+	// group delivers (see Await). Such a group delivers no event (its
+	// Serve and Deliver are not asked, and nothing is held); give it no user code.
+	// It runs on the shard's goroutine and must not block.
 	StopAtReady func(sess Session, ready []byte)
 	// Await, if set, is called by each shard that has no session to
 	// resume when it starts, before it connects. It blocks until another

@@ -1,6 +1,7 @@
 package shardgroup
 
 import (
+	"context"
 	"reflect"
 	"sync"
 	"testing"
@@ -72,7 +73,7 @@ func feed(t *testing.T, g *Group, frames []string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.dispatch(m, []byte(f))
+		s.dispatch(context.Background(), m, []byte(f))
 	}
 }
 

@@ -575,7 +575,7 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 		case gateway.OpcodeDispatch:
 			s.answered = true
-			s.dispatch(m, data)
+			s.dispatch(ctx, m, data)
 			if m.T == gateway.EventTypeReady {
 				s.mu.Lock()
 				if s.answer != nil {
@@ -708,8 +708,10 @@ func (s *shard) releaseBucket() {
 
 // dispatch hands one event to the group's client, exactly once: the
 // sequence is recorded only after delivery, and a hand-over stops the
-// read loop before it reads the sequence. frame is the raw payload.
-func (s *shard) dispatch(m gateway.Message, frame []byte) {
+// read loop before it reads the sequence. An event held by the Deliver
+// check until ctx ends is not delivered, and its sequence not recorded.
+// frame is the raw payload.
+func (s *shard) dispatch(ctx context.Context, m gateway.Message, frame []byte) {
 	switch ev := m.D.(type) {
 	case gateway.EventReady:
 		s.releaseBucket()
@@ -733,7 +735,9 @@ func (s *shard) dispatch(m gateway.Message, frame []byte) {
 		}
 	}
 	s.events.Add(1)
-	s.g.deliver(s, m, frame)
+	if !s.g.deliver(ctx, s, m, frame) {
+		return
+	}
 	s.mu.Lock()
 	s.session.Sequence = m.S
 	s.mu.Unlock()

@@ -60,14 +60,15 @@ func (s *shard) await(ctx context.Context) {
 	s.session = sess
 	s.mu.Unlock()
 	if len(ready) > 0 {
-		s.deliverReady(ready)
+		s.deliverReady(ctx, ready)
 	}
 }
 
 // deliverReady delivers the READY of a session opened by another group,
 // as dispatch does for the shard's own READY, without the shard's state:
-// the shard is ready once its RESUME is answered.
-func (s *shard) deliverReady(frame []byte) {
+// the shard is ready once its RESUME is answered. A READY held by the
+// Deliver check until ctx ends is not delivered.
+func (s *shard) deliverReady(ctx context.Context, frame []byte) {
 	m, err := decodeMessage(frame)
 	if err != nil || m.Op != gateway.OpcodeDispatch || m.T != gateway.EventTypeReady {
 		s.log.Warn("the READY of a session opened elsewhere is unreadable: not delivered", "err", err)
@@ -76,7 +77,9 @@ func (s *shard) deliverReady(frame []byte) {
 	ev, _ := m.D.(gateway.EventReady)
 	s.pendingGuilds.Store(int64(len(ev.Guilds)))
 	s.events.Add(1)
-	s.g.deliver(s, m, frame)
+	if !s.g.deliver(ctx, s, m, frame) {
+		return
+	}
 	if len(ev.Guilds) == 0 {
 		s.g.guildsLoaded(s)
 	}
