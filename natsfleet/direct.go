@@ -71,14 +71,14 @@ type link struct {
 	wmu   sync.Mutex // guards writes to conn, hdr, renew
 	hdr   []byte
 	renew time.Time // when to move the write deadline
-	t   *Transport
+	t     *Transport
 
 	dead bool // guarded by Transport.pmu: no call may be sent on it any more
 
 	// The calling side's, guarded by Transport.lmu.
 	opened chan struct{} // closed once the dial is over, opened or not
 	ready  bool          // open, and not broken
-	failed time.Time // when it failed to open, or broke: opened again an AnnounceInterval later
+	failed time.Time     // when it failed to open, or broke: opened again an AnnounceInterval later
 }
 
 func parseLinkInfo(line string) linkInfo {
