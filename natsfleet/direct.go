@@ -233,6 +233,7 @@ func (t *Transport) readAnswers(l *link) error {
 		if err != nil {
 			return err
 		}
+		t.stats.answerMessages.Add(1)
 		for len(body) > 0 {
 			frame, rest, ok := nextFrame(body)
 			if !ok {

@@ -67,7 +67,7 @@ func TestDirectSkipsNATS(t *testing.T) {
 	if err := bus.Send(ctx, caller, addr, "echo", 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := natsfleet.DirectCalls(ct); got != calls+1 {
+	if got := ct.Stats().DirectCalls; got != calls+1 {
 		t.Errorf("%d calls went over the direct link, want %d", got, calls+1)
 	}
 }
@@ -113,7 +113,7 @@ func TestDirectBreakFailsCallsInFlight(t *testing.T) {
 	for range inFlight {
 		<-started
 	}
-	if got := natsfleet.DirectCalls(ct); got != inFlight {
+	if got := ct.Stats().DirectCalls; got != inFlight {
 		t.Fatalf("%d calls went over the direct link, want %d", got, inFlight)
 	}
 	natsfleet.BreakDirect(st)

@@ -8,9 +8,6 @@ import (
 	"github.com/gofleet/fleet/bus"
 )
 
-// DirectCalls returns how many calls t sent over a direct link.
-func DirectCalls(t *Transport) int64 { return t.directCalls.Load() }
-
 // WaitDirect waits until t has a direct link open to the process that
 // serves addr, or ctx ends.
 func WaitDirect(ctx context.Context, t *Transport, addr bus.Address) error {

@@ -298,6 +298,9 @@ func (t *Transport) retire(q *outQueue) bool {
 // or over q's link in one message.
 func (t *Transport) publish(q *outQueue, buf []byte) {
 	if q.link != nil {
+		if q.calls {
+			t.stats.callMessages.Add(1)
+		}
 		if err := q.link.write(q.addr, buf); err != nil {
 			// Its reader sees the connection closed, and fails the
 			// calls in flight on it.
@@ -333,6 +336,7 @@ func (t *Transport) publish(q *outQueue, buf []byte) {
 		seq := t.batchSeq
 		t.batches[seq%batchRing] = batchRecord{seq: seq, ids: ids}
 		t.pmu.Unlock()
+		t.stats.callMessages.Add(1)
 		if err := t.nc.PublishRequest(q.subject, t.inbox+"."+strconv.FormatUint(seq, 36), chunk); err != nil {
 			for _, id := range ids {
 				if p := t.take(id); p != nil {

@@ -151,7 +151,7 @@ func takeOverLosesNothing(t *testing.T, direct bool) {
 	if total := int64(counts["v1"] + counts["v2"]); total != sent.Load() {
 		t.Errorf("%d calls sent, %d answered", sent.Load(), total)
 	}
-	if direct && natsfleet.DirectCalls(callTr) == 0 {
+	if direct && callTr.Stats().DirectCalls == 0 {
 		t.Error("no call went over the direct link")
 	}
 	if m := maxRunning.Load(); m != 1 {

@@ -126,10 +126,10 @@ type Transport struct {
 	batches  [batchRing]batchRecord // guarded by pmu: the calls of recent batches
 
 	// The direct link (TransportConfig.Direct); see direct.go.
-	host        string                                // this host's identity
-	secret      string                                // what a process must present to open a link to this one
-	owners      atomic.Pointer[map[bus.Address]owner] // remote addresses served by one process of this host
-	directCalls atomic.Int64                          // calls sent over a direct link
+	host   string                                // this host's identity
+	secret string                                // what a process must present to open a link to this one
+	owners atomic.Pointer[map[bus.Address]owner] // remote addresses served by one process of this host
+	stats  transportStats
 
 	lmu        sync.Mutex // guards links, linkConns, listener, linkDir, linkSeq, linkClosed, linkFailed
 	links      map[string]*link
@@ -603,9 +603,10 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
+	t.stats.calls.Add(1)
 	var queued bool
 	if l != nil {
-		t.directCalls.Add(1)
+		t.stats.direct.Add(1)
 		queued = t.enqueueTo(sink{key: l.key + string(m.To), link: l, addr: string(m.To)}, true, frame, len(w) == 1)
 	} else {
 		queued = t.enqueue(rm.subject, true, frame, len(w) == 1)
@@ -726,6 +727,7 @@ func (t *Transport) onReply(msg *nats.Msg) {
 		}
 		return
 	}
+	t.stats.answerMessages.Add(1)
 	data := msg.Data
 	for len(data) > 0 {
 		frame, rest, ok := nextFrame(data)
@@ -1088,6 +1090,29 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 	}
 	b := binary.AppendUvarint(make([]byte, 0, len(data)+binary.MaxVarintLen64+1), id)
 	return append(append(b, replyValue), data...)
+}
+
+// TransportStats counts what a Transport sent to and received from other
+// processes since it was created.
+type TransportStats struct {
+	Calls          int64 // requests, sends and events sent to other processes
+	DirectCalls    int64 // those of Calls sent over a direct link (TransportConfig.Direct)
+	CallMessages   int64 // the messages that carried Calls, over NATS or a direct link
+	AnswerMessages int64 // the messages that carried their answers back
+}
+
+type transportStats struct {
+	calls, direct, callMessages, answerMessages atomic.Int64
+}
+
+// Stats returns the Transport's counts so far.
+func (t *Transport) Stats() TransportStats {
+	return TransportStats{
+		Calls:          t.stats.calls.Load(),
+		DirectCalls:    t.stats.direct.Load(),
+		CallMessages:   t.stats.callMessages.Load(),
+		AnswerMessages: t.stats.answerMessages.Load(),
+	}
 }
 
 // Members returns the addresses in group served by any process of the
