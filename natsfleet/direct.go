@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,22 +19,23 @@ import (
 )
 
 // The direct link (TransportConfig.Direct): calls between two processes
-// of one host over a Unix socket, without the NATS server in between.
+// of one host over a loopback TCP connection, without the NATS server in
+// between.
 //
-// The serving process listens on a socket in a private directory and
-// announces, with the addresses it serves, the line
-// "!link\t<host>\t<secret>\t<path>". A process of the same host (same
-// host name and boot id) that calls an address served by that process
-// alone connects, presents the secret, and from then on sends its calls
-// to that address over the connection, once none of them is in flight
-// over NATS. The serving process reads the messages of each address in
-// a goroutine of that connection and address, so that a full mailbox
-// holds back only its own address, as a NATS subscription would, and
-// answers on the same connection. It refuses (replyMoved) a call for an
-// address it does not serve, or is handing over, and the caller sends
-// that call again over NATS. When the connection breaks, each call in
-// flight on it fails with ErrConnectionLost; the next ones go over NATS
-// until it is opened again.
+// The serving process listens on 127.0.0.1 and announces, with the
+// addresses it serves, the line "!link\t<host>\t<secret>\t<addr>". A
+// process of the same host (same host name and boot id) that calls an
+// address served by that process alone connects, presents the secret
+// (a connection that does not is closed), and from then on sends its
+// calls to that address over the connection, once none of them is in
+// flight over NATS. The serving process reads the messages of each
+// address in a goroutine of that connection and address, so that a full
+// mailbox holds back only its own address, as a NATS subscription
+// would, and answers on the same connection. It refuses (replyMoved) a
+// call for an address it does not serve, or is handing over, and the
+// caller sends that call again over NATS. When the connection breaks,
+// each call in flight on it fails with ErrConnectionLost; the next ones
+// go over NATS until it is opened again.
 //
 // Lock order: Transport.mu → Transport.lmu; Transport.wmu → Transport.lmu.
 
@@ -51,7 +51,7 @@ const (
 type linkInfo struct {
 	host   string // the host's identity: host name and boot id
 	secret string
-	path   string
+	addr   string // where it listens (on 127.0.0.1)
 }
 
 // owner is the process of this host that alone serves an address, and
@@ -86,7 +86,7 @@ func parseLinkInfo(line string) linkInfo {
 	if len(f) != 3 {
 		return linkInfo{}
 	}
-	return linkInfo{host: f[0], secret: f[1], path: f[2]}
+	return linkInfo{host: f[0], secret: f[1], addr: f[2]}
 }
 
 // linkLine returns the directory line announcing this process's link, or
@@ -126,7 +126,7 @@ func (t *Transport) ownersLocked() {
 	}
 	m := map[bus.Address]owner{}
 	for id, p := range t.peers {
-		if p.link.path == "" || p.link.host != t.host {
+		if p.link.addr == "" || p.link.host != t.host {
 			continue
 		}
 		for _, a := range p.addrs {
@@ -206,7 +206,7 @@ func (t *Transport) dial(l *link, o owner) {
 // dialLink connects to a link and presents its secret.
 func (t *Transport) dialLink(li linkInfo) (net.Conn, error) {
 	d := net.Dialer{Timeout: linkHandshake}
-	conn, err := d.DialContext(t.ctx, "unix", li.path)
+	conn, err := d.DialContext(t.ctx, "tcp", li.addr)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (t *Transport) dialLink(li linkInfo) (net.Conn, error) {
 	_, body, err := readLinkMsg(bufio.NewReaderSize(conn, 16))
 	if err != nil || string(body) != linkOK {
 		_ = conn.Close()
-		return nil, fmt.Errorf("link %s refused the handshake: %v", li.path, err)
+		return nil, fmt.Errorf("link %s refused the handshake: %v", li.addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, nil
@@ -302,19 +302,12 @@ func (t *Transport) listenLink() {
 	if t.listener != nil || t.linkClosed || t.linkFailed {
 		return
 	}
-	dir, err := os.MkdirTemp("", "fleet-link-")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err == nil {
-		var ln net.Listener
-		path := filepath.Join(dir, "s")
-		if strings.ContainsAny(path, "\t\n") {
-			err = fmt.Errorf("the path %q has a tab or a newline: set TMPDIR", path)
-		} else if ln, err = net.Listen("unix", path); err == nil {
-			t.listener, t.linkDir = ln, dir
-			t.wg.Add(1)
-			go t.acceptLinks(ln)
-			return
-		}
-		_ = os.RemoveAll(dir)
+		t.listener = ln
+		t.wg.Add(1)
+		go t.acceptLinks(ln)
+		return
 	}
 	t.linkFailed = true
 	t.log.Warn("direct link not opened: calls to this process go through NATS", "err", err)
@@ -464,16 +457,6 @@ func (t *Transport) closeLinks() {
 	}
 	for c := range t.linkConns {
 		_ = c.Close()
-	}
-}
-
-func (t *Transport) removeLinkDir() {
-	t.lmu.Lock()
-	dir := t.linkDir
-	t.linkDir = ""
-	t.lmu.Unlock()
-	if dir != "" {
-		_ = os.RemoveAll(dir)
 	}
 }
 

@@ -53,7 +53,7 @@
 // process so.
 //
 // With TransportConfig.Direct, two processes of one host skip the server
-// for their calls: the serving process listens on a Unix socket it
+// for their calls: the serving process listens on a loopback TCP port it
 // announces with its addresses, and a caller of the same host opens a
 // link to it and sends its calls, and gets their answers, there. NATS
 // stays the route to other hosts, the fallback while no link is open,

@@ -59,11 +59,11 @@ type TransportConfig struct {
 	// (default 30 s).
 	HandoverTimeout time.Duration
 	// Direct lets the calls between two processes of one host skip the
-	// NATS server: a process that serves addresses listens on a Unix
-	// socket of its own (in a new private directory under os.TempDir),
-	// announces it to the fleet, and a process of the same host that
-	// calls one of them connects to it and sends those calls, and gets
-	// their answers, over that connection. NATS stays the route to other
+	// NATS server: a process that serves addresses listens on a loopback
+	// TCP port (127.0.0.1) of its own, announces it to the fleet with a
+	// secret that a connection must present, and a process of the same
+	// host that calls one of them connects to it and sends those calls,
+	// and gets their answers, over that connection. NATS stays the route to other
 	// hosts, the fallback while the connection is not open, and the only
 	// route for discovery and take-overs; a call refused by the process it
 	// reached this way (it no longer serves the address) is sent again
@@ -131,11 +131,10 @@ type Transport struct {
 	owners atomic.Pointer[map[bus.Address]owner] // remote addresses served by one process of this host
 	stats  transportStats
 
-	lmu        sync.Mutex // guards links, linkConns, listener, linkDir, linkSeq, linkClosed, linkFailed
+	lmu        sync.Mutex // guards links, linkConns, listener, linkSeq, linkClosed, linkFailed
 	links      map[string]*link
 	linkConns  map[net.Conn]struct{}
 	listener   net.Listener
-	linkDir    string
 	linkSeq    uint64
 	linkClosed bool
 	linkFailed bool
@@ -303,7 +302,6 @@ func (t *Transport) Close() {
 	t.closeLinks()
 	t.failPending(bus.ErrClosed, true)
 	t.wg.Wait()
-	t.removeLinkDir()
 }
 
 // subject returns the subject of a concrete address.
