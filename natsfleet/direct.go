@@ -45,6 +45,7 @@ const (
 	linkOK         = "ok"
 	linkMaxMessage = 64 << 20
 	linkHandshake  = 5 * time.Second
+	linkMerge      = 64 << 10 // a link's worker merges waiting messages up to this size
 )
 
 // linkInfo is what a process announces about its direct link.
@@ -396,6 +397,19 @@ func (t *Transport) linkWorker(l *link, addr bus.Address, calls <-chan []byte) {
 	defer t.wg.Done()
 	reply := sink{key: l.key, link: l}
 	for frames := range calls {
+		// Take the messages that came meanwhile too: their answers then
+		// go back together.
+		for more := true; more && len(frames) < linkMerge; {
+			select {
+			case next, ok := <-calls:
+				if ok {
+					frames = append(frames, next...)
+				}
+				more = ok
+			default:
+				more = false
+			}
+		}
 		b := (*t.local.Load())[addr]
 		if b == nil || !b.open() {
 			t.refuse(frames, reply)
