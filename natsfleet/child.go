@@ -149,6 +149,9 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err := asMember(&cfg, spec, c.resumeSessions); err != nil {
 		return err
 	}
+	if spec.Warm {
+		cfg.Member.Await = awaitWarm(nc, spec.Prefix)
+	}
 	// The child's records go to the parent's logger, which adds the
 	// cluster and the pid.
 	var logs *LogHandler

@@ -100,7 +100,8 @@
 //   - register with a heartbeat; the leader assigns clusters to the live
 //     hosts: the ones a host asks for (HostConfig.Clusters), the others
 //     spread by weight, moving as few as possible when hosts come and go;
-//   - own each cluster by a lease (key lease.<id>) that its owner renews
+//   - own each cluster by a lease (key lease.<id>; lease.r<revision>.<id>
+//     after a reshard) that its owner renews
 //     by compare-and-set every RenewInterval. A lease is valid on its
 //     owner's clock until LeaseTTL after it sent its last successful
 //     renewal; another host takes it only once it has seen the same
@@ -134,6 +135,44 @@
 // given or published ([PublishRESTProxy]); [Host.Store] is the central
 // store.
 //
+// # Resharding hosts
+//
+// [Host.Reshard] changes the fleet's shard count from any host; the
+// leader carries it out through the key reshard of the hosts bucket, so
+// that a leader that dies is replaced by one that goes on from where it
+// was:
+//
+//   - the leader plans the new clusters as it planned the first ones (the
+//     current max_concurrency and gateway; Runtime.Clusters or
+//     ShardsPerCluster) under the next plan revision, and assigns them to
+//     the live hosts as it assigns clusters (static, then by weight);
+//   - each host takes the new clusters assigned to it under leases of the
+//     new revision (lease.r<revision>.<id>) and runs them beside its old
+//     ones: they IDENTIFY through the fleet's identify queue, deliver
+//     nothing (runtime.Member.Delivering) and keep no session. A host that
+//     dies meanwhile loses them after the lease TTL, and the hosts they
+//     are reassigned to IDENTIFY them again;
+//   - once every new cluster is READY on the host holding its lease, the
+//     leader opens their delivery; old and new clusters now both deliver;
+//   - once every host reports its new clusters delivering, and every old
+//     cluster has a ready owner (one taken over from a dead host has
+//     resumed, so Discord has replayed what it missed), the leader makes
+//     the new plan current. Each host stops its old clusters (their
+//     sessions are not resumed under the new count) and releases their
+//     leases; the new ones checkpoint, under fencing, to the bucket
+//     <fleet>_sessions_r<revision>.
+//
+// The fleet never has no plan delivering, and two only between the
+// opening of the new clusters and the moment each host learns of the
+// switch: the events of that window are delivered twice, none is lost.
+// If Reshard's ctx ends before the switch (or, without a deadline, after
+// [DefaultReshardTimeout]) the reshard is aborted: the new clusters stop
+// and release their leases, the old plan goes on. A second Reshard while
+// one runs, and [Host.Drain] during one, return an error wrapping
+// [ErrReshardInProgress]. [Host.Status] shows the plan revision and the
+// last reshard (its phase and, by new cluster, where it runs and whether
+// it is ready and delivering); /healthz names both.
+//
 // # Process mode
 //
 // [Processes] is runtime.Config.Processes: the parent embeds the server
@@ -151,6 +190,32 @@
 // closes its shards resumably, saves their sessions if the parent's store
 // still answers, and exits within two seconds. [ProcessMode.Sessions]
 // lists what is stored.
+//
+// # Warm start
+//
+// A child must exec, join the parent and run its Setup before any of its
+// shards can identify, and every bucket's chain of IDENTIFYs would start
+// only then. So at Run the parent opens the sessions itself while the
+// children start: for each planned shard without a stored session worth
+// resuming, a shard of a group that runs no user code and delivers
+// nothing identifies through the fleet's identify queue and closes
+// resumably as soon as its READY arrives (shardgroup.Config.StopAtReady).
+// Each child asks the parent for its shards' sessions
+// (runtime.Member.Await) and RESUMEs each as it opens; its client first
+// gets the READY the parent read (self user, guilds), then Discord replays
+// what came after it (the GUILD_CREATEs, every event since): a bot sees a
+// READY, its guilds as GuildReady, then a RESUMED, and nothing is lost or
+// delivered twice. A session is handed once, to the first child that asks
+// for it, and saved to the fleet's session store as it is, so that a child
+// that dies before its first checkpoint is replaced by one that resumes
+// it; a shard the parent could not open in time (an identify schedule
+// plus 30 s) is identified by its child. A Shutdown during the warm start
+// closes the sessions not handed yet resumably and saves them with the
+// others. The price is that the parent holds the shards' connections
+// while they wait for their turns (one identify schedule for the last
+// ones); ProcessConfig.ColdStart turns the warm start off, and each child
+// then identifies its own shards. Restarts after the start (a crash, a
+// soft restart) are unchanged.
 //
 // # Observing the children
 //

@@ -221,10 +221,17 @@ type Member struct {
 	// failed start of the cluster.
 	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
 	// Delivering, if set, is asked before each gateway event of a cluster
-	// reaches its listeners; false drops the event. A host whose lease
+	// reaches its listeners; false keeps the event from them (the
+	// cluster's caches still take it in). A host whose lease
 	// on the cluster has ended returns false, so that it delivers nothing
 	// the cluster's next owner will deliver after resuming.
 	Delivering func(cluster int) bool
+	// Await, if set, is given to the shards of each cluster that have no
+	// session to resume: such a shard waits for the session another
+	// process opened for it and RESUMEs it, delivering its READY first,
+	// or identifies when Await says it will not come (see
+	// shardgroup.Config.Await). Process mode's warm start uses it.
+	Await func(ctx context.Context, cluster, shard int) (sess shardgroup.Session, ready []byte, ok bool)
 }
 
 // memberShards is how many shards a member runs.

@@ -117,7 +117,10 @@
 // new child (the executable on disk now), waits until it is set up, then
 // the old child closes its shards resumably and hands their exact
 // sessions over. Restart, ShutdownCluster and the rolling restarts act
-// on the children; Reshard is refused.
+// on the children; Reshard is refused. At Run, the parent may open the
+// shards' sessions itself while the children start, and hand them over
+// (natsfleet's warm start): the fleet is then ready one identify schedule
+// after Run, the children's start hidden in it.
 //
 // # Snapshots
 //

@@ -182,9 +182,10 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
 	}
-	if ok := g.cfg.Deliver; ok != nil && !ok() {
-		return
-	}
+	// An event not delivered still reaches the caches, so that a group
+	// whose delivery opens later (a reshard's new cluster on another
+	// host) has them filled.
+	listeners := g.cfg.Deliver == nil || g.cfg.Deliver()
 	ev, ok := m.D.(gateway.EventData)
 	if !ok {
 		return
@@ -197,6 +198,10 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	defer d.mu.Unlock()
 	d.applyLocked()
 	evs := g.handle(s, d, m, ev)
+	if !listeners {
+		d.recycle(evs)
+		return
+	}
 	switch d.mode {
 	case modeLive:
 		for _, e := range evs {
