@@ -66,7 +66,8 @@
 // fleet: per bucket, a block of tickets, one per shard of the process
 // waiting there, taken by one compare-and-set as soon as a shard asks,
 // and a turn that comes an interval after the process saw the previous
-// ticket's READY (its own, or reported by another process), so that one
+// ticket's READY (its own, or announced by another process on a plain
+// subject, one hop away, and recorded in the key-value bucket), so that one
 // IDENTIFY per bucket per interval reaches the gateway fleet-wide, with
 // every bucket busy at once and no process meeting the others at a
 // window's boundary. It compares no clocks between hosts. A holder that
