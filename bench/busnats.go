@@ -50,8 +50,14 @@ type busNATSResult struct {
 	ConcurrentRPS float64 `json:"concurrent_rps"`
 	Requesters    int     `json:"concurrent_requesters"`
 	InMemoryRPS   float64 `json:"in_memory_concurrent_rps"`
-	// How many calls one NATS message carried on average in the
-	// concurrent phase, and how many replies.
+	// The share of the sequential calls that went over the direct link
+	// (natsfleet.TransportConfig.Direct) rather than through the server,
+	// and the sequential median of the same transport without it, in
+	// the same run.
+	SeqDirectShare float64 `json:"seq_direct_share"`
+	NATSSeqP50us   float64 `json:"nats_route_seq_p50_us"`
+	// How many calls one message carried on average in the concurrent
+	// phase, and how many replies.
 	CallsPerMessage   float64 `json:"concurrent_calls_per_message"`
 	RepliesPerMessage float64 `json:"concurrent_replies_per_message"`
 	// CPU time (user and system) per call in the first concurrent round:
@@ -90,8 +96,9 @@ const (
 	busNATSSeq          = 20_000
 	busNATSPerRequester = 2_000
 	busNATSWarmup       = 5_000
-	busNATSServiceProcs = 1 // the service process's GOMAXPROCS
-	busNATSRounds       = 3 // rounds of the concurrent phase
+	busNATSServiceProcs = 1  // the service process's GOMAXPROCS
+	busNATSRounds       = 3  // rounds of the concurrent phase
+	busNATSSeqRounds    = 10 // rounds of the sequential phase
 )
 
 // runBusNATS measures request/reply between two OS processes through an
@@ -126,16 +133,33 @@ func runBusNATS() (any, error) {
 		return nil, err
 	}
 	defer tcp.Close()
-	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench"})
+	// The caller's calls take the direct link to the service process;
+	// a second transport, on its own in-process connection, without it.
+	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench", Direct: true})
 	if err != nil {
 		return nil, err
 	}
 	defer tr.Close()
 	b := bus.New(bus.Options{Transport: tr, Logger: slog.New(slog.DiscardHandler)})
 	defer b.Close()
+	viaNATS, err := srv.ConnectInProcess(ctx, natsfleet.Name("bench caller without the direct link"))
+	if err != nil {
+		return nil, err
+	}
+	defer viaNATS.Close()
+	trNATS, err := natsfleet.NewTransport(viaNATS, natsfleet.TransportConfig{Prefix: "bench"})
+	if err != nil {
+		return nil, err
+	}
+	defer trNATS.Close()
+	bNATS := bus.New(bus.Options{Transport: trNATS, Logger: slog.New(slog.DiscardHandler)})
+	defer bNATS.Close()
 	svc := bus.Service("bench")
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	err = tr.WaitMember(wctx, svc)
+	if err == nil {
+		err = trNATS.WaitMember(wctx, svc)
+	}
 	wcancel()
 	if err != nil {
 		return nil, fmt.Errorf("waiting for the child process to serve %s: %w", svc, err)
@@ -144,25 +168,45 @@ func runBusNATS() (any, error) {
 	for i := range payload {
 		payload[i] = byte(i)
 	}
-	for range busNATSWarmup {
-		if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
+	for _, b := range []*bus.Bus{b, bNATS} {
+		for range busNATSWarmup {
+			if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+				return nil, fmt.Errorf("warm-up: %w", err)
+			}
 		}
 	}
-	prof := startPhaseProfile(child, "seq")
-	lat := make([]time.Duration, busNATSSeq)
-	for i := range lat {
-		start := time.Now()
-		if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
-			return nil, fmt.Errorf("sequential: %w", err)
+	// The sequential phase, in rounds that alternate with the transport
+	// without the direct link, so that both see the same conditions.
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	seq := func(b *bus.Bus, lat []time.Duration) error {
+		for i := range lat {
+			start := time.Now()
+			if _, err := bus.Request[[]byte, []byte](ctx, b, svc, "echo", payload); err != nil {
+				return fmt.Errorf("sequential: %w", err)
+			}
+			lat[i] = time.Since(start)
 		}
-		lat[i] = time.Since(start)
+		return nil
+	}
+	lat, latNATS := make([]time.Duration, busNATSSeq), make([]time.Duration, busNATSSeq)
+	before := tr.Stats()
+	prof := startPhaseProfile(child, "seq")
+	for r, n := 0, busNATSSeq/busNATSSeqRounds; r < busNATSSeqRounds; r++ {
+		if err := seq(b, lat[r*n:(r+1)*n]); err != nil {
+			return nil, err
+		}
+		if err := seq(bNATS, latNATS[r*n:(r+1)*n]); err != nil {
+			return nil, err
+		}
 	}
 	prof.stop()
+	after := tr.Stats()
+	res.SeqDirectShare = float64(after.DirectCalls-before.DirectCalls) / float64(after.Calls-before.Calls)
 	slices.Sort(lat)
-	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	slices.Sort(latNATS)
 	res.SeqP50us = us(lat[len(lat)/2])
 	res.SeqP99us = us(lat[len(lat)*99/100])
+	res.NATSSeqP50us = us(latNATS[len(latNATS)/2])
 
 	// The concurrent phase, in rounds that alternate with eris-fleet's so
 	// that both see the same conditions; medians are reported.
@@ -185,14 +229,14 @@ func runBusNATS() (any, error) {
 		if round == 0 {
 			prof = startPhaseProfile(child, "concurrent")
 		}
-		before := nc.Stats()
+		before := tr.Stats()
 		cpuBefore, childBefore := cpuTime(), child.cpuTime()
 		start := time.Now()
 		close(gate)
 		wg.Wait()
 		elapsed := time.Since(start)
 		cpuAfter, childAfter := cpuTime(), child.cpuTime()
-		after := nc.Stats()
+		after := tr.Stats()
 		prof.stop()
 		close(errs)
 		if err := <-errs; err != nil {
@@ -200,8 +244,8 @@ func runBusNATS() (any, error) {
 		}
 		calls := float64(busRequesters * busNATSPerRequester)
 		if round == 0 {
-			res.CallsPerMessage = calls / float64(after.OutMsgs-before.OutMsgs)
-			res.RepliesPerMessage = calls / float64(after.InMsgs-before.InMsgs)
+			res.CallsPerMessage = calls / float64(after.CallMessages-before.CallMessages)
+			res.RepliesPerMessage = calls / float64(after.AnswerMessages-before.AnswerMessages)
 			res.CallerCPUus = float64((cpuAfter - cpuBefore).Microseconds()) / calls
 			if childBefore >= 0 && childAfter >= 0 {
 				res.ServiceCPUus = float64((childAfter - childBefore).Microseconds()) / calls
@@ -453,7 +497,7 @@ func childTransport(name string) (*nats.Conn, *natsfleet.Transport, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench"})
+	tr, err := natsfleet.NewTransport(nc, natsfleet.TransportConfig{Prefix: "bench", Direct: true})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

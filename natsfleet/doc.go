@@ -52,6 +52,14 @@
 // a request then wakes no second thread; the bench runs its service
 // process so.
 //
+// With TransportConfig.Direct, two processes of one host skip the server
+// for their calls: the serving process listens on a loopback TCP port it
+// announces with its addresses, and a caller of the same host opens a
+// link to it and sends its calls, and gets their answers, there. NATS
+// stays the route to other hosts, the fallback while no link is open,
+// and the route of discovery and take-overs; [Transport.Stats] counts
+// the calls on each route.
+//
 // # Identify queue
 //
 // [NewIdentifyQueue] is a runtime.IdentifyQueue for every process of a

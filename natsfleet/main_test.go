@@ -85,7 +85,14 @@ func connect(t testing.TB) *nats.Conn {
 // test ends (after the buses that use it).
 func newTransport(t testing.TB, prefix string) *natsfleet.Transport {
 	t.Helper()
-	tr, err := natsfleet.NewTransport(connect(t), natsfleet.TransportConfig{Prefix: prefix, Logger: quiet})
+	return newTransportWith(t, natsfleet.TransportConfig{Prefix: prefix})
+}
+
+// newTransportWith is newTransport with cfg (its Logger quiet).
+func newTransportWith(t testing.TB, cfg natsfleet.TransportConfig) *natsfleet.Transport {
+	t.Helper()
+	cfg.Logger = quiet
+	tr, err := natsfleet.NewTransport(connect(t), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

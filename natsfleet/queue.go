@@ -25,8 +25,10 @@ import (
 // for the others. It is bounded by the senders' windows (calls) and by
 // the calls in flight (replies).
 type outQueue struct {
-	subject string
-	calls   bool // frames are this process's calls (else replies)
+	subject string // its key: a NATS subject, or a link's key and an address
+	calls   bool   // frames are this process's calls (else replies)
+	link    *link  // non-nil: the frames go over this direct link
+	addr    string // on a link, the address of the calls
 
 	mu         sync.Mutex    // guards buf, spare, replies, spareReply, busy, dead
 	buf        []byte        // frames, each as uvarint length | frame
@@ -36,6 +38,14 @@ type outQueue struct {
 	busy       bool          // a sender or the goroutine is publishing
 	dead       bool          // its goroutine has returned: take a new queue
 	wake       chan struct{}
+}
+
+// sink is where a queue's frames go: a NATS subject, or a direct link
+// (with, for calls, the address they are for).
+type sink struct {
+	key  string // the subject, or the link's key followed by the address
+	link *link
+	addr string
 }
 
 // queuedReply is a reply queued before its encoding: the goroutine that
@@ -58,27 +68,32 @@ const queueIdle = time.Minute
 // alone and nobody is publishing; it reports false once the Transport is
 // closed.
 func (t *Transport) enqueue(subject string, calls bool, frame []byte, alone bool) bool {
-	return t.enqueueItem(subject, calls, alone, func(q *outQueue) (bool, bool) { return q.add(frame) })
+	return t.enqueueTo(sink{key: subject}, calls, frame, alone)
+}
+
+// enqueueTo is enqueue for any sink.
+func (t *Transport) enqueueTo(to sink, calls bool, frame []byte, alone bool) bool {
+	return t.enqueueItem(to, calls, alone, func(q *outQueue) (bool, bool) { return q.add(frame) })
 }
 
 // enqueueFrames queues frames, already each as uvarint length | frame,
 // for subject and publishes them if nobody is publishing, as the
 // goroutine that received the calls they answer.
-func (t *Transport) enqueueFrames(subject string, frames []byte) bool {
-	return t.enqueueItem(subject, false, true, func(q *outQueue) (bool, bool) { return q.addFramed(frames) })
+func (t *Transport) enqueueFrames(to sink, frames []byte) bool {
+	return t.enqueueItem(to, false, true, func(q *outQueue) (bool, bool) { return q.addFramed(frames) })
 }
 
 // enqueueReply queues a reply to be encoded by the goroutine that
 // publishes it, as enqueue queues a frame.
-func (t *Transport) enqueueReply(subject string, r queuedReply, alone bool) bool {
-	return t.enqueueItem(subject, false, alone, func(q *outQueue) (bool, bool) { return q.addReply(r) })
+func (t *Transport) enqueueReply(to sink, r queuedReply, alone bool) bool {
+	return t.enqueueItem(to, false, alone, func(q *outQueue) (bool, bool) { return q.addReply(r) })
 }
 
 // enqueueItem queues an item with add, which returns whether the queue
 // was idle, or false.
-func (t *Transport) enqueueItem(subject string, calls, alone bool, add func(*outQueue) (added, idle bool)) bool {
+func (t *Transport) enqueueItem(to sink, calls, alone bool, add func(*outQueue) (added, idle bool)) bool {
 	for {
-		q := t.queue(subject, calls)
+		q := t.queue(to, calls)
 		if q == nil {
 			return false
 		}
@@ -99,19 +114,19 @@ func (t *Transport) enqueueItem(subject string, calls, alone bool, add func(*out
 	}
 }
 
-// queue returns the queue for subject, starting its goroutine the first
+// queue returns the queue for to, starting its goroutine the first
 // time; nil once the Transport is closed.
-func (t *Transport) queue(subject string, calls bool) *outQueue {
+func (t *Transport) queue(to sink, calls bool) *outQueue {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	if q, ok := t.queues[subject]; ok {
+	if q, ok := t.queues[to.key]; ok {
 		return q
 	}
 	if t.ctx.Err() != nil {
 		return nil
 	}
-	q := &outQueue{subject: subject, calls: calls, wake: make(chan struct{}, 1)}
-	t.queues[subject] = q
+	q := &outQueue{subject: to.key, calls: calls, link: to.link, addr: to.addr, wake: make(chan struct{}, 1)}
+	t.queues[to.key] = q
 	t.wg.Add(1)
 	go t.runQueue(q)
 	return q
@@ -279,8 +294,20 @@ func (t *Transport) retire(q *outQueue) bool {
 	return true
 }
 
-// publish sends buf in messages no larger than the server's max payload.
+// publish sends buf in messages no larger than the server's max payload,
+// or over q's link in one message.
 func (t *Transport) publish(q *outQueue, buf []byte) {
+	if q.link != nil {
+		if q.calls {
+			t.stats.callMessages.Add(1)
+		}
+		if err := q.link.write(q.addr, buf); err != nil {
+			// Its reader sees the connection closed, and fails the
+			// calls in flight on it.
+			_ = q.link.conn.Close()
+		}
+		return
+	}
 	max := int(t.nc.MaxPayload())
 	for len(buf) > 0 {
 		n := 0
@@ -309,6 +336,7 @@ func (t *Transport) publish(q *outQueue, buf []byte) {
 		seq := t.batchSeq
 		t.batches[seq%batchRing] = batchRecord{seq: seq, ids: ids}
 		t.pmu.Unlock()
+		t.stats.callMessages.Add(1)
 		if err := t.nc.PublishRequest(q.subject, t.inbox+"."+strconv.FormatUint(seq, 36), chunk); err != nil {
 			for _, id := range ids {
 				if p := t.take(id); p != nil {

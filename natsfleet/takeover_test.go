@@ -15,9 +15,15 @@ import (
 
 // TestTakeOverLosesNothing: a process takes an address over from another
 // while a third calls it without pause: every call is answered once, by
-// the old endpoint or the new one, and the two never run at once.
+// the old endpoint or the new one, and the two never run at once; over
+// NATS, and with the calls on direct links (TransportConfig.Direct).
 func TestTakeOverLosesNothing(t *testing.T) {
 	t.Parallel()
+	t.Run("NATS", func(t *testing.T) { t.Parallel(); takeOverLosesNothing(t, false) })
+	t.Run("Direct", func(t *testing.T) { t.Parallel(); takeOverLosesNothing(t, true) })
+}
+
+func takeOverLosesNothing(t *testing.T, direct bool) {
 	prefix := newPrefix()
 	ctx := testCtx(t)
 	addr := bus.Service("store")
@@ -25,7 +31,7 @@ func TestTakeOverLosesNothing(t *testing.T) {
 	var oldEP *bus.Endpoint
 	var handedOver sync.WaitGroup
 	handedOver.Add(1)
-	oldTr, err := natsfleet.NewTransport(connect(t), natsfleet.TransportConfig{Prefix: prefix, Logger: quiet,
+	oldTr, err := natsfleet.NewTransport(connect(t), natsfleet.TransportConfig{Prefix: prefix, Logger: quiet, Direct: direct,
 		OnHandover: func(a bus.Address) {
 			defer handedOver.Done()
 			if err := oldEP.Close(ctx); err != nil {
@@ -36,8 +42,8 @@ func TestTakeOverLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(oldTr.Close)
-	newTr := newTransport(t, prefix)
-	callTr := newTransport(t, prefix)
+	newTr := newTransportWith(t, natsfleet.TransportConfig{Prefix: prefix, Direct: direct})
+	callTr := newTransportWith(t, natsfleet.TransportConfig{Prefix: prefix, Direct: direct})
 	oldBus := newBus(t, bus.Options{}, oldTr)
 	newBus_ := newBus(t, bus.Options{}, newTr)
 	caller := newBus(t, bus.Options{}, callTr)
@@ -65,6 +71,11 @@ func TestTakeOverLosesNothing(t *testing.T) {
 	// Without TakeOver the address is in use.
 	if _, err := newBus_.Register(addr); !errors.Is(err, bus.ErrAddressInUse) {
 		t.Fatalf("Register of a served address: %v, want ErrAddressInUse", err)
+	}
+	if direct {
+		if err := natsfleet.WaitDirect(ctx, callTr, addr); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	var (
@@ -139,6 +150,9 @@ func TestTakeOverLosesNothing(t *testing.T) {
 	}
 	if total := int64(counts["v1"] + counts["v2"]); total != sent.Load() {
 		t.Errorf("%d calls sent, %d answered", sent.Load(), total)
+	}
+	if direct && callTr.Stats().DirectCalls == 0 {
+		t.Error("no call went over the direct link")
 	}
 	if m := maxRunning.Load(); m != 1 {
 		t.Errorf("up to %d handlers ran at once across the two processes, want 1", m)

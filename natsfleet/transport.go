@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"slices"
 	"strconv"
@@ -57,6 +58,19 @@ type TransportConfig struct {
 	// waits for the old one to release it before serving anyway
 	// (default 30 s).
 	HandoverTimeout time.Duration
+	// Direct lets the calls between two processes of one host skip the
+	// NATS server: a process that serves addresses listens on a loopback
+	// TCP port (127.0.0.1) of its own, announces it to the fleet with a
+	// secret that a connection must present, and a process of the same
+	// host that calls one of them connects to it and sends those calls,
+	// and gets their answers, over that connection. NATS stays the route to other
+	// hosts, the fallback while the connection is not open, and the only
+	// route for discovery and take-overs; a call refused by the process it
+	// reached this way (it no longer serves the address) is sent again
+	// over NATS. Both processes must set Direct. Calls to an address
+	// change route only when none of this process's calls to it is in
+	// flight, so that they stay in order.
+	Direct bool
 }
 
 // Transport is a bus.Transport over NATS. Messages to addresses bound in
@@ -105,11 +119,25 @@ type Transport struct {
 	nextID  uint64
 
 	wmu     sync.Mutex // guards windows, queues
-	windows map[bus.Address]remote
+	windows map[bus.Address]*remote
 	queues  map[string]*outQueue // by subject: calls to an address, replies to a process
 
 	batchSeq uint64                 // guarded by pmu
 	batches  [batchRing]batchRecord // guarded by pmu: the calls of recent batches
+
+	// The direct link (TransportConfig.Direct); see direct.go.
+	host   string                                // this host's identity
+	secret string                                // what a process must present to open a link to this one
+	owners atomic.Pointer[map[bus.Address]owner] // remote addresses served by one process of this host
+	stats  transportStats
+
+	lmu        sync.Mutex // guards links, linkConns, listener, linkSeq, linkClosed, linkFailed
+	links      map[string]*link
+	linkConns  map[net.Conn]struct{}
+	listener   net.Listener
+	linkSeq    uint64
+	linkClosed bool
+	linkFailed bool
 }
 
 // batchRing is how many recent batches of calls are remembered, so that
@@ -122,12 +150,15 @@ type batchRecord struct {
 }
 
 type binding struct {
-	addr  bus.Address
-	r     bus.Receiver
-	sub   *nats.Subscription
-	ctl   *nats.Subscription // take-over requests from other processes
-	gate  chan struct{}      // closed once the address is ours (a take-over); nil: open
-	start chan struct{}      // a take-over: closed when the new endpoint is ready
+	addr bus.Address
+	// linkMu is held shared while a call from a direct link is accepted,
+	// so that a hand-over can wait for those in progress.
+	linkMu sync.RWMutex
+	r      bus.Receiver
+	sub    *nats.Subscription
+	ctl    *nats.Subscription // take-over requests from other processes
+	gate   chan struct{}      // closed once the address is ours (a take-over); nil: open
+	start  chan struct{}      // a take-over: closed when the new endpoint is ready
 	// handedOver is set when another process took the address over: the
 	// Unbind that follows announces the release.
 	handedOver atomic.Bool
@@ -136,6 +167,7 @@ type binding struct {
 type peer struct {
 	addrs []bus.Address
 	seen  time.Time
+	link  linkInfo // its direct link, if it announced one
 }
 
 // pendingCall is a call sent to another process and not yet answered.
@@ -146,6 +178,12 @@ type pendingCall struct {
 	ack    chan error          // a send's or an event's; room for one
 	window chan struct{}
 	stop   func() bool // stops the clean-up at the caller's ctx end
+	// With TransportConfig.Direct: the route's count of calls in flight,
+	// and the link the call was sent on (nil: NATS), with its frame, to
+	// send again over NATS if the process it reached refuses it.
+	remote *remote
+	link   *link
+	frame  []byte
 }
 
 // NewTransport returns a Transport on nc. It subscribes to its reply
@@ -184,26 +222,32 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		log = slog.Default()
 	}
 	t := &Transport{
-		nc:       nc,
-		cfg:      cfg,
-		log:      log.With("component", "natsfleet"),
-		id:       nats.NewInbox()[len(nats.InboxPrefix):],
-		base:     cfg.Prefix + ".bus.",
-		dir:      cfg.Prefix + ".dir",
-		peers:    map[string]peer{},
-		takeOver: map[bus.Address]chan struct{}{},
-		changed:  make(chan struct{}),
-		pending:  map[uint64]*pendingCall{},
-		windows:  map[bus.Address]remote{},
-		queues:   map[string]*outQueue{},
+		nc:        nc,
+		cfg:       cfg,
+		log:       log.With("component", "natsfleet"),
+		id:        nats.NewInbox()[len(nats.InboxPrefix):],
+		base:      cfg.Prefix + ".bus.",
+		dir:       cfg.Prefix + ".dir",
+		peers:     map[string]peer{},
+		takeOver:  map[bus.Address]chan struct{}{},
+		changed:   make(chan struct{}),
+		pending:   map[uint64]*pendingCall{},
+		windows:   map[bus.Address]*remote{},
+		queues:    map[string]*outQueue{},
+		links:     map[string]*link{},
+		linkConns: map[net.Conn]struct{}{},
 	}
+	if cfg.Direct {
+		t.host, t.secret = hostIdentity(), randomHex(16)
+	}
+	t.owners.Store(&map[bus.Address]owner{})
 	t.inbox = cfg.Prefix + ".inbox." + t.id
 	t.local.Store(&map[bus.Address]*binding{})
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 
 	prev := nc.Opts.DisconnectedErrCB
 	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
-		t.failPending(ErrConnectionLost)
+		t.failPending(ErrConnectionLost, false)
 		if prev != nil {
 			prev(c, err)
 		}
@@ -255,7 +299,8 @@ func (t *Transport) Close() {
 		_ = s.Unsubscribe()
 	}
 	t.cancel()
-	t.failPending(bus.ErrClosed)
+	t.closeLinks()
+	t.failPending(bus.ErrClosed, true)
 	t.wg.Wait()
 }
 
@@ -273,6 +318,9 @@ func (t *Transport) Bind(addr bus.Address, r bus.Receiver) error {
 	}
 	if _, ok := (*t.local.Load())[addr]; ok {
 		return fmt.Errorf("%w: %s", bus.ErrAddressInUse, addr)
+	}
+	if t.cfg.Direct {
+		t.listenLink()
 	}
 	subj := t.subject(addr)
 	b := &binding{addr: addr, r: r}
@@ -408,6 +456,10 @@ func (t *Transport) onHandover(b *binding, m *nats.Msg) {
 				return
 			}
 		}
+		// The calls a direct link was accepting are queued too.
+		b.linkMu.Lock()
+		//lint:ignore SA2001 an empty critical section: it waits for the links' workers
+		b.linkMu.Unlock()
 		t.cfg.OnHandover(b.addr)
 	}()
 }
@@ -512,7 +564,8 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	if n := len(frame) + binary.MaxVarintLen64; t.tooLarge(n) {
 		return checkPayload(t.nc, "bus message "+string(m.To)+" "+m.Name, n)
 	}
-	w, subject := t.window(m.To)
+	rm := t.window(m.To)
+	w := rm.window
 	select {
 	case w <- struct{}{}:
 	default:
@@ -530,14 +583,33 @@ func (t *Transport) Deliver(ctx context.Context, m bus.Message) error {
 	} else {
 		p.ack = make(chan error, 1)
 	}
+	var l *link
+	if t.cfg.Direct {
+		p.remote = rm
+		l = t.route(rm)
+	}
 	t.pmu.Lock()
+	if l != nil && l.dead {
+		l = nil
+	}
+	if l != nil {
+		p.link, p.frame = l, slices.Clone(frame)
+	}
 	if m.Kind == bus.KindRequest {
 		// The Bus stops waiting when ctx ends; forget the call then.
 		p.stop = context.AfterFunc(ctx, func() { t.take(id) })
 	}
 	t.pending[id] = p
 	t.pmu.Unlock()
-	if !t.enqueue(subject, true, frame, len(w) == 1) {
+	t.stats.calls.Add(1)
+	var queued bool
+	if l != nil {
+		t.stats.direct.Add(1)
+		queued = t.enqueueTo(sink{key: l.key + string(m.To), link: l, addr: string(m.To)}, true, frame, len(w) == 1)
+	} else {
+		queued = t.enqueue(rm.subject, true, frame, len(w) == 1)
+	}
+	if !queued {
 		t.take(id)
 		return fmt.Errorf("%w: %s %s: the transport is closed", bus.ErrClosed, m.To, m.Name)
 	}
@@ -567,21 +639,27 @@ func (t *Transport) publishError(err error, to bus.Address, name string, n int) 
 
 // remote is what this process keeps for an address it calls in another.
 type remote struct {
+	addr    bus.Address
 	window  chan struct{} // a semaphore bounding the calls in flight
 	subject string
+
+	// With TransportConfig.Direct, guarded by Transport.wmu: the calls in
+	// flight, and the link they go on (nil: NATS), chosen again only when
+	// none is in flight.
+	inflight int
+	link     *link
 }
 
-// window returns the semaphore bounding the calls in flight to addr, and
-// addr's subject.
-func (t *Transport) window(addr bus.Address) (chan struct{}, string) {
+// window returns what this process keeps for addr.
+func (t *Transport) window(addr bus.Address) *remote {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	r, ok := t.windows[addr]
 	if !ok {
-		r = remote{window: make(chan struct{}, t.cfg.Window), subject: t.subject(addr)}
+		r = &remote{addr: addr, window: make(chan struct{}, t.cfg.Window), subject: t.subject(addr)}
 		t.windows[addr] = r
 	}
-	return r.window, r.subject
+	return r
 }
 
 // take removes the pending call id and frees its place in the window; it
@@ -594,16 +672,24 @@ func (t *Transport) take(id uint64) *pendingCall {
 	if !ok {
 		return nil
 	}
+	if p.remote != nil {
+		t.wmu.Lock()
+		p.remote.inflight--
+		t.wmu.Unlock()
+	}
 	<-p.window
 	return p
 }
 
-// failPending answers every call in flight with err.
-func (t *Transport) failPending(err error) {
+// failPending answers every call in flight with err; with links false,
+// only those sent over NATS.
+func (t *Transport) failPending(err error, links bool) {
 	t.pmu.Lock()
 	ids := make([]uint64, 0, len(t.pending))
-	for id := range t.pending {
-		ids = append(ids, id)
+	for id, p := range t.pending {
+		if links || p.link == nil {
+			ids = append(ids, id)
+		}
 	}
 	t.pmu.Unlock()
 	for _, id := range ids {
@@ -639,6 +725,7 @@ func (t *Transport) onReply(msg *nats.Msg) {
 		}
 		return
 	}
+	t.stats.answerMessages.Add(1)
 	data := msg.Data
 	for len(data) > 0 {
 		frame, rest, ok := nextFrame(data)
@@ -670,6 +757,10 @@ func (t *Transport) noResponders(seq uint64) {
 func (t *Transport) reply(frame []byte) {
 	id, k := binary.Uvarint(frame)
 	if k <= 0 || len(frame) < k+1 {
+		return
+	}
+	if frame[k] == replyMoved {
+		t.resend(id)
 		return
 	}
 	p := t.take(id)
@@ -713,6 +804,13 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 	if i := strings.LastIndexByte(replyTo, '.'); i >= 0 {
 		replyTo = replyTo[:i] + ".r"
 	}
+	t.serveFrames(b, msg.Data, msg.Reply, sink{key: replyTo})
+}
+
+// serveFrames delivers the calls of one message received for b, and
+// sends their answers to reply; ping is the subject a ping is answered
+// on ("" for none).
+func (t *Transport) serveFrames(b *binding, data []byte, ping string, reply sink) {
 	// The answers go back together, as one message when they are ready
 	// together: acknowledgements and errors at once, replies as the
 	// endpoint gives them. Requests still unanswered once the endpoint
@@ -721,7 +819,6 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 		out     []byte     // answers, each as uvarint length | frame
 		waiting []awaiting // requests queued at the endpoint, in order
 	)
-	data := msg.Data
 	for len(data) > 0 {
 		frame, rest, ok := nextFrame(data)
 		if !ok {
@@ -735,7 +832,9 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 			continue
 		}
 		if c.kind == kindPing {
-			_ = t.nc.Publish(msg.Reply, []byte{replyAck})
+			if ping != "" {
+				_ = t.nc.Publish(ping, []byte{replyAck})
+			}
 			continue
 		}
 		t.serving.Add(1)
@@ -774,12 +873,12 @@ func (t *Transport) serveMsg(b *binding, msg *nats.Msg) {
 		clear(waiting[n:])
 		waiting = waiting[:n]
 	}
-	if len(out) > 0 && replyTo != "" {
-		t.enqueueFrames(replyTo, out)
+	if len(out) > 0 && reply.key != "" {
+		t.enqueueFrames(reply, out)
 	}
 	for _, w := range waiting {
 		t.wg.Add(1)
-		go t.await(w.cancel, w.ch, replyTo, w.id, b.addr, w.name)
+		go t.await(w.cancel, w.ch, reply, w.id, b.addr, w.name)
 	}
 }
 
@@ -914,14 +1013,14 @@ func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 // endpoint answers every request it accepted, once handled or with an
 // error if the caller's time ran out first, so it waits for that answer
 // (a late one is dropped by the caller), or for the Transport to close.
-func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to string, id uint64, addr bus.Address, name string) {
+func (t *Transport) await(cancel context.CancelFunc, ch chan bus.Response, to sink, id uint64, addr bus.Address, name string) {
 	defer t.wg.Done()
 	defer cancel()
 	select {
 	case r := <-ch:
 		replyPool.Put(ch)
 		alone := t.serving.Add(-1) == 0
-		if to != "" {
+		if to.key != "" {
 			t.enqueueReply(to, queuedReply{id: id, r: r, addr: addr, name: name}, alone)
 		}
 	case <-t.ctx.Done():
@@ -991,6 +1090,29 @@ func (t *Transport) encodeResponse(r bus.Response, id uint64, addr bus.Address, 
 	return append(append(b, replyValue), data...)
 }
 
+// TransportStats counts what a Transport sent to and received from other
+// processes since it was created.
+type TransportStats struct {
+	Calls          int64 // requests, sends and events sent to other processes
+	DirectCalls    int64 // those of Calls sent over a direct link (TransportConfig.Direct)
+	CallMessages   int64 // the messages that carried Calls, over NATS or a direct link
+	AnswerMessages int64 // the messages that carried their answers back
+}
+
+type transportStats struct {
+	calls, direct, callMessages, answerMessages atomic.Int64
+}
+
+// Stats returns the Transport's counts so far.
+func (t *Transport) Stats() TransportStats {
+	return TransportStats{
+		Calls:          t.stats.calls.Load(),
+		DirectCalls:    t.stats.direct.Load(),
+		CallMessages:   t.stats.callMessages.Load(),
+		AnswerMessages: t.stats.answerMessages.Load(),
+	}
+}
+
 // Members returns the addresses in group served by any process of the
 // fleet that announced itself within the last three AnnounceIntervals,
 // admiral first, then clusters by id, then services by name.
@@ -1058,12 +1180,16 @@ func (t *Transport) onDirectory(msg *nats.Msg) {
 		t.announceLocked()
 	case 'A':
 		var addrs []bus.Address
+		var li linkInfo
 		for _, a := range strings.Split(list, "\n") {
-			if a != "" {
+			switch {
+			case strings.HasPrefix(a, linkLine):
+				li = parseLinkInfo(a)
+			case a != "":
 				addrs = append(addrs, bus.Address(a))
 			}
 		}
-		t.peers[id] = peer{addrs: addrs, seen: time.Now()}
+		t.peers[id] = peer{addrs: addrs, seen: time.Now(), link: li}
 		t.changedLocked()
 	case 'B':
 		delete(t.peers, id)
@@ -1074,6 +1200,9 @@ func (t *Transport) onDirectory(msg *nats.Msg) {
 func (t *Transport) changedLocked() {
 	close(t.changed)
 	t.changed = make(chan struct{})
+	if t.cfg.Direct {
+		t.ownersLocked()
+	}
 }
 
 func (t *Transport) announceLocked() {
@@ -1081,6 +1210,9 @@ func (t *Transport) announceLocked() {
 	sb.WriteString("A" + t.id + "\n")
 	for a := range *t.local.Load() {
 		sb.WriteString(string(a) + "\n")
+	}
+	if line := t.linkLine(); line != "" {
+		sb.WriteString(line + "\n")
 	}
 	if err := t.nc.Publish(t.dir, []byte(sb.String())); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		t.log.Warn("bus directory announce failed", "err", err)

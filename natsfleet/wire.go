@@ -26,6 +26,10 @@ import (
 // between hosts can do, the second keeps the time a message waited
 // behind others for its address's mailbox.
 //
+// On a direct link (direct.go) the same frames travel in messages of
+// uvarint length | address (uvarint length and bytes; empty for replies)
+// | frames.
+//
 // status replyValue carries the encoded result, replyAck an empty
 // acknowledgement (the message was queued), replyError an error:
 // sentinel mask (uvarint) | remote (1 byte) | address | command | message,
@@ -36,6 +40,9 @@ const (
 	replyValue byte = 1
 	replyAck   byte = 2
 	replyError byte = 3
+	// replyMoved, on a direct link only: the process no longer serves the
+	// address, and did not accept the call; send it over NATS.
+	replyMoved byte = 4
 )
 
 // sentinels are the errors a call's error keeps across processes; the
