@@ -139,9 +139,6 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 	if err := opts.check(); err != nil {
 		return "", err
 	}
-	if r.cfg.Processes != nil {
-		return "", errProcessReshard
-	}
 	if r.cfg.Member != nil {
 		return "", ErrMemberReshard
 	}
@@ -179,6 +176,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 		if err != nil || note != "" {
 			return note, err
 		}
+	}
+	if r.pool != nil {
+		return "", r.reshardChildren(ctx, old, oldEnv, total, n, stop)
 	}
 
 	began := time.Now()
