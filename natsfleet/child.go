@@ -89,6 +89,8 @@ type child struct {
 	log    *slog.Logger
 	resume chan map[int]shardgroup.Session
 	busy   sync.Mutex // held while a request of the parent, or a stop, is handled
+	// standby is set for a reshard's new child until its switch.
+	standby *standby
 }
 
 func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg ProcessConfig, ready func()) error {
@@ -112,8 +114,8 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 		return err
 	}
 	defer tr.Close()
-	tr.TakeOver(bus.Cluster(spec.Cluster))()
-	b := bus.New(bus.Options{Transport: tr, DefaultTimeout: cfg.RequestTimeout, Strict: cfg.StrictBus, Logger: log})
+	btr, sb := childTransport(tr, spec)
+	b := bus.New(bus.Options{Transport: btr, DefaultTimeout: cfg.RequestTimeout, Strict: cfg.StrictBus, Logger: log})
 	defer b.Close()
 	q, err := NewIdentifyQueue(cctx, nc, IdentifyConfig{Prefix: spec.Prefix, MaxConcurrency: spec.MaxConc, Interval: spec.Interval})
 	if err != nil {
@@ -129,8 +131,8 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err != nil {
 		return err
 	}
-	c := &child{spec: spec, nc: nc, store: &sessionRecorder{SessionStore: kv}, log: log,
-		resume: make(chan map[int]shardgroup.Session, 1)}
+	c := &child{spec: spec, nc: nc, store: &sessionRecorder{SessionStore: sb.store(kv)}, log: log,
+		resume: make(chan map[int]shardgroup.Session, 1), standby: sb}
 
 	cfg.Processes = nil
 	cfg.Bus, cfg.IdentifyQueue, cfg.SessionStore = b, q, c.store
@@ -148,6 +150,9 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	}
 	if err := asMember(&cfg, spec, c.resumeSessions); err != nil {
 		return err
+	}
+	if sb != nil {
+		cfg.Member.Delivering = sb.delivering
 	}
 	// The child's records go to the parent's logger, which adds the
 	// cluster and the pid.
@@ -276,6 +281,16 @@ func (c *child) onControl(m *nats.Msg) {
 		case c.resume <- req.Sessions:
 		default:
 			rep.Err = "sessions already handed over"
+		}
+		c.respond(m, rep)
+	case "sync":
+		if err := c.sync(req.Wait); err != nil {
+			rep.Err = err.Error()
+		}
+		c.respond(m, rep)
+	case "deliver":
+		if err := c.standby.end(); err != nil {
+			rep.Err = err.Error()
 		}
 		c.respond(m, rep)
 	case "stop":

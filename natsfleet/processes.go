@@ -141,6 +141,7 @@ type childSpec struct {
 	Cluster    int                `json:"cluster"`
 	Shards     []int              `json:"shards"`
 	Resume     runtime.ResumeMode `json:"resume"`
+	Standby    bool               `json:"standby,omitempty"` // a reshard's new child: see standby
 	NATS       ConnectInfo        `json:"nats"`
 	Prefix     string             `json:"prefix"`
 	Total      int                `json:"total"`
@@ -228,8 +229,9 @@ func fromWire(w wireEvent) (runtime.Event, bool) {
 
 // control is a request from the parent to a child.
 type control struct {
-	Op       string                     `json:"op"` // "handover", "resume", "stop"
+	Op       string                     `json:"op"` // "handover", "resume", "stop", "deliver", "sync"
 	Keep     bool                       `json:"keep,omitempty"`
+	Wait     time.Duration              `json:"wait,omitempty"` // how long the parent waits for a "sync"
 	Sessions map[int]shardgroup.Session `json:"sessions,omitempty"`
 }
 

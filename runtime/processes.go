@@ -136,6 +136,10 @@ type ChildProcess interface {
 	// Resume gives a child started with ResumeHandOver the sessions its
 	// shards resume (nil: those in the session store).
 	Resume(ctx context.Context, sessions map[int]shardgroup.Session) error
+	// Sync returns once the child's shards have handed their listeners
+	// the events the gateway had sent them when the call began (see
+	// Runtime.Sync).
+	Sync(ctx context.Context) error
 	// Deliver makes a child started with ChildSpec.Standby deliver its
 	// events from now on, take its cluster's bus address over and save
 	// its sessions.

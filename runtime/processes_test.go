@@ -117,6 +117,11 @@ func (c *fakeChild) Stop(_ context.Context, keep bool) error {
 	return nil
 }
 
+func (c *fakeChild) Sync(context.Context) error {
+	c.p.step(fmt.Sprintf("sync %d", c.pid))
+	return nil
+}
+
 func (c *fakeChild) Deliver(context.Context) error {
 	c.p.step(fmt.Sprintf("deliver %d", c.pid))
 	return nil

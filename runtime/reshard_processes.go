@@ -2,7 +2,9 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -18,9 +20,10 @@ import (
 // and the pool forgets the sessions of the old shard count.
 //
 // Unlike the cut-over in one process, the two generations cannot compare
-// what they delivered: the new children deliver before the old ones stop,
-// so an event that reaches both in that overlap is delivered twice;
-// none is lost.
+// what they delivered. No event is lost: the new children deliver first,
+// then each old child delivers what the gateway sent it until then
+// (Sync) and stops. An event that reaches both generations between the
+// two is delivered twice.
 //
 // If ctx ends, the fleet stops, or a new child exits or cannot be set up
 // before the switch, the new children are stopped and the old ones go on
@@ -45,40 +48,53 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 		}
 	}
 
-	clusters := make([]*cluster, 0, n)
-	insts := make([]*instance, 0, n)
+	plans := plan(0, total-1, n)
+	clusters := make([]*cluster, len(plans))
+	insts := make([]*instance, len(plans))
 	abort := func(err error) error {
 		for _, inst := range insts {
-			r.stopInstance(inst, false) // it never delivered: its sessions end
+			if inst != nil {
+				r.stopInstance(inst, false) // it never delivered: its sessions end
+			}
 		}
 		if r.lifeContext().Err() != nil {
 			return ErrNotRunning
 		}
-		return err
+		return fmt.Errorf("runtime: Reshard gave up before the switch, the old clusters keep serving: %w", err)
 	}
-	for i, ids := range plan(0, total-1, n) {
+	// The new children start together; their shards queue for the
+	// identify windows.
+	errs := make([]error, len(plans))
+	var wg sync.WaitGroup
+	for i, ids := range plans {
 		c := &cluster{id: i, shards: ids, ops: make(chan clusterOp)}
-		sctx, scancel := context.WithTimeoutCause(ctx, r.clusterTimeout(c, env),
-			fmt.Errorf("runtime: cluster %d of the new plan not set up within its ClusterTimeout", i))
-		inst, err := r.spawn(sctx, c, &standby, ResumeNone)
-		scancel()
-		if err != nil {
-			return abort(fmt.Errorf("runtime: Reshard gave up before the switch, the old clusters keep serving: %w", err))
-		}
-		clusters = append(clusters, c)
-		insts = append(insts, inst)
+		clusters[i] = c
+		wg.Go(func() {
+			sctx, scancel := context.WithTimeoutCause(ctx, r.clusterTimeout(c, env),
+				fmt.Errorf("runtime: cluster %d of the new plan not set up within its ClusterTimeout", i))
+			defer scancel()
+			insts[i], errs[i] = r.spawn(sctx, c, &standby, ResumeNone)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return abort(err)
 	}
 	for i, inst := range insts {
 		select {
 		case <-inst.ready: // left closed: the supervisor adopting inst sees it ready
 		case <-inst.exited():
-			return abort(fmt.Errorf("runtime: Reshard gave up before the switch, the old clusters keep serving: cluster %d of the new plan: child process %d exited: %w",
-				i, inst.proc.Pid(), inst.proc.Err()))
+			return abort(fmt.Errorf("cluster %d of the new plan: child process %d exited: %w", i, inst.proc.Pid(), inst.proc.Err()))
 		case <-r.stopping:
 			return abort(ErrNotRunning)
 		case <-ctx.Done():
-			return abort(fmt.Errorf("runtime: Reshard gave up before the switch, the old clusters keep serving: %w", ctx.Err()))
+			return abort(ctx.Err())
 		}
+	}
+	// The old children catch up with the gateway first, so that the
+	// second sync, after the switch, is short.
+	if err := r.syncChildren(ctx, old); err != nil {
+		return abort(err)
 	}
 
 	// The switch: from the first new child that delivers, there is no way
@@ -107,7 +123,15 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	r.mu.Unlock()
 	r.events.emit(ReshardCutOver{From: oldEnv.total, To: total, StartUp: cut.Sub(began)})
 
-	// The old children go, their sessions with them.
+	// The old children go, their sessions with them, once they have
+	// delivered what the gateway sent them before the new children
+	// delivered: the new ones dropped it.
+	sctx, scancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	if err := r.syncChildren(sctx, old); err != nil {
+		r.cfg.Logger.Warn("reshard: old children did not confirm they delivered what they received before the switch: some of it may be lost",
+			"err", err.Error())
+	}
+	scancel()
 	for _, c := range old {
 		op := clusterOp{kind: opRetire, ctx: context.Background(), reply: make(chan error, 1)}
 		select {
@@ -125,9 +149,69 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	return nil
 }
 
+// syncChildren syncs the children of clusters (see ChildProcess.Sync),
+// all at once.
+func (r *Runtime) syncChildren(ctx context.Context, clusters []*cluster) error {
+	errs := make([]error, len(clusters))
+	var wg sync.WaitGroup
+	for i, c := range clusters {
+		c.mu.Lock()
+		proc := c.proc
+		c.mu.Unlock()
+		if proc == nil {
+			continue
+		}
+		wg.Go(func() {
+			if err := proc.Sync(ctx); err != nil {
+				errs[i] = fmt.Errorf("cluster %d: %w", c.id, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // loaded calls onLoaded, if set.
 func (e *fleetEnv) loaded(shard int) {
 	if e.onLoaded != nil {
 		e.onLoaded(shard)
 	}
+}
+
+// Sync returns once every shard this runtime runs has handed its
+// listeners the events Discord had sent it when the call began (in
+// process mode, every child's shards). A shard that is not connected is
+// waited for until it is ready again or ctx ends; a cluster that runs
+// nothing is skipped.
+func (r *Runtime) Sync(ctx context.Context) error {
+	select {
+	case <-r.planned:
+	case <-r.stopping:
+		return ErrNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r.mu.Lock()
+	clusters := slices.Clone(r.clusters)
+	r.mu.Unlock()
+	var errs []error
+	for _, c := range clusters {
+		c.mu.Lock()
+		run, proc := c.runner, c.proc
+		c.mu.Unlock()
+		var err error
+		switch {
+		case proc != nil:
+			err = proc.Sync(ctx)
+		case run != nil:
+			err = run.Barrier(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cluster %d: %w", c.id, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("runtime: Sync: %w", err)
+	}
+	return nil
 }
