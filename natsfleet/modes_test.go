@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -77,9 +76,7 @@ func (mb *modeBot) Setup(_ context.Context, g *shardgroup.Group) error {
 	g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := bus.Send(ctx, b, bus.Service("deliveries"), "seen", delivery{e.ShardID(), e.SequenceNumber(), e.Message.Content}); err != nil {
-			fmt.Fprintln(os.Stderr, "DEBUG send", e.Message.Content, err)
-		}
+		_ = bus.Send(ctx, b, bus.Service("deliveries"), "seen", delivery{e.ShardID(), e.SequenceNumber(), e.Message.Content})
 	}))
 	return nil
 }
@@ -104,7 +101,7 @@ func modeConfig(m fleetMode, a modeArgs) fleetrt.Config {
 	cfg := fleetrt.Config{
 		Token: fleetrt.Token(a.Token), GatewayURL: a.GatewayURL, RESTURL: a.RESTURL, IdentifyInterval: a.Interval,
 		Clusters: a.Clusters, ShutdownTimeout: 5 * time.Second, RestartBackoff: 10 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), Bot: func(int) fleetrt.Bot { return &modeBot{} },
+		Logger: quiet, Bot: func(int) fleetrt.Bot { return &modeBot{} },
 	}
 	if m.processes {
 		raw, _ := json.Marshal(a)
@@ -299,16 +296,9 @@ func TestModesReshard(t *testing.T) {
 				before[c.Process.PID] = true
 			}
 		}
-		st := newStreamer(s, 500)
+		st := newStreamer(s, 300)
 		go st.run()
 		st.waitSent(t, ctx, 100) // the load runs before the reshard begins
-		f.rt.Subscribe(func(e fleetrt.Event) {
-			switch e.(type) {
-			case fleetrt.ShardIdentify, fleetrt.ReshardProgress:
-			default:
-				t.Logf("DEBUG %T %+v at message %d", e, e, st.sent.Load())
-			}
-		})
 		err := f.rt.Reshard(ctx, fleetrt.ReshardOptions{Shards: 8, Clusters: 2})
 		n := st.stopAfter(200) // and goes on after the switch
 		if err != nil {
@@ -403,13 +393,6 @@ func (d *modeDeliveries) contents(t *testing.T, ctx context.Context, prefix stri
 		select {
 		case <-d.ch:
 		case <-ctx.Done():
-			var miss []int
-			for i := range n {
-				if seen[prefix+strconv.Itoa(i)] == 0 {
-					miss = append(miss, i)
-				}
-			}
-			t.Logf("DEBUG missing first %v last %v", miss[:min(20, len(miss))], miss[max(0, len(miss)-20):])
 			t.Fatalf("%d of %d messages never delivered", lost, n)
 		}
 	}

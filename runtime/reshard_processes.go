@@ -51,12 +51,30 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	plans := plan(0, total-1, n)
 	clusters := make([]*cluster, len(plans))
 	insts := make([]*instance, len(plans))
+	// abort stops the new children, which never delivered: their
+	// sessions end. When the fleet stops, they stop beside the old ones,
+	// within the fleet's stop.
 	abort := func(err error) error {
-		for _, inst := range insts {
-			if inst != nil {
-				r.stopInstance(inst, false) // it never delivered: its sessions end
+		stopAll := func(ctx context.Context) {
+			var wg sync.WaitGroup
+			for _, inst := range insts {
+				if inst != nil {
+					wg.Go(func() { _ = r.stopInstanceCtx(ctx, inst, false) })
+				}
 			}
+			wg.Wait()
 		}
+		select {
+		case <-r.stopping:
+			r.wg.Add(1) // stop waits for r.wg once this operation has returned
+			go func() {
+				defer r.wg.Done()
+				stopAll(r.stopContext())
+			}()
+			return ErrNotRunning
+		default:
+		}
+		stopAll(context.Background())
 		if r.lifeContext().Err() != nil {
 			return ErrNotRunning
 		}
@@ -126,7 +144,12 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	// The old children go, their sessions with them, once they have
 	// delivered what the gateway sent them before the new children
 	// delivered: the new ones dropped it.
-	sctx, scancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	// They may lag: they have as long as a cluster has to start.
+	wait := r.cfg.ShutdownTimeout
+	for _, c := range old {
+		wait = max(wait, r.clusterTimeout(c, oldEnv))
+	}
+	sctx, scancel := context.WithTimeout(r.lifeContext(), wait)
 	if err := r.syncChildren(sctx, old); err != nil {
 		r.cfg.Logger.Warn("reshard: old children did not confirm they delivered what they received before the switch: some of it may be lost",
 			"err", err.Error())
