@@ -110,9 +110,18 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 		}
 	}
 	// The old children catch up with the gateway first, so that the
-	// second sync, after the switch, is short.
+	// second sync, after the switch, is short. One that cannot (it is
+	// restarting) is synced after the switch all the same.
 	if err := r.syncChildren(ctx, old); err != nil {
-		return abort(err)
+		if ctx.Err() != nil {
+			return abort(ctx.Err())
+		}
+		select {
+		case <-r.stopping:
+			return abort(ErrNotRunning)
+		default:
+		}
+		r.cfg.Logger.Warn("reshard: old children did not catch up before the switch", "err", err.Error())
 	}
 
 	// The switch: from the first new child that delivers, there is no way
