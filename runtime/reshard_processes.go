@@ -13,11 +13,12 @@ import (
 // start as new child processes (ChildSpec.Standby) that identify at the
 // new shard count through the fleet's identify queue while the old
 // children keep delivering; a standby child delivers nothing, serves no
-// bus address and saves no session. Once every new shard is ready with
-// its guilds, the switch: every new child is told to deliver (it takes
-// its cluster's bus address over), the new clusters replace the old ones
-// under supervision, then the old children stop, ending their sessions,
-// and the pool forgets the sessions of the old shard count.
+// bus address and saves no session. Once every new shard is ready, the
+// old children catch up with the gateway (Sync), then the switch: every
+// new child is told to deliver (it takes its cluster's bus address over),
+// the new clusters replace the old ones under supervision, then the old
+// children stop, ending their sessions, and the pool forgets the sessions
+// of the old shard count.
 //
 // Unlike the cut-over in one process, the two generations cannot compare
 // what they delivered. No event is lost: the new children deliver first,
