@@ -147,7 +147,7 @@
 // A reshard (runtime.Runtime.Reshard) starts one child per cluster of the
 // new plan in standby: its shards identify at the new shard count
 // through the fleet's identify queue while the old children deliver, but
-// it delivers no event, leaves its cluster's bus address to the old child
+// it delivers no event (its caches take them), leaves its cluster's bus address to the old child
 // and saves no session (the old children's checkpoints, under the same
 // shard IDs, stay theirs). Once every new shard is ready, the old
 // children catch up with the gateway (runtime.Runtime.Sync, a heartbeat

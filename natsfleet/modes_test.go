@@ -15,6 +15,7 @@ import (
 
 	"github.com/disgoorg/disgo/bot"
 	devents "github.com/disgoorg/disgo/events"
+	"github.com/disgoorg/snowflake/v2"
 
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
@@ -312,6 +313,13 @@ func TestModesReshard(t *testing.T) {
 		}
 		if v := s.Stats().Violations; len(v) != 0 {
 			t.Errorf("violations: %v", v)
+		}
+		// The new clusters' caches hold their guilds: they took them in
+		// while they did not deliver.
+		for i := range s.Guilds() {
+			if g, err := f.rt.FetchGuild(ctx, snowflake.ID(s.GuildID(i))); err != nil || g == nil {
+				t.Fatalf("guild %d after the reshard: %v, %v; want it from its cluster's cache", i, g, err)
+			}
 		}
 		stats := f.rt.Stats()
 		if stats.Shards != 8 || stats.ShardsReady != 8 || len(stats.Clusters) != 2 {

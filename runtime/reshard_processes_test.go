@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
 )
 
@@ -185,5 +187,51 @@ func TestProcessReshardStats(t *testing.T) {
 		if c.Process == nil || before[c.Process.PID] || len(c.Shards) != 2 {
 			t.Errorf("cluster %d after the reshard: %+v with %d shards, want a new child with 2", c.ID, c.Process, len(c.Shards))
 		}
+	}
+}
+
+// A member that does not deliver yet (a reshard's new child) still fills
+// its caches: once it delivers, its cluster knows every guild of its
+// shards, and only the events after the switch reach the listeners.
+func TestMemberNotDeliveringFillsCaches(t *testing.T) {
+	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	b := bus.New(bus.Options{})
+	defer b.Close()
+	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger()
+	cfg := memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0}})
+	cfg.Shards = 1
+	cfg.Bot = l.bot
+	var open atomic.Bool
+	var muted atomic.Int64
+	cfg.Member.Delivering = func(int) bool {
+		if !open.Load() {
+			muted.Add(1)
+			return false
+		}
+		return true
+	}
+	rt, stop := startFleet(t, cfg)
+	defer stop()
+	waitFor(t, func() bool { return rt.Clusters()[0].Guilds == 4 }) // fails unless the caches take what is not delivered
+	g := s.GuildID(0)
+	before := muted.Load()
+	if n, _ := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "muted", 1)); n != 1 {
+		t.Fatalf("dispatched to %d sessions", n)
+	}
+	waitFor(t, func() bool { return muted.Load() > before })
+	open.Store(true)
+	if n, _ := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "delivered", 2)); n != 1 {
+		t.Fatalf("dispatched to %d sessions", n)
+	}
+	l.waitN(t, 1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n != 1 {
+		t.Fatalf("the listener saw %d messages, want only the one after Delivering turned true", l.n)
 	}
 }

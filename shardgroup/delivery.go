@@ -182,9 +182,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
 	}
-	if ok := g.cfg.Deliver; ok != nil && !ok() {
-		return
-	}
+	muted := g.cfg.Deliver != nil && !g.cfg.Deliver()
 	ev, ok := m.D.(gateway.EventData)
 	if !ok {
 		return
@@ -197,6 +195,10 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	defer d.mu.Unlock()
 	d.applyLocked()
 	evs := g.handle(s, d, m, ev)
+	if muted { // the caches took it; the listeners do not
+		d.recycle(evs)
+		return
+	}
 	switch d.mode {
 	case modeLive:
 		for _, e := range evs {
