@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
@@ -91,6 +92,7 @@ type child struct {
 	busy   sync.Mutex // held while a request of the parent, or a stop, is handled
 	// standby is set for a reshard's new child until its switch.
 	standby *standby
+	last    atomic.Bool // a last sync was asked: deliver nothing more
 }
 
 func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg ProcessConfig, ready func()) error {
@@ -151,9 +153,7 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err := asMember(&cfg, spec, c.resumeSessions); err != nil {
 		return err
 	}
-	if sb != nil {
-		cfg.Member.Delivering = sb.delivering
-	}
+	cfg.Member.Delivering = c.delivering
 	// The child's records go to the parent's logger, which adds the
 	// cluster and the pid.
 	var logs *LogHandler
@@ -284,7 +284,7 @@ func (c *child) onControl(m *nats.Msg) {
 		}
 		c.respond(m, rep)
 	case "sync":
-		if err := c.sync(req.Wait); err != nil {
+		if err := c.sync(req.Wait, req.Last); err != nil {
 			rep.Err = err.Error()
 		}
 		c.respond(m, rep)

@@ -232,6 +232,7 @@ type control struct {
 	Op       string                     `json:"op"` // "handover", "resume", "stop", "deliver", "sync"
 	Keep     bool                       `json:"keep,omitempty"`
 	Wait     time.Duration              `json:"wait,omitempty"` // how long the parent waits for a "sync"
+	Last     bool                       `json:"last,omitempty"` // a "sync" after which the child delivers nothing
 	Sessions map[int]shardgroup.Session `json:"sessions,omitempty"`
 }
 

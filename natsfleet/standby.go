@@ -138,8 +138,8 @@ func (ch *childProc) Deliver(ctx context.Context) error {
 
 // Sync returns once the child's shards have delivered what the gateway
 // sent them before the call (runtime.Runtime.Sync).
-func (ch *childProc) Sync(ctx context.Context) error {
-	c := control{Op: "sync"}
+func (ch *childProc) Sync(ctx context.Context, last bool) error {
+	c := control{Op: "sync", Last: last}
 	if d, ok := ctx.Deadline(); ok {
 		c.Wait = time.Until(d)
 	}
@@ -148,10 +148,21 @@ func (ch *childProc) Sync(ctx context.Context) error {
 }
 
 // sync is the child's side of Sync, bounded by what the parent waits.
-func (c *child) sync(wait time.Duration) error {
+// With last, the child delivers no event after it.
+func (c *child) sync(wait time.Duration, last bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(max(wait, 0), parentGoneGrace))
 	defer cancel()
-	return c.rt.Sync(ctx)
+	err := c.rt.Sync(ctx)
+	if last {
+		c.last.Store(true)
+	}
+	return err
+}
+
+// delivering is the child's Member.Delivering: not in standby, not after
+// its last sync.
+func (c *child) delivering(cluster int) bool {
+	return !c.last.Load() && (c.standby == nil || c.standby.delivering(cluster))
 }
 
 // Resharded removes the stored sessions of another shard count than

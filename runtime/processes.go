@@ -138,8 +138,9 @@ type ChildProcess interface {
 	Resume(ctx context.Context, sessions map[int]shardgroup.Session) error
 	// Sync returns once the child's shards have handed their listeners
 	// the events the gateway had sent them when the call began (see
-	// Runtime.Sync).
-	Sync(ctx context.Context) error
+	// Runtime.Sync). With last, the child delivers no event after that
+	// (it is about to stop, and another serves its guilds).
+	Sync(ctx context.Context, last bool) error
 	// Deliver makes a child started with ChildSpec.Standby deliver its
 	// events from now on, take its cluster's bus address over and save
 	// its sessions.

@@ -117,8 +117,8 @@ func (c *fakeChild) Stop(_ context.Context, keep bool) error {
 	return nil
 }
 
-func (c *fakeChild) Sync(context.Context) error {
-	c.p.step(fmt.Sprintf("sync %d", c.pid))
+func (c *fakeChild) Sync(_ context.Context, last bool) error {
+	c.p.step(fmt.Sprintf("sync %d last=%v", c.pid, last))
 	return nil
 }
 

@@ -55,7 +55,7 @@ func (c *reportingChild) HandOver(context.Context) (map[int]shardgroup.Session, 
 }
 func (c *reportingChild) Resume(context.Context, map[int]shardgroup.Session) error { return nil }
 func (c *reportingChild) Deliver(context.Context) error                            { return nil }
-func (c *reportingChild) Sync(context.Context) error                               { return nil }
+func (c *reportingChild) Sync(context.Context, bool) error                         { return nil }
 func (c *reportingChild) Stop(context.Context, bool) error {
 	c.once.Do(func() { close(c.exited) })
 	return nil

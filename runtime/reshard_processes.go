@@ -23,8 +23,8 @@ import (
 // Unlike the cut-over in one process, the two generations cannot compare
 // what they delivered. No event is lost: the new children deliver first,
 // then each old child delivers what the gateway sent it until then
-// (Sync) and stops. An event that reaches both generations between the
-// two is delivered twice.
+// (Sync), nothing more, and stops. An event that reaches both
+// generations between the two is delivered twice.
 //
 // If ctx ends, the fleet stops, or a new child exits or cannot be set up
 // before the switch, the new children are stopped and the old ones go on
@@ -113,7 +113,7 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	// The old children catch up with the gateway first, so that the
 	// second sync, after the switch, is short. One that cannot (it is
 	// restarting) is synced after the switch all the same.
-	if err := r.syncChildren(ctx, old); err != nil {
+	if err := r.syncChildren(ctx, old, false); err != nil {
 		if ctx.Err() != nil {
 			return abort(ctx.Err())
 		}
@@ -153,14 +153,14 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 
 	// The old children go, their sessions with them, once they have
 	// delivered what the gateway sent them before the new children
-	// delivered: the new ones dropped it.
+	// delivered (the new ones did not); they deliver nothing after it.
 	// They may lag: they have as long as a cluster has to start.
 	wait := r.cfg.ShutdownTimeout
 	for _, c := range old {
 		wait = max(wait, r.clusterTimeout(c, oldEnv))
 	}
 	sctx, scancel := context.WithTimeout(r.lifeContext(), wait)
-	if err := r.syncChildren(sctx, old); err != nil {
+	if err := r.syncChildren(sctx, old, true); err != nil {
 		r.cfg.Logger.Warn("reshard: old children did not confirm they delivered what they received before the switch: some of it may be lost",
 			"err", err.Error())
 	}
@@ -184,7 +184,7 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 
 // syncChildren syncs the children of clusters (see ChildProcess.Sync),
 // all at once.
-func (r *Runtime) syncChildren(ctx context.Context, clusters []*cluster) error {
+func (r *Runtime) syncChildren(ctx context.Context, clusters []*cluster, last bool) error {
 	errs := make([]error, len(clusters))
 	var wg sync.WaitGroup
 	for i, c := range clusters {
@@ -195,7 +195,7 @@ func (r *Runtime) syncChildren(ctx context.Context, clusters []*cluster) error {
 			continue
 		}
 		wg.Go(func() {
-			if err := proc.Sync(ctx); err != nil {
+			if err := proc.Sync(ctx, last); err != nil {
 				errs[i] = fmt.Errorf("cluster %d: %w", c.id, err)
 			}
 		})
@@ -235,7 +235,7 @@ func (r *Runtime) Sync(ctx context.Context) error {
 		var err error
 		switch {
 		case proc != nil:
-			err = proc.Sync(ctx)
+			err = proc.Sync(ctx, false)
 		case run != nil:
 			err = run.Barrier(ctx)
 		}

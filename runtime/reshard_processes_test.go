@@ -95,7 +95,8 @@ func TestProcessReshardSteps(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	want := []string{fmt.Sprintf("sync %d", old.pid), fmt.Sprintf("deliver %d", a.pid), fmt.Sprintf("deliver %d", b.pid), fmt.Sprintf("sync %d", old.pid),
+	want := []string{fmt.Sprintf("sync %d last=false", old.pid), fmt.Sprintf("deliver %d", a.pid), fmt.Sprintf("deliver %d", b.pid),
+		fmt.Sprintf("sync %d last=true", old.pid),
 		fmt.Sprintf("stop %d keep=false", old.pid), "resharded 2"}
 	if steps := p.stepsNow(); !slices.Equal(steps, want) {
 		t.Fatalf("the switch: %v, want %v", steps, want)
