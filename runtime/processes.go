@@ -25,13 +25,14 @@ import (
 // stops, and Config.Bus must be nil.
 //
 // Reshard starts the new plan's clusters as new children that identify
-// at the new shard count and deliver nothing while the old children
-// serve; once every new shard is ready, the new children deliver, then
-// the old ones stop (their sessions end) and the store keeps the new
-// count's sessions only. The two generations overlap for the moment the
-// old children take to stop: an event both receive then is delivered
-// twice (none is lost), where the cut-over in one process delivers each
-// once.
+// at the new shard count and deliver nothing (their caches fill) while
+// the old children serve; once every new shard is ready, the new
+// children deliver, then the old ones deliver what the gateway had sent
+// them until then (ChildProcess.Sync), nothing more, and stop (their
+// sessions end), and the store keeps the new count's sessions only. None
+// is lost; an event both generations receive between the new children's
+// first delivery and the old ones' last is delivered twice, where the
+// cut-over in one process delivers each once.
 //
 // The runtime calls an implementation in this order; it starts nothing
 // before Start.
