@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"os/signal"
@@ -27,6 +28,7 @@ import (
 
 func init() {
 	register("processes", runProcesses)
+	register("processes-startup", runProcessesStartup)
 	childKinds["processes-member"] = runProcessMember
 }
 
@@ -57,9 +59,9 @@ type processesResult struct {
 
 // processConfig is the scenario's process mode, the same in the parent
 // and the children.
-func processConfig(env []string) *natsfleet.ProcessMode {
+func processConfig(env []string, cold bool) *natsfleet.ProcessMode {
 	return natsfleet.Processes(natsfleet.ProcessConfig{
-		Args: []string{"-child", "processes-member"}, Env: env,
+		Args: []string{"-child", "processes-member"}, Env: env, ColdStart: cold,
 		CheckpointInterval: 250 * time.Millisecond, StatsInterval: 200 * time.Millisecond,
 		Stderr: os.Stderr, Stdout: os.Stderr, // stdout is the result's
 	})
@@ -85,7 +87,7 @@ func runProcessMember([]string) error {
 		Token:     runtime.Token(os.Getenv(procTokenEnv)),
 		Intents:   gateway.IntentGuilds | gateway.IntentGuildMessages,
 		Bot:       func(int) runtime.Bot { return tallyBot{nc} },
-		Processes: processConfig(nil),
+		Processes: processConfig(nil, false),
 	})
 	if err != nil {
 		return err
@@ -173,7 +175,7 @@ func runProcesses() (any, error) {
 		IdentifyInterval: s.IdentifyWindow(), Shards: shards, Clusters: clusters,
 		Intents:   gateway.IntentGuilds | gateway.IntentGuildMessages,
 		Bot:       func(int) runtime.Bot { return tallyBot{nc} },
-		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}),
+		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}, false),
 	})
 	if err != nil {
 		return nil, err
@@ -402,7 +404,7 @@ func runProcesses() (any, error) {
 		return nil, fmt.Errorf("shutdown: %w", err)
 	}
 
-	ratio, err := processStartup()
+	ratio, err := processStartup(false)
 	if err != nil {
 		return nil, err
 	}
@@ -430,8 +432,9 @@ func waitReady(rt *runtime.Runtime, runDone <-chan error, limit time.Duration, w
 // processStartup starts 256 shards in 4 child processes at
 // max_concurrency 16 with a 50 ms identify window and returns the
 // physical limit (16 windows) over the time from Run to the fleet's
-// READY, child processes' start included.
-func processStartup() (float64, error) {
+// READY, child processes' start included: with the warm start, or with
+// ProcessConfig.ColdStart if cold.
+func processStartup(cold bool) (float64, error) {
 	const shards, clusters, mc, window = 256, 4, 16, 50 * time.Millisecond
 	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
 		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(window))
@@ -449,7 +452,8 @@ func processStartup() (float64, error) {
 		Bot: func(int) runtime.Bot {
 			return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
 		},
-		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}),
+		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}, cold),
+		Logger:    benchLogger(),
 	})
 	if err != nil {
 		return 0, err
@@ -464,6 +468,7 @@ func processStartup() (float64, error) {
 		}
 	})
 	runDone := make(chan error, 1)
+	began := time.Now()
 	go func() { runDone <- rt.Run(context.Background()) }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -477,6 +482,14 @@ func processStartup() (float64, error) {
 	if err := waitReady(rt, runDone, 2*time.Minute, "256 shards in 4 child processes to be ready"); err != nil {
 		return 0, err
 	}
+	if os.Getenv("FLEET_BENCH_LOG") != "" {
+		ids := s.Identifies()
+		if len(ids) > 0 {
+			st := s.Stats()
+			fmt.Fprintf(os.Stderr, "start-up (cold %v): identifies %d (first %v, last %v after Run), resumes %d, ready %v\n",
+				cold, len(ids), ids[0].At.Sub(began), ids[len(ids)-1].At.Sub(began), st.Resumes, elapsed)
+		}
+	}
 	if v := s.Stats().Violations["identify_concurrency"]; v > 0 {
 		return 0, fmt.Errorf("start-up of 256 shards: %d identify violations", v)
 	}
@@ -484,4 +497,40 @@ func processStartup() (float64, error) {
 	defer mu.Unlock()
 	limit := math.Ceil(float64(shards)/mc) * window.Seconds()
 	return math.Round(limit/elapsed.Seconds()*1000) / 1000, nil
+}
+
+// benchLogger is the fleet's logger in the start-up measures: stderr
+// with FLEET_BENCH_LOG set, else none.
+func benchLogger() *slog.Logger {
+	if os.Getenv("FLEET_BENCH_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+type processesStartupResult struct {
+	Scenario string    `json:"scenario"`
+	Warm     []float64 `json:"startup_ratio_warm"`
+	Cold     []float64 `json:"startup_ratio_cold"`
+}
+
+// runProcessesStartup measures the start-up ratio of process mode with
+// the warm start and without it (ProcessConfig.ColdStart), alternately,
+// so that both see the same load on the machine.
+func runProcessesStartup() (any, error) {
+	out := processesStartupResult{Scenario: "processes-startup"}
+	for range 3 {
+		for _, cold := range []bool{true, false} {
+			r, err := processStartup(cold)
+			if err != nil {
+				return nil, err
+			}
+			if cold {
+				out.Cold = append(out.Cold, r)
+			} else {
+				out.Warm = append(out.Warm, r)
+			}
+		}
+	}
+	return out, nil
 }

@@ -154,6 +154,9 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 		return err
 	}
 	cfg.Member.Delivering = c.delivering
+	if spec.Warm {
+		cfg.Member.Await = awaitWarm(nc, spec.Prefix)
+	}
 	// The child's records go to the parent's logger, which adds the
 	// cluster and the pid.
 	var logs *LogHandler

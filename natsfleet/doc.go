@@ -147,18 +147,44 @@
 // A reshard (runtime.Runtime.Reshard) starts one child per cluster of the
 // new plan in standby: its shards identify at the new shard count
 // through the fleet's identify queue while the old children deliver, but
-// it delivers no event (its caches take them), leaves its cluster's bus address to the old child
-// and saves no session (the old children's checkpoints, under the same
-// shard IDs, stay theirs). Once every new shard is ready, the old
-// children catch up with the gateway (runtime.Runtime.Sync, a heartbeat
-// whose ACK follows what was queued before it), the new children deliver
-// and take their addresses over, the old children deliver what the
-// gateway sent them until then and stop, ending their sessions, and the
-// sessions of the old shard count are removed from the store. Nothing is
-// lost; an event that both generations received in that last moment is
-// delivered twice. A new child that exits before the switch, or the
+// it delivers no event (its caches take them), leaves its cluster's bus
+// address to the old child and saves no session (the old children's
+// checkpoints, under the same shard IDs, stay theirs). Once every new
+// shard is ready, the old children catch up with the gateway
+// (runtime.Runtime.Sync, a heartbeat whose ACK follows what was queued
+// before it), the new children deliver and take their addresses over,
+// the old children deliver what the gateway sent them until then, nothing
+// more, and stop, ending their sessions, and the sessions of the old
+// shard count are removed from the store. Nothing is lost; an event that
+// both generations received in that last moment is delivered twice. A new child that exits before the switch, or the
 // reshard's ctx ending, stops the new children and leaves the old ones
 // serving.
+//
+// # Warm start
+//
+// A child must exec, join the parent and run its Setup before any of its
+// shards can identify, and every bucket's chain of IDENTIFYs would start
+// only then. So at Run the parent opens the sessions itself while the
+// children start: for each planned shard without a stored session worth
+// resuming, a shard of a group that runs no user code and delivers
+// nothing identifies through the fleet's identify queue and closes
+// resumably as soon as its READY arrives (shardgroup.Config.StopAtReady).
+// Each child asks the parent for its shards' sessions
+// (runtime.Member.Await) and RESUMEs each as it opens; its client first
+// gets the READY the parent read (self user, guilds), then Discord replays
+// what came after it (the GUILD_CREATEs, every event since): a bot sees a
+// READY, its guilds as GuildReady, then a RESUMED, and nothing is lost or
+// delivered twice. A session is handed once, to the first child that asks
+// for it, and saved to the fleet's session store as it is, so that a child
+// that dies before its first checkpoint is replaced by one that resumes
+// it; a shard the parent could not open in time (an identify schedule
+// plus 30 s) is identified by its child. A Shutdown during the warm start
+// closes the sessions not handed yet resumably and saves them with the
+// others. The price is that the parent holds the shards' connections
+// while they wait for their turns (one identify schedule for the last
+// ones); ProcessConfig.ColdStart turns the warm start off, and each child
+// then identifies its own shards. Restarts after the start (a crash, a
+// soft restart) are unchanged.
 //
 // # Observing the children
 //

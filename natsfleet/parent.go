@@ -52,6 +52,11 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	ok := false
 	defer func() {
 		if !ok {
+			if pl.warm != nil {
+				wctx, cancel := context.WithTimeout(context.Background(), f.ShutdownTimeout)
+				_ = pl.warm.close(wctx)
+				cancel()
+			}
 			pl.closeConns()
 		}
 	}()
@@ -71,7 +76,12 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	if pl.sessions, err = NewKVSessionStore(ctx, pl.nc, p.prefix(), "parent"); err != nil {
 		return nil, err
 	}
-	pl.importSessions(ctx)
+	stored := pl.importSessions(ctx)
+	if !p.cfg.ColdStart {
+		if pl.warm, err = pl.startWarm(ctx, stored); err != nil {
+			log.Warn("warm start failed: the children identify their shards", "err", err.Error())
+		}
+	}
 	if f.RESTLimiter != nil {
 		if err := pl.serveProxy(); err != nil {
 			return nil, err
@@ -121,6 +131,7 @@ type pool struct {
 	children  map[*childProc]struct{}
 	closed    bool
 	closeOnce sync.Once
+	warm      *warmStart        // the sessions the parent opens for the children; nil: none
 	logs      *LogReceiver      // the children's log records, onto the fleet's logger
 	collector *ProcessCollector // the children's metrics, while the fleet runs
 }
@@ -165,7 +176,8 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 	raw, err := json.Marshal(childSpec{ID: id, Cluster: spec.Cluster, Shards: spec.Shards, Resume: spec.Resume,
 		Standby: spec.Standby, NATS: pl.srv.ConnectInfo(), Prefix: prefix, Total: pl.shardCount(spec), MaxConc: pl.f.MaxConcurrency,
 		Interval: pl.f.IdentifyInterval, GatewayURL: pl.f.GatewayURL, Proxy: pl.proxyURL, Secret: pl.secret,
-		Checkpoint: pl.mode.cfg.CheckpointInterval, StatsInterval: pl.mode.cfg.StatsInterval})
+		Checkpoint: pl.mode.cfg.CheckpointInterval, StatsInterval: pl.mode.cfg.StatsInterval,
+		Warm: pl.warm != nil && spec.Resume != runtime.ResumeNone && pl.shardCount(spec) == pl.f.Shards})
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return nil, err
@@ -277,6 +289,11 @@ func (pl *pool) Close(ctx context.Context) error {
 		ch.kill()
 	}
 	var errs []error
+	if pl.warm != nil {
+		if err := pl.warm.close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if pl.hs != nil {
 		if err := pl.hs.Shutdown(ctx); err != nil {
 			_ = pl.hs.Close()
@@ -298,10 +315,11 @@ func (pl *pool) Close(ctx context.Context) error {
 }
 
 // importSessions copies the sessions of Config.SessionStore, if set, to
-// the fleet's store, for the children to resume.
-func (pl *pool) importSessions(ctx context.Context) {
+// the fleet's store, for the children to resume, and returns those it
+// copied.
+func (pl *pool) importSessions(ctx context.Context) []shardgroup.Session {
 	if pl.f.SessionStore == nil {
-		return
+		return nil
 	}
 	sessions, err := pl.f.SessionStore.Load(ctx)
 	if err == nil {
@@ -309,7 +327,9 @@ func (pl *pool) importSessions(ctx context.Context) {
 	}
 	if err != nil {
 		pl.log.Warn("stored sessions not passed to the children: their shards identify", "err", err.Error())
+		return nil
 	}
+	return sessions
 }
 
 // exportSessions saves the fleet's sessions, as the children left them,

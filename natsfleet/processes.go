@@ -71,6 +71,21 @@ type ProcessConfig struct {
 	// own Config.Logger instead.
 	LogLevel  slog.Leveler
 	LogBuffer int
+
+	// ColdStart turns the warm start off. By default, at Run the parent
+	// opens the sessions of the shards without a stored session itself,
+	// through the fleet's identify queue, while the children start (exec,
+	// joining the parent, Setup), and each child RESUMEs its shards'
+	// sessions as they open, so that the fleet is ready one identify
+	// schedule after Run rather than after the children's start plus the
+	// schedule. The price: the parent holds the shards' connections
+	// during that schedule (up to ceil(shards / max_concurrency) identify
+	// intervals for the last ones), each closed resumably at its READY;
+	// the session then waits for its child, its events kept by Discord
+	// and replayed to the RESUME. A child's listeners see the READY, then
+	// a RESUMED. With ColdStart, each child identifies its own shards
+	// once it has started.
+	ColdStart bool
 }
 
 // ProcessMode is a runtime.Processes on NATS: the parent embeds a NATS
@@ -153,6 +168,9 @@ type childSpec struct {
 	Checkpoint time.Duration      `json:"checkpoint,omitempty"`
 	// StatsInterval is how often the child reports its cluster.
 	StatsInterval time.Duration `json:"stats_interval,omitempty"`
+	// Warm: the parent opens sessions for the shards without one; the
+	// child asks for them (the warm start).
+	Warm bool `json:"warm,omitempty"`
 }
 
 // Subjects between the parent and a child: the child publishes its

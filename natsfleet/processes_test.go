@@ -42,6 +42,10 @@ type fleetArgs struct {
 	Interval                   time.Duration
 	Clusters                   int
 	Prefix                     string
+	// SetupFailsOnce, if set, is a directory: each cluster's first child
+	// exits in Setup, leaving a file there so that the next one does not.
+	SetupFailsOnce string
+	ColdStart      bool // natsfleet.ProcessConfig.ColdStart
 }
 
 // seen is a MESSAGE_CREATE a child delivered, reported to the parent.
@@ -75,9 +79,14 @@ func fleetConfig(a fleetArgs) runtime.Config {
 	return runtime.Config{
 		Token: runtime.Token(a.Token), GatewayURL: a.GatewayURL, RESTURL: a.RESTURL, IdentifyInterval: a.Interval,
 		Clusters: a.Clusters, ShutdownTimeout: 5 * time.Second, RestartBackoff: 50 * time.Millisecond,
-		Bot: func(int) runtime.Bot { return ledgerBot{} },
+		Bot: func(id int) runtime.Bot {
+			if a.SetupFailsOnce != "" {
+				return failOnceBot{dir: a.SetupFailsOnce, cluster: id}
+			}
+			return ledgerBot{}
+		},
 		Processes: natsfleet.Processes(natsfleet.ProcessConfig{
-			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond,
+			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, ColdStart: a.ColdStart,
 			Env: []string{childEnv + "=fleet", childArgsEnv + "={}", fleetArgsEnv + "=" + string(raw)},
 		}),
 	}

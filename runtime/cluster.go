@@ -381,7 +381,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
 		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
 		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus.Client(),
-		Compression: r.cfg.Compression, Deliver: r.delivering(c.id),
+		Compression: r.cfg.Compression, Deliver: r.delivering(c.id), Await: r.awaiting(c.id),
 	})
 	if err != nil {
 		return nil, err
@@ -545,6 +545,17 @@ func (r *Runtime) delivering(id int) func() bool {
 		return nil
 	}
 	return func() bool { return m.Delivering(id) }
+}
+
+// awaiting is Member.Await for one cluster, or nil.
+func (r *Runtime) awaiting(id int) func(context.Context, int) (shardgroup.Session, []byte, bool) {
+	m := r.cfg.Member
+	if m == nil || m.Await == nil {
+		return nil
+	}
+	return func(ctx context.Context, shard int) (shardgroup.Session, []byte, bool) {
+		return m.Await(ctx, id, shard)
+	}
 }
 
 // shutdownHook runs a Bot's Shutdown hook, if it has one, bounded by

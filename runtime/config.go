@@ -226,6 +226,12 @@ type Member struct {
 	// on the cluster has ended returns false, so that it delivers nothing
 	// the cluster's next owner will deliver after resuming.
 	Delivering func(cluster int) bool
+	// Await, if set, is given to the shards of each cluster that have no
+	// session to resume: such a shard waits for the session another
+	// process opened for it and RESUMEs it, delivering its READY first,
+	// or identifies when Await says it will not come (see
+	// shardgroup.Config.Await). Process mode's warm start uses it.
+	Await func(ctx context.Context, cluster, shard int) (sess shardgroup.Session, ready []byte, ok bool)
 }
 
 // memberShards is how many shards a member runs.

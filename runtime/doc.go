@@ -122,7 +122,11 @@
 // deliver, the old children deliver what they had received and stop, and
 // only the new shard count's sessions are kept. None is lost; the events
 // both generations received at the switch are delivered twice, where in
-// one process the cut-over delivers each once (see Processes).
+// one process the cut-over delivers each once (see Processes). At Run,
+// the parent may open the shards' sessions itself while the children
+// start, and hand them over (natsfleet's warm start): the fleet is then
+// ready one identify schedule after Run, the children's start hidden in
+// it.
 //
 // # Snapshots
 //

@@ -3,7 +3,11 @@ package runtime
 import (
 	"context"
 	"log/slog"
+	"net/url"
+	"slices"
 	"time"
+
+	"github.com/disgoorg/disgo/gateway"
 
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/restproxy"
@@ -74,6 +78,24 @@ type ProcessFleet struct {
 	// stop before it is killed is derived from it.
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+
+	// Clusters is the fleet's plan: the clusters Spawn will be asked for,
+	// and their shards.
+	Clusters []ClusterPlan
+	// Intents, Presence and Compression are those the clusters' shards
+	// identify and connect with (Config.Intents, StartingStatus and
+	// Compression), for a pool that opens sessions on the children's
+	// behalf.
+	Intents     gateway.Intents
+	Presence    *gateway.MessageDataPresenceUpdate
+	Compression shardgroup.Compression
+	// Resumable reports whether a session of SessionStore would be
+	// resumed by a child (the checks Run makes on stored sessions).
+	Resumable func(shardgroup.Session) bool
+	// Report receives the lifecycle events of what the pool does itself,
+	// outside the children (the ShardIdentify of a session it opens). It
+	// must not block.
+	Report func(Event)
 }
 
 // ProcessPool starts the children of a fleet.
@@ -151,4 +173,28 @@ type ChildProcess interface {
 	// their sessions. It kills the process if it has not exited when ctx
 	// ends, and returns once it has exited.
 	Stop(ctx context.Context, keep bool) error
+}
+
+// processFleet is what Processes.Start gets: the planned fleet.
+func (r *Runtime) processFleet(total, mc int, gatewayURL string, clusters []ClusterPlan) ProcessFleet {
+	plan := make([]ClusterPlan, len(clusters))
+	for i, cp := range clusters {
+		plan[i] = ClusterPlan{ID: cp.ID, Shards: slices.Clone(cp.Shards)}
+	}
+	gw, gwErr := url.Parse(gatewayURL)
+	return ProcessFleet{Token: r.cfg.Token, Shards: total, MaxConcurrency: mc,
+		IdentifyInterval: r.cfg.IdentifyInterval, GatewayURL: gatewayURL, RESTURL: r.cfg.RESTURL,
+		RESTLimiter: r.cfg.RESTLimiter, SessionStore: r.cfg.SessionStore, ShutdownTimeout: r.cfg.ShutdownTimeout,
+		Logger: r.cfg.Logger, Clusters: plan, Intents: r.cfg.Intents, Presence: r.cfg.StartingStatus,
+		Compression: r.cfg.Compression,
+		Resumable: func(s shardgroup.Session) bool {
+			return gwErr == nil && checkSession(s, time.Now(), total, gw, r.cfg.SessionMaxAge) == ""
+		},
+		Report: func(e Event) {
+			if e, ok := e.(ShardIdentify); ok {
+				r.startup.identified(e.Shard)
+			}
+			r.events.emit(e)
+		},
+	}
 }

@@ -279,15 +279,26 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		queue = q
 	}
 	defer queue.Close(context.Background())
+	n := r.cfg.clusterCount(last - first + 1)
+	clusters := make([]ClusterPlan, 0, n)
+	if m := r.cfg.Member; m != nil {
+		for _, cp := range m.Clusters {
+			clusters = append(clusters, ClusterPlan{ID: cp.ID, Shards: slices.Clone(cp.Shards)})
+		}
+	} else {
+		for i, ids := range plan(first, last, n) {
+			clusters = append(clusters, ClusterPlan{ID: i, Shards: ids})
+		}
+	}
+	// The start-up is followed from here: in process mode, the pool may
+	// identify shards from Start on.
+	r.startup.plan(r.started, last-first+1, mc, r.cfg.IdentifyInterval)
 	if p := r.cfg.Processes; p != nil {
 		gwURL := r.cfg.GatewayURL
 		if gwURL == "" {
 			gwURL = gb.URL
 		}
-		pool, err := p.Start(startCtx, ProcessFleet{Token: r.cfg.Token, Shards: total, MaxConcurrency: mc,
-			IdentifyInterval: r.cfg.IdentifyInterval, GatewayURL: gwURL, RESTURL: r.cfg.RESTURL,
-			RESTLimiter: r.cfg.RESTLimiter, SessionStore: r.cfg.SessionStore, ShutdownTimeout: r.cfg.ShutdownTimeout,
-			Logger: r.cfg.Logger})
+		pool, err := p.Start(startCtx, r.processFleet(total, mc, gwURL, clusters))
 		if err != nil {
 			return fmt.Errorf("runtime: process mode: %w", err)
 		}
@@ -302,7 +313,6 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		r.pool = pool
 		r.mu.Unlock()
 	}
-	n := r.cfg.clusterCount(last - first + 1)
 	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
 		fatal: make(chan error, 1), counting: true}
 	if env.gatewayURL == "" {
@@ -336,17 +346,6 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	r.mu.Lock()
 	r.stopFleet = stop
 	r.env = env
-	r.startup.plan(r.started, env.shards, mc, r.cfg.IdentifyInterval)
-	clusters := make([]ClusterPlan, 0, n)
-	if m := r.cfg.Member; m != nil {
-		for _, cp := range m.Clusters {
-			clusters = append(clusters, ClusterPlan{ID: cp.ID, Shards: slices.Clone(cp.Shards)})
-		}
-	} else {
-		for i, ids := range plan(first, last, n) {
-			clusters = append(clusters, ClusterPlan{ID: i, Shards: ids})
-		}
-	}
 	for _, cp := range clusters {
 		ids := cp.Shards
 		c := &cluster{id: cp.ID, shards: ids, ops: make(chan clusterOp)}

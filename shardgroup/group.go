@@ -68,6 +68,26 @@ type Config struct {
 	// Compression is the gateway transport compression; zero means
 	// DefaultCompression.
 	Compression Compression
+
+	// StopAtReady, if set, makes the group open sessions for another
+	// group, in this process or another, to resume: each shard stops as
+	// soon as it has read the READY of its IDENTIFY, closing with a
+	// resumable code so that the session lives on, and StopAtReady gets
+	// the session, at the READY's sequence (a RESUME from it replays every
+	// event after the READY), and the READY's payload, which the resuming
+	// group delivers (see Await). Give such a group a Deliver that returns
+	// false and no user code. It runs on the shard's goroutine and must
+	// not block.
+	StopAtReady func(sess Session, ready []byte)
+	// Await, if set, is called by each shard that has no session to
+	// resume when it starts, before it connects. It blocks until another
+	// group has opened the shard's session (see StopAtReady) and returns
+	// it with the payload of its READY (ok), or until that session will
+	// not come (!ok: the shard identifies). Its ctx ends when the shard is
+	// stopped. A READY payload is delivered to the client before the
+	// shard RESUMEs, so that listeners and caches see the READY (self
+	// user, guilds to come) as after an IDENTIFY.
+	Await func(ctx context.Context, shard int) (sess Session, ready []byte, ok bool)
 }
 
 // Hooks let a group's owner observe it. Each may be nil. They run on the

@@ -286,6 +286,10 @@ func (s *shard) setState(st State) {
 func (s *shard) run(ctx context.Context) {
 	defer close(s.done)
 	defer s.setState(StateStopped)
+	if s.g.cfg.Await != nil {
+		s.setState(StateConnecting)
+		s.await(ctx)
+	}
 	backoff := time.Duration(0)
 	for {
 		select {
@@ -579,6 +583,9 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 					s.answer = nil
 				}
 				s.mu.Unlock()
+				if s.g.cfg.StopAtReady != nil && !resume {
+					return s.stopAtReady(c, data)
+				}
 			}
 		case gateway.OpcodeHeartbeat:
 			hb.beat()
