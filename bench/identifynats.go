@@ -174,7 +174,7 @@ func runIdentifyNATS() (any, error) {
 			c.stop()
 		}
 		children = nil
-		printTimeline(os.Stderr, dir, st.Identifies, start, mc)
+		printTimeline(os.Stderr, dir, st.Identifies, start, mc, interval)
 	}
 	return res, nil
 }
@@ -298,6 +298,9 @@ func runIdentifySlice(args []string) error {
 	if _, err := io.ReadFull(os.Stdin, in); err != nil || strings.TrimSpace(string(in)) != "go" {
 		return errors.New("no go")
 	}
+	tq.mu.Lock()
+	tq.goAt = time.Now()
+	tq.mu.Unlock()
 	if dir := os.Getenv(profileEnv); dir != "" {
 		f, err := os.Create(filepath.Join(dir, "slice-"+args[3]+".cpu"))
 		if err != nil {
@@ -340,10 +343,12 @@ const profileEnv = "FLEET_BENCH_PPROF"
 // scenario prints, per bucket, these with the simulator's IDENTIFYs.
 const timelineEnv = "FLEET_BENCH_TIMELINE"
 
-// timedQueue records the times of each shard's calls to its queue.
+// timedQueue records the times of each shard's calls to its queue, and
+// when its process was told "go".
 type timedQueue struct {
 	q                        runtime.IdentifyQueue
-	mu                       sync.Mutex // guards the maps
+	mu                       sync.Mutex // guards goAt and the maps
+	goAt                     time.Time
 	asked, granted, unlocked map[int]time.Time
 }
 
@@ -372,40 +377,61 @@ type shardTimes struct {
 	Asked, Granted, Unlocked int64 // unix ns
 }
 
+// sliceTimes is one process's timeline file.
+type sliceTimes struct {
+	Go     int64 // unix ns: when it was told "go"
+	Shards []shardTimes
+}
+
 func (t *timedQueue) write(path string) {
 	t.mu.Lock()
-	var out []shardTimes
+	out := sliceTimes{Go: t.goAt.UnixNano()}
 	for s, at := range t.asked {
-		out = append(out, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
+		out.Shards = append(out.Shards, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
 	}
 	t.mu.Unlock()
 	data, _ := json.Marshal(out)
 	_ = os.WriteFile(path, data, 0o644)
 }
 
-// printTimeline prints, per bucket in IDENTIFY order, each shard's times
-// in ms since start: asked, granted, IDENTIFY read by the simulator and
-// unlocked, with the gaps from the previous unlock to this grant and
-// from the IDENTIFY to the unlock.
-func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start time.Time, mc int) {
+// printTimeline prints, per process, when it was told "go" and when its
+// first and last shards asked for a turn, then, per bucket in IDENTIFY
+// order, each shard's times in ms since start: asked, granted, IDENTIFY
+// read by the simulator and unlocked, with the gaps from the previous
+// unlock to this grant and from the IDENTIFY to the unlock; then, over
+// all buckets, the spread of where the turns lost time.
+func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start time.Time, mc int, window time.Duration) {
 	times := map[int]shardTimes{}
+	process := map[int]string{} // the file of each shard's process
 	files, _ := filepath.Glob(filepath.Join(dir, "slice-*.json"))
+	ms := func(ns int64) float64 { return float64(ns-start.UnixNano()) / 1e6 }
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		var ts []shardTimes
-		if json.Unmarshal(data, &ts) == nil {
-			for _, t := range ts {
-				times[t.Shard] = t
-			}
+		var st sliceTimes
+		if json.Unmarshal(data, &st) != nil || len(st.Shards) == 0 {
+			continue
 		}
+		first, last := st.Shards[0].Asked, st.Shards[0].Asked
+		for _, t := range st.Shards {
+			times[t.Shard] = t
+			process[t.Shard] = f
+			first, last = min(first, t.Asked), max(last, t.Asked)
+		}
+		fmt.Fprintf(w, "%s: go %.1f, first ask %.1f, last ask %.1f\n", filepath.Base(f), ms(st.Go), ms(first), ms(last))
 	}
-	ms := func(ns int64) float64 { return float64(ns-start.UnixNano()) / 1e6 }
+	// Where each turn after a bucket's first lost time, in ms: the READY
+	// after the IDENTIFY before it, its grant after that READY plus the
+	// window (within a process, or from another), its IDENTIFY's read
+	// after its grant.
+	var ready, local, cross, read []float64
+	var firsts []float64
 	for b := range mc {
 		fmt.Fprintf(w, "bucket %d: shard asked granted identify unlocked (gap unlock->grant, identify->unlock)\n", b)
-		var prevUnlock int64
+		var prevUnlock, prevIdentify int64
+		prevShard := -1
 		for _, id := range ids {
 			if id.Bucket != b {
 				continue
@@ -414,10 +440,39 @@ func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start ti
 			gap := 0.0
 			if prevUnlock != 0 {
 				gap = float64(t.Granted-prevUnlock) / 1e6
+				ready = append(ready, float64(prevUnlock-prevIdentify)/1e6)
+				if process[id.Shard] == process[prevShard] {
+					local = append(local, gap-float64(window.Milliseconds()))
+				} else {
+					cross = append(cross, gap-float64(window.Milliseconds()))
+				}
+				read = append(read, float64(id.At.UnixNano()-t.Granted)/1e6)
+			} else {
+				firsts = append(firsts, ms(id.At.UnixNano()))
 			}
 			fmt.Fprintf(w, "  %3d %8.1f %8.1f %8.1f %8.1f (%6.1f, %5.1f)\n", id.Shard, ms(t.Asked), ms(t.Granted),
 				ms(id.At.UnixNano()), ms(t.Unlocked), gap, float64(t.Unlocked-id.At.UnixNano())/1e6)
-			prevUnlock = t.Unlocked
+			prevUnlock, prevIdentify, prevShard = t.Unlocked, id.At.UnixNano(), id.Shard
 		}
+	}
+	spread := func(name string, v []float64) {
+		if len(v) == 0 {
+			return
+		}
+		slices.Sort(v)
+		sum := 0.0
+		for _, x := range v {
+			sum += x
+		}
+		fmt.Fprintf(w, "  %-41s n %3d  p50 %6.2f  p90 %6.2f  max %6.1f  sum per bucket %6.1f\n", name, len(v),
+			v[len(v)/2], v[len(v)*9/10], v[len(v)-1], sum/float64(mc))
+	}
+	fmt.Fprintln(w, "turns after a bucket's first, ms:")
+	spread("READY after the IDENTIFY before", ready)
+	spread("grant after READY+window, same process", local)
+	spread("grant after READY+window, other process", cross)
+	spread("IDENTIFY read after grant", read)
+	if len(firsts) > 0 {
+		fmt.Fprintf(w, "first IDENTIFY of a bucket: earliest %.1f, latest %.1f ms\n", slices.Min(firsts), slices.Max(firsts))
 	}
 }

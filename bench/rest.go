@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,10 +54,16 @@ type restResult struct {
 	// disgo client straight to the simulator (with an in-process
 	// Limiter, as a fleet in one process has) and of one through the
 	// proxy, alternating in the same run; proxy_overhead_us is the
-	// difference: what the proxy adds to a request.
+	// difference: what the proxy adds to a request. The proxy runs as
+	// cmd/restproxy does by default: over TCP, with proxy_procs threads
+	// (-procs 1).
 	DirectUS        float64 `json:"direct_us"`
 	ProxiedUS       float64 `json:"proxied_us"`
 	ProxyOverheadUS float64 `json:"proxy_overhead_us"`
+	ProxyProcs      int     `json:"proxy_procs"`
+	// The same pair again with the proxy on Go's default thread count
+	// (-procs 0: one per CPU).
+	ProxyOverheadAllCPUsUS float64 `json:"proxy_overhead_all_cpus_us"`
 	// The same pair measured again with net/http's ReverseProxy (adding
 	// the token, no limiter) in the proxy's place, in a child process
 	// served alike: what any Go HTTP proxy in its own process adds on
@@ -90,10 +97,15 @@ type proc struct {
 	lines  chan string // its stdout, line by line; closed when it ends
 }
 
+// proxyProcs is the proxy children's GOMAXPROCS: cmd/restproxy's
+// default (-procs 1).
+const proxyProcs = 1
+
 // startProxy starts a restproxy child in front of upstream, with a
-// global limit of global requests a second.
-func startProxy(upstream, token string, global int) (*proc, error) {
-	return startProc("restproxy", token, upstream, strconv.Itoa(global))
+// global limit of global requests a second, on procs threads (0: Go's
+// default).
+func startProxy(upstream, token string, global, procs int) (*proc, error) {
+	return startProc("restproxy", token, upstream, strconv.Itoa(global), strconv.Itoa(procs))
 }
 
 // startProc starts this binary as a child of kind with args, token in
@@ -269,13 +281,17 @@ func runSimChild(args []string) error {
 
 // runProxyChild serves a restproxy for upstream until stdin closes.
 func runProxyChild(args []string) error {
-	if len(args) != 2 {
-		return fmt.Errorf("restproxy child: want the upstream URL and the global limit, got %q", args)
+	if len(args) != 3 {
+		return fmt.Errorf("restproxy child: want the upstream URL, the global limit and the thread count, got %q", args)
 	}
-	global, err := strconv.Atoi(args[1])
-	if err != nil {
-		return fmt.Errorf("restproxy child: global limit %q: %w", args[1], err)
+	global, err1 := strconv.Atoi(args[1])
+	procs, err2 := strconv.Atoi(args[2])
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("restproxy child: %w", err)
 	}
+	// Before NewServer, as cmd/restproxy does: the upstream client
+	// watches idle connections when there is one thread.
+	setChildProcs(procs)
 	l, err := restproxy.New(restproxy.Config{GlobalLimit: global})
 	if err != nil {
 		return err
@@ -286,6 +302,13 @@ func runProxyChild(args []string) error {
 	}
 	defer p.Close()
 	return serveChild(p)
+}
+
+// setChildProcs sets a child's GOMAXPROCS to procs (0: Go's default).
+func setChildProcs(procs int) {
+	if procs > 0 {
+		runtime.GOMAXPROCS(procs)
+	}
 }
 
 // serveChild serves h on a loopback port, as cmd/restproxy serves the
@@ -310,11 +333,13 @@ func serveChild(h http.Handler) error {
 }
 
 // runReverseProxyChild serves net/http's ReverseProxy for upstream,
-// adding the bot's token, until stdin closes.
+// adding the bot's token, on as many threads as the proxy, until stdin
+// closes.
 func runReverseProxyChild(args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("reverseproxy child: want the upstream URL, got %q", args)
 	}
+	setChildProcs(proxyProcs)
 	u, err := url.Parse(args[0])
 	if err != nil {
 		return fmt.Errorf("reverseproxy child: upstream: %w", err)
@@ -399,7 +424,8 @@ func runREST() (any, error) {
 	if r.OverheadUS, err = restOverhead(); err != nil {
 		return nil, err
 	}
-	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, err = proxyOverhead(); err != nil {
+	r.ProxyProcs = proxyProcs
+	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, r.ProxyOverheadAllCPUsUS, err = proxyOverhead(); err != nil {
 		return nil, err
 	}
 	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
@@ -423,7 +449,7 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 	transports := make([]*http.Transport, restClusters)
 	gatewayURL := srv.restURL() + "/gateway"
 	if viaProxy {
-		px, err := startProxy(srv.url, srv.token, restGlobal)
+		px, err := startProxy(srv.url, srv.token, restGlobal, proxyProcs)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -493,45 +519,47 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 
 // proxyOverhead times GET /users/@me one request at a time, alternating
 // a disgo client straight to a simulator in a child process (with an
-// in-process Limiter) and one through a proxy in front of it, with
-// limits far above the rate, and returns each one's median in µs. It then measures the same
-// pair again with net/http's ReverseProxy in the proxy's place, and
-// returns that proxy's median minus its direct one.
-func proxyOverhead() (direct, proxied, reverse float64, err error) {
+// in-process Limiter) and one through a proxy in front of it on
+// proxyProcs threads, with limits far above the rate, and returns each
+// one's median in µs. It then measures the same pair again with
+// net/http's ReverseProxy in the proxy's place, and with the proxy on
+// Go's default thread count, and returns each one's median minus its
+// direct one.
+func proxyOverhead() (direct, proxied, reverse, allCPUs float64, err error) {
 	srv, err := startSim(1<<30, time.Second, 1<<30)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, srv.close()) }()
-	px, err := startProxy(srv.url, srv.token, 1<<20)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	defer func() { err = errors.Join(err, px.close()) }()
-	rx, err := startProc("reverseproxy", srv.token, srv.url)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	defer func() { err = errors.Join(err, rx.close()) }()
 	ld, err := restproxy.New(restproxy.Config{GlobalLimit: 1 << 20})
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	dc, _, closeDirect := restClient(srv.restURL(), srv.token, ld.ConfigOpt())
 	defer closeDirect()
-	pc, _, closeProxied := restClient(px.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
-	defer closeProxied()
-	rc, _, closeReverse := restClient(rx.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
-	defer closeReverse()
-
-	if direct, proxied, err = timePair(dc, pc); err != nil {
-		return 0, 0, 0, err
+	// pair starts the child, then times it against direct calls.
+	pair := func(start func() (*proc, error)) (d, p float64, err error) {
+		x, err := start()
+		if err != nil {
+			return 0, 0, err
+		}
+		defer func() { err = errors.Join(err, x.close()) }()
+		c, _, closeClient := restClient(x.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+		defer closeClient()
+		return timePair(dc, c)
 	}
-	d, r, err := timePair(dc, rc)
+	if direct, proxied, err = pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, proxyProcs) }); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	d, r, err := pair(func() (*proc, error) { return startProc("reverseproxy", srv.token, srv.url) })
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
 	}
-	return direct, proxied, r - d, nil
+	d2, a, err := pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, 0) })
+	if err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("proxy on every CPU: %w", err)
+	}
+	return direct, proxied, r - d, a - d2, nil
 }
 
 // timePair times GET /users/@me one request at a time, alternating a and

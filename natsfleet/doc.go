@@ -58,7 +58,8 @@
 // fleet: per bucket, a block of tickets, one per shard of the process
 // waiting there, taken by one compare-and-set as soon as a shard asks,
 // and a turn that comes an interval after the process saw the previous
-// ticket's READY (its own, or reported by another process), so that one
+// ticket's READY (its own, or announced by another process on a plain
+// subject, one hop away, and recorded in the key-value bucket), so that one
 // IDENTIFY per bucket per interval reaches the gateway fleet-wide, with
 // every bucket busy at once and no process meeting the others at a
 // window's boundary. It compares no clocks between hosts. A holder that
@@ -92,7 +93,8 @@
 //   - register with a heartbeat; the leader assigns clusters to the live
 //     hosts: the ones a host asks for (HostConfig.Clusters), the others
 //     spread by weight, moving as few as possible when hosts come and go;
-//   - own each cluster by a lease (key lease.<id>) that its owner renews
+//   - own each cluster by a lease (key lease.<id>; lease.r<revision>.<id>
+//     after a reshard) that its owner renews
 //     by compare-and-set every RenewInterval. A lease is valid on its
 //     owner's clock until LeaseTTL after it sent its last successful
 //     renewal; another host takes it only once it has seen the same
@@ -125,6 +127,44 @@
 // checkpoint. REST calls go through the fleet's REST proxy when one is
 // given or published ([PublishRESTProxy]); [Host.Store] is the central
 // store.
+//
+// # Resharding hosts
+//
+// [Host.Reshard] changes the fleet's shard count from any host; the
+// leader carries it out through the key reshard of the hosts bucket, so
+// that a leader that dies is replaced by one that goes on from where it
+// was:
+//
+//   - the leader plans the new clusters as it planned the first ones (the
+//     current max_concurrency and gateway; Runtime.Clusters or
+//     ShardsPerCluster) under the next plan revision, and assigns them to
+//     the live hosts as it assigns clusters (static, then by weight);
+//   - each host takes the new clusters assigned to it under leases of the
+//     new revision (lease.r<revision>.<id>) and runs them beside its old
+//     ones: they IDENTIFY through the fleet's identify queue, deliver
+//     nothing (runtime.Member.Delivering) and keep no session. A host that
+//     dies meanwhile loses them after the lease TTL, and the hosts they
+//     are reassigned to IDENTIFY them again;
+//   - once every new cluster is READY on the host holding its lease, the
+//     leader opens their delivery; old and new clusters now both deliver;
+//   - once every host reports its new clusters delivering, and every old
+//     cluster has a ready owner (one taken over from a dead host has
+//     resumed, so Discord has replayed what it missed), the leader makes
+//     the new plan current. Each host stops its old clusters (their
+//     sessions are not resumed under the new count) and releases their
+//     leases; the new ones checkpoint, under fencing, to the bucket
+//     <fleet>_sessions_r<revision>.
+//
+// The fleet never has no plan delivering, and two only between the
+// opening of the new clusters and the moment each host learns of the
+// switch: the events of that window are delivered twice, none is lost.
+// If Reshard's ctx ends before the switch (or, without a deadline, after
+// [DefaultReshardTimeout]) the reshard is aborted: the new clusters stop
+// and release their leases, the old plan goes on. A second Reshard while
+// one runs, and [Host.Drain] during one, return an error wrapping
+// [ErrReshardInProgress]. [Host.Status] shows the plan revision and the
+// last reshard (its phase and, by new cluster, where it runs and whether
+// it is ready and delivering); /healthz names both.
 //
 // # Process mode
 //

@@ -36,6 +36,10 @@ type planRecord struct {
 	GatewayURL     string  `json:"gateway_url"`
 	Clusters       [][]int `json:"clusters"` // shard IDs by cluster ID
 	MadeBy         string  `json:"made_by"`
+	// Revision counts the fleet's plans: 0 (read as 1) for the first,
+	// then one more than the last reshard's. A plan's leases and sessions
+	// are its revision's own.
+	Revision int `json:"revision,omitempty"`
 }
 
 // assignRecord says which host should own each cluster ("" none), by
@@ -43,6 +47,8 @@ type planRecord struct {
 type assignRecord struct {
 	Hosts  []string `json:"hosts"`
 	Leader string   `json:"leader"`
+	// Revision is the plan revision the assignment is for.
+	Revision int `json:"revision,omitempty"`
 }
 
 // hostRecord is a host's registration, rewritten at every renewal as its
@@ -70,6 +76,10 @@ type clusterRun struct {
 	// SetOps makes the cluster's operations reachable (SoftRestart from
 	// any host); nil clears them.
 	SetOps func(clusterOps)
+	// Next tells when the cluster is ready; for a reshard's new cluster
+	// it also holds its delivery until the leader opens it, and its
+	// sessions until the switch.
+	Next *nextRun
 }
 
 // clusterRunner runs a cluster on this host until ctx ends, then stops its
@@ -113,6 +123,7 @@ type hostCore struct {
 	ls       leases
 	run      clusterRunner
 	plan     planner
+	replan   replanner
 
 	drain chan struct{} // Drain's request to the loop; closed once
 
@@ -134,6 +145,7 @@ type fleetSnapshot struct {
 	Leases   map[int]leaseView
 	Owned    []int // clusters whose runner runs here
 	Draining bool
+	Reshard  *reshardView // the last reshard, if any
 }
 
 type coreConfig struct {
@@ -145,6 +157,7 @@ type coreConfig struct {
 	log         *slog.Logger
 	run         clusterRunner
 	plan        planner
+	replan      replanner
 }
 
 func newHostCore(ctx context.Context, nc *nats.Conn, cfg coreConfig) (*hostCore, error) {
@@ -153,7 +166,7 @@ func newHostCore(ctx context.Context, nc *nats.Conn, cfg coreConfig) (*hostCore,
 		return nil, err
 	}
 	h := &hostCore{fleet: cfg.fleet, id: cfg.id, weight: cfg.weight, static: slices.Clone(cfg.static), ttl: cfg.ttl, margin: cfg.margin,
-		interval: cfg.interval, log: cfg.log, kv: kv, run: cfg.run, plan: cfg.plan,
+		interval: cfg.interval, log: cfg.log, kv: kv, run: cfg.run, plan: cfg.plan, replan: cfg.replan,
 		drain: make(chan struct{}), changed: make(chan struct{}), ops: map[int]clusterOps{}}
 	h.ls = leases{kv: kv, owner: cfg.id, ttl: cfg.ttl, margin: cfg.margin, now: time.Now}
 	return h, nil
@@ -184,6 +197,7 @@ type loop struct {
 	wg       sync.WaitGroup
 	runCtx   context.Context
 	fail     error // a runner's failure: Run returns it
+	rs       reshardLoop
 }
 
 // runLoop runs the ownership loop until ctx ends or a cluster fails, then
@@ -242,6 +256,7 @@ func (h *hostCore) runLoop(ctx context.Context, stopTimeout time.Duration) error
 				// than at the next round.
 				fctx, fcancel := context.WithTimeout(ctx, h.ttl/2)
 				l.follow(fctx)
+				l.followReshard(fctx)
 				fcancel()
 				l.publish()
 			}
@@ -281,8 +296,10 @@ func (l *loop) learn(e jetstream.KeyValueEntry) {
 	case planKey:
 		if !deleted {
 			var p planRecord
-			if json.Unmarshal(e.Value(), &p) == nil {
+			// Never back to an older revision than this host wrote.
+			if json.Unmarshal(e.Value(), &p) == nil && (l.plan == nil || p.Revision >= l.plan.Revision) {
 				l.plan = &p
+				l.planLearned()
 			}
 		}
 	case assignKey:
@@ -293,6 +310,8 @@ func (l *loop) learn(e jetstream.KeyValueEntry) {
 				l.assign = &a
 			}
 		}
+	case reshardKey:
+		l.learnReshard(e.Revision(), deleted, e.Value())
 	}
 	l.publish()
 }
@@ -300,7 +319,7 @@ func (l *loop) learn(e jetstream.KeyValueEntry) {
 // actionable reports whether a change may let this host take or hand
 // over a cluster at once: the assignment, or a lease released.
 func (l *loop) actionable(e jetstream.KeyValueEntry) bool {
-	if e.Key() == assignKey {
+	if e.Key() == assignKey || reshardActionable(e.Key()) {
 		return true
 	}
 	if !strings.HasPrefix(e.Key(), leaseKeyPref) || e.Operation() != jetstream.KeyValuePut {
@@ -332,6 +351,7 @@ func (l *loop) tick(ctx context.Context) {
 	defer cancel()
 	l.heartbeat(opCtx)
 	l.renew(opCtx)
+	l.renewReshard(opCtx)
 	if l.leader != nil {
 		if err := h.ls.renew(opCtx, l.leader); err != nil {
 			if isConflict(err) {
@@ -361,6 +381,7 @@ func (l *loop) tick(ctx context.Context) {
 		l.lead(opCtx)
 	}
 	l.follow(opCtx)
+	l.followReshard(opCtx)
 	l.publish()
 }
 
@@ -374,6 +395,7 @@ func (l *loop) fenceExpired() {
 			l.stopCluster(c, false)
 		}
 	}
+	l.fenceReshard(now)
 }
 
 // nextDeadline is how long until the earliest lease of a running cluster
@@ -385,7 +407,7 @@ func (l *loop) nextDeadline() time.Duration {
 			next = min(next, max(time.Until(c.run.Lease.Deadline()), 0))
 		}
 	}
-	return next
+	return min(next, l.reshardDeadline())
 }
 
 // renew renews the lease of every cluster this host runs. A conflict
@@ -481,7 +503,7 @@ func (l *loop) lead(ctx context.Context) {
 	}
 	// Give the hosts starting together two rounds to register, so that
 	// the first assignment does not move clusters while they identify.
-	if time.Since(l.started) < 2*h.interval {
+	if time.Since(l.started) < 2*h.interval || l.switchPending() {
 		return
 	}
 	hosts := l.liveHosts(ctx)
@@ -495,11 +517,11 @@ func (l *loop) lead(ctx context.Context) {
 		}
 	}
 	next := assign(len(l.plan.Clusters), hosts, prev)
-	rec := assignRecord{Hosts: make([]string, len(l.plan.Clusters)), Leader: h.id}
+	rec := assignRecord{Hosts: make([]string, len(l.plan.Clusters)), Leader: h.id, Revision: l.plan.Revision}
 	for c, id := range next {
 		rec.Hosts[c] = id
 	}
-	if l.assign != nil && slices.Equal(l.assign.Hosts, rec.Hosts) {
+	if l.assign != nil && slices.Equal(l.assign.Hosts, rec.Hosts) && l.assign.Revision == rec.Revision {
 		return
 	}
 	data, _ := json.Marshal(rec)
@@ -520,8 +542,8 @@ func (l *loop) lead(ctx context.Context) {
 // take, and hands over the ones assigned to another host.
 func (l *loop) follow(ctx context.Context) {
 	h := l.h
-	if l.plan == nil || l.assign == nil {
-		return
+	if l.plan == nil || l.assign == nil || l.assign.Revision != l.plan.Revision {
+		return // the assignment of another plan revision: wait for this one's
 	}
 	for c, owner := range l.assign.Hosts {
 		if owner != h.id || l.draining || c >= len(l.plan.Clusters) {
@@ -530,7 +552,7 @@ func (l *loop) follow(ctx context.Context) {
 		if _, ok := l.clusters[c]; ok {
 			continue
 		}
-		key := leaseKey(c)
+		key := planLeaseKey(l.plan.Revision, c)
 		lease, err := h.ls.acquire(ctx, key, l.seen[key])
 		switch {
 		case err == nil:
@@ -555,14 +577,16 @@ func (l *loop) follow(ctx context.Context) {
 
 func (l *loop) startCluster(id int, lease *heldLease) {
 	h := l.h
-	run := &clusterRun{ID: id, Shards: slices.Clone(l.plan.Clusters[id]), Plan: *l.plan, Lease: lease}
+	run := &clusterRun{ID: id, Shards: slices.Clone(l.plan.Clusters[id]), Plan: *l.plan, Lease: lease, Next: currentRun()}
+	var mine clusterOps // guarded by h.mu
 	run.SetOps = func(o clusterOps) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		if o == nil {
+		switch {
+		case o != nil:
+			h.ops[id], mine = o, o
+		case h.ops[id] == mine: // not a reshard's cluster with the same ID
 			delete(h.ops, id)
-		} else {
-			h.ops[id] = o
 		}
 	}
 	ctx, cancel := context.WithCancel(l.runCtx)
@@ -588,6 +612,10 @@ func (l *loop) stopCluster(c *ownedCluster, release bool) {
 // finish handles a runner that returned.
 func (l *loop) finish(ctx context.Context, c *ownedCluster) {
 	h := l.h
+	if l.finishReshard(ctx, c) {
+		l.publish()
+		return
+	}
 	delete(l.clusters, c.run.ID)
 	c.run.SetOps(nil)
 	if !c.stopping {
@@ -625,11 +653,12 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 			l.stopCluster(c, true)
 		}
 	}
+	l.stopReshard()
 	var errs []error
 	if failure != nil {
 		errs = append(errs, failure)
 	}
-	for len(l.clusters) > 0 {
+	for len(l.clusters) > 0 || l.rs.runners() > 0 {
 		select {
 		case c := <-l.finished:
 			l.finish(ctx, c)
@@ -638,11 +667,13 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 			// sessions are saved.
 			rctx, rcancel := context.WithTimeout(ctx, h.interval)
 			l.renew(rctx)
+			l.renewReshard(rctx)
 			rcancel()
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("natsfleet: host %s: clusters %v did not stop within %v", h.id, l.owned(), timeout))
 			close(l.abandon)
 			l.clusters = map[int]*ownedCluster{}
+			l.rs.next, l.rs.retiring = nil, nil
 		}
 	}
 	select {
@@ -654,6 +685,7 @@ func (l *loop) stop(ticker *time.Ticker, timeout time.Duration, failure error) e
 		_ = h.ls.release(ctx, l.leader)
 	}
 	_ = h.kv.Delete(ctx, hostKeyPrefix+h.id)
+	_ = h.kv.Delete(ctx, progressKey(h.id))
 	l.publish()
 	return errors.Join(errs...)
 }
@@ -687,13 +719,14 @@ func (l *loop) publish() {
 					Live: r.ID == h.id || age <= h.ttl+h.margin, HeartbeatAge: age}
 			}
 		case strings.HasPrefix(k, leaseKeyPref):
-			id, err := strconv.Atoi(strings.TrimPrefix(k, leaseKeyPref))
+			rev, id, ok := parseLeaseKey(k)
 			var r leaseRecord
-			if err == nil && json.Unmarshal(seen.value, &r) == nil {
+			if ok && l.plan != nil && rev == max(l.plan.Revision, 1) && json.Unmarshal(seen.value, &r) == nil {
 				s.Leases[id] = leaseView{Owner: r.Owner, Epoch: r.Epoch, Age: now.Sub(seen.at)}
 			}
 		}
 	}
+	s.Reshard = l.reshardSnapshot()
 	h.mu.Lock()
 	h.snap = s
 	close(h.changed)

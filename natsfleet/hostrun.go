@@ -84,6 +84,7 @@ type Host struct {
 
 	mu     sync.Mutex // guards shared
 	shared *hostShared
+	revs   revisionSessions // the sessions buckets of later plan revisions
 }
 
 // hostShared is what the clusters of a host share, made once the plan is
@@ -145,7 +146,7 @@ func NewHost(ctx context.Context, nc *nats.Conn, cfg HostConfig) (*Host, error) 
 	h := &Host{cfg: cfg, nc: nc}
 	core, err := newHostCore(ctx, nc, coreConfig{fleet: cfg.Fleet, id: cfg.ID, weight: cfg.Weight, static: cfg.Clusters,
 		ttl: cfg.LeaseTTL, margin: cfg.LeaseMargin, interval: cfg.RenewInterval, log: cfg.Logger,
-		run: h.runMember, plan: h.makePlan})
+		run: h.runMember, plan: h.makePlan, replan: h.replan})
 	if err != nil {
 		return nil, err
 	}
@@ -293,6 +294,9 @@ func (h *Host) route(ctx context.Context, cluster int, cmd string, op func(clust
 // until Run ends. It fails when ctx ends first, e.g. when no other host
 // is there to take them.
 func (h *Host) Drain(ctx context.Context) error {
+	if err := h.core.drainRefused(); err != nil {
+		return err
+	}
 	h.core.startDrain()
 	err := h.core.waitFor(ctx, func(s fleetSnapshot) bool { return s.Draining && len(s.Owned) == 0 })
 	if err != nil {
@@ -316,6 +320,12 @@ type FleetStatus struct {
 	Shards   int             `json:"shards"`
 	Hosts    []HostStatus    `json:"hosts"`
 	Clusters []ClusterStatus `json:"clusters"`
+	// PlanRevision counts the fleet's plans: 1 for the first, one more
+	// for each reshard asked since (an aborted one included).
+	PlanRevision int `json:"plan_revision"`
+	// Reshard is the last reshard of the fleet, running or ended; nil
+	// when there was none.
+	Reshard *ReshardStatus `json:"reshard,omitempty"`
 }
 
 // HostStatus is one host of the fleet.
@@ -365,7 +375,7 @@ func (s FleetStatus) Healthy() (bool, string) {
 // each cluster's last checkpoint.
 func (h *Host) Status(ctx context.Context) (FleetStatus, error) {
 	s, _ := h.core.snapshot()
-	out := FleetStatus{Fleet: h.cfg.Fleet, Host: h.cfg.ID, Leader: s.Leader}
+	out := FleetStatus{Fleet: h.cfg.Fleet, Host: h.cfg.ID, Leader: s.Leader, Reshard: s.Reshard.status()}
 	for _, hv := range s.Hosts {
 		out.Hosts = append(out.Hosts, HostStatus{ID: hv.ID, Weight: hv.Weight, Live: hv.Live, Draining: hv.Draining,
 			Clusters: slices.Clone(hv.Clusters), HeartbeatAge: hv.HeartbeatAge})
@@ -374,9 +384,13 @@ func (h *Host) Status(ctx context.Context) (FleetStatus, error) {
 	if s.Plan == nil {
 		return out, nil
 	}
-	out.Shards = s.Plan.Shards
+	out.Shards, out.PlanRevision = s.Plan.Shards, max(s.Plan.Revision, 1)
 	saved := map[int]time.Time{}
-	recs, err := (&KVSessionStore{kv: h.sessions, owner: h.cfg.ID}).Records(ctx)
+	sessions, err := h.sessionsBucket(ctx, s.Plan.Revision)
+	if err != nil {
+		return out, err
+	}
+	recs, err := (&KVSessionStore{kv: sessions, owner: h.cfg.ID}).Records(ctx)
 	if err != nil {
 		return out, err
 	}
@@ -435,7 +449,7 @@ func (h *Host) Handler() http.Handler {
 			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte("ok: " + st.planNote() + "\n"))
 	})
 	return mux
 }

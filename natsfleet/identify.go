@@ -20,7 +20,9 @@ import (
 // uses the same Prefix, MaxConcurrency and Interval.
 type IdentifyConfig struct {
 	// Prefix names the fleet (default "fleet"); the queue keeps its
-	// state in the JetStream key-value bucket <prefix>_identify.
+	// state in the JetStream key-value bucket <prefix>_identify and
+	// announces tickets done on the subjects <prefix>_identify.done.<n>
+	// (with '.', '*' and '>' of the prefix replaced by '_').
 	Prefix string
 	// MaxConcurrency is Discord's max_concurrency: the number of buckets.
 	MaxConcurrency int
@@ -63,6 +65,12 @@ type IdentifyConfig struct {
 // no trip through NATS, and the fleet's turns pass from one process to
 // another only between blocks.
 //
+// A process that finishes a used ticket also announces it on a plain NATS
+// subject, which the others hear one hop later, before the done key's
+// update reaches them through JetStream: the turn that follows in another
+// process waits on the shortest path there is. The done key stays the
+// record; an announcement lost or unheard only leaves that turn to the key.
+//
 // A process takes its next block of a bucket once the previous block's
 // first turn came, so it holds at most one waiting block per bucket, and
 // the key of issued tickets lists where each block begins. A block whose
@@ -74,6 +82,9 @@ type IdentifyQueue struct {
 	cfg     IdentifyConfig
 	kv      jetstream.KeyValue
 	watcher jetstream.KeyWatcher
+	nc      *nats.Conn
+	sub     *nats.Subscription // announcements of tickets done
+	subject string             // of the announcements; <subject>.<bucket>
 	unwatch context.CancelFunc // ends the watcher's context
 	ctx     context.Context    // ends when Close begins
 	cancel  context.CancelFunc
@@ -98,7 +109,7 @@ type bucketView struct {
 	issued, issuedRev uint64
 	blocks            []uint64  // the value of blocks at issuedRev
 	done, doneRev     uint64    // the done key
-	local             uint64    // the last ticket done here, maybe not yet reported
+	local             uint64    // the last ticket done here or announced, maybe not yet in the done key
 	doneAt            time.Time // when this process saw the last ticket done
 	usedAt            time.Time // when this process saw a used ticket done
 }
@@ -203,6 +214,15 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 		return nil, fmt.Errorf("natsfleet: watch the identify buckets: %w", err)
 	}
 	q.watcher, q.unwatch = w, unwatch
+	q.nc = nc
+	q.subject = identifyBucket(cfg.Prefix) + ".done"
+	q.sub, err = nc.Subscribe(q.subject+".*", q.heard)
+	if err != nil {
+		_ = w.Stop()
+		unwatch()
+		q.cancel()
+		return nil, fmt.Errorf("natsfleet: subscribe to the identify announcements: %w", err)
+	}
 	q.wg.Add(1 + cfg.MaxConcurrency)
 	go q.watch()
 	for k := range cfg.MaxConcurrency {
@@ -217,7 +237,7 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 	if err != nil {
 		return nil, fmt.Errorf("natsfleet: JetStream: %w", err)
 	}
-	bucket := strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(prefix) + "_" + name
+	bucket := kvName(prefix, name)
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
@@ -256,6 +276,15 @@ func keyValue(ctx context.Context, nc *nats.Conn, prefix, name string, storage j
 	}
 	return kv, nil
 }
+
+// kvName is the name of the KV bucket <prefix>_<name>, with the
+// characters a bucket name cannot hold replaced.
+func kvName(prefix, name string) string {
+	return strings.NewReplacer(".", "_", "*", "_", ">", "_").Replace(prefix) + "_" + name
+}
+
+// identifyBucket is the name of the identify queue's KV bucket.
+func identifyBucket(prefix string) string { return kvName(prefix, "identify") }
 
 // tooFewNodes reports whether JetStream refused a bucket for want of
 // nodes to place its replicas on.
@@ -341,28 +370,63 @@ func (q *IdentifyQueue) learnDone(k int, st doneState, rev uint64) {
 	}
 	v.doneRev = rev
 	if st.Done <= v.local {
-		// Done here first: the times are already this process's own.
+		// Done here or announced first: the times are already recorded.
 		v.done = max(v.done, st.Done)
 	} else if st.Done > v.done {
-		v.done, v.doneAt = st.Done, time.Now()
-		used := v.usedAt
-		switch {
-		case st.Used:
-			used = v.doneAt
-			if st.Clock == q.clock && st.At > 0 {
-				if at := time.Unix(0, st.At); at.Before(used) {
-					used = at
-				}
-			}
-		case !q.primed:
-			// A report from before this process watched: a used ticket
-			// may have been done just before it, unseen.
-			used = v.doneAt
-		}
-		if used.After(v.usedAt) {
-			v.usedAt = used
-		}
+		v.done = st.Done
+		q.sawDoneLocked(v, st)
 	}
+	if q.settleLocked(k) {
+		q.kick(k)
+	}
+	q.changedLocked(k)
+}
+
+// sawDoneLocked records the times of another process's report st, seen
+// now: the tickets after it count the Interval from its READY if this
+// process shares its clock, or else from now.
+func (q *IdentifyQueue) sawDoneLocked(v *bucketView, st doneState) {
+	v.doneAt = time.Now()
+	used := v.usedAt
+	switch {
+	case st.Used:
+		used = v.doneAt
+		if st.Clock == q.clock && st.At > 0 {
+			if at := time.Unix(0, st.At); at.Before(used) {
+				used = at
+			}
+		}
+	case !q.primed:
+		// A report from before this process watched: a used ticket
+		// may have been done just before it, unseen.
+		used = v.doneAt
+	}
+	if used.After(v.usedAt) {
+		v.usedAt = used
+	}
+}
+
+// heard records another process's announcement of a used ticket done.
+// Announcements of one bucket from one process come in the order they
+// were sent, each with the READY time of the last used ticket it covers,
+// which is later than any ticket's before it: one missed is made up for
+// by the next. Only reports with a used ticket are announced, so that no
+// announcement moves the bucket past a used ticket without its time.
+func (q *IdentifyQueue) heard(m *nats.Msg) {
+	k, err := strconv.Atoi(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
+	var st doneState
+	if err != nil || k < 0 || k >= len(q.view) || json.Unmarshal(m.Data, &st) != nil || !st.Used {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	v := &q.view[k]
+	if !q.primed || st.Done <= v.last() {
+		// Before the initial values, the done key will tell.
+		return
+	}
+	v.local = st.Done
+	q.sawDoneLocked(v, st)
 	if q.settleLocked(k) {
 		q.kick(k)
 	}
@@ -624,14 +688,20 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 		if skipped {
 			return errSkipped
 		}
-		now := time.Now()
-		if !now.Before(at) {
+		wait := time.Until(at)
+		if wait <= 0 {
 			return nil
 		}
+		if wait <= fineWait {
+			// The turn's last moment is slept precisely (see sleepFine),
+			// then looked at again.
+			sleepFine(wait)
+			continue
+		}
 		if timer == nil {
-			timer = time.NewTimer(at.Sub(now))
+			timer = time.NewTimer(wait - fineWait)
 		} else {
-			timer.Reset(at.Sub(now))
+			timer.Reset(wait - fineWait)
 		}
 		select {
 		case <-timer.C:
@@ -643,6 +713,12 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 		}
 	}
 }
+
+// fineWait is how much of a wait for a turn is slept by sleepFine rather
+// than on a Go timer, which may wake a millisecond late: long enough to
+// cover that, short enough that a cancelled wait returns at once but for
+// it.
+const fineWait = 2 * time.Millisecond
 
 // turnLocked is when ticket's turn in bucket k comes, as far as this
 // process knows, or whether the bucket went past it.
@@ -781,6 +857,12 @@ func (q *IdentifyQueue) flush(ctx context.Context, k int) {
 	if r.Done == 0 {
 		return
 	}
+	if r.Used {
+		// The others hear this before the done key's update.
+		if data, err := json.Marshal(r); err == nil {
+			_ = q.nc.Publish(q.subject+"."+strconv.Itoa(k), data)
+		}
+	}
 	octx, cancel := context.WithTimeout(ctx, q.cfg.OpTimeout)
 	err := q.writeDone(octx, k, r)
 	cancel()
@@ -833,15 +915,17 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		q.mu.Lock()
 		now := time.Now().UnixNano()
 		for shard, ticket := range q.held {
+			// Its IDENTIFY may have gone out, and been read, until now:
+			// the next turn counts from now, even if a report of an
+			// earlier READY waits.
 			r := &q.reports[shard%len(q.lanes)]
 			r.Done = max(r.Done, ticket)
-			if !r.Used {
-				r.Used, r.At, r.Clock = true, now, q.clock
-			}
+			r.Used, r.At, r.Clock = true, now, q.clock
 		}
 		clear(q.held)
 		q.mu.Unlock()
 		q.cancel()
+		_ = q.sub.Unsubscribe()
 		q.wg.Wait() // the reporters and the watch loop
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc

@@ -2,6 +2,7 @@ package natsfleet
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -155,4 +156,104 @@ func TestIdentifyQueueBlockPassesLocally(t *testing.T) {
 		}
 	}
 	q.UnlockBucket(prev)
+}
+
+// TestIdentifyQueueTurnPassesOnAnnouncement: a used ticket done is
+// announced on its subject, and the next turn, in another process, comes
+// an Interval after the announced READY, before the done key says so.
+func TestIdentifyQueueTurnPassesOnAnnouncement(t *testing.T) {
+	t.Parallel()
+	srv, err := StartServer(ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := IdentifyConfig{Prefix: "announce", MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: time.Hour}
+	conn := func() *nats.Conn {
+		nc, err := srv.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	queue := func() *IdentifyQueue {
+		q, err := NewIdentifyQueue(ctx, conn(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close(ctx) })
+		return q
+	}
+	a, b := queue(), queue()
+	watch := conn()
+	heard, err := watch.SubscribeSync(a.subject + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := a.WaitBucket(ctx, 0); err != nil { // ticket 1
+		t.Fatal(err)
+	}
+	berr := make(chan error, 1)
+	go func() { berr <- b.WaitBucket(ctx, 1) }() // ticket 2
+	for {
+		b.mu.Lock()
+		taken := len(b.lanes[0].waiters) == 1 && b.lanes[0].waiters[0].ticket == 2
+		changed := b.lanes[0].changed
+		b.mu.Unlock()
+		if taken {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("b took no ticket")
+		}
+	}
+
+	// Ticket 1's READY, announced alone: the done key does not move.
+	ready := time.Now()
+	data, _ := json.Marshal(doneState{Done: 1, Used: true, At: ready.UnixNano(), Clock: a.clock})
+	if err := watch.Publish(a.subject+".0", data); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-berr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the turn after an announced READY did not come")
+	}
+	if gap := time.Since(ready); gap < cfg.Interval {
+		t.Errorf("the turn came %v after the announced READY, less than the interval %v", gap, cfg.Interval)
+	}
+	e, err := b.kv.Get(ctx, "d0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st doneState
+	if err := json.Unmarshal(e.Value(), &st); err != nil || st.Done != 0 {
+		t.Fatalf("done key %s (%v): the turn did not come on the announcement alone", e.Value(), err)
+	}
+	if _, err := heard.NextMsg(10 * time.Second); err != nil { // the test's own
+		t.Fatal(err)
+	}
+
+	// A READY reported by the queue is announced.
+	a.UnlockBucket(0)
+	m, err := heard.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no announcement of ticket 1 done: %v", err)
+	}
+	if err := json.Unmarshal(m.Data, &st); err != nil || st.Done != 1 || !st.Used || st.At <= ready.UnixNano() {
+		t.Errorf("announcement %s (%v), want ticket 1 done and used, with the time of its READY", m.Data, err)
+	}
+	b.UnlockBucket(1)
 }

@@ -28,10 +28,13 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	cfg.MaxConcurrencyOverride = c.Plan.MaxConcurrency
 	cfg.IdentifyQueue = sharedQueue{sh.queue}
 	cfg.Bus = sh.bus
-	cfg.SessionStore = newClusterSessions(h.sessions, h.cfg.ID, c)
+	if cfg.SessionStore, err = h.clusterSessionStore(ctx, c); err != nil {
+		return err
+	}
 	cfg.Member = &runtime.Member{Clusters: []runtime.ClusterPlan{{ID: c.ID, Shards: c.Shards}},
-		// Fencing: nothing is delivered past the lease's local deadline.
-		Delivering: func(int) bool { return c.Lease.valid(time.Now()) }}
+		// Fencing: nothing is delivered past the lease's local deadline;
+		// nor by a reshard's new cluster before the switch.
+		Delivering: func(int) bool { return c.Lease.valid(time.Now()) && c.Next.delivers() }}
 	cfg.Logger = h.cfg.Logger.With("cluster", c.ID)
 	if h.restOpts != nil {
 		cfg.RESTURL, cfg.RESTLimiter, cfg.NoSharedRESTLimiter = "", nil, true
@@ -40,6 +43,9 @@ func (h *Host) runMember(ctx context.Context, c *clusterRun) error {
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
+	}
+	if c.Next != nil {
+		defer rt.Subscribe(c.Next.observe)()
 	}
 	c.SetOps(rt)
 	defer c.SetOps(nil)

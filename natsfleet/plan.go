@@ -36,6 +36,14 @@ func (h *Host) makePlan(ctx context.Context) (planRecord, error) {
 	if p.Shards < 1 {
 		return p, fmt.Errorf("natsfleet: the fleet has %d shards: set Runtime.Shards", p.Shards)
 	}
+	return h.splitPlan(p)
+}
+
+// splitPlan splits p's shards into contiguous clusters as a
+// single-process runtime does (Runtime.Clusters, or ShardsPerCluster, or
+// one per CPU).
+func (h *Host) splitPlan(p planRecord) (planRecord, error) {
+	rc := h.cfg.Runtime
 	n := min(goruntime.NumCPU(), p.Shards)
 	switch {
 	case rc.Clusters > 0:

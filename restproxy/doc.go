@@ -85,7 +85,12 @@
 // request holds only a timer, which it stops when it leaves. Tokens never
 // appear in logs, hooks or errors: routes are templates, and the major
 // parameter, which can hold a webhook token, stays inside the limiter.
-// A Server starts no goroutine of its own: net/http runs its handlers,
-// each handler writes its upstream request and reads the answer itself,
-// and the upstream client's idle connections end with Server.Close.
+// net/http runs a Server's handlers, and each handler writes its upstream
+// request and reads the answer itself. In a process running Go on one
+// thread (GOMAXPROCS 1, as cmd/restproxy does by default), each idle
+// upstream connection has one goroutine that reads it, to learn without a
+// system call whether Discord closed it; a request taking the connection
+// ends that read, and Server.Close closes the idle connections and waits
+// for their goroutines. With more threads, the Server starts no goroutine
+// of its own.
 package restproxy

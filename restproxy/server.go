@@ -69,7 +69,7 @@ type ServerConfig struct {
 	// request is sent. With the default, a request the proxy holds whole
 	// (no body, or one of at most 64 KiB) is written and its answer read
 	// on the handler's goroutine, over keep-alive HTTP/1.1 connections
-	// that have no goroutine of their own; streamed bodies, and every
+	// that no other goroutine reads while in use; streamed bodies, and every
 	// request where the environment names an HTTP proxy
 	// (HTTPS_PROXY), go through a net/http Transport.
 	Client *http.Client

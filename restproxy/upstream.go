@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -23,12 +25,19 @@ import (
 // Bodies that stream go through the Transport, which reads an early
 // answer while it still sends.
 //
-// An idle connection has no goroutine reading it, so a connection Discord
-// closed while idle is found before reuse by a non-blocking peek at its
-// socket (alive); a request whose reused connection still turns out
-// closed before any byte of the answer is sent again on a new one when
-// the Transport would: when nothing of it was written, or its method is
-// idempotent.
+// A connection Discord closed while idle must not be reused. When the
+// process runs Go on one thread (GOMAXPROCS 1, cmd/restproxy's default),
+// an idle connection has one goroutine (watchIdle) blocked reading it,
+// and taking the connection ends that read with a deadline in the past: a
+// hand-off between goroutines of that one thread, with no system call on
+// the request's path (the read's own call happens once the previous
+// request has ended). With more threads, each such hand-off may wake
+// another thread, which costs more than a system call: an idle
+// connection then has no goroutine, and is found closed before reuse by a
+// non-blocking peek at its socket (alive). A request whose reused
+// connection still turns out closed before any byte of the answer is sent
+// again on a new one when the Transport would: when nothing of it was
+// written, or its method is idempotent.
 type upstream struct {
 	addr          string      // host:port
 	tls           *tls.Config // nil for http
@@ -36,10 +45,12 @@ type upstream struct {
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
 	maxIdle       int
+	watch         bool // idle connections are watched, not peeked at
 
 	mu     sync.Mutex // guards idle, closed
 	idle   []*upConn  // most recently used last
 	closed bool
+	wg     sync.WaitGroup // the idle connections' watch goroutines
 }
 
 type upConn struct {
@@ -47,13 +58,15 @@ type upConn struct {
 	raw   syscall.RawConn // of the TCP connection under nc
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	since time.Time // idle since
-	used  bool      // has carried a request
+	since time.Time  // idle since
+	used  bool       // has carried a request
+	seen  chan error // capacity 1: what watchIdle read while the connection was idle
 }
 
 // newUpstream returns the client for u, or nil when requests to u must go
 // through a Transport: on a platform without alive, or when the
-// environment names an HTTP proxy for u.
+// environment names an HTTP proxy for u. It watches idle connections if
+// GOMAXPROCS is 1 now.
 func newUpstream(u *url.URL) *upstream {
 	if !canPeek {
 		return nil
@@ -67,6 +80,7 @@ func newUpstream(u *url.URL) *upstream {
 		headerTimeout: 60 * time.Second,
 		idleTimeout:   90 * time.Second,
 		maxIdle:       1024,
+		watch:         runtime.GOMAXPROCS(0) == 1,
 	}
 	switch u.Scheme {
 	case "https":
@@ -83,8 +97,8 @@ func newUpstream(u *url.URL) *upstream {
 	return up
 }
 
-// close closes the idle connections; connections in use close when their
-// request ends.
+// close closes the idle connections and waits for their watchIdle
+// goroutines; connections in use close when their request ends.
 func (u *upstream) close() {
 	u.mu.Lock()
 	idle := u.idle
@@ -93,7 +107,12 @@ func (u *upstream) close() {
 	for _, c := range idle {
 		_ = c.nc.Close()
 	}
+	u.wg.Wait()
 }
+
+// aLongTimeAgo is a deadline that has passed: it ends a blocked read at
+// once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // get returns an idle connection that is still open, or dials one.
 func (u *upstream) get(ctx context.Context) (*upConn, error) {
@@ -109,12 +128,30 @@ func (u *upstream) get(ctx context.Context) (*upConn, error) {
 		u.idle[n-1] = nil
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		if now.Sub(c.since) < u.idleTimeout && c.br.Buffered() == 0 && alive(c.raw) {
-			return c, nil
+		var open bool
+		if u.watch {
+			// End the watch; it read nothing, the end or an error.
+			_ = c.nc.SetReadDeadline(aLongTimeAgo)
+			err := <-c.seen
+			open = errors.Is(err, os.ErrDeadlineExceeded) && c.br.Buffered() == 0
+		} else {
+			open = c.br.Buffered() == 0 && alive(c.raw)
+		}
+		if open && now.Sub(c.since) < u.idleTimeout {
+			return c, nil // exchange sets the read deadline it needs
 		}
 		_ = c.nc.Close()
 	}
 	return u.dial(ctx)
+}
+
+// watchIdle reads the idle connection c until Discord closes it, sends
+// something unasked, or get ends the read, and leaves what it read in
+// c.br and its error in c.seen.
+func (u *upstream) watchIdle(c *upConn) {
+	defer u.wg.Done()
+	_, err := c.br.Peek(1)
+	c.seen <- err
 }
 
 func (u *upstream) dial(ctx context.Context) (*upConn, error) {
@@ -142,11 +179,11 @@ func (u *upstream) dial(ctx context.Context) (*upConn, error) {
 		}
 		nc = t
 	}
-	return &upConn{nc: nc, raw: raw, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10)}, nil
+	return &upConn{nc: nc, raw: raw, br: bufio.NewReaderSize(nc, 4<<10), bw: bufio.NewWriterSize(nc, 4<<10), seen: make(chan error, 1)}, nil
 }
 
-// put makes c idle, or closes it when the pool is full or closed, and
-// closes the connections idle for longer than idleTimeout.
+// put makes c idle (and watched), or closes it when the pool is full or
+// closed, and closes the connections idle for longer than idleTimeout.
 func (u *upstream) put(c *upConn) {
 	now := time.Now()
 	c.since = now
@@ -156,6 +193,11 @@ func (u *upstream) put(c *upConn) {
 		drop = append(drop, c)
 	} else {
 		u.idle = append(u.idle, c)
+		if u.watch {
+			_ = c.nc.SetReadDeadline(time.Time{})
+			u.wg.Add(1)
+			go u.watchIdle(c)
+		}
 	}
 	for len(u.idle) > 0 && now.Sub(u.idle[0].since) >= u.idleTimeout {
 		drop = append(drop, u.idle[0])

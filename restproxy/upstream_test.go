@@ -71,7 +71,20 @@ func countConns(srv *httptest.Server) *atomic.Int64 {
 	return &n
 }
 
-func TestUpstreamReusesConnections(t *testing.T) {
+// modes runs test with idle connections watched and peeked at.
+func modes(t *testing.T, test func(t *testing.T, watch bool)) {
+	for _, watch := range []bool{true, false} {
+		name := "peek"
+		if watch {
+			name = "watch"
+		}
+		t.Run(name, func(t *testing.T) { test(t, watch) })
+	}
+}
+
+func TestUpstreamReusesConnections(t *testing.T) { modes(t, testUpstreamReusesConnections) }
+
+func testUpstreamReusesConnections(t *testing.T, watch bool) {
 	for _, tc := range []struct {
 		name  string
 		start func(*httptest.Server)
@@ -85,6 +98,7 @@ func TestUpstreamReusesConnections(t *testing.T) {
 			tc.start(srv)
 			defer srv.Close()
 			up := newTestUpstream(t, srv)
+			up.watch = watch
 			for i := range 20 {
 				status, body, err := get(t, up, context.Background(), http.MethodPost, srv.URL+"/api/v10/x", fmt.Sprint(i))
 				if want := fmt.Sprintf("POST /api/v10/x %d", i); err != nil || status != 200 || body != want {
@@ -103,6 +117,10 @@ func TestUpstreamReusesConnections(t *testing.T) {
 // POST that must not be sent twice, finds the connection closed before
 // it writes, and goes on a new one.
 func TestUpstreamSkipsConnectionsClosedWhileIdle(t *testing.T) {
+	modes(t, testUpstreamSkipsConnectionsClosedWhileIdle)
+}
+
+func testUpstreamSkipsConnectionsClosedWhileIdle(t *testing.T, watch bool) {
 	var requests atomic.Int64
 	closed := make(chan struct{}, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -120,6 +138,7 @@ func TestUpstreamSkipsConnectionsClosedWhileIdle(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 	up := newTestUpstream(t, srv)
+	up.watch = watch
 	for i := range 3 {
 		if status, body, err := get(t, up, context.Background(), http.MethodPost, srv.URL+"/api/v10/x", "m"); err != nil || status != 200 || body != "ok" {
 			t.Fatalf("request %d: %d %q %v", i, status, body, err)
@@ -137,18 +156,31 @@ func TestUpstreamSkipsConnectionsClosedWhileIdle(t *testing.T) {
 	}
 }
 
-// waitClosed waits until the idle connection of up reads its end; its
-// socket then keeps saying so.
+// waitClosed waits until the idle connection of up reads its end: its
+// watch says so (and leaves what it read for get), or its socket then
+// keeps saying so.
 func waitClosed(t *testing.T, up *upstream) {
 	t.Helper()
 	up.mu.Lock()
 	c := up.idle[len(up.idle)-1]
 	up.mu.Unlock()
-	_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.br.Peek(1); err != io.EOF {
-		t.Fatalf("idle connection: %v, want EOF", err)
+	if !up.watch {
+		_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.br.Peek(1); err != io.EOF {
+			t.Fatalf("idle connection: %v, want EOF", err)
+		}
+		_ = c.nc.SetReadDeadline(time.Time{})
+		return
 	}
-	_ = c.nc.SetReadDeadline(time.Time{})
+	select {
+	case err := <-c.seen:
+		c.seen <- err
+		if err != io.EOF {
+			t.Fatalf("idle connection: %v, want EOF", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the idle connection did not read its end within 30s")
+	}
 }
 
 func TestUpstreamSkipsInformationalAnswers(t *testing.T) {

@@ -222,7 +222,7 @@ type Member struct {
 	Resume func(ctx context.Context, cluster int) (map[int]shardgroup.Session, error)
 	// Delivering, if set, is asked before each gateway event of a cluster
 	// reaches its listeners; false keeps the event from them (the
-	// cluster's caches still take it). A host whose lease
+	// cluster's caches still take it in). A host whose lease
 	// on the cluster has ended returns false, so that it delivers nothing
 	// the cluster's next owner will deliver after resuming.
 	Delivering func(cluster int) bool

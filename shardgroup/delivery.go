@@ -182,7 +182,10 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	if h := g.cfg.Hooks.Event; h != nil {
 		h(g, s.id, m.T)
 	}
-	muted := g.cfg.Deliver != nil && !g.cfg.Deliver()
+	// An event not delivered still reaches the caches, so that a group
+	// whose delivery opens later (a reshard's new cluster on another
+	// host) has them filled.
+	listeners := g.cfg.Deliver == nil || g.cfg.Deliver()
 	ev, ok := m.D.(gateway.EventData)
 	if !ok {
 		return
@@ -195,7 +198,7 @@ func (g *Group) deliver(s *shard, m gateway.Message, frame []byte) {
 	defer d.mu.Unlock()
 	d.applyLocked()
 	evs := g.handle(s, d, m, ev)
-	if muted { // the caches took it; the listeners do not
+	if !listeners {
 		d.recycle(evs)
 		return
 	}

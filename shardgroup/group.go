@@ -59,10 +59,9 @@ type Config struct {
 	Hooks Hooks
 	// Deliver, if set, is asked before each gateway event reaches the
 	// listeners; false keeps the event from them (the client's caches
-	// still take it). An owner whose right to serve the shards has ended
-	// (a host whose lease on the cluster lapsed) thus delivers nothing
-	// more, whatever its shards still receive; one that has not begun to
-	// serve (a reshard's new process) fills its caches meanwhile.
+	// still take it in). An owner whose right to serve the shards has
+	// ended (a host whose lease on the cluster lapsed) thus delivers
+	// nothing more, whatever its shards still receive.
 	Deliver func() bool
 
 	// Compression is the gateway transport compression; zero means

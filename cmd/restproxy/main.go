@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -68,7 +69,7 @@ func envName(flagName string) string {
 type options struct {
 	addr, upstream, token, tokenFile, secret string
 	allowOpen, debug                         bool
-	global, retries, stop                    int
+	global, retries, stop, procs             int
 	window, bodyTimeout, headerTimeout, idle time.Duration
 	maxBody                                  int64
 }
@@ -94,6 +95,8 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	fs.DurationVar(&o.headerTimeout, "header-timeout", 10*time.Second, "time a client has to send a request's headers")
 	fs.DurationVar(&o.idle, "idle-timeout", 2*time.Minute, "how long an idle client connection is kept")
 	fs.BoolVar(&o.debug, "debug", false, "log every request (routes only: never tokens)")
+	fs.IntVar(&o.procs, "procs", 1, "threads running Go code at once (GOMAXPROCS; 0: Go's default, the CPU count); "+
+		"without this flag or its variable, a GOMAXPROCS variable is kept")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: restproxy [flags]\n\n"+
 			"Forwards Discord REST calls through one shared rate limiter, adding the bot's token.\n"+
@@ -149,6 +152,12 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	if o.retries == 0 {
 		o.retries = -1 // Config's zero means the default
 	}
+	switch {
+	case o.procs < 0:
+		return nil, fmt.Errorf("-procs %d < 0: use 0 for Go's default or a count of threads", o.procs)
+	case !set["procs"] && getenv(envName("procs")) == "" && getenv("GOMAXPROCS") != "":
+		o.procs = 0 // the runtime has applied GOMAXPROCS
+	}
 	return &o, nil
 }
 
@@ -174,12 +183,26 @@ func (o *options) checkOpen(addr string) error {
 		addr, restproxy.SecretHeader)
 }
 
+// setProcs applies -procs; tests replace it, since GOMAXPROCS is the
+// whole process's.
+//
+// One by default: the proxy's own work per request is small next to its
+// system calls and its waits for sockets, and with more than one, each
+// request wakes further threads (a goroutine made ready while a P is idle
+// wakes a thread to run it), which costs more than that work on a busy or
+// virtual machine. One thread forwards thousands of requests a second,
+// far above Discord's global limit.
+var setProcs = func(n int) { runtime.GOMAXPROCS(n) }
+
 // run serves until ctx ends, then shuts down gracefully. It sends the
 // address it listens on to ready, if not nil.
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready chan<- string) error {
 	o, err := parse(args, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if o.procs > 0 {
+		setProcs(o.procs)
 	}
 	level := slog.LevelInfo
 	if o.debug {
@@ -242,7 +265,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	cfg := l.Config()
 	log.Info("restproxy listening", "addr", ln.Addr().String(), "upstream", o.upstream,
 		"global_limit", cfg.GlobalLimit, "global_window", cfg.GlobalWindow,
-		"invalid_stop", cfg.InvalidRequestStop, "client_secret", o.secret != "", "max_body", o.maxBody)
+		"invalid_stop", cfg.InvalidRequestStop, "client_secret", o.secret != "", "max_body", o.maxBody,
+		"procs", runtime.GOMAXPROCS(0))
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}

@@ -19,7 +19,10 @@ import (
 	"github.com/gofleet/fleet/discordtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	setProcs = func(int) {} // GOMAXPROCS is the test binary's
+	goleak.VerifyTestMain(m)
+}
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test.
 type syncBuffer struct {
@@ -215,5 +218,46 @@ func TestRestProxyCommandErrorHasOnePrefix(t *testing.T) {
 		if line := errorLine(e); strings.Count(line, "restproxy:") != 1 || !strings.HasPrefix(line, "restproxy: ") {
 			t.Errorf("%q, want one prefix", line)
 		}
+	}
+}
+
+func TestRestProxyCommandProcs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		want int
+	}{
+		{"default", nil, nil, 1},
+		{"flag", []string{"-procs", "4"}, nil, 4},
+		{"variable", nil, []string{"RESTPROXY_PROCS", "2"}, 2},
+		{"go's default", []string{"-procs", "0"}, nil, 0},
+		{"GOMAXPROCS kept", nil, []string{"GOMAXPROCS", "3"}, 0},
+		{"flag over GOMAXPROCS", []string{"-procs", "2"}, []string{"GOMAXPROCS", "3"}, 2},
+		{"variable over GOMAXPROCS", nil, []string{"GOMAXPROCS", "3", "RESTPROXY_PROCS", "1"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parse(tc.args, env(append([]string{"RESTPROXY_TOKEN", "t"}, tc.env...)...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.procs != tc.want {
+				t.Errorf("procs %d, want %d", o.procs, tc.want)
+			}
+		})
+	}
+	if _, err := parse([]string{"-procs", "-1"}, env("RESTPROXY_TOKEN", "t"), io.Discard); err == nil || !strings.Contains(err.Error(), "-procs") {
+		t.Errorf("-procs -1: %v, want an error naming -procs", err)
+	}
+
+	// run applies it before serving.
+	var got []int
+	setProcs = func(n int) { got = append(got, n) }
+	t.Cleanup(func() { setProcs = func(int) {} })
+	srv := discordtest.NewServer(discordtest.WithGuilds(1))
+	defer srv.Close()
+	start(t, []string{"-addr", "127.0.0.1:0"}, env("RESTPROXY_UPSTREAM", "http://"+srv.Addr(), "RESTPROXY_TOKEN", srv.Token()), io.Discard)
+	if len(got) != 1 || got[0] != 1 {
+		t.Errorf("GOMAXPROCS set to %v, want [1]", got)
 	}
 }
