@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/disgoorg/disgo/bot"
@@ -89,6 +90,9 @@ type child struct {
 	log    *slog.Logger
 	resume chan map[int]shardgroup.Session
 	busy   sync.Mutex // held while a request of the parent, or a stop, is handled
+	// standby is set for a reshard's new child until its switch.
+	standby *standby
+	last    atomic.Bool // a last sync was asked: deliver nothing more
 }
 
 func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg ProcessConfig, ready func()) error {
@@ -112,8 +116,8 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 		return err
 	}
 	defer tr.Close()
-	tr.TakeOver(bus.Cluster(spec.Cluster))()
-	b := bus.New(bus.Options{Transport: tr, DefaultTimeout: cfg.RequestTimeout, Strict: cfg.StrictBus, Logger: log})
+	btr, sb := childTransport(tr, spec)
+	b := bus.New(bus.Options{Transport: btr, DefaultTimeout: cfg.RequestTimeout, Strict: cfg.StrictBus, Logger: log})
 	defer b.Close()
 	q, err := NewIdentifyQueue(cctx, nc, IdentifyConfig{Prefix: spec.Prefix, MaxConcurrency: spec.MaxConc, Interval: spec.Interval})
 	if err != nil {
@@ -129,8 +133,8 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err != nil {
 		return err
 	}
-	c := &child{spec: spec, nc: nc, store: &sessionRecorder{SessionStore: kv}, log: log,
-		resume: make(chan map[int]shardgroup.Session, 1)}
+	c := &child{spec: spec, nc: nc, store: &sessionRecorder{SessionStore: sb.store(kv)}, log: log,
+		resume: make(chan map[int]shardgroup.Session, 1), standby: sb}
 
 	cfg.Processes = nil
 	cfg.Bus, cfg.IdentifyQueue, cfg.SessionStore = b, q, c.store
@@ -149,6 +153,7 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	if err := asMember(&cfg, spec, c.resumeSessions); err != nil {
 		return err
 	}
+	cfg.Member.Delivering = c.delivering
 	if spec.Warm {
 		cfg.Member.Await = awaitWarm(nc, spec.Prefix)
 	}
@@ -279,6 +284,16 @@ func (c *child) onControl(m *nats.Msg) {
 		case c.resume <- req.Sessions:
 		default:
 			rep.Err = "sessions already handed over"
+		}
+		c.respond(m, rep)
+	case "sync":
+		if err := c.sync(req.Wait, req.Last); err != nil {
+			rep.Err = err.Error()
+		}
+		c.respond(m, rep)
+	case "deliver":
+		if err := c.standby.end(); err != nil {
+			rep.Err = err.Error()
 		}
 		c.respond(m, rep)
 	case "stop":

@@ -209,6 +209,22 @@
 // still answers, and exits within two seconds. [ProcessMode.Sessions]
 // lists what is stored.
 //
+// A reshard (runtime.Runtime.Reshard) starts one child per cluster of the
+// new plan in standby: its shards identify at the new shard count
+// through the fleet's identify queue while the old children deliver, but
+// it delivers no event (its caches take them), leaves its cluster's bus
+// address to the old child and saves no session (the old children's
+// checkpoints, under the same shard IDs, stay theirs). Once every new
+// shard is ready, the old children catch up with the gateway
+// (runtime.Runtime.Sync, a heartbeat whose ACK follows what was queued
+// before it), the new children deliver and take their addresses over,
+// the old children deliver what the gateway sent them until then, nothing
+// more, and stop, ending their sessions, and the sessions of the old
+// shard count are removed from the store. Nothing is lost; an event that
+// both generations received in that last moment is delivered twice. A new child that exits before the switch, or the
+// reshard's ctx ending, stops the new children and leaves the old ones
+// serving.
+//
 // # Warm start
 //
 // A child must exec, join the parent and run its Setup before any of its

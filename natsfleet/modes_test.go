@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/disgoorg/disgo/bot"
 	devents "github.com/disgoorg/disgo/events"
+	"github.com/disgoorg/snowflake/v2"
 
 	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
@@ -55,7 +58,10 @@ type modeArgs struct {
 }
 
 // delivery is a MESSAGE_CREATE a cluster's listener saw.
-type delivery struct{ Shard, Seq int }
+type delivery struct {
+	Shard, Seq int
+	Content    string
+}
 
 // modeBot reports each MESSAGE_CREATE to the "deliveries" service,
 // answers "pid", and writes the central store on "store".
@@ -71,7 +77,7 @@ func (mb *modeBot) Setup(_ context.Context, g *shardgroup.Group) error {
 	g.Client().AddEventListeners(bot.NewListenerFunc(func(e *devents.MessageCreate) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = bus.Send(ctx, b, bus.Service("deliveries"), "seen", delivery{e.ShardID(), e.SequenceNumber()})
+		_ = bus.Send(ctx, b, bus.Service("deliveries"), "seen", delivery{e.ShardID(), e.SequenceNumber(), e.Message.Content})
 	}))
 	return nil
 }
@@ -269,4 +275,202 @@ func TestModesIPCStoreAndStats(t *testing.T) {
 			t.Errorf("Stats: %d shards ready in %d clusters, want 4 in 2", st.ShardsReady, len(st.Clusters))
 		}
 	})
+}
+
+// A reshard under load moves the fleet to a new shard count without
+// losing an event and within Discord's identify limit, in either mode.
+// In one process the cut-over delivers each event once; in process mode
+// the events of the overlap (new children delivering, old ones not yet
+// stopped) are delivered twice, and reported. Stats show the new plan;
+// in process mode, on new children, and the session store keeps only
+// the new count's sessions.
+func TestModesReshard(t *testing.T) {
+	inModes(t, func(t *testing.T, m fleetMode) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		s := modeServer()
+		defer s.Close()
+		f := startModeFleet(t, m, s, 2)
+		before := map[int]bool{}
+		for _, c := range f.rt.Stats().Clusters {
+			if c.Process != nil {
+				before[c.Process.PID] = true
+			}
+		}
+		st := newStreamer(s, 300)
+		go st.run()
+		st.waitSent(t, ctx, 100) // the load runs before the reshard begins
+		err := f.rt.Reshard(ctx, fleetrt.ReshardOptions{Shards: 8, Clusters: 2})
+		n := st.stopAfter(200) // and goes on after the switch
+		if err != nil {
+			t.Fatal(err)
+		}
+		dups := f.seen.contents(t, ctx, "r", n)
+		if m.processes {
+			t.Logf("reshard 4 -> 8 in process mode: %d messages, 0 lost, %d delivered twice at the switch", n, dups)
+		} else if dups != 0 {
+			t.Errorf("%d of %d messages delivered twice", dups, n)
+		}
+		if v := s.Stats().Violations; len(v) != 0 {
+			t.Errorf("violations: %v", v)
+		}
+		// The new clusters' caches hold their guilds: they took them in
+		// while they did not deliver.
+		for i := range s.Guilds() {
+			if g, err := f.rt.FetchGuild(ctx, snowflake.ID(s.GuildID(i))); err != nil || g == nil {
+				t.Fatalf("guild %d after the reshard: %v, %v; want it from its cluster's cache", i, g, err)
+			}
+		}
+		stats := f.rt.Stats()
+		if stats.Shards != 8 || stats.ShardsReady != 8 || len(stats.Clusters) != 2 {
+			t.Errorf("Stats after the reshard: %d shards, %d ready, %d clusters; want 8, 8, 2", stats.Shards, stats.ShardsReady, len(stats.Clusters))
+		}
+		if !m.processes {
+			return
+		}
+		for _, c := range stats.Clusters {
+			if c.Process == nil || before[c.Process.PID] {
+				t.Errorf("cluster %d after the reshard in %+v, want a new child", c.ID, c.Process)
+			}
+		}
+		pm := f.rt.Processes().(*natsfleet.ProcessMode)
+		waitSessions(t, ctx, pm, 8)
+	})
+}
+
+// waitSessions waits until the fleet's session store holds a session of
+// the shard count total for each of its shards, and none other: the new
+// children's checkpoints have replaced the old ones'.
+func waitSessions(t *testing.T, ctx context.Context, pm *natsfleet.ProcessMode, total int) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond) // checkpoints raise no event: the store is polled
+	defer tick.Stop()
+	var recs []natsfleet.SessionRecord
+	for {
+		var err error
+		recs, err = pm.Sessions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := len(recs) == total
+		for _, r := range recs {
+			ok = ok && r.ShardCount == total
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			got := make([]string, len(recs))
+			for i, r := range recs {
+				got[i] = fmt.Sprintf("%d/%d", r.ShardID, r.ShardCount)
+			}
+			t.Fatalf("stored sessions (shard/count) %v, want one per shard of %d", got, total)
+		}
+	}
+}
+
+// contents waits until every message with content prefix+"0" ..
+// prefix+(n-1) was seen, failing with how many were lost, and returns how
+// many deliveries of them were extra.
+func (d *modeDeliveries) contents(t *testing.T, ctx context.Context, prefix string, n int) (dups int) {
+	t.Helper()
+	for {
+		seen := map[string]int{}
+		d.mu.Lock()
+		for k, c := range d.count {
+			if strings.HasPrefix(k.Content, prefix) {
+				seen[k.Content] += c
+			}
+		}
+		d.mu.Unlock()
+		lost := 0
+		dups = 0
+		for i := range n {
+			switch c := seen[prefix+strconv.Itoa(i)]; c {
+			case 0:
+				lost++
+			default:
+				dups += c - 1
+			}
+		}
+		if lost == 0 {
+			return dups
+		}
+		select {
+		case <-d.ch:
+		case <-ctx.Done():
+			t.Fatalf("%d of %d messages never delivered", lost, n)
+		}
+	}
+}
+
+// streamer sends MESSAGE_CREATEs with the unique contents "r0", "r1", ...
+// over a server's guilds at a steady rate.
+type streamer struct {
+	s     *discordtest.Server
+	rate  int
+	sent  atomic.Int64
+	after atomic.Int64 // how many to send once halt closes
+	halt  chan struct{}
+	done  chan struct{}
+	tick  chan struct{} // a send happened
+}
+
+func newStreamer(s *discordtest.Server, rate int) *streamer {
+	return &streamer{s: s, rate: rate, halt: make(chan struct{}), done: make(chan struct{}), tick: make(chan struct{}, 1)}
+}
+
+// run sends until halt closes, then after more, and returns.
+func (st *streamer) run() {
+	defer close(st.done)
+	start := time.Now()
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	last := int64(-1)
+	for {
+		select {
+		case <-st.halt:
+			if last < 0 {
+				last = st.sent.Load() + st.after.Load()
+			}
+		default:
+		}
+		due := int64(time.Since(start).Seconds() * float64(st.rate))
+		for next := st.sent.Load(); next < due && (last < 0 || next < last); next = st.sent.Load() {
+			g := st.s.GuildID(int(next) % st.s.Guilds())
+			_, _ = st.s.Dispatch(g, "MESSAGE_CREATE", st.s.MessageCreate(g, "r"+strconv.FormatInt(next, 10), int(next)))
+			st.sent.Add(1)
+		}
+		select {
+		case st.tick <- struct{}{}:
+		default:
+		}
+		if last >= 0 && st.sent.Load() >= last {
+			return
+		}
+		<-t.C
+	}
+}
+
+// waitSent waits until n messages were sent.
+func (st *streamer) waitSent(t *testing.T, ctx context.Context, n int64) {
+	t.Helper()
+	for st.sent.Load() < n {
+		select {
+		case <-st.tick:
+		case <-ctx.Done():
+			t.Fatalf("%d messages sent, want %d", st.sent.Load(), n)
+		}
+	}
+}
+
+// stopAfter makes run send after more messages and stop; it returns how
+// many were sent in all.
+func (st *streamer) stopAfter(after int) int {
+	st.after.Store(int64(after))
+	close(st.halt)
+	<-st.done
+	return int(st.sent.Load())
 }

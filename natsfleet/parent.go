@@ -174,10 +174,10 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 		return nil, fmt.Errorf("natsfleet: listen to the child of cluster %d: %w", spec.Cluster, err)
 	}
 	raw, err := json.Marshal(childSpec{ID: id, Cluster: spec.Cluster, Shards: spec.Shards, Resume: spec.Resume,
-		NATS: pl.srv.ConnectInfo(), Prefix: prefix, Total: pl.f.Shards, MaxConc: pl.f.MaxConcurrency,
+		Standby: spec.Standby, NATS: pl.srv.ConnectInfo(), Prefix: prefix, Total: pl.shardCount(spec), MaxConc: pl.f.MaxConcurrency,
 		Interval: pl.f.IdentifyInterval, GatewayURL: pl.f.GatewayURL, Proxy: pl.proxyURL, Secret: pl.secret,
 		Checkpoint: pl.mode.cfg.CheckpointInterval, StatsInterval: pl.mode.cfg.StatsInterval,
-		Warm: pl.warm != nil && spec.Resume != runtime.ResumeNone})
+		Warm: pl.warm != nil && spec.Resume != runtime.ResumeNone && pl.shardCount(spec) == pl.f.Shards})
 	if err != nil {
 		_ = sub.Unsubscribe()
 		return nil, err

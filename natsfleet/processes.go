@@ -156,6 +156,7 @@ type childSpec struct {
 	Cluster    int                `json:"cluster"`
 	Shards     []int              `json:"shards"`
 	Resume     runtime.ResumeMode `json:"resume"`
+	Standby    bool               `json:"standby,omitempty"` // a reshard's new child: see standby
 	NATS       ConnectInfo        `json:"nats"`
 	Prefix     string             `json:"prefix"`
 	Total      int                `json:"total"`
@@ -246,8 +247,10 @@ func fromWire(w wireEvent) (runtime.Event, bool) {
 
 // control is a request from the parent to a child.
 type control struct {
-	Op       string                     `json:"op"` // "handover", "resume", "stop"
+	Op       string                     `json:"op"` // "handover", "resume", "stop", "deliver", "sync"
 	Keep     bool                       `json:"keep,omitempty"`
+	Wait     time.Duration              `json:"wait,omitempty"` // how long the parent waits for a "sync"
+	Last     bool                       `json:"last,omitempty"` // a "sync" after which the child delivers nothing
 	Sessions map[int]shardgroup.Session `json:"sessions,omitempty"`
 }
 

@@ -604,8 +604,8 @@ func leftChildren() []string {
 }
 
 // TestProcessesOperations: a hard restart, a rolling soft restart and a
-// cluster's shutdown act on the children as on clusters in one process;
-// a reshard is refused, saying why.
+// cluster's shutdown act on the children as on clusters in one process
+// (a reshard: TestModesReshard, TestProcessesReshardOverlaps).
 func TestProcessesOperations(t *testing.T) {
 	s := procServer(t)
 	f := startProcFleet(t, s, 2)
@@ -646,9 +646,6 @@ func TestProcessesOperations(t *testing.T) {
 	}
 	if err := f.rt.SoftRestart(ctx, 0); err == nil || !strings.Contains(err.Error(), "stopped") {
 		t.Errorf("soft restart of a stopped cluster: %v, want an error saying it is stopped", err)
-	}
-	if err := f.rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8}); err == nil || !strings.Contains(err.Error(), "process mode") {
-		t.Errorf("Reshard in process mode: %v, want an error naming process mode", err)
 	}
 }
 

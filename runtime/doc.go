@@ -117,10 +117,16 @@
 // new child (the executable on disk now), waits until it is set up, then
 // the old child closes its shards resumably and hands their exact
 // sessions over. Restart, ShutdownCluster and the rolling restarts act
-// on the children; Reshard is refused. At Run, the parent may open the
-// shards' sessions itself while the children start, and hand them over
-// (natsfleet's warm start): the fleet is then ready one identify schedule
-// after Run, the children's start hidden in it.
+// on the children. Reshard starts the new plan's children beside the old
+// ones; they identify but deliver nothing until all are ready, then they
+// deliver, the old children deliver what they had received and stop, and
+// only the new shard count's sessions are kept. None is lost; the events
+// both generations received at the switch are delivered twice, where in
+// one process the cut-over delivers each once (see Processes). At Run,
+// the parent may open the shards' sessions itself while the children
+// start, and hand them over (natsfleet's warm start): the fleet is then
+// ready one identify schedule after Run, the children's start hidden in
+// it.
 //
 // # Snapshots
 //

@@ -26,7 +26,17 @@ import (
 // The children share the parent's bus, identify queue and session store
 // (the implementation's, across the processes); Config.SessionStore, if
 // set, seeds that store at start and receives the fleet's sessions when it
-// stops, and Config.Bus must be nil. Reshard is refused.
+// stops, and Config.Bus must be nil.
+//
+// Reshard starts the new plan's clusters as new children that identify
+// at the new shard count and deliver nothing (their caches fill) while
+// the old children serve; once every new shard is ready, the new
+// children deliver, then the old ones deliver what the gateway had sent
+// them until then (ChildProcess.Sync), nothing more, and stop (their
+// sessions end), and the store keeps the new count's sessions only. None
+// is lost; an event both generations receive between the new children's
+// first delivery and the old ones' last is delivered twice, where the
+// cut-over in one process delivers each once.
 //
 // The runtime calls an implementation in this order; it starts nothing
 // before Start.
@@ -95,6 +105,11 @@ type ProcessPool interface {
 	// its sessions (ResumeHandOver) or its shards are connecting. It fails
 	// if the child exits first or ctx ends (the child is then killed).
 	Spawn(ctx context.Context, spec ChildSpec) (ChildProcess, error)
+	// Resharded tells the pool that the fleet now runs shards shards:
+	// the sessions stored for any other shard count are removed (they
+	// are never resumed). It is called once the old children of a
+	// reshard have stopped.
+	Resharded(ctx context.Context, shards int) error
 	// Close kills what is left of the children, waits for them and stops
 	// what Start started.
 	Close(ctx context.Context) error
@@ -115,9 +130,14 @@ const (
 
 // ChildSpec is one child to start.
 type ChildSpec struct {
-	Cluster int   // the cluster's fleet-wide ID
-	Shards  []int // its shard IDs
-	Resume  ResumeMode
+	Cluster    int   // the cluster's fleet-wide ID
+	Shards     []int // its shard IDs
+	ShardCount int   // the fleet's shard count (0: ProcessFleet.Shards)
+	Resume     ResumeMode
+	// Standby starts a reshard's new child: its shards identify, but it
+	// delivers no event, serves no bus address and saves no session
+	// until ChildProcess.Deliver.
+	Standby bool
 	// Report receives the child's lifecycle events (ShardIdentify,
 	// ShardReady, ShardResumed, ShardDisconnected, ShardClosed,
 	// ShardZombie, ListenerPanic, ClusterReady, Fatal) in the order the
@@ -139,6 +159,15 @@ type ChildProcess interface {
 	// Resume gives a child started with ResumeHandOver the sessions its
 	// shards resume (nil: those in the session store).
 	Resume(ctx context.Context, sessions map[int]shardgroup.Session) error
+	// Sync returns once the child's shards have handed their listeners
+	// the events the gateway had sent them when the call began (see
+	// Runtime.Sync). With last, the child delivers no event after that
+	// (it is about to stop, and another serves its guilds).
+	Sync(ctx context.Context, last bool) error
+	// Deliver makes a child started with ChildSpec.Standby deliver its
+	// events from now on, take its cluster's bus address over and save
+	// its sessions.
+	Deliver(ctx context.Context) error
 	// Stop stops the child: its Bot's Shutdown hook, then its shards,
 	// closed resumably with their sessions saved if keep, else ending
 	// their sessions. It kills the process if it has not exited when ctx

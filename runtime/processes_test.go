@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +20,22 @@ import (
 // supervisor asks of them.
 type fakeProcesses struct {
 	spawned chan *fakeChild
+
+	mu    sync.Mutex // guards n, steps
+	n     int        // children spawned
+	steps []string   // what the runtime asked of the children and the pool, in order
+}
+
+// step notes what the runtime asked.
+func (p *fakeProcesses) step(s string) {
+	p.mu.Lock()
+	p.steps = append(p.steps, s)
+	p.mu.Unlock()
+}
+
+func (p *fakeProcesses) Resharded(_ context.Context, shards int) error {
+	p.step("resharded " + strconv.Itoa(shards))
+	return nil
 }
 
 func newFakeProcesses() *fakeProcesses { return &fakeProcesses{spawned: make(chan *fakeChild, 16)} }
@@ -30,7 +48,11 @@ func (p *fakeProcesses) Start(context.Context, ProcessFleet) (ProcessPool, error
 func (p *fakeProcesses) Close(context.Context) error                              { return nil }
 
 func (p *fakeProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, error) {
-	c := &fakeChild{spec: spec, exited: make(chan struct{}), resumed: make(chan map[int]shardgroup.Session, 1)}
+	p.mu.Lock()
+	c := &fakeChild{p: p, pid: 1000 + spec.Cluster + 100*p.n, spec: spec, exited: make(chan struct{}),
+		resumed: make(chan map[int]shardgroup.Session, 1)}
+	p.n++
+	p.mu.Unlock()
 	p.spawned <- c
 	return c, nil
 }
@@ -48,6 +70,8 @@ func (p *fakeProcesses) next(t *testing.T) *fakeChild {
 }
 
 type fakeChild struct {
+	p       *fakeProcesses
+	pid     int
 	spec    ChildSpec
 	once    sync.Once
 	exited  chan struct{}
@@ -57,7 +81,7 @@ type fakeChild struct {
 	stopped []bool // the keep of each Stop
 }
 
-func (c *fakeChild) Pid() int                { return 1000 + c.spec.Cluster }
+func (c *fakeChild) Pid() int                { return c.pid }
 func (c *fakeChild) Exited() <-chan struct{} { return c.exited }
 func (c *fakeChild) Err() error              { return c.err }
 func (c *fakeChild) exit(err error)          { c.once.Do(func() { c.err = err; close(c.exited) }) }
@@ -88,7 +112,18 @@ func (c *fakeChild) Stop(_ context.Context, keep bool) error {
 	c.mu.Lock()
 	c.stopped = append(c.stopped, keep)
 	c.mu.Unlock()
+	c.p.step(fmt.Sprintf("stop %d keep=%v", c.pid, keep))
 	c.exit(errors.New("stopped"))
+	return nil
+}
+
+func (c *fakeChild) Sync(_ context.Context, last bool) error {
+	c.p.step(fmt.Sprintf("sync %d last=%v", c.pid, last))
+	return nil
+}
+
+func (c *fakeChild) Deliver(context.Context) error {
+	c.p.step(fmt.Sprintf("deliver %d", c.pid))
 	return nil
 }
 

@@ -25,6 +25,7 @@ func (p *reportingProcesses) Child(context.Context, Config, func()) (bool, error
 }
 func (p *reportingProcesses) Start(context.Context, ProcessFleet) (ProcessPool, error) { return p, nil }
 func (p *reportingProcesses) Close(context.Context) error                              { return nil }
+func (p *reportingProcesses) Resharded(context.Context, int) error                     { return nil }
 
 func (p *reportingProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, error) {
 	p.mu.Lock()
@@ -53,6 +54,8 @@ func (c *reportingChild) HandOver(context.Context) (map[int]shardgroup.Session, 
 	return nil, nil
 }
 func (c *reportingChild) Resume(context.Context, map[int]shardgroup.Session) error { return nil }
+func (c *reportingChild) Deliver(context.Context) error                            { return nil }
+func (c *reportingChild) Sync(context.Context, bool) error                         { return nil }
 func (c *reportingChild) Stop(context.Context, bool) error {
 	c.once.Do(func() { close(c.exited) })
 	return nil

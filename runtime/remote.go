@@ -71,10 +71,12 @@ func (r *Runtime) spawn(ctx context.Context, c *cluster, env *fleetEnv, mode Res
 		case ShardReady:
 			waiting.remove(e.Shard)
 			r.shardReady(env, c.id, e.Shard)
+			env.loaded(e.Shard)
 		case ShardResumed:
 			waiting.remove(e.Shard)
 			r.events.emit(e)
 			r.shardReady(env, c.id, e.Shard)
+			env.loaded(e.Shard)
 		case ClusterReady:
 			readyOnce.Do(func() {
 				close(ready)
@@ -94,7 +96,8 @@ func (r *Runtime) spawn(ctx context.Context, c *cluster, env *fleetEnv, mode Res
 		c.follow(child)
 		c.mu.Unlock()
 	}
-	proc, err := r.pool.Spawn(ctx, ChildSpec{Cluster: c.id, Shards: slices.Clone(c.shards), Resume: mode, Report: report})
+	proc, err := r.pool.Spawn(ctx, ChildSpec{Cluster: c.id, Shards: slices.Clone(c.shards), ShardCount: env.total,
+		Resume: mode, Standby: env.standby, Report: report})
 	if err != nil {
 		if r.lifeContext().Err() != nil {
 			err = ErrNotRunning
@@ -253,6 +256,3 @@ func (r *Runtime) stopChild(ctx context.Context, inst *instance, keep bool) erro
 	}
 	return nil
 }
-
-// errProcessReshard refuses a Reshard in process mode.
-var errProcessReshard = errors.New("runtime: Reshard is not supported in process mode: stop the fleet and start it with the new Shards (the sessions of the old count are not resumed)")

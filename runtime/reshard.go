@@ -124,6 +124,10 @@ var ErrMemberReshard = errors.New("runtime: this runtime serves part of a fleet 
 // generation is stopped and the old one goes on serving. Once the first
 // guild has changed hands the cut-over completes unless the fleet stops.
 //
+// In process mode the new generation is new child processes, which
+// cannot compare what they deliver with the old ones: see Processes for
+// what happens at their switch.
+//
 // A reshard to the current shard and cluster counts changes nothing: it
 // returns nil and no shard identifies. Options that cannot work return an
 // error wrapping ErrCannotReshard that says what to change.
@@ -138,9 +142,6 @@ func (r *Runtime) Reshard(ctx context.Context, opts ReshardOptions) error {
 func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool) (result string, err error) {
 	if err := opts.check(); err != nil {
 		return "", err
-	}
-	if r.cfg.Processes != nil {
-		return "", errProcessReshard
 	}
 	if r.cfg.Member != nil {
 		return "", ErrMemberReshard
@@ -179,6 +180,9 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 		if err != nil || note != "" {
 			return note, err
 		}
+	}
+	if r.pool != nil {
+		return "", r.reshardChildren(ctx, old, oldEnv, total, n, stop)
 	}
 
 	began := time.Now()

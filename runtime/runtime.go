@@ -89,6 +89,7 @@ type fleetEnv struct {
 	gen        int64           // generation: listeners hear a group while Runtime.gate holds it
 	counting   bool            // the first generation: its READYs make the fleet ready
 	onLoaded   func(shard int) // a shard received every guild of its READY (reshard)
+	standby    bool            // process mode: a reshard's new children, which deliver nothing until the switch
 }
 
 // New validates cfg and returns a runtime; nothing starts until Run.
