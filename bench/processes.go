@@ -59,9 +59,9 @@ type processesResult struct {
 
 // processConfig is the scenario's process mode, the same in the parent
 // and the children.
-func processConfig(env []string, cold bool) *natsfleet.ProcessMode {
+func processConfig(env []string, warm bool) *natsfleet.ProcessMode {
 	return natsfleet.Processes(natsfleet.ProcessConfig{
-		Args: []string{"-child", "processes-member"}, Env: env, ColdStart: cold,
+		Args: []string{"-child", "processes-member"}, Env: env, WarmStart: warm,
 		CheckpointInterval: 250 * time.Millisecond, StatsInterval: 200 * time.Millisecond,
 		Stderr: os.Stderr, Stdout: os.Stderr, // stdout is the result's
 	})
@@ -404,7 +404,7 @@ func runProcesses() (any, error) {
 		return nil, fmt.Errorf("shutdown: %w", err)
 	}
 
-	ratio, err := processStartup(false)
+	ratio, err := processStartup(true) // the default start
 	if err != nil {
 		return nil, err
 	}
@@ -432,8 +432,8 @@ func waitReady(rt *runtime.Runtime, runDone <-chan error, limit time.Duration, w
 // processStartup starts 256 shards in 4 child processes at
 // max_concurrency 16 with a 50 ms identify window and returns the
 // physical limit (16 windows) over the time from Run to the fleet's
-// READY, child processes' start included: with the warm start, or with
-// ProcessConfig.ColdStart if cold.
+// READY, child processes' start included: each child identifying its own
+// shards (the default) if cold, else with ProcessConfig.WarmStart.
 func processStartup(cold bool) (float64, error) {
 	const shards, clusters, mc, window = 256, 4, 16, 50 * time.Millisecond
 	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
@@ -452,7 +452,7 @@ func processStartup(cold bool) (float64, error) {
 		Bot: func(int) runtime.Bot {
 			return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
 		},
-		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}, cold),
+		Processes: processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw)}, !cold),
 		Logger:    benchLogger(),
 	})
 	if err != nil {
@@ -515,7 +515,7 @@ type processesStartupResult struct {
 }
 
 // runProcessesStartup measures the start-up ratio of process mode with
-// the warm start and without it (ProcessConfig.ColdStart), alternately,
+// the warm start (ProcessConfig.WarmStart) and without it, alternately,
 // so that both see the same load on the machine.
 func runProcessesStartup() (any, error) {
 	out := processesStartupResult{Scenario: "processes-startup"}

@@ -77,7 +77,7 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 		return nil, err
 	}
 	stored := pl.importSessions(ctx)
-	if !p.cfg.ColdStart {
+	if p.cfg.WarmStart {
 		if pl.warm, err = pl.startWarm(ctx, stored); err != nil {
 			log.Warn("warm start failed: the children identify their shards", "err", err.Error())
 		}

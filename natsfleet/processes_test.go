@@ -45,7 +45,7 @@ type fleetArgs struct {
 	// SetupFailsOnce, if set, is a directory: each cluster's first child
 	// exits in Setup, leaving a file there so that the next one does not.
 	SetupFailsOnce string
-	ColdStart      bool // natsfleet.ProcessConfig.ColdStart
+	WarmStart      bool // natsfleet.ProcessConfig.WarmStart
 }
 
 // seen is a MESSAGE_CREATE a child delivered, reported to the parent.
@@ -86,7 +86,7 @@ func fleetConfig(a fleetArgs) runtime.Config {
 			return ledgerBot{}
 		},
 		Processes: natsfleet.Processes(natsfleet.ProcessConfig{
-			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, ColdStart: a.ColdStart,
+			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, WarmStart: a.WarmStart,
 			Env: []string{childEnv + "=fleet", childArgsEnv + "={}", fleetArgsEnv + "=" + string(raw)},
 		}),
 	}

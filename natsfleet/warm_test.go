@@ -35,7 +35,10 @@ func TestProcessesWarmStart(t *testing.T) {
 	ctx, stopLoad := context.WithCancel(context.Background())
 	defer stopLoad()
 	loaded := loadUntil(ctx, s) // during the whole start
-	f := startProcFleet(t, s, 2)
+	f := startProcFleet(t, s, 2, func(c *runtime.Config) {
+		*c = fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), WarmStart: true})
+	})
 	f.ledger.atLeast(t, 50) // and a little after
 	stopLoad()
 	res := <-loaded
@@ -95,7 +98,7 @@ func TestProcessesWarmStartShutdown(t *testing.T) {
 	t.Cleanup(s.Close)
 	store := &runtime.MemorySessionStore{}
 	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), WarmStart: true})
 	cfg.SessionStore = store
 	rt, err := runtime.New(cfg)
 	if err != nil {
@@ -175,7 +178,7 @@ func TestProcessesWarmStartChildFails(t *testing.T) {
 	f := startProcFleet(t, s, 2, func(c *runtime.Config) {
 		a := fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(),
-			SetupFailsOnce: dir}
+			SetupFailsOnce: dir, WarmStart: true}
 		*c = fleetConfig(a)
 	})
 	restarted := 0
@@ -194,13 +197,13 @@ func TestProcessesWarmStartChildFails(t *testing.T) {
 	}
 }
 
-// TestProcessesColdStart: with ProcessConfig.ColdStart, each child
-// identifies its own shards: nothing is resumed.
+// TestProcessesColdStart: without ProcessConfig.WarmStart (the default),
+// each child identifies its own shards: nothing is resumed.
 func TestProcessesColdStart(t *testing.T) {
 	s := procServer(t)
 	startProcFleet(t, s, 2, func(c *runtime.Config) {
 		*c = fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), ColdStart: true})
+			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
 	})
 	if st := s.Stats(); st.Identifies != 4 || st.Resumes != 0 || st.Violations["identify_concurrency"] != 0 {
 		t.Errorf("identifies %d, resumes %d, identify violations %d; want 4, 0, 0", st.Identifies, st.Resumes, st.Violations["identify_concurrency"])
