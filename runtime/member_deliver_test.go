@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
 )
 
@@ -16,12 +15,7 @@ import (
 func TestMemberServingHoldsEventsWhileFalse(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	l := newLedger()
 	cfg := memberConfig(s, b, q, ClusterPlan{ID: 2, Shards: []int{0, 1, 2, 3}})
 	cfg.Bot = l.bot
@@ -79,12 +73,7 @@ func TestMemberServingHoldsEventsWhileFalse(t *testing.T) {
 func TestMemberStoppedWhileHoldingSavesTheSessionBeforeTheHeldEvent(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(1), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	l := newLedger()
 	store := &MemorySessionStore{}
 	cfg := memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0, 1, 2, 3}})

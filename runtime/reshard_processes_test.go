@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
 )
 
@@ -197,12 +196,7 @@ func TestProcessReshardStats(t *testing.T) {
 func TestMemberNotDeliveringFillsCaches(t *testing.T) {
 	s := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithIdentifyWindow(time.Millisecond))
 	defer s.Close()
-	b := bus.New(bus.Options{})
-	defer b.Close()
-	q, err := NewLocalIdentifyQueue(1, s.IdentifyWindow())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, q := memberShared(t, s)
 	l := newLedger()
 	cfg := memberConfig(s, b, q, ClusterPlan{ID: 0, Shards: []int{0}})
 	cfg.Shards = 1
