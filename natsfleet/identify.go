@@ -195,17 +195,6 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 	q.clock = clockID()
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.stop = q.ctx.Done()
-	// Every key exists before the first ticket, so that a fleet's first
-	// turns are plain compare-and-sets, not creations racing.
-	for k := range cfg.MaxConcurrency {
-		for key, value := range map[string]any{"t": ticketState{}, "d": doneState{}} {
-			data, _ := json.Marshal(value)
-			if _, err := kv.Create(ctx, key+strconv.Itoa(k), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-				q.cancel()
-				return nil, fmt.Errorf("natsfleet: identify bucket %d: %w", k, err)
-			}
-		}
-	}
 	wctx, unwatch := context.WithCancel(context.Background())
 	w, err := kv.WatchAll(wctx)
 	if err != nil {
@@ -228,7 +217,47 @@ func NewIdentifyQueue(ctx context.Context, nc *nats.Conn, cfg IdentifyConfig) (*
 	for k := range cfg.MaxConcurrency {
 		go q.report(k)
 	}
+	// Every key exists before the first ticket, so that a fleet's first
+	// turns are plain compare-and-sets, not creations racing. The keys
+	// the watcher's initial values hold are there already: a process
+	// joining a fleet creates none, which would be a JetStream write
+	// each, one after another, while the fleet starts.
+	if err := q.createKeys(ctx); err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
 	return q, nil
+}
+
+// createKeys creates the bucket keys the watcher's initial values lack.
+func (q *IdentifyQueue) createKeys(ctx context.Context) error {
+	select {
+	case <-q.primedc:
+	case <-ctx.Done():
+		return fmt.Errorf("natsfleet: the identify buckets' initial values: %w", ctx.Err())
+	}
+	type key struct {
+		name  string
+		value any
+	}
+	var missing []key
+	q.mu.Lock()
+	for k := range q.view {
+		if q.view[k].issuedRev == 0 {
+			missing = append(missing, key{"t" + strconv.Itoa(k), ticketState{}})
+		}
+		if q.view[k].doneRev == 0 {
+			missing = append(missing, key{"d" + strconv.Itoa(k), doneState{}})
+		}
+	}
+	q.mu.Unlock()
+	for _, m := range missing {
+		data, _ := json.Marshal(m.value)
+		if _, err := q.kv.Create(ctx, m.name, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("natsfleet: identify bucket key %s: %w", m.name, err)
+		}
+	}
+	return nil
 }
 
 // keyValue creates or opens the KV bucket <prefix>_<name>.
