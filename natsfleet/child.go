@@ -119,10 +119,8 @@ func runChild(ctx context.Context, spec childSpec, cfg runtime.Config, pcfg Proc
 	btr, sb := childTransport(tr, spec)
 	b := bus.New(bus.Options{Transport: btr, DefaultTimeout: cfg.RequestTimeout, Strict: cfg.StrictBus, Logger: log})
 	defer b.Close()
-	q, err := NewIdentifyQueue(cctx, nc, IdentifyConfig{Prefix: spec.Prefix, MaxConcurrency: spec.MaxConc, Interval: spec.Interval})
-	if err != nil {
-		return err
-	}
+	// The parent serves the fleet's identify queue.
+	q := newParentIdentifyQueue(nc, spec.Prefix, spec.ID)
 	defer func() {
 		// Bounded: if the parent has gone, its store cannot be reached.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -60,7 +60,18 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 			pl.closeConns()
 		}
 	}()
+	// The fleet's identify queue and the warm start need no NATS: the
+	// warm start's first IDENTIFYs go out while the server starts.
+	stored := pl.loadSessions(ctx)
 	var err error
+	if pl.idq, err = newIdentifyServer(f.MaxConcurrency, f.IdentifyInterval, p.cfg.IdentifyLease, pl.log); err != nil {
+		return nil, err
+	}
+	if p.cfg.WarmStart {
+		if pl.warm, err = pl.startWarm(stored); err != nil {
+			log.Warn("warm start failed: the children identify their shards", "err", err.Error())
+		}
+	}
 	if pl.srv, err = StartServer(ServerConfig{DataDir: p.cfg.DataDir}); err != nil {
 		return nil, err
 	}
@@ -73,13 +84,16 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	if err := p.tr.connect(pl.tr); err != nil {
 		return nil, fmt.Errorf("natsfleet: move the parent's bus to NATS: %w", err)
 	}
+	if err := pl.idq.listen(pl.nc, p.prefix()); err != nil {
+		return nil, err
+	}
 	if pl.sessions, err = NewKVSessionStore(ctx, pl.nc, p.prefix(), "parent"); err != nil {
 		return nil, err
 	}
-	stored := pl.importSessions(ctx)
-	if p.cfg.WarmStart {
-		if pl.warm, err = pl.startWarm(ctx, stored); err != nil {
-			log.Warn("warm start failed: the children identify their shards", "err", err.Error())
+	pl.importSessions(ctx, stored)
+	if pl.warm != nil {
+		if err := pl.warm.listen(pl.nc); err != nil {
+			return nil, err
 		}
 	}
 	if f.RESTLimiter != nil {
@@ -131,6 +145,7 @@ type pool struct {
 	children  map[*childProc]struct{}
 	closed    bool
 	closeOnce sync.Once
+	idq       *identifyServer   // the fleet's identify queue
 	warm      *warmStart        // the sessions the parent opens for the children; nil: none
 	logs      *LogReceiver      // the children's log records, onto the fleet's logger
 	collector *ProcessCollector // the children's metrics, while the fleet runs
@@ -228,6 +243,8 @@ func (pl *pool) Spawn(ctx context.Context, spec runtime.ChildSpec) (runtime.Chil
 			err = errors.New("exited with status 0")
 		}
 		ch.err = ch.exitError(err)
+		// What it held of the identify queue is free again.
+		pl.idq.gone(id)
 		unsubscribe()
 		pl.mu.Lock()
 		delete(pl.children, ch)
@@ -314,22 +331,28 @@ func (pl *pool) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// importSessions copies the sessions of Config.SessionStore, if set, to
-// the fleet's store, for the children to resume, and returns those it
-// copied.
-func (pl *pool) importSessions(ctx context.Context) []shardgroup.Session {
+// loadSessions reads the sessions of Config.SessionStore, if set.
+func (pl *pool) loadSessions(ctx context.Context) []shardgroup.Session {
 	if pl.f.SessionStore == nil {
 		return nil
 	}
 	sessions, err := pl.f.SessionStore.Load(ctx)
-	if err == nil {
-		err = pl.sessions.Save(ctx, sessions)
-	}
 	if err != nil {
 		pl.log.Warn("stored sessions not passed to the children: their shards identify", "err", err.Error())
 		return nil
 	}
 	return sessions
+}
+
+// importSessions copies the sessions loaded from Config.SessionStore to
+// the fleet's store, for the children to resume.
+func (pl *pool) importSessions(ctx context.Context, sessions []shardgroup.Session) {
+	if len(sessions) == 0 {
+		return
+	}
+	if err := pl.sessions.Save(ctx, sessions); err != nil {
+		pl.log.Warn("stored sessions not passed to the children: their shards identify", "err", err.Error())
+	}
 }
 
 // exportSessions saves the fleet's sessions, as the children left them,
@@ -352,6 +375,9 @@ func (pl *pool) exportSessions(ctx context.Context) {
 // closeConns closes what Start opened.
 func (pl *pool) closeConns() {
 	pl.closeOnce.Do(func() {
+		if pl.idq != nil {
+			pl.idq.close()
+		}
 		pl.stopObserving()
 		if pl.proxy != nil {
 			pl.proxy.Close()

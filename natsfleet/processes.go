@@ -88,6 +88,12 @@ type ProcessConfig struct {
 	// yet been measured faster than the children's own start (the
 	// parent's dials and queue turns compete with the children's start).
 	WarmStart bool
+	// IdentifyLease bounds how long a child's identify turn stays taken
+	// without word from the child (a lost message): the turn is given
+	// back when the child says its READY came or it gave up, when its
+	// process exits, or after IdentifyLease at the latest (default 10 s).
+	// It must cover the time from a turn's grant to its READY.
+	IdentifyLease time.Duration
 }
 
 // ProcessMode is a runtime.Processes on NATS: the parent embeds a NATS
@@ -146,8 +152,8 @@ func (p *ProcessMode) check() error {
 		return fmt.Errorf("natsfleet: ProcessConfig.CheckpointInterval (%v) < 0: use 0 for the default", p.cfg.CheckpointInterval)
 	case p.cfg.MaxRSS < 0:
 		return fmt.Errorf("natsfleet: ProcessConfig.MaxRSS (%d) < 0: use 0 for no limit", p.cfg.MaxRSS)
-	case p.cfg.MaxRSSFor < 0 || p.cfg.MemoryCheckInterval < 0 || p.cfg.StatsInterval < 0:
-		return errors.New("natsfleet: ProcessConfig: MaxRSSFor, MemoryCheckInterval and StatsInterval must be >= 0 (0 for the default)")
+	case p.cfg.MaxRSSFor < 0 || p.cfg.MemoryCheckInterval < 0 || p.cfg.StatsInterval < 0 || p.cfg.IdentifyLease < 0:
+		return errors.New("natsfleet: ProcessConfig: MaxRSSFor, MemoryCheckInterval, StatsInterval and IdentifyLease must be >= 0 (0 for the default)")
 	}
 	return nil
 }

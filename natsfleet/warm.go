@@ -64,24 +64,25 @@ type warmShard struct {
 // that a slow store never delays an answer.
 type warmStart struct {
 	pl     *pool
-	q      *IdentifyQueue
 	runs   []*shardgroup.Runner
 	cancel context.CancelFunc // ends the groups' context
-	sub    *nats.Subscription
+	sub    *nats.Subscription // the children's asks, once listen is called
 	kick   chan struct{} // the loop has work; capacity 1
 	saving chan struct{} // the saver has work; capacity 1
 	quit   chan struct{} // closed by close
 	ended  chan struct{} // closed when the loop returns
 	done   chan struct{} // closed when the saver returns, after the loop
 
-	mu     sync.Mutex // guards shards, toSave
+	mu     sync.Mutex // guards shards, toSave, sub
 	shards map[int]*warmShard
 	toSave []shardgroup.Session // handed, to save
 }
 
 // startWarm starts opening the sessions of the planned shards that have
-// no stored session worth resuming; nil when there is none to open.
-func (pl *pool) startWarm(ctx context.Context, stored []shardgroup.Session) (*warmStart, error) {
+// no stored session worth resuming, through the fleet's identify queue;
+// nil when there is none to open. It needs no NATS: listen then answers
+// the children.
+func (pl *pool) startWarm(stored []shardgroup.Session) (*warmStart, error) {
 	f := pl.f
 	skip := map[int]bool{}
 	for _, s := range stored {
@@ -107,16 +108,10 @@ func (pl *pool) startWarm(ctx context.Context, stored []shardgroup.Session) (*wa
 	if len(plan) == 0 {
 		return nil, nil
 	}
-	q, err := NewIdentifyQueue(ctx, pl.nc, IdentifyConfig{Prefix: pl.mode.prefix(), MaxConcurrency: f.MaxConcurrency,
-		Interval: f.IdentifyInterval})
-	if err != nil {
-		return nil, err
-	}
-	w.q = q
+	q := pl.idq.local
 	fail := func(err error) (*warmStart, error) {
 		qctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		q.Close(qctx)
 		for _, run := range w.runs {
 			run.Group().Client().Rest().Close(qctx)
 		}
@@ -149,9 +144,6 @@ func (pl *pool) startWarm(ctx context.Context, stored []shardgroup.Session) (*wa
 		}
 		w.runs = append(w.runs, run)
 	}
-	if w.sub, err = pl.nc.Subscribe(warmSubject(pl.mode.prefix()), w.onAsk); err != nil {
-		return fail(fmt.Errorf("natsfleet: warm start: %w", err))
-	}
 	// The groups run on a context of their own: the fleet's stop closes
 	// them resumably (close) rather than ending their sessions.
 	rctx, cancel := context.WithCancel(context.Background())
@@ -165,6 +157,18 @@ func (pl *pool) startWarm(ctx context.Context, stored []shardgroup.Session) (*wa
 	pl.wg.Go(w.saver)
 	pl.log.Info("warm start: opening the shards' sessions while the children start", "shards", len(w.shards))
 	return w, nil
+}
+
+// listen answers the children's asks for sessions on nc.
+func (w *warmStart) listen(nc *nats.Conn) error {
+	sub, err := nc.Subscribe(warmSubject(w.pl.mode.prefix()), w.onAsk)
+	if err != nil {
+		return fmt.Errorf("natsfleet: warm start: %w", err)
+	}
+	w.mu.Lock()
+	w.sub = sub
+	w.mu.Unlock()
+	return nil
 }
 
 // opened is StopAtReady: a shard's session is open.
@@ -352,7 +356,6 @@ func (w *warmStart) release() {
 		run.Group().Client().Rest().Close(ctx)
 	}
 	w.cancel()
-	w.q.Close(ctx)
 }
 
 // saver saves the sessions handed to the fleet's store, until the loop
@@ -384,6 +387,11 @@ func (w *warmStart) save(list []shardgroup.Session) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.pl.f.ShutdownTimeout)
 	defer cancel()
+	if w.pl.sessions == nil {
+		w.pl.log.Warn("warm start: the fleet stopped before its session store opened: opened sessions not saved",
+			"sessions", len(list))
+		return
+	}
 	if err := w.pl.sessions.Save(ctx, list); err != nil {
 		w.pl.log.Warn("warm start: opened sessions not saved: a child that dies before its first checkpoint identifies them",
 			"err", err.Error())
@@ -395,7 +403,12 @@ func (w *warmStart) save(list []shardgroup.Session) {
 // and not handed are saved. It returns once the loop has returned, or ctx
 // ends.
 func (w *warmStart) close(ctx context.Context) error {
-	_ = w.sub.Unsubscribe()
+	w.mu.Lock()
+	sub := w.sub
+	w.mu.Unlock()
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
 	close(w.quit)
 	select {
 	case <-w.done:
