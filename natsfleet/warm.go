@@ -67,11 +67,11 @@ type warmStart struct {
 	runs   []*shardgroup.Runner
 	cancel context.CancelFunc // ends the groups' context
 	sub    *nats.Subscription // the children's asks, once listen is called
-	kick   chan struct{} // the loop has work; capacity 1
-	saving chan struct{} // the saver has work; capacity 1
-	quit   chan struct{} // closed by close
-	ended  chan struct{} // closed when the loop returns
-	done   chan struct{} // closed when the saver returns, after the loop
+	kick   chan struct{}      // the loop has work; capacity 1
+	saving chan struct{}      // the saver has work; capacity 1
+	quit   chan struct{}      // closed by close
+	ended  chan struct{}      // closed when the loop returns
+	done   chan struct{}      // closed when the saver returns, after the loop
 
 	mu     sync.Mutex // guards shards, toSave, sub
 	shards map[int]*warmShard
