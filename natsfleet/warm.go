@@ -66,6 +66,7 @@ type warmStart struct {
 	pl     *pool
 	runs   []*shardgroup.Runner
 	cancel context.CancelFunc // ends the groups' context
+	sub    *nats.Subscription
 	kick   chan struct{} // the loop has work; capacity 1
 	saving chan struct{} // the saver has work; capacity 1
 	quit   chan struct{} // closed by close
@@ -75,7 +76,6 @@ type warmStart struct {
 	mu     sync.Mutex // guards shards, toSave, sub
 	shards map[int]*warmShard
 	toSave []shardgroup.Session // handed, to save
-	sub    *nats.Subscription   // the children's asks, once listen is called
 }
 
 // startWarm starts opening the sessions of the planned shards that have
