@@ -67,6 +67,8 @@ type identifyServer struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup // one goroutine per ask
 
+	notYet chan<- struct{} // tests: told of each "not yet" answer
+
 	mu   sync.Mutex // guards asks, sub
 	asks map[askKey]context.CancelFunc
 	sub  *nats.Subscription
@@ -158,6 +160,9 @@ func (s *identifyServer) serve(ctx context.Context, key askKey, shard int, wait 
 	if err != nil {
 		if ctx.Err() == nil {
 			s.answer(m, identifyAnswer{}) // not yet: the child asks again
+			if s.notYet != nil {
+				s.notYet <- struct{}{}
+			}
 		}
 		return
 	}
