@@ -46,6 +46,8 @@ type fleetArgs struct {
 	// exits in Setup, leaving a file there so that the next one does not.
 	SetupFailsOnce string
 	WarmStart      bool // natsfleet.ProcessConfig.WarmStart
+	// IdentifyLease is natsfleet.ProcessConfig.IdentifyLease.
+	IdentifyLease time.Duration
 }
 
 // seen is a MESSAGE_CREATE a child delivered, reported to the parent.
@@ -87,7 +89,7 @@ func fleetConfig(a fleetArgs) runtime.Config {
 		},
 		Processes: natsfleet.Processes(natsfleet.ProcessConfig{
 			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, WarmStart: a.WarmStart,
-			Env: []string{childEnv + "=fleet", childArgsEnv + "={}", fleetArgsEnv + "=" + string(raw)},
+			Env: []string{childEnv + "=fleet", childArgsEnv + "={}", fleetArgsEnv + "=" + string(raw)}, IdentifyLease: a.IdentifyLease,
 		}),
 	}
 }
