@@ -63,7 +63,8 @@
 // # Identify queue
 //
 // [NewIdentifyQueue] is a runtime.IdentifyQueue for every process of a
-// fleet: per bucket, a block of tickets, one per shard of the process
+// fleet of hosts (process mode's parent serves its children a queue of
+// its own: see Process mode): per bucket, a block of tickets, one per shard of the process
 // waiting there, taken by one compare-and-set as soon as a shard asks,
 // and a turn that comes an interval after the process saw the previous
 // ticket's READY (its own, or announced by another process on a plain
@@ -208,6 +209,22 @@
 // closes its shards resumably, saves their sessions if the parent's store
 // still answers, and exits within two seconds. [ProcessMode.Sessions]
 // lists what is stored.
+//
+// The parent is the admiral, so it serves the fleet's identify queue
+// itself: one runtime.LocalIdentifyQueue (the fleet's max_concurrency and
+// IdentifyInterval, the interval counting from each READY), which the warm
+// start's shards use directly and the children over NATS request/reply on
+// <prefix>.proc.identify, where [NewIdentifyQueue]'s JetStream tickets
+// would cost compare-and-sets on every turn (hosts keep those). A child
+// asks for a shard's turn; the parent waits for it on the child's behalf
+// and answers, or answers "not yet" after a bounded wait and the child asks
+// again. The turn stays taken until the child says the READY came or it
+// gave up (whether or not the grant reached it: a late grant is released
+// too), until the child's process exits, or for
+// ProcessConfig.IdentifyLease (10 s) at the latest, so a lost message or a
+// child killed with SIGKILL holds a bucket no longer than that. A child
+// whose connection to the parent is lost gets an error from the wait, and
+// its shard retries.
 //
 // A reshard (runtime.Runtime.Reshard) starts one child per cluster of the
 // new plan in standby: its shards identify at the new shard count
