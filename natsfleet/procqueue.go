@@ -225,11 +225,11 @@ func (s *identifyServer) held() int {
 func (s *identifyServer) close() {
 	s.mu.Lock()
 	sub := s.sub
+	s.stop() // under mu: no ask starts after it
 	s.mu.Unlock()
 	if sub != nil {
 		_ = sub.Unsubscribe()
 	}
-	s.stop()
 	s.wg.Wait()
 }
 
