@@ -68,9 +68,9 @@ type processesResult struct {
 
 // processConfig is the scenario's process mode, the same in the parent
 // and the children.
-func processConfig(env []string, warm bool) *natsfleet.ProcessMode {
+func processConfig(env []string, cold bool) *natsfleet.ProcessMode {
 	return natsfleet.Processes(natsfleet.ProcessConfig{
-		Args: []string{"-child", "processes-member"}, Env: env, WarmStart: warm,
+		Args: []string{"-child", "processes-member"}, Env: env, ColdStart: cold,
 		CheckpointInterval: 250 * time.Millisecond, StatsInterval: 200 * time.Millisecond,
 		Stderr: os.Stderr, Stdout: os.Stderr, // stdout is the result's
 	})
@@ -414,10 +414,10 @@ func runProcesses() (any, error) {
 		return nil, fmt.Errorf("shutdown: %w", err)
 	}
 
-	if out.StartupRatio, err = processStartup(true, shardgroup.CompressionNone); err != nil { // the default start
+	if out.StartupRatio, err = processStartup(false, shardgroup.CompressionNone); err != nil { // the default start
 		return nil, err
 	}
-	if out.StartupRatioZstd, err = processStartup(true, shardgroup.CompressionZstd); err != nil {
+	if out.StartupRatioZstd, err = processStartup(false, shardgroup.CompressionZstd); err != nil {
 		return nil, fmt.Errorf("start-up with zstd-stream: %w", err)
 	}
 	return out, nil
@@ -444,7 +444,7 @@ func waitReady(rt *runtime.Runtime, runDone <-chan error, limit time.Duration, w
 // max_concurrency 16 with a 50 ms identify window and returns the
 // physical limit (16 windows) over the time from Run to the fleet's
 // READY, child processes' start included: each child identifying its own
-// shards (the default) if cold, else with ProcessConfig.WarmStart, with
+// shards (ProcessConfig.ColdStart) if cold, else with the warm start (the default), with
 // transport compression c in the parent and the children.
 func processStartup(cold bool, c shardgroup.Compression) (float64, error) {
 	const shards, clusters, mc, window = 256, 4, 16, 50 * time.Millisecond
@@ -464,7 +464,7 @@ func processStartup(cold bool, c shardgroup.Compression) (float64, error) {
 		Bot: func(int) runtime.Bot {
 			return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
 		},
-		Processes:   processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw), procCompressionEnv + "=" + string(c)}, !cold),
+		Processes:   processConfig([]string{procTokenEnv + "=" + s.Token(), procTallyEnv + "=" + string(raw), procCompressionEnv + "=" + string(c)}, cold),
 		Compression: c,
 		Logger:      benchLogger(),
 	})
@@ -528,7 +528,7 @@ type processesStartupResult struct {
 }
 
 // runProcessesStartup measures the start-up ratio of process mode with
-// the warm start (ProcessConfig.WarmStart) and without it, alternately,
+// the warm start (the default) and without it (ProcessConfig.ColdStart), alternately,
 // so that both see the same load on the machine.
 func runProcessesStartup() (any, error) {
 	out := processesStartupResult{Scenario: "processes-startup"}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,9 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 			if pl.warm != nil {
 				wctx, cancel := context.WithTimeout(context.Background(), f.ShutdownTimeout)
 				_ = pl.warm.close(wctx)
+				if pl.sessions != nil {
+					pl.exportSessions(wctx) // what the warm start opened
+				}
 				cancel()
 			}
 			pl.closeConns()
@@ -63,11 +67,12 @@ func (p *ProcessMode) Start(ctx context.Context, f runtime.ProcessFleet) (runtim
 	// The fleet's identify queue and the warm start need no NATS: the
 	// warm start's first IDENTIFYs go out while the server starts.
 	stored := pl.loadSessions(ctx)
+	pl.stored = stored
 	var err error
 	if pl.idq, err = newIdentifyServer(f.MaxConcurrency, f.IdentifyInterval, p.cfg.IdentifyLease, pl.log); err != nil {
 		return nil, err
 	}
-	if p.cfg.WarmStart {
+	if !p.cfg.ColdStart {
 		if pl.warm, err = pl.startWarm(stored); err != nil {
 			log.Warn("warm start failed: the children identify their shards", "err", err.Error())
 		}
@@ -149,6 +154,8 @@ type pool struct {
 	warm      *warmStart        // the sessions the parent opens for the children; nil: none
 	logs      *LogReceiver      // the children's log records, onto the fleet's logger
 	collector *ProcessCollector // the children's metrics, while the fleet runs
+
+	stored []shardgroup.Session // loaded from Config.SessionStore at Start
 }
 
 // serveProxy serves the fleet's REST limiter on loopback, behind a
@@ -353,6 +360,32 @@ func (pl *pool) importSessions(ctx context.Context, sessions []shardgroup.Sessio
 	if err := pl.sessions.Save(ctx, sessions); err != nil {
 		pl.log.Warn("stored sessions not passed to the children: their shards identify", "err", err.Error())
 	}
+}
+
+// saveStored saves sessions to Config.SessionStore, if set, with those
+// loaded from it that they do not replace: for a fleet that stops before
+// its own store opened.
+func (pl *pool) saveStored(ctx context.Context, sessions []shardgroup.Session) {
+	if pl.f.SessionStore == nil {
+		return
+	}
+	byShard := map[int]shardgroup.Session{}
+	for _, s := range pl.stored {
+		byShard[s.ShardID] = s
+	}
+	for _, s := range sessions {
+		byShard[s.ShardID] = s
+	}
+	all := make([]shardgroup.Session, 0, len(byShard))
+	for _, s := range byShard {
+		all = append(all, s)
+	}
+	slices.SortFunc(all, func(a, b shardgroup.Session) int { return a.ShardID - b.ShardID })
+	if err := pl.f.SessionStore.Save(ctx, all); err != nil {
+		pl.log.Error("saving sessions failed: the next start identifies", "err", err.Error())
+		return
+	}
+	pl.log.Info("sessions saved", "sessions", len(all))
 }
 
 // exportSessions saves the fleet's sessions, as the children left them,

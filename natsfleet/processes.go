@@ -72,11 +72,11 @@ type ProcessConfig struct {
 	LogLevel  slog.Leveler
 	LogBuffer int
 
-	// WarmStart turns the warm start on. By default each child identifies
-	// its own shards once it has started. With WarmStart, at Run the parent
-	// opens the sessions of the shards without a stored session itself,
-	// through the fleet's identify queue, while the children start (exec,
-	// joining the parent, Setup), and each child RESUMEs its shards'
+	// ColdStart turns the warm start off: each child then identifies its
+	// own shards once it has started. By default (the warm start), at Run
+	// the parent opens the sessions of the shards without a stored session
+	// itself, through the fleet's identify queue, while the children start
+	// (exec, joining the parent, Setup), and each child RESUMEs its shards'
 	// sessions as they open, so that the fleet is ready one identify
 	// schedule after Run rather than after the children's start plus the
 	// schedule. The price: the parent holds the shards' connections
@@ -84,10 +84,9 @@ type ProcessConfig struct {
 	// intervals for the last ones), each closed resumably at its READY;
 	// the session then waits for its child, its events kept by Discord
 	// and replayed to the RESUME. A child's listeners see the READY, then
-	// a RESUMED. It is off by default: on a 2-core machine it has not
-	// yet been measured faster than the children's own start (the
-	// parent's dials and queue turns compete with the children's start).
-	WarmStart bool
+	// a RESUMED. Set ColdStart when the parent must hold no gateway
+	// connection, or the listeners must see no RESUMED at start.
+	ColdStart bool
 	// IdentifyLease bounds how long a child's identify turn stays taken
 	// without word from the child (a lost message): the turn is given
 	// back when the child says its READY came or it gave up, when its

@@ -45,7 +45,7 @@ type fleetArgs struct {
 	// SetupFailsOnce, if set, is a directory: each cluster's first child
 	// exits in Setup, leaving a file there so that the next one does not.
 	SetupFailsOnce string
-	WarmStart      bool // natsfleet.ProcessConfig.WarmStart
+	ColdStart      bool // natsfleet.ProcessConfig.ColdStart
 	// IdentifyLease is natsfleet.ProcessConfig.IdentifyLease.
 	IdentifyLease time.Duration
 }
@@ -88,7 +88,7 @@ func fleetConfig(a fleetArgs) runtime.Config {
 			return ledgerBot{}
 		},
 		Processes: natsfleet.Processes(natsfleet.ProcessConfig{
-			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, WarmStart: a.WarmStart,
+			Prefix: a.Prefix, Args: []string{"-test.run=^$"}, CheckpointInterval: 100 * time.Millisecond, ColdStart: a.ColdStart,
 			Env: []string{childEnv + "=fleet", childArgsEnv + "={}", fleetArgsEnv + "=" + string(raw)}, IdentifyLease: a.IdentifyLease,
 		}),
 	}

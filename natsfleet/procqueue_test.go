@@ -31,7 +31,8 @@ func TestProcessesIdentifyGrantKilled(t *testing.T) {
 	s.HoldShard(0)
 	prefix := procPrefix + "-" + newPrefix()
 	rt, err := runtime.New(fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: prefix, IdentifyLease: 10 * time.Minute}))
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: prefix, IdentifyLease: 10 * time.Minute,
+		ColdStart: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,10 @@ func TestProcessesIdentifyManyChildren(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	f := startProcFleet(t, s, 4)
+	f := startProcFleet(t, s, 4, func(c *runtime.Config) {
+		*c = fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+			Interval: s.IdentifyWindow(), Clusters: 4, Prefix: procPrefix + "-" + newPrefix(), ColdStart: true})
+	})
 	st := s.Stats()
 	if st.Identifies != 16 || st.Violations["identify_concurrency"] != 0 {
 		t.Errorf("identifies %d, identify violations %d; want 16 and 0", st.Identifies, st.Violations["identify_concurrency"])

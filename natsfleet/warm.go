@@ -388,8 +388,9 @@ func (w *warmStart) save(list []shardgroup.Session) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.pl.f.ShutdownTimeout)
 	defer cancel()
 	if w.pl.sessions == nil {
-		w.pl.log.Warn("warm start: the fleet stopped before its session store opened: opened sessions not saved",
-			"sessions", len(list))
+		// The fleet stopped before its store opened: straight to
+		// Config.SessionStore.
+		w.pl.saveStored(ctx, list)
 		return
 	}
 	if err := w.pl.sessions.Save(ctx, list); err != nil {

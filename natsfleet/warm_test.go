@@ -37,7 +37,7 @@ func TestProcessesWarmStart(t *testing.T) {
 	loaded := loadUntil(ctx, s) // during the whole start
 	f := startProcFleet(t, s, 2, func(c *runtime.Config) {
 		*c = fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), WarmStart: true})
+			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
 	})
 	f.ledger.atLeast(t, 50) // and a little after
 	stopLoad()
@@ -98,7 +98,7 @@ func TestProcessesWarmStartShutdown(t *testing.T) {
 	t.Cleanup(s.Close)
 	store := &runtime.MemorySessionStore{}
 	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), WarmStart: true})
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
 	cfg.SessionStore = store
 	rt, err := runtime.New(cfg)
 	if err != nil {
@@ -178,7 +178,7 @@ func TestProcessesWarmStartChildFails(t *testing.T) {
 	f := startProcFleet(t, s, 2, func(c *runtime.Config) {
 		a := fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(),
-			SetupFailsOnce: dir, WarmStart: true}
+			SetupFailsOnce: dir}
 		*c = fleetConfig(a)
 	})
 	restarted := 0
@@ -197,13 +197,13 @@ func TestProcessesWarmStartChildFails(t *testing.T) {
 	}
 }
 
-// TestProcessesColdStart: without ProcessConfig.WarmStart (the default),
-// each child identifies its own shards: nothing is resumed.
+// TestProcessesColdStart: with ProcessConfig.ColdStart, each child
+// identifies its own shards: nothing is resumed.
 func TestProcessesColdStart(t *testing.T) {
 	s := procServer(t)
 	startProcFleet(t, s, 2, func(c *runtime.Config) {
 		*c = fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
+			Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix(), ColdStart: true})
 	})
 	if st := s.Stats(); st.Identifies != 4 || st.Resumes != 0 || st.Violations["identify_concurrency"] != 0 {
 		t.Errorf("identifies %d, resumes %d, identify violations %d; want 4, 0, 0", st.Identifies, st.Resumes, st.Violations["identify_concurrency"])
