@@ -346,6 +346,9 @@ func (q *parentIdentifyQueue) Close(ctx context.Context) {
 	clear(q.held)
 	q.mu.Unlock()
 	q.send(identifyAsk{Op: "gone", Child: q.child})
+	if !q.nc.IsConnected() {
+		return // the parent sees the process exit
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, askTrip)
