@@ -265,10 +265,10 @@
 // others. The price is that the parent holds the shards' connections
 // while they wait for their turns (one identify schedule for the last
 // ones). ProcessConfig.ColdStart turns it off: each child then
-// identifies its own shards once it has started (measured on 2 cores,
-// 256 shards in 4 children: 0.6-0.78 of the physical identify limit,
-// against 0.8-0.96 with the warm start). Restarts after the start (a crash, a
-// soft restart) are unchanged.
+// identifies its own shards once it has started (measured on 2 cores
+// shared with other work, 256 shards in 4 children, alternately: 0.6-0.8
+// of the physical identify limit, against 0.75-0.95 with the warm start).
+// Restarts after the start (a crash, a soft restart) are unchanged.
 //
 // # Observing the children
 //
