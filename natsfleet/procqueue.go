@@ -69,10 +69,17 @@ type identifyServer struct {
 
 	notYet chan<- struct{} // tests: told of each "not yet" answer
 
-	mu   sync.Mutex // guards asks, sub
+	mu   sync.Mutex // guards asks, sub, left, leftOrder
 	asks map[askKey]context.CancelFunc
 	sub  *nats.Subscription
+	// left holds the children last gone, so that an ask of theirs still
+	// on its way is refused rather than granted to nobody.
+	left      map[string]struct{}
+	leftOrder []string
 }
+
+// maxLeft bounds the children remembered gone.
+const maxLeft = 256
 
 type askKey struct {
 	child string
@@ -89,7 +96,7 @@ func newIdentifyServer(maxConcurrency int, interval, lease time.Duration, log *s
 	if lease == 0 {
 		lease = defaultIdentifyLease
 	}
-	s := &identifyServer{local: local, lease: lease, log: log, asks: map[askKey]context.CancelFunc{}}
+	s := &identifyServer{local: local, lease: lease, log: log, asks: map[askKey]context.CancelFunc{}, left: map[string]struct{}{}}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -134,6 +141,11 @@ func (s *identifyServer) wait(m *nats.Msg, a identifyAsk) {
 	if s.ctx.Err() != nil {
 		s.mu.Unlock()
 		s.answer(m, identifyAnswer{Err: "the fleet is stopping"})
+		return
+	}
+	if _, gone := s.left[a.Child]; gone {
+		s.mu.Unlock()
+		s.answer(m, identifyAnswer{Err: "ask of a child that has gone"})
 		return
 	}
 	if _, dup := s.asks[key]; dup || len(s.asks) >= maxIdentifyAsks {
@@ -201,6 +213,14 @@ func (s *identifyServer) end(key askKey) {
 // gone ends every ask of a child: it has closed its queue, or exited.
 func (s *identifyServer) gone(child string) {
 	s.mu.Lock()
+	if _, ok := s.left[child]; !ok {
+		s.left[child] = struct{}{}
+		s.leftOrder = append(s.leftOrder, child)
+		if len(s.leftOrder) > maxLeft {
+			delete(s.left, s.leftOrder[0])
+			s.leftOrder = s.leftOrder[1:]
+		}
+	}
 	var cancels []context.CancelFunc
 	for key, cancel := range s.asks {
 		if key.child == child {

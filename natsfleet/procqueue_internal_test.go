@@ -143,6 +143,18 @@ func TestParentIdentifyQueueChildGone(t *testing.T) {
 	if err := b.WaitBucket(context.Background(), 0); !errors.Is(err, errParentQueueClosed) {
 		t.Errorf("a wait on a closed queue: %v, want errParentQueueClosed", err)
 	}
+	// An ask a gone child sent before it went, read after: refused, not
+	// granted to nobody.
+	c.UnlockBucket(0)
+	data, _ := json.Marshal(identifyAsk{Op: "wait", Child: a.child, ID: 99, Shard: 0, Wait: 10 * time.Second})
+	m, err := f.conn().Request(identifySubject(f.prefix), data, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ans identifyAnswer
+	if err := json.Unmarshal(m.Data, &ans); err != nil || ans.Granted || ans.Err == "" {
+		t.Errorf("an ask of a gone child: %s, %v; want refused", m.Data, err)
+	}
 }
 
 // TestParentIdentifyQueueConnectionLost: a wait on a connection that
