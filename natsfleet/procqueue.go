@@ -104,7 +104,13 @@ func newIdentifyServer(maxConcurrency int, interval, lease time.Duration, log *s
 // listen serves the children's asks on nc.
 func (s *identifyServer) listen(nc *nats.Conn, prefix string) error {
 	sub, err := nc.Subscribe(identifySubject(prefix), s.onAsk)
+	if err == nil {
+		err = nc.Flush() // the server has the subscription before any child asks
+	}
 	if err != nil {
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
 		return fmt.Errorf("natsfleet: serve the identify queue: %w", err)
 	}
 	s.mu.Lock()
@@ -292,6 +298,9 @@ func (q *parentIdentifyQueue) WaitBucket(ctx context.Context, shardID int) error
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if q.ctx.Err() != nil {
+			return errParentQueueClosed
+		}
 		id := q.ids.Add(1)
 		granted, err := q.ask(ctx, shardID, id)
 		if err != nil {
@@ -316,6 +325,9 @@ func (q *parentIdentifyQueue) WaitBucket(ctx context.Context, shardID int) error
 
 // ask sends one ask and waits for its answer.
 func (q *parentIdentifyQueue) ask(ctx context.Context, shard int, id uint64) (bool, error) {
+	if !q.nc.IsConnected() {
+		return false, fmt.Errorf("natsfleet: identify turn of shard %d: not connected to the parent (%s)", shard, q.nc.Status())
+	}
 	data, _ := json.Marshal(identifyAsk{Op: "wait", Child: q.child, ID: id, Shard: shard, Wait: q.wait})
 	rctx, cancel := context.WithTimeout(ctx, q.wait+askTrip)
 	defer cancel()
