@@ -53,6 +53,10 @@ type identifyAnswer struct {
 // child's word (IdentifyLease's default).
 const defaultIdentifyLease = 10 * time.Second
 
+// maxAskWait bounds how long the parent waits for a turn before it
+// answers "not yet", whatever the child asked.
+const maxAskWait = time.Minute
+
 // maxIdentifyAsks bounds the asks the parent serves at once: a child's
 // shards each hold at most one.
 const maxIdentifyAsks = 1 << 14
@@ -163,7 +167,7 @@ func (s *identifyServer) wait(m *nats.Msg, a identifyAsk) {
 	s.asks[key] = cancel
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go s.serve(ctx, key, a.Shard, a.Wait, m)
+	go s.serve(ctx, key, a.Shard, min(a.Wait, maxAskWait), m)
 }
 
 // serve waits for shard's bucket until ctx ends or wait has passed, and
