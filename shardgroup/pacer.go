@@ -53,9 +53,6 @@ func NewPacer(buckets, ahead int) (*Pacer, error) {
 	return &Pacer{ahead: ahead, buckets: make([]pacerBucket, buckets)}, nil
 }
 
-// Ahead is how many shards of a bucket may connect ahead of their turn.
-func (p *Pacer) Ahead() int { return p.ahead }
-
 // errStopped ends a shard's wait for a place when the shard is stopped.
 var errStopped = errors.New("shardgroup: shard stopped before it connected")
 
