@@ -34,6 +34,7 @@ func init() {
 	childKinds["restproxy"] = runProxyChild
 	childKinds["reverseproxy"] = runReverseProxyChild
 	childKinds["rest-sim"] = runSimChild
+	childKinds["tcprelay"] = runRelayChild
 }
 
 // restResult is the rest scenario's line.
@@ -69,6 +70,12 @@ type restResult struct {
 	// served alike: what any Go HTTP proxy in its own process adds on
 	// this machine.
 	ReverseProxyOverheadUS float64 `json:"reverse_proxy_overhead_us"`
+	// The same pair measured again with a plain TCP byte relay in the
+	// proxy's place (a child process on as many threads as the proxy,
+	// one goroutine per direction, no HTTP, the client sending the
+	// token): what one more process on the path costs on this machine
+	// before any HTTP is read.
+	TCPRelayOverheadUS float64 `json:"tcp_relay_overhead_us"`
 }
 
 // The workload of the restproxy issue: 8 clusters, each a disgo REST
@@ -425,7 +432,7 @@ func runREST() (any, error) {
 		return nil, err
 	}
 	r.ProxyProcs = proxyProcs
-	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, r.ProxyOverheadAllCPUsUS, err = proxyOverhead(); err != nil {
+	if r.DirectUS, r.ProxiedUS, r.ReverseProxyOverheadUS, r.ProxyOverheadAllCPUsUS, r.TCPRelayOverheadUS, err = proxyOverhead(); err != nil {
 		return nil, err
 	}
 	r.ProxyOverheadUS = r.ProxiedUS - r.DirectUS
@@ -522,44 +529,110 @@ func restWorkload(viaProxy bool) (elapsed time.Duration, n429 int, err error) {
 // in-process Limiter) and one through a proxy in front of it on
 // proxyProcs threads, with limits far above the rate, and returns each
 // one's median in µs. It then measures the same pair again with
-// net/http's ReverseProxy in the proxy's place, and with the proxy on
-// Go's default thread count, and returns each one's median minus its
-// direct one.
-func proxyOverhead() (direct, proxied, reverse, allCPUs float64, err error) {
+// net/http's ReverseProxy in the proxy's place, with the proxy on Go's
+// default thread count, and with a TCP byte relay in its place, and
+// returns each one's median minus its direct one.
+func proxyOverhead() (direct, proxied, reverse, allCPUs, relay float64, err error) {
 	srv, err := startSim(1<<30, time.Second, 1<<30)
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	defer func() { err = errors.Join(err, srv.close()) }()
 	ld, err := restproxy.New(restproxy.Config{GlobalLimit: 1 << 20})
 	if err != nil {
-		return 0, 0, 0, 0, err
+		return 0, 0, 0, 0, 0, err
 	}
 	dc, _, closeDirect := restClient(srv.restURL(), srv.token, ld.ConfigOpt())
 	defer closeDirect()
-	// pair starts the child, then times it against direct calls.
-	pair := func(start func() (*proc, error)) (d, p float64, err error) {
+	// pair starts the child, then times it against direct calls, the
+	// client through it sending token.
+	pair := func(start func() (*proc, error), token string) (d, p float64, err error) {
 		x, err := start()
 		if err != nil {
 			return 0, 0, err
 		}
 		defer func() { err = errors.Join(err, x.close()) }()
-		c, _, closeClient := restClient(x.url+"/api/v10", "", rest.WithRateLimiter(rest.NewNoopRateLimiter()))
+		c, _, closeClient := restClient(x.url+"/api/v10", token, rest.WithRateLimiter(rest.NewNoopRateLimiter()))
 		defer closeClient()
 		return timePair(dc, c)
 	}
-	if direct, proxied, err = pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, proxyProcs) }); err != nil {
-		return 0, 0, 0, 0, err
+	if direct, proxied, err = pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, proxyProcs) }, ""); err != nil {
+		return 0, 0, 0, 0, 0, err
 	}
-	d, r, err := pair(func() (*proc, error) { return startProc("reverseproxy", srv.token, srv.url) })
+	d, r, err := pair(func() (*proc, error) { return startProc("reverseproxy", srv.token, srv.url) }, "")
 	if err != nil {
-		return 0, 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
+		return 0, 0, 0, 0, 0, fmt.Errorf("reverse proxy: %w", err)
 	}
-	d2, a, err := pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, 0) })
+	d2, a, err := pair(func() (*proc, error) { return startProxy(srv.url, srv.token, 1<<20, 0) }, "")
 	if err != nil {
-		return 0, 0, 0, 0, fmt.Errorf("proxy on every CPU: %w", err)
+		return 0, 0, 0, 0, 0, fmt.Errorf("proxy on every CPU: %w", err)
 	}
-	return direct, proxied, r - d, a - d2, nil
+	d3, t, err := pair(func() (*proc, error) { return startProc("tcprelay", "", srv.url) }, srv.token)
+	if err != nil {
+		return 0, 0, 0, 0, 0, fmt.Errorf("TCP relay: %w", err)
+	}
+	return direct, proxied, r - d, a - d2, t - d3, nil
+}
+
+// runRelayChild relays bytes between each connection it accepts on a
+// loopback port and a new connection to the upstream URL's host, on as
+// many threads as the proxy, until stdin closes.
+func runRelayChild(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("tcprelay child: want the upstream URL, got %q", args)
+	}
+	setChildProcs(proxyProcs)
+	u, err := url.Parse(args[0])
+	if err != nil {
+		return fmt.Errorf("tcprelay child: upstream: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false
+		}
+		conns[c] = struct{}{}
+		return true
+	}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.DialTimeout("tcp", u.Host, 10*time.Second)
+			if err != nil || !track(c) || !track(up) {
+				_ = c.Close()
+				if up != nil {
+					_ = up.Close()
+				}
+				continue
+			}
+			// Each direction ends when its source closes, or when stdin
+			// closes and every connection is closed.
+			wg.Go(func() { _, _ = io.Copy(up, c); _ = up.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, up); _ = c.Close() })
+		}
+	})
+	fmt.Println("ready", ln.Addr())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_ = ln.Close()
+	mu.Lock()
+	for c := range conns {
+		_ = c.Close()
+	}
+	conns = nil
+	mu.Unlock()
+	wg.Wait()
+	return nil
 }
 
 // timePair times GET /users/@me one request at a time, alternating a and

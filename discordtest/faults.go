@@ -171,18 +171,28 @@ func encodePayload(p any) ([]byte, error) {
 // marshal. It returns how many sessions received it. Dispatch blocks
 // while a connected client is a whole replay buffer behind.
 func (s *Server) Dispatch(guildID uint64, eventType string, payload any) (int, error) {
+	ids, err := s.DispatchSessions(guildID, eventType, payload)
+	return len(ids), err
+}
+
+// DispatchSessions is Dispatch, returning the IDs of the sessions that
+// received the event. A shard has two when, for instance, its connection
+// closed after an IDENTIFY and before the READY reached the client: that
+// session lives on, resumable, with nobody knowing its ID, while the
+// client identifies again, as on Discord.
+func (s *Server) DispatchSessions(guildID uint64, eventType string, payload any) ([]string, error) {
 	d, err := encodePayload(payload)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	sessions, _ := s.liveSessions()
-	n := 0
+	var ids []string
 	for _, ss := range sessions {
 		if ss.owns(guildID) && ss.append(eventType, d) {
-			n++
+			ids = append(ids, ss.id)
 		}
 	}
-	return n, nil
+	return ids, nil
 }
 
 // Broadcast sends an event to every live session.

@@ -2,6 +2,7 @@ package discordtest
 
 import (
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,4 +95,30 @@ func TestSessionsEndedByReason(t *testing.T) {
 func (c *rawClient) closeWith(code int) {
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
 	_ = c.ws.Close()
+}
+
+// A session whose client left stays live, resumable, as on Discord: a
+// second IDENTIFY of the shard (a client that never got the first one's
+// READY sends one) starts another, and a dispatch reaches both, each
+// named by DispatchSessions.
+func TestDispatchSessionsNamesEachSession(t *testing.T) {
+	t.Parallel()
+	s := NewServer(WithGuilds(1), WithRecommendedShards(1), WithIdentifyWindow(time.Millisecond))
+	defer s.Close()
+	a := dialRaw(t, s.GatewayURL())
+	first, _ := a.identify(s.Token(), 0, 1)
+	_ = a.ws.Close() // gone: the session waits for a RESUME nobody will send
+	b := dialRaw(t, s.GatewayURL())
+	second, _ := b.identify(s.Token(), 0, 1)
+	g := s.GuildID(0)
+	ids, err := s.DispatchSessions(g, "MESSAGE_CREATE", s.MessageCreate(g, "both", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(ids), 2; got != want || !slices.Contains(ids, first) || !slices.Contains(ids, second) {
+		t.Fatalf("DispatchSessions = %q, want the two sessions %q and %q", ids, first, second)
+	}
+	if n, _ := s.Dispatch(g, "MESSAGE_CREATE", s.MessageCreate(g, "again", 2)); n != 2 {
+		t.Fatalf("Dispatch reached %d sessions, want 2", n)
+	}
 }

@@ -288,10 +288,10 @@ type tracker struct {
 	sessionOf map[int]string // by message ID: the session that delivered it
 	lastSeq   map[string]int // by session: the last sequence delivered
 	gaps      []string
-	multi     int            // messages queued to more than one session
-	resumed   map[int]int    // by shard: RESUMEDs since the last delivery
-	resolved  []int          // by shard: messages before this index are accounted for
-	lastSess  map[int]string // by shard: the session of the last accounted delivery
+	multi     map[int][]string // by message ID: the sessions of a message queued to more than one
+	resumed   map[int]int      // by shard: RESUMEDs since the last delivery
+	resolved  []int            // by shard: messages before this index are accounted for
+	lastSess  map[int]string   // by shard: the session of the last accounted delivery
 	notify    chan struct{}
 }
 
@@ -384,11 +384,15 @@ func (tr *tracker) send(guild int) (int, bool) {
 	}
 	tr.mu.Unlock()
 	// One sender: the dispatch order is the order of sent.
-	n, _ := tr.s.Dispatch(g, "MESSAGE_CREATE", tr.s.MessageCreate(g, "stress "+strconv.Itoa(id), id))
+	sessions, _ := tr.s.DispatchSessions(g, "MESSAGE_CREATE", tr.s.MessageCreate(g, "stress "+strconv.Itoa(id), id))
+	n := len(sessions)
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if n > 1 {
-		tr.multi++
+		if tr.multi == nil {
+			tr.multi = map[int][]string{}
+		}
+		tr.multi[id] = sessions
 	}
 	if n > 0 {
 		tr.sent[shard] = append(tr.sent[shard], id)
@@ -505,10 +509,27 @@ func (tr *tracker) account(rt *Runtime, shards int) (lost, excused int, unexcuse
 		tr.resolved[shard] = len(tr.sent[shard])
 		tr.lastSess[shard] = prev
 	}
-	if tr.multi > 0 {
-		unexcused = append(unexcused, fmt.Sprintf("%d messages queued to two sessions of one shard", tr.multi))
-		tr.multi = 0
+	// A message queued to two sessions of its shard is the fleet's fault
+	// only if the fleet knew both (it had a dispatch of each: READY at
+	// least). A session whose READY never reached the fleet (its
+	// connection closed after the IDENTIFY) lives on at the gateway
+	// with nobody knowing its ID, and the fleet rightly identifies again.
+	known := 0
+	for _, sessions := range tr.multi {
+		n := 0
+		for _, sess := range sessions {
+			if _, ok := tr.lastSeq[sess]; ok {
+				n++
+			}
+		}
+		if n > 1 {
+			known++
+		}
 	}
+	if known > 0 {
+		unexcused = append(unexcused, fmt.Sprintf("%d messages queued to two sessions of one shard that the fleet both knew", known))
+	}
+	tr.multi = nil
 	return lost, excused, unexcused, dups
 }
 
