@@ -10,8 +10,9 @@ import (
 )
 
 // Pacer paces the connections of shards that will IDENTIFY, so that a
-// fleet's start does not dial every shard at once. At most Ahead shards
-// of a bucket (shard ID % buckets: Discord's max_concurrency) are
+// fleet's start does not dial every shard at once. At most ahead shards
+// (see [NewPacer]) of a bucket (shard ID % buckets: Discord's
+// max_concurrency) are
 // connecting, or connected and waiting for their turn in the identify
 // queue, at a time; the bucket's next shard dials when one of them is
 // granted its turn, or its connection ends first. A bucket's turns come
