@@ -379,7 +379,7 @@ func (r *Runtime) newInstance(ctx context.Context, c *cluster, env *fleetEnv, ca
 	}
 	run, err := shardgroup.New(shardgroup.Config{
 		ID: c.id, ShardIDs: c.shards, ShardCount: env.total, Token: r.cfg.Token, GatewayURL: env.gatewayURL,
-		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
+		Intents: r.cfg.Intents, IdentifyLimiter: env.queue, Pacer: env.pacer, Logger: r.cfg.Logger, Presence: r.cfg.StartingStatus,
 		ClientOptions: r.clientOptions(caches), Hooks: hooks, Gate: &r.gate, Generation: env.gen, Bus: r.bus.Client(),
 		Compression: r.cfg.Compression, Deliver: r.delivering(c.id), Serve: r.serving(c.id), Await: r.awaiting(c.id),
 	})

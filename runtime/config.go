@@ -106,6 +106,12 @@ type Config struct {
 	IdentifyInterval time.Duration
 	// IdentifyQueue replaces the in-process queue (a cross-host one).
 	IdentifyQueue IdentifyQueue
+	// ConnectAhead is how many shards of an identify bucket connect
+	// before their turn (default 1): the bucket's next shard dials when
+	// one of them is granted its turn, so that a start does not dial
+	// every shard at once (see shardgroup.Pacer). Negative: every shard
+	// connects at once.
+	ConnectAhead int
 	// RESTLimiter is the REST rate limiter every cluster's client shares
 	// (eris-fleet's central request handler). Nil builds one with
 	// Discord's limits; set RESTLimiterConfig to tune it (a raised global

@@ -39,7 +39,10 @@
 // bucket at once. A bucket is released when its IDENTIFY's READY arrives,
 // so no network delay can make two IDENTIFYs of a bucket reach Discord
 // closer than the interval; the fleet is ready in about ceil(shards /
-// max_concurrency) intervals.
+// max_concurrency) intervals. Shards do not all connect at once: one per
+// bucket (Config.ConnectAhead) connects ahead of its turn, and the
+// bucket's next dials when that one is granted, so that the first turns'
+// IDENTIFYs do not wait behind every shard's handshake.
 //
 // # Supervision
 //

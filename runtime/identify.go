@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gofleet/fleet/internal/clock"
+	"github.com/gofleet/fleet/shardgroup"
 )
 
 // IdentifyQueue spaces IDENTIFYs by Discord's rule: one per bucket
@@ -93,3 +94,17 @@ func (q *LocalIdentifyQueue) UnlockBucket(shardID int) {
 
 // Close does nothing: the queue holds no goroutine.
 func (q *LocalIdentifyQueue) Close(context.Context) {}
+
+// pacer paces the connections of the shards that will IDENTIFY, mc
+// being the bot's max_concurrency (see Config.ConnectAhead); nil when
+// they connect at once.
+func (r *Runtime) pacer(mc int) (*shardgroup.Pacer, error) {
+	ahead := r.cfg.ConnectAhead
+	if ahead < 0 {
+		return nil, nil
+	}
+	if ahead == 0 {
+		ahead = 1
+	}
+	return shardgroup.NewPacer(mc, ahead)
+}

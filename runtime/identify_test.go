@@ -3,10 +3,12 @@ package runtime
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/internal/clock"
 )
 
@@ -98,4 +100,101 @@ func TestLocalIdentifyQueueSteps(t *testing.T) {
 			{at: 30000 * ms, pass: []int{6, 7}},
 		})
 	})
+}
+
+// askingQueue records, at each WaitBucket, how many connections the
+// gateway has accepted and how many turns were granted before; with
+// hold, no turn is granted before hold shards have asked.
+type askingQueue struct {
+	q    *LocalIdentifyQueue
+	s    *discordtest.Server
+	hold int
+
+	mu      sync.Mutex // guards the fields below
+	asked   int
+	granted int
+	seen    [][2]int      // connections, grants: at each ask
+	all     chan struct{} // closed when hold shards have asked
+}
+
+func (a *askingQueue) WaitBucket(ctx context.Context, shard int) error {
+	conns := a.s.Stats().Connections
+	a.mu.Lock()
+	a.seen = append(a.seen, [2]int{conns, a.granted})
+	a.asked++
+	if a.asked == a.hold {
+		close(a.all)
+	}
+	a.mu.Unlock()
+	if a.hold > 0 {
+		select {
+		case <-a.all:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	err := a.q.WaitBucket(ctx, shard)
+	if err == nil {
+		a.mu.Lock()
+		a.granted++
+		a.mu.Unlock()
+	}
+	return err
+}
+
+func (a *askingQueue) UnlockBucket(shard int)    { a.q.UnlockBucket(shard) }
+func (a *askingQueue) Close(ctx context.Context) { a.q.Close(ctx) }
+
+// TestConnectAhead: by default a shard of each bucket connects ahead of
+// its turn, so the gateway never has more connections than the turns
+// granted plus max_concurrency; with ConnectAhead negative every shard
+// connects (and asks for its turn) at once.
+func TestConnectAhead(t *testing.T) {
+	const shards, mc = 8, 2
+	for _, tc := range []struct {
+		name  string
+		ahead int
+		hold  int // grant nothing until this many asked
+	}{
+		{"default", 0, 0},
+		{"at once", -1, shards},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := discordtest.NewServer(discordtest.WithGuilds(shards), discordtest.WithRecommendedShards(shards),
+				discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(time.Millisecond))
+			defer s.Close()
+			lq, err := NewLocalIdentifyQueue(mc, time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := &askingQueue{q: lq, s: s, hold: tc.hold, all: make(chan struct{})}
+			cfg := testConfig(s)
+			cfg.IdentifyQueue, cfg.ConnectAhead, cfg.Clusters = q, tc.ahead, 2
+			rt, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runUntil(t, rt)
+			waitReady(t, rt)
+			if err := stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			st := s.Stats()
+			if len(st.Violations) != 0 || st.Identifies != shards || st.Connections != shards {
+				t.Fatalf("violations %v, %d IDENTIFYs and %d connections; want none, %d and %d", st.Violations, st.Identifies, st.Connections, shards, shards)
+			}
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if len(q.seen) != shards {
+				t.Fatalf("%d asks, want %d", len(q.seen), shards)
+			}
+			if tc.ahead >= 0 {
+				for i, at := range q.seen {
+					if at[0] > at[1]+mc {
+						t.Fatalf("ask %d: %d connections with %d turns granted; want at most %d", i, at[0], at[1], at[1]+mc)
+					}
+				}
+			}
+		})
+	}
 }

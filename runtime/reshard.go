@@ -190,7 +190,7 @@ func (r *Runtime) reshard(ctx context.Context, opts ReshardOptions, planned bool
 	loaded := make(chan struct{})
 	var mu sync.Mutex
 	seen := map[int]bool{}
-	env := &fleetEnv{total: total, shards: total, gatewayURL: oldEnv.gatewayURL, queue: oldEnv.queue,
+	env := &fleetEnv{total: total, shards: total, gatewayURL: oldEnv.gatewayURL, queue: oldEnv.queue, pacer: oldEnv.pacer,
 		fatal: oldEnv.fatal, groupCtx: oldEnv.groupCtx, gen: oldEnv.gen + 1}
 	env.onLoaded = func(shard int) {
 		mu.Lock()

@@ -34,7 +34,7 @@ func (r *Runtime) reshardChildren(ctx context.Context, old []*cluster, oldEnv *f
 	defer cancel()
 	began := time.Now()
 	r.events.emit(ReshardStarted{From: oldEnv.total, To: total})
-	env := &fleetEnv{total: total, shards: total, gatewayURL: oldEnv.gatewayURL, queue: oldEnv.queue,
+	env := &fleetEnv{total: total, shards: total, gatewayURL: oldEnv.gatewayURL, queue: oldEnv.queue, pacer: oldEnv.pacer,
 		fatal: oldEnv.fatal, groupCtx: oldEnv.groupCtx, gen: oldEnv.gen + 1}
 	standby := *env
 	standby.standby = true

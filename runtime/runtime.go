@@ -84,6 +84,7 @@ type fleetEnv struct {
 	shards     int // how many this runtime runs
 	gatewayURL string
 	queue      IdentifyQueue
+	pacer      *shardgroup.Pacer // nil: shards connect at once
 	fatal      chan error
 	groupCtx   context.Context // shards run on it; cancelled after every cluster stopped
 	gen        int64           // generation: listeners hear a group while Runtime.gate holds it
@@ -315,6 +316,9 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 	}
 	env := &fleetEnv{total: total, shards: last - first + 1, gatewayURL: r.cfg.GatewayURL, queue: queue,
 		fatal: make(chan error, 1), counting: true}
+	if env.pacer, err = r.pacer(mc); err != nil {
+		return err
+	}
 	if env.gatewayURL == "" {
 		env.gatewayURL = gb.URL
 	}

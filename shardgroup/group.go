@@ -79,6 +79,11 @@ type Config struct {
 	// DefaultCompression.
 	Compression Compression
 
+	// Pacer, if set, paces the connections of shards that will IDENTIFY
+	// (see [Pacer]); share one between every group of a bot, as the
+	// IdentifyLimiter. Nil: every shard connects at once.
+	Pacer *Pacer
+
 	// StopAtReady, if set, makes the group open sessions for another
 	// group, in this process or another, to resume: each shard stops as
 	// soon as it has read the READY of its IDENTIFY, closing with a

@@ -142,6 +142,7 @@ type shard struct {
 	sends    []time.Time // command times for the 120/60 s limit
 
 	holding atomic.Bool                 // an identify bucket is taken
+	pacing  atomic.Bool                 // a place of the Pacer is taken
 	hb      atomic.Pointer[heartbeater] // the connection's, while it runs
 
 	// Owned by the run goroutine (run, connect, serve):
@@ -418,6 +419,15 @@ func (s *shard) connect(ctx context.Context) error {
 	if err := s.in.reset(); err != nil {
 		return err
 	}
+	if p := s.g.cfg.Pacer; p != nil && !resume {
+		// A connection that will IDENTIFY dials once its bucket has a
+		// place; it holds it until its turn is granted or it ends.
+		if err := p.wait(ctx, s.stop, s.id); err != nil {
+			return err
+		}
+		s.pacing.Store(true)
+		defer s.unpace()
+	}
 	compress, _ := s.g.cfg.Compression.query()
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json"+compress, http.Header{})
@@ -663,7 +673,9 @@ func (s *shard) sendNow(op gateway.Opcode, d gateway.MessageData) error {
 func (s *shard) identify(ctx context.Context) error {
 	s.setState(StateIdentifying)
 	queued := time.Now()
-	if err := s.g.cfg.IdentifyLimiter.WaitBucket(ctx, s.id); err != nil {
+	err := s.g.cfg.IdentifyLimiter.WaitBucket(ctx, s.id)
+	s.unpace() // granted (or given up): the bucket's next shard may dial
+	if err != nil {
 		return err
 	}
 	waited := time.Since(queued)
@@ -690,13 +702,20 @@ func (s *shard) identify(ctx context.Context) error {
 	// bucket cannot reach it less than an interval later, whatever the
 	// network's jitter.
 	s.holding.Store(true)
-	err := s.sendNow(gateway.OpcodeIdentify, id)
+	err = s.sendNow(gateway.OpcodeIdentify, id)
 	if err != nil {
 		s.releaseBucket()
 		return err
 	}
 	s.g.identified(s, waited)
 	return nil
+}
+
+// unpace gives the Pacer's place back, once per connection.
+func (s *shard) unpace() {
+	if s.pacing.CompareAndSwap(true, false) {
+		s.g.cfg.Pacer.release(s.id)
+	}
 }
 
 // releaseBucket gives the identify bucket back, once per IDENTIFY.
