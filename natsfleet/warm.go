@@ -121,7 +121,7 @@ func (pl *pool) startWarm(stored []shardgroup.Session) (*warmStart, error) {
 		run, err := shardgroup.New(shardgroup.Config{
 			ID: cp.ID, ShardIDs: cp.Shards, ShardCount: f.Shards, Token: shardgroup.Token(f.Token),
 			GatewayURL: f.GatewayURL, Intents: f.Intents, Presence: f.Presence, Compression: f.Compression,
-			IdentifyLimiter: q, Logger: pl.log.With("warm_start", true),
+			IdentifyLimiter: q, Pacer: f.Pacer, Logger: pl.log.With("warm_start", true),
 			// The client makes no REST call: a limiter without goroutines.
 			ClientOptions: []bot.ConfigOpt{bot.WithRestClientConfigOpts(rest.WithRateLimiter(rest.NewNoopRateLimiter()))},
 			Deliver:       func() bool { return false },

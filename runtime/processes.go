@@ -89,6 +89,9 @@ type ProcessFleet struct {
 	Intents     gateway.Intents
 	Presence    *gateway.MessageDataPresenceUpdate
 	Compression shardgroup.Compression
+	// Pacer paces the connections of the shards a pool identifies itself
+	// (Config.ConnectAhead; nil: they connect at once).
+	Pacer *shardgroup.Pacer
 	// Resumable reports whether a session of SessionStore would be
 	// resumed by a child (the checks Run makes on stored sessions).
 	Resumable func(shardgroup.Session) bool

@@ -299,7 +299,11 @@ func (r *Runtime) Run(ctx context.Context) (err error) {
 		if gwURL == "" {
 			gwURL = gb.URL
 		}
-		pool, err := p.Start(startCtx, r.processFleet(total, mc, gwURL, clusters))
+		pf := r.processFleet(total, mc, gwURL, clusters)
+		if pf.Pacer, err = r.pacer(mc); err != nil {
+			return err
+		}
+		pool, err := p.Start(startCtx, pf)
 		if err != nil {
 			return fmt.Errorf("runtime: process mode: %w", err)
 		}
