@@ -266,8 +266,9 @@
 // while they wait for their turns (one identify schedule for the last
 // ones). ProcessConfig.ColdStart turns it off: each child then
 // identifies its own shards once it has started (measured on 2 cores
-// shared with other work, 256 shards in 4 children, alternately: 0.6-0.8
-// of the physical identify limit, against 0.75-0.95 with the warm start).
+// shared with other work, 256 shards in 4 children, alternately: 0.9-0.98
+// of the physical identify limit with the warm start, 0.7-0.84 with
+// ColdStart; both lower on a busier machine).
 // Restarts after the start (a crash, a soft restart) are unchanged.
 //
 // # Observing the children
