@@ -117,10 +117,13 @@ func (pl *pool) startWarm(stored []shardgroup.Session) (*warmStart, error) {
 		}
 		return nil, err
 	}
+	// A session's connection here reads its READY only: it goes without
+	// transport compression, whose stream set-up costs more than the
+	// READY saves (the children's RESUMEs use the fleet's).
 	for _, cp := range plan {
 		run, err := shardgroup.New(shardgroup.Config{
 			ID: cp.ID, ShardIDs: cp.Shards, ShardCount: f.Shards, Token: shardgroup.Token(f.Token),
-			GatewayURL: f.GatewayURL, Intents: f.Intents, Presence: f.Presence, Compression: f.Compression,
+			GatewayURL: f.GatewayURL, Intents: f.Intents, Presence: f.Presence, Compression: shardgroup.CompressionNone,
 			IdentifyLimiter: q, Pacer: f.Pacer, Logger: pl.log.With("warm_start", true),
 			// The client makes no REST call: a limiter without goroutines.
 			ClientOptions: []bot.ConfigOpt{bot.WithRestClientConfigOpts(rest.WithRateLimiter(rest.NewNoopRateLimiter()))},
