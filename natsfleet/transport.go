@@ -992,7 +992,7 @@ func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 	}
 	m := bus.Message{To: b.addr, Kind: bus.Kind(c.kind), Name: c.name, Payload: c.payload, Encoded: true}
 	if m.Kind != bus.KindRequest {
-		err := b.r.Receive(ctx, m)
+		err := t.receive(ctx, b, m)
 		cancel()
 		if err != nil {
 			return awaiting{}, appendError(nil, c.id, err)
@@ -1001,12 +1001,27 @@ func (t *Transport) serve(b *binding, c call) (awaiting, []byte) {
 	}
 	ch := replyPool.Get().(chan bus.Response)
 	m.Reply = ch
-	if err := b.r.Receive(ctx, m); err != nil {
+	if err := t.receive(ctx, b, m); err != nil {
 		replyPool.Put(ch)
 		cancel()
 		return awaiting{}, appendError(nil, c.id, err)
 	}
 	return awaiting{ch: ch, cancel: cancel, id: c.id, name: c.name}, nil
+}
+
+// receive hands m to b's receiver. A call that reaches a binding after
+// its endpoint closed and left (the subscription drains after Unbind, so
+// the server may still route a call to it) fails as a call to an address
+// nobody serves does, not with the endpoint's ErrClosed: the address is
+// no longer served here.
+func (t *Transport) receive(ctx context.Context, b *binding, m bus.Message) error {
+	err := b.r.Receive(ctx, m)
+	if err != nil && errors.Is(err, bus.ErrClosed) && t.ctx.Err() == nil && !b.handedOver.Load() {
+		if cur, ok := (*t.local.Load())[b.addr]; !ok || cur != b {
+			return fmt.Errorf("%w: %s (no longer served: its endpoint closed)", bus.ErrUnknownAddress, b.addr)
+		}
+	}
+	return err
 }
 
 // await sends the reply of a request handled here to its caller. The
