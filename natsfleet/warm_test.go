@@ -209,3 +209,171 @@ func TestProcessesColdStart(t *testing.T) {
 		t.Errorf("identifies %d, resumes %d, identify violations %d; want 4, 0, 0", st.Identifies, st.Resumes, st.Violations["identify_concurrency"])
 	}
 }
+
+// TestProcessesWarmStartOverlaps: a soft restart of one cluster and a hard
+// restart of the other while the parent is still opening the shards'
+// sessions. Each returns (done, or an error that says why not), the fleet
+// becomes ready, the soft-restarted cluster's shards are identified once
+// (its sessions are handed over) and the hard-restarted one's at most
+// twice (a hard restart identifies anew), the identify rule holds, and
+// Shutdown leaves no child (TestMain).
+func TestProcessesWarmStartOverlaps(t *testing.T) {
+	s, err := discordtest.Start(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(1), discordtest.WithIdentifyWindow(150*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identified := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if _, ok := e.(runtime.ShardIdentify); ok {
+			select {
+			case identified <- struct{}{}:
+			default:
+			}
+		}
+	})
+	go rt.Run(context.Background())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	select {
+	case <-identified:
+	case <-rt.Done():
+		t.Fatalf("Run returned before any IDENTIFY: %v", rt.Err())
+	case <-time.After(30 * time.Second):
+		t.Fatal("no IDENTIFY within 30 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	soft, hard := make(chan error, 1), make(chan error, 1)
+	go func() { soft <- rt.SoftRestart(ctx, 0) }()
+	go func() { hard <- rt.Restart(ctx, 1) }()
+	for name, ch := range map[string]chan error{"SoftRestart(0)": soft, "Restart(1)": hard} {
+		select {
+		case err := <-ch:
+			t.Logf("%s during the warm start: %v", name, err)
+			if err != nil && ctx.Err() != nil {
+				t.Errorf("%s returned only when its ctx ended: %v", name, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s did not return within 60 s", name)
+		}
+	}
+	select {
+	case <-rt.Ready():
+	case <-rt.Done():
+		t.Fatalf("Run returned: %v", rt.Err())
+	case <-ctx.Done():
+		t.Fatalf("the fleet was not ready within 60 s: %+v", rt.Stats())
+	}
+	// Every shard serves again once the restarts are over.
+	for {
+		st := rt.Stats()
+		if st.ShardsReady == 4 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of 4 shards ready 60 s after the restarts", st.ShardsReady)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	st := s.Stats()
+	if v := st.Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations", v)
+	}
+	once := map[int]int{}
+	for _, id := range s.Identifies() {
+		once[id.Shard]++
+	}
+	for shard := range 4 {
+		want := 1 // cluster 0 (shards 0 and 1): soft, handed over
+		if shard >= 2 {
+			want = 2 // cluster 1: hard, anew
+		}
+		if n := once[shard]; n < 1 || n > want {
+			t.Errorf("shard %d identified %d times, want 1 to %d", shard, n, want)
+		}
+	}
+	t.Logf("identifies %v, resumes %d", once, st.Resumes)
+}
+
+// TestProcessesWarmStartReshard: a Reshard (4 -> 8 shards) asked while the
+// parent is still opening the shards' sessions returns, done or with an
+// error that says why, before its ctx ends; the fleet then serves every
+// shard of the plan it reports, with no identify violation, and Shutdown
+// leaves no child (TestMain).
+func TestProcessesWarmStartReshard(t *testing.T) {
+	s, err := discordtest.Start(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(1), discordtest.WithIdentifyWindow(150*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identified := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if _, ok := e.(runtime.ShardIdentify); ok {
+			select {
+			case identified <- struct{}{}:
+			default:
+			}
+		}
+	})
+	go rt.Run(context.Background())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	select {
+	case <-identified:
+	case <-rt.Done():
+		t.Fatalf("Run returned before any IDENTIFY: %v", rt.Err())
+	case <-time.After(30 * time.Second):
+		t.Fatal("no IDENTIFY within 30 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8})
+	t.Logf("Reshard during the warm start: %v", err)
+	if err != nil && ctx.Err() != nil {
+		t.Fatalf("Reshard returned only when its ctx ended: %v", err)
+	}
+	want := 4
+	if err == nil {
+		want = 8
+	}
+	for {
+		st := rt.Stats()
+		if st.Shards == want && st.ShardsReady == want {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d shards ready (want %d of %d) 60 s after the reshard", st.ShardsReady, st.Shards, want, want)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations", v)
+	}
+}
