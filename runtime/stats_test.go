@@ -39,10 +39,19 @@ func TestStatsSnapshot(t *testing.T) {
 	// disgo caches nothing unless asked.
 	cfg.ClientOptions = []bot.ConfigOpt{bot.WithCacheConfigOpts(cache.WithCaches(cache.FlagsAll))}
 	rt, stop := startFleet(t, cfg)
+	// The member caches hold the members the GUILD_CREATEs list.
+	users := map[uint64]bool{}
+	for i := range guilds {
+		for m := range members {
+			users[s.MemberID(i, m)] = true
+		}
+	}
 	var st Stats
 	// READY comes before the guilds: wait until every GUILD_CREATE and
-	// every dispatch the simulator wrote has been counted.
-	waitFor(t, func() bool {
+	// every dispatch the simulator wrote has been counted, and the
+	// caches hold what they brought (a guild is cached before its
+	// members, and an event counted before its handler returns).
+	for deadline := time.Now().Add(10 * time.Second); ; {
 		st = rt.Stats()
 		var events int64
 		for _, c := range st.Clusters {
@@ -50,8 +59,16 @@ func TestStatsSnapshot(t *testing.T) {
 				events += sh.Events
 			}
 		}
-		return st.Guilds == guilds && events == s.Stats().TotalEventsSent()
-	})
+		sent := s.Stats().TotalEventsSent()
+		if st.Guilds == guilds && events == sent && st.Members == guilds*members && st.Users == len(users) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: guilds %d of %d, events %d of %d sent, members %d of %d, users %d of %d",
+				st.Guilds, guilds, events, sent, st.Members, guilds*members, st.Users, len(users))
+		}
+		time.Sleep(time.Millisecond) // polling the snapshot: nothing signals a cache's update
+	}
 	if st.Shards != shards || st.TotalShards != shards || st.ShardsReady != shards {
 		t.Fatalf("shards %d, total %d, ready %d; want %d", st.Shards, st.TotalShards, st.ShardsReady, shards)
 	}
@@ -81,13 +98,6 @@ func TestStatsSnapshot(t *testing.T) {
 	}
 	if st.Members != guilds*members || st.LargeGuilds != 0 || st.VoiceConnections != 0 {
 		t.Fatalf("members %d, large %d, voice %d", st.Members, st.LargeGuilds, st.VoiceConnections)
-	}
-	// The member caches hold the members the GUILD_CREATEs list.
-	users := map[uint64]bool{}
-	for i := range guilds {
-		for m := range members {
-			users[s.MemberID(i, m)] = true
-		}
 	}
 	if st.Users != len(users) {
 		t.Fatalf("users %d, want %d", st.Users, len(users))
