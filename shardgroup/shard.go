@@ -744,8 +744,14 @@ func (s *shard) dispatch(ctx context.Context, m gateway.Message, frame []byte) {
 			s.g.guildsLoaded(s)
 		}
 	case gateway.EventGuildCreate:
-		if s.pendingGuilds.Load() > 0 && s.pendingGuilds.Add(-1) == 0 {
-			defer s.g.guildsLoaded(s) // after the guild is in the cache
+		if s.pendingGuilds.Load() > 0 {
+			// Counted once the guild is in the cache, so that Loaded
+			// (and a hand-over waiting for it) never sees a guild missing.
+			defer func() {
+				if s.pendingGuilds.Add(-1) == 0 {
+					s.g.guildsLoaded(s)
+				}
+			}()
 		}
 	default:
 		if m.T == gateway.EventTypeResumed {
