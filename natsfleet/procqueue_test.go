@@ -1,7 +1,6 @@
 package natsfleet_test
 
 import (
-	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -30,37 +29,9 @@ func TestProcessesIdentifyGrantKilled(t *testing.T) {
 	// is shards 0 and 2. Shard 0's IDENTIFY gets no READY until released.
 	s.HoldShard(0)
 	prefix := procPrefix + "-" + newPrefix()
-	rt, err := runtime.New(fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+	rt := runUntilIdentify(t, fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: prefix, IdentifyLease: 10 * time.Minute,
-		ColdStart: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sent := make(chan struct{}, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if e, ok := e.(runtime.ShardIdentify); ok && e.Shard == 0 {
-			select {
-			case sent <- struct{}{}:
-			default:
-			}
-		}
-	})
-	go rt.Run(context.Background())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		<-rt.Done()
-	})
-	select {
-	case <-sent:
-	case <-rt.Done():
-		t.Fatalf("Run returned: %v", rt.Err())
-	case <-time.After(30 * time.Second):
-		t.Fatal("shard 0 did not identify within 30 s")
-	}
+		ColdStart: true}), 0)
 	pid := fleetChildPid(t, prefix, 0)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -218,42 +218,9 @@ func TestProcessesColdStart(t *testing.T) {
 // twice (a hard restart identifies anew), the identify rule holds, and
 // Shutdown leaves no child (TestMain).
 func TestProcessesWarmStartOverlaps(t *testing.T) {
-	s, err := discordtest.Start(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(4),
-		discordtest.WithMaxConcurrency(1), discordtest.WithIdentifyWindow(150*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
-	rt, err := runtime.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	identified := make(chan struct{}, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if _, ok := e.(runtime.ShardIdentify); ok {
-			select {
-			case identified <- struct{}{}:
-			default:
-			}
-		}
-	})
-	go rt.Run(context.Background())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
-	select {
-	case <-identified:
-	case <-rt.Done():
-		t.Fatalf("Run returned before any IDENTIFY: %v", rt.Err())
-	case <-time.After(30 * time.Second):
-		t.Fatal("no IDENTIFY within 30 s")
-	}
+	s := slowWarmServer(t)
+	rt := runUntilIdentify(t, fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()}), -1)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	soft, hard := make(chan error, 1), make(chan error, 1)
@@ -315,45 +282,12 @@ func TestProcessesWarmStartOverlaps(t *testing.T) {
 // shard of the plan it reports, with no identify violation, and Shutdown
 // leaves no child (TestMain).
 func TestProcessesWarmStartReshard(t *testing.T) {
-	s, err := discordtest.Start(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(4),
-		discordtest.WithMaxConcurrency(1), discordtest.WithIdentifyWindow(150*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	cfg := fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()})
-	rt, err := runtime.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	identified := make(chan struct{}, 1)
-	rt.Subscribe(func(e runtime.Event) {
-		if _, ok := e.(runtime.ShardIdentify); ok {
-			select {
-			case identified <- struct{}{}:
-			default:
-			}
-		}
-	})
-	go rt.Run(context.Background())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
-	select {
-	case <-identified:
-	case <-rt.Done():
-		t.Fatalf("Run returned before any IDENTIFY: %v", rt.Err())
-	case <-time.After(30 * time.Second):
-		t.Fatal("no IDENTIFY within 30 s")
-	}
+	s := slowWarmServer(t)
+	rt := runUntilIdentify(t, fleetConfig(fleetArgs{Token: s.Token(), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		Interval: s.IdentifyWindow(), Clusters: 2, Prefix: procPrefix + "-" + newPrefix()}), -1)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err = rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8})
+	err := rt.Reshard(ctx, runtime.ReshardOptions{Shards: 8})
 	t.Logf("Reshard during the warm start: %v", err)
 	if err != nil && ctx.Err() != nil {
 		t.Fatalf("Reshard returned only when its ctx ended: %v", err)
@@ -376,4 +310,58 @@ func TestProcessesWarmStartReshard(t *testing.T) {
 	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
 		t.Errorf("%d identify violations", v)
 	}
+}
+
+// runUntilIdentify runs a fleet of cfg until the parent reports an
+// IDENTIFY of shard (any shard if shard < 0), and shuts it down when the
+// test ends.
+func runUntilIdentify(t *testing.T, cfg runtime.Config, shard int) *runtime.Runtime {
+	t.Helper()
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identified := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if e, ok := e.(runtime.ShardIdentify); ok && (shard < 0 || e.Shard == shard) {
+			select {
+			case identified <- struct{}{}:
+			default:
+			}
+		}
+	})
+	go rt.Run(context.Background())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		select {
+		case <-rt.Done():
+		case <-ctx.Done():
+			t.Error("Run did not return within 20 s of Shutdown")
+		}
+	})
+	select {
+	case <-identified:
+	case <-rt.Done():
+		t.Fatalf("Run returned before shard %d identified: %v", shard, rt.Err())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("shard %d did not identify within 30 s", shard)
+	}
+	return rt
+}
+
+// slowWarmServer is a simulator whose 4 shards identify one per 150 ms,
+// so that a warm start lasts long enough to overlap.
+func slowWarmServer(t *testing.T) *discordtest.Server {
+	t.Helper()
+	s, err := discordtest.Start(discordtest.WithGuilds(32), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(1), discordtest.WithIdentifyWindow(150*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }
