@@ -172,9 +172,19 @@ func TestProcessReshardStats(t *testing.T) {
 			t.Error(err)
 		}
 	}()
+	// Each child's process is known once its first report came.
 	before := map[int]bool{}
-	for _, c := range rt.Stats().Clusters {
-		before[c.Process.PID] = true
+	for deadline := time.Now().Add(10 * time.Second); len(before) < cfg.Clusters; {
+		clear(before)
+		for _, c := range rt.Stats().Clusters {
+			if c.Process != nil {
+				before[c.Process.PID] = true
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s, %d of %d clusters report their process", len(before), cfg.Clusters)
+		}
+		time.Sleep(time.Millisecond) // polling Stats: nothing signals a report
 	}
 	if err := rt.Reshard(context.Background(), ReshardOptions{Shards: 8, Clusters: 4}); err != nil {
 		t.Fatal(err)
