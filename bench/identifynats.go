@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gofleet/fleet/bus"
 	"github.com/gofleet/fleet/discordtest"
 	"github.com/gofleet/fleet/natsfleet"
 	"github.com/gofleet/fleet/runtime"
@@ -26,6 +27,7 @@ import (
 
 func init() {
 	register("identify-nats", runIdentifyNATS)
+	register("identify-nats-layouts", runIdentifyLayouts)
 	childKinds["identify-nats-slice"] = runIdentifySlice
 	childKinds["identify-nats-sim"] = runIdentifySim
 }
@@ -106,28 +108,82 @@ func (r *identifyNATSResult) identifySpacing(ids []discordtest.Identify, start, 
 // shards. The time an OS process takes to start (130-400 ms measured
 // here on a loaded machine) is neither the identify schedule's nor part
 // of the in-process measure, so it stays out.
-func runIdentifyNATS() (any, error) {
+func runIdentifyNATS() (any, error) { return identifyNATS(layoutRanges) }
+
+// The layouts of the shards over the processes: layoutRanges gives each
+// process a contiguous range of shard IDs (a quarter of every bucket's
+// shards: the processes share each bucket), as the fleet plans them;
+// layoutBuckets gives each process every shard of a quarter of the
+// buckets (no bucket is shared), with the same NATS queue, and
+// layoutBucketsLocal the same with an in-process queue in each process
+// (nothing crosses processes but the gateway's traffic). The two
+// bucket layouts and the ranges in identify-nats-layouts run as members
+// of a planned fleet, without GET /gateway/bot.
+const (
+	layoutRanges       = "ranges"
+	layoutRangesMember = "ranges-member"
+	layoutBuckets      = "buckets"
+	layoutBucketsLocal = "buckets-local"
+)
+
+type identifyLayoutsResult struct {
+	Scenario           string    `json:"scenario"`
+	Ranges             []float64 `json:"ratio_ranges"`
+	WholeBuckets       []float64 `json:"ratio_whole_buckets"`
+	WholeBucketsLocal  []float64 `json:"ratio_whole_buckets_local_queues"`
+	IdentifyViolations int       `json:"identify_violations"`
+}
+
+// runIdentifyLayouts runs identify-nats's fleet three times in each
+// layout, alternately, so that each sees the same load on the machine:
+// where the start-up loses time to the processes sharing buckets, and
+// where to the queue being shared over NATS.
+func runIdentifyLayouts() (any, error) {
+	out := identifyLayoutsResult{Scenario: "identify-nats-layouts"}
+	for range 3 {
+		for _, l := range []string{layoutRangesMember, layoutBuckets, layoutBucketsLocal} {
+			r, err := identifyNATS(l)
+			if err != nil {
+				return nil, fmt.Errorf("layout %s: %w", l, err)
+			}
+			out.IdentifyViolations += r.Violations
+			switch l {
+			case layoutRangesMember:
+				out.Ranges = append(out.Ranges, round3(r.Ratio))
+			case layoutBuckets:
+				out.WholeBuckets = append(out.WholeBuckets, round3(r.Ratio))
+			default:
+				out.WholeBucketsLocal = append(out.WholeBucketsLocal, round3(r.Ratio))
+			}
+		}
+	}
+	return out, nil
+}
+
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
+
+func identifyNATS(layout string) (identifyNATSResult, error) {
 	const shards, mc, interval, procs = 256, 16, 50 * time.Millisecond, 4
 	res := identifyNATSResult{Scenario: "identify-nats", Shards: shards, MaxConcurrency: mc,
 		IntervalMS: int(interval.Milliseconds()), Processes: procs}
 	srv, err := natsfleet.StartServer(natsfleet.ServerConfig{})
 	if err != nil {
-		return nil, err
+		return identifyNATSResult{}, err
 	}
 	defer srv.Close()
 	sim, err := startChild("identify-nats-sim", srv.ConnectInfo(), nil,
 		strconv.Itoa(shards), strconv.Itoa(mc), interval.String())
 	if err != nil {
-		return nil, err
+		return identifyNATSResult{}, err
 	}
 	defer sim.stop()
 	line, err := sim.line(10 * time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("the simulator's address: %w", err)
+		return identifyNATSResult{}, fmt.Errorf("the simulator's address: %w", err)
 	}
 	var addr simAddress
 	if err := json.Unmarshal([]byte(line), &addr); err != nil {
-		return nil, fmt.Errorf("the simulator's address %q: %w", line, err)
+		return identifyNATSResult{}, fmt.Errorf("the simulator's address %q: %w", line, err)
 	}
 
 	// Start the processes and let each prepare (connect, open the queue)
@@ -141,27 +197,27 @@ func runIdentifyNATS() (any, error) {
 	}()
 	for p := range procs {
 		c, err := startChild("identify-nats-slice", srv.ConnectInfo(), []string{"FLEET_BENCH_TOKEN=" + addr.Token}, addr.Gateway, addr.REST,
-			strconv.Itoa(shards), strconv.Itoa(p*per), strconv.Itoa((p+1)*per-1), interval.String())
+			strconv.Itoa(shards), strconv.Itoa(p*per), strconv.Itoa((p+1)*per-1), interval.String(), layout)
 		if err != nil {
-			return nil, err
+			return identifyNATSResult{}, err
 		}
 		children = append(children, c)
 	}
 	start := time.Now()
 	if err := startAll(children, "fleet ready", "shards to be ready", 2*time.Minute); err != nil {
-		return nil, err
+		return identifyNATSResult{}, err
 	}
 	readyAt := time.Now()
 	ready := readyAt.Sub(start)
 	if _, err := io.WriteString(sim.stdin, "stats\n"); err != nil {
-		return nil, err
+		return identifyNATSResult{}, err
 	}
 	if line, err = sim.line(10 * time.Second); err != nil {
-		return nil, fmt.Errorf("the simulator's stats: %w", err)
+		return identifyNATSResult{}, fmt.Errorf("the simulator's stats: %w", err)
 	}
 	var st simStats
 	if err := json.Unmarshal([]byte(line), &st); err != nil {
-		return nil, fmt.Errorf("the simulator's stats: %w", err)
+		return identifyNATSResult{}, fmt.Errorf("the simulator's stats: %w", err)
 	}
 	res.identifySpacing(st.Identifies, start, readyAt, interval)
 	res.ReadyS = ready.Seconds()
@@ -239,10 +295,12 @@ func runIdentifySim(args []string) error {
 // runIdentifySlice runs shards first..last of total against the
 // simulator, identifying through the NATS queue, once told "go" on stdin;
 // it says "fleet ready" when they are, and stops when stdin closes.
-// Args: gateway URL, REST URL, total, first, last, interval.
+// Args: gateway URL, REST URL, total, first, last, interval, layout (the
+// bucket layouts run the same number of shards, those of buckets
+// first/(total/mc) on; see layoutRanges).
 func runIdentifySlice(args []string) error {
-	if len(args) != 6 {
-		return fmt.Errorf("identify-nats-slice: want 6 args, got %d", len(args))
+	if len(args) != 7 {
+		return fmt.Errorf("identify-nats-slice: want 7 args, got %d", len(args))
 	}
 	total, _ := strconv.Atoi(args[2])
 	first, _ := strconv.Atoi(args[3])
@@ -271,7 +329,7 @@ func runIdentifySlice(args []string) error {
 	if dir := os.Getenv(timelineEnv); dir != "" {
 		defer tq.write(filepath.Join(dir, "slice-"+args[3]+".json"))
 	}
-	rt, err := runtime.New(runtime.Config{
+	cfg := runtime.Config{
 		Token: runtime.Token(token), GatewayURL: args[0], RESTURL: args[1],
 		IdentifyInterval: interval, IdentifyQueue: tq, Clusters: 4, Bot: nopBot,
 		// Without transport compression, as the startup scenario's ratio:
@@ -280,7 +338,14 @@ func runIdentifySlice(args []string) error {
 		Compression: shardgroup.CompressionNone,
 		TotalShards: total, FirstShardID: first, LastShardID: last,
 		Logger: slog.New(slog.DiscardHandler),
-	})
+	}
+	if layout := args[6]; layout != layoutRanges {
+		if err := sliceMember(&cfg, tq, layout, total, first, last, interval); err != nil {
+			return err
+		}
+		defer cfg.Bus.Close()
+	}
+	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -475,4 +540,51 @@ func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start ti
 	if len(firsts) > 0 {
 		fmt.Fprintf(w, "first IDENTIFY of a bucket: earliest %.1f, latest %.1f ms\n", slices.Min(firsts), slices.Max(firsts))
 	}
+}
+
+// sliceMember makes cfg run the slice's shards in layout as a member of a
+// planned fleet: 4 clusters, from the contiguous range first..last or
+// from the whole buckets of the same count of shards, with an in-process
+// queue for layoutBucketsLocal (each bucket then lives in one process).
+func sliceMember(cfg *runtime.Config, tq *timedQueue, layout string, total, first, last int, interval time.Duration) error {
+	const mc = 16
+	n := last - first + 1
+	var ids []int
+	switch layout {
+	case layoutRangesMember:
+		for s := first; s <= last; s++ {
+			ids = append(ids, s)
+		}
+	case layoutBuckets, layoutBucketsLocal:
+		// Process p of total/n takes buckets p*mc*n/total up to the
+		// next process's first: every shard of those buckets.
+		from, to := first*mc/total, (last+1)*mc/total
+		for s := range total {
+			if b := s % mc; b >= from && b < to {
+				ids = append(ids, s)
+			}
+		}
+	default:
+		return fmt.Errorf("identify-nats-slice: unknown layout %q", layout)
+	}
+	if len(ids) != n {
+		return fmt.Errorf("identify-nats-slice: layout %s gives %d shards, want %d", layout, len(ids), n)
+	}
+	var clusters []runtime.ClusterPlan
+	for c := range 4 {
+		clusters = append(clusters, runtime.ClusterPlan{ID: first/(n/4) + c, Shards: ids[c*n/4 : (c+1)*n/4]})
+	}
+	if layout == layoutBucketsLocal {
+		q, err := runtime.NewLocalIdentifyQueue(mc, interval)
+		if err != nil {
+			return err
+		}
+		tq.q.Close(context.Background())
+		tq.q = q
+	}
+	cfg.TotalShards, cfg.FirstShardID, cfg.LastShardID, cfg.Clusters = 0, 0, 0, 0
+	cfg.Shards, cfg.MaxConcurrencyOverride = total, mc
+	cfg.Member = &runtime.Member{Clusters: clusters}
+	cfg.Bus = bus.New(bus.Options{})
+	return nil
 }
