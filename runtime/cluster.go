@@ -196,6 +196,13 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 		}
 		timer := time.NewTimer(time.Until(deadline))
 		timeoutC := timer.C
+		ready := func() {
+			inst.ready = nil // serve on; no timeout any more
+			timer.Stop()
+			timeoutC = nil
+			budget.Up(r.clock.Now())
+			restarting.answer(nil)
+		}
 		var why error // set when the instance must be restarted
 		for why == nil {
 			select {
@@ -204,14 +211,20 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				restarting.answer(ErrNotRunning)
 				return
 			case <-inst.ready:
-				inst.ready = nil // serve on; no timeout any more
-				timer.Stop()
-				timeoutC = nil
-				budget.Up(r.clock.Now())
-				restarting.answer(nil)
+				ready()
 			case <-restarting.done():
 				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
 			case <-inst.exited():
+				// A child that said it was ready and then exited before
+				// this loop looked crashed after ready: the select may
+				// find both at once and take either.
+				if inst.ready != nil {
+					select {
+					case <-inst.ready:
+						ready()
+					default:
+					}
+				}
 				why = fmt.Errorf("runtime: cluster %d: child process %d exited: %w", c.id, inst.proc.Pid(), inst.proc.Err())
 				crashed = inst.ready == nil
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))

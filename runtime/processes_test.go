@@ -20,6 +20,7 @@ import (
 // supervisor asks of them.
 type fakeProcesses struct {
 	spawned chan *fakeChild
+	onSpawn func(*fakeChild) // if set, run on each child before Spawn returns
 
 	mu    sync.Mutex // guards n, steps
 	n     int        // children spawned
@@ -53,6 +54,9 @@ func (p *fakeProcesses) Spawn(_ context.Context, spec ChildSpec) (ChildProcess, 
 		resumed: make(chan map[int]shardgroup.Session, 1)}
 	p.n++
 	p.mu.Unlock()
+	if p.onSpawn != nil {
+		p.onSpawn(c)
+	}
 	p.spawned <- c
 	return c, nil
 }
@@ -195,6 +199,50 @@ func TestProcessCrashRestartSteps(t *testing.T) {
 	}
 	if f := rec.of(EventClusterFailed); len(f) != 1 {
 		t.Fatalf("%d cluster_failed events, want 1", len(f))
+	}
+}
+
+// TestProcessReadyThenExitRestartsAtOnce: a child that reports ready and
+// exits before its supervisor looks crashed after ready, and restarts at
+// once, though the supervisor then finds both at the same time.
+func TestProcessReadyThenExitRestartsAtOnce(t *testing.T) {
+	const rounds = 12
+	p := newFakeProcesses()
+	var spawns int
+	p.onSpawn = func(c *fakeChild) {
+		spawns++ // Spawn runs on the cluster's supervisor, one at a time
+		c.ready()
+		if spawns <= rounds {
+			c.exit(errors.New("signal: killed"))
+		}
+	}
+	cfg := processConfig(t, p)
+	cfg.MaxRestarts = rounds + 1
+	rt, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A back-off would wait on this clock, which never moves: the next
+	// child would not come.
+	rt.clock = clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	rec := record(rt, EventClusterRestarted)
+	go rt.Run(context.Background())
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(ctx)
+	}()
+	for range rounds + 1 {
+		p.next(t)
+	}
+	restarts := rec.of(EventClusterRestarted)
+	if len(restarts) != rounds {
+		t.Fatalf("%d restarts, want %d", len(restarts), rounds)
+	}
+	for i, e := range restarts {
+		if r := e.(ClusterRestarted); r.Backoff != 0 || r.Restarts != i+1 {
+			t.Fatalf("restart %d: %+v, want restart %d at once (the child was ready)", i+1, r, i+1)
+		}
 	}
 }
 
