@@ -229,6 +229,14 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 				crashed = inst.ready == nil
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case <-timeoutC:
+				if inst.ready != nil {
+					select {
+					case <-inst.ready: // ready as the time ran out: it made it
+						ready()
+						continue
+					default:
+					}
+				}
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst))
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case op := <-c.ops:

@@ -93,7 +93,19 @@ func TestStatsShowEachChildProcess(t *testing.T) {
 	if rt.Processes() != cfg.Processes {
 		t.Error("Processes() is not Config.Processes")
 	}
-	st := rt.Stats()
+	// The fake children report ready inside Spawn, before the runtime
+	// holds them: the fleet can be ready a moment before its stats know
+	// both children.
+	var st Stats
+	waitFor(t, func() bool {
+		st = rt.Stats()
+		for _, c := range st.Clusters {
+			if c.Process == nil {
+				return false
+			}
+		}
+		return len(st.Clusters) == 2
+	})
 	if st.ShardsReady != 4 || st.Guilds != 12 || st.Users != 10 {
 		t.Errorf("shards ready %d, guilds %d, users %d; want 4, 12 and 10 from the children's reports", st.ShardsReady, st.Guilds, st.Users)
 	}
