@@ -295,9 +295,9 @@ func runIdentifySim(args []string) error {
 // runIdentifySlice runs shards first..last of total against the
 // simulator, identifying through the NATS queue, once told "go" on stdin;
 // it says "fleet ready" when they are, and stops when stdin closes.
-// Args: gateway URL, REST URL, total, first, last, interval, layout (the
-// bucket layouts run the same number of shards, those of buckets
-// first/(total/mc) on; see layoutRanges).
+// Args: gateway URL, REST URL, total, first, last, interval, layout (see
+// layoutRanges; the bucket layouts run as many shards: every shard of the
+// buckets first·mc/total up to (last+1)·mc/total).
 func runIdentifySlice(args []string) error {
 	if len(args) != 7 {
 		return fmt.Errorf("identify-nats-slice: want 7 args, got %d", len(args))
