@@ -437,6 +437,16 @@ func (t *timedQueue) UnlockBucket(shard int) {
 
 func (t *timedQueue) Close(ctx context.Context) { t.q.Close(ctx) }
 
+// ReserveTurn passes on to a queue whose turns are reserved before the
+// shards dial (shardgroup.TurnReserver); with another queue a shard dials
+// at once, as without it.
+func (t *timedQueue) ReserveTurn(ctx context.Context, shard int) (context.Context, func(), error) {
+	if r, ok := t.q.(shardgroup.TurnReserver); ok {
+		return r.ReserveTurn(ctx, shard)
+	}
+	return ctx, func() {}, nil
+}
+
 type shardTimes struct {
 	Shard                    int
 	Asked, Granted, Unlocked int64 // unix ns

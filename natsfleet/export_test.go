@@ -56,3 +56,11 @@ func BreakDirect(t *Transport) {
 		_ = c.Close()
 	}
 }
+
+// IssuedTickets is the number of tickets of bucket k that q has seen
+// issued.
+func IssuedTickets(q *IdentifyQueue, k int) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.view[k].issued
+}

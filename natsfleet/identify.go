@@ -71,6 +71,13 @@ type IdentifyConfig struct {
 // process waits on the shortest path there is. The done key stays the
 // record; an announcement lost or unheard only leaves that turn to the key.
 //
+// A shard can reserve its turn before it connects (ReserveTurn, a
+// shardgroup.TurnReserver): its process takes its ticket then, and the
+// shard dials once the ticket before its own is done. At a fleet's start
+// only the shards of the first turns dial, not one per bucket in every
+// process, so the first IDENTIFYs do not wait behind the other
+// processes' handshakes.
+//
 // A process takes its next block of a bucket once the previous block's
 // first turn came, so it holds at most one waiting block per bucket, and
 // the key of issued tickets lists where each block begins. A block whose
@@ -93,7 +100,7 @@ type IdentifyQueue struct {
 	once    sync.Once
 	wg      sync.WaitGroup // the watch loop and the reporters
 
-	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned
+	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned, the reservations' taken
 	view      []bucketView
 	lanes     []lane
 	primedc   chan struct{} // closed when the watcher delivered the initial values
@@ -480,28 +487,30 @@ var (
 // WaitBucket blocks until the shard's bucket may IDENTIFY, fleet-wide, or
 // ctx ends. Call UnlockBucket once its READY arrived (or the connection
 // ended).
+//
+// A turn reserved with ReserveTurn is the one it waits for, if ctx is (or
+// derives from) the context ReserveTurn returned.
 func (q *IdentifyQueue) WaitBucket(ctx context.Context, shardID int) error {
 	k := shardID % len(q.lanes)
-	w := &waiter{}
 	q.mu.Lock()
-	q.lanes[k].waiters = append(q.lanes[k].waiters, w)
+	var w *waiter
+	if r, ok := ctx.Value(reservationKey{}).(*reservation); ok && r.q == q && r.shard == shardID && !r.taken {
+		r.taken, w = true, r.w
+	} else {
+		w = &waiter{}
+		q.lanes[k].waiters = append(q.lanes[k].waiters, w)
+	}
 	q.mu.Unlock()
 	err := q.wait(ctx, k, w)
 	q.mu.Lock()
-	l := &q.lanes[k]
-	w.gone = true
-	l.waiters = slices.DeleteFunc(l.waiters, func(o *waiter) bool { return o == w })
-	if w.ticket != 0 && w.ticket == l.first {
-		l.first = 0 // its block's first turn came or went: take the next
-	}
 	var prev uint64
 	var held bool
 	if err == nil {
+		q.leaveLocked(k, w, false)
 		prev, held = q.held[shardID]
 		q.held[shardID] = w.ticket
-	} else if w.ticket != 0 {
-		q.abandoned[k] = append(q.abandoned[k], w.ticket)
-		q.settleLocked(k)
+	} else {
+		q.leaveLocked(k, w, true)
 	}
 	q.changedLocked(k)
 	q.mu.Unlock()
@@ -512,9 +521,121 @@ func (q *IdentifyQueue) WaitBucket(ctx context.Context, shardID int) error {
 	return err
 }
 
-// wait gets w a ticket of bucket k, taking a block for every waiter of
-// the lane without one if nobody is, and waits for its turn.
+// leaveLocked takes w out of bucket k's lane as its call returns; its
+// ticket, if it has one, is given up unless the turn was granted.
+func (q *IdentifyQueue) leaveLocked(k int, w *waiter, giveUp bool) {
+	l := &q.lanes[k]
+	w.gone = true
+	l.waiters = slices.DeleteFunc(l.waiters, func(o *waiter) bool { return o == w })
+	if w.ticket != 0 && w.ticket == l.first {
+		l.first = 0 // its block's first turn came or went: take the next
+	}
+	if giveUp && w.ticket != 0 {
+		q.abandoned[k] = append(q.abandoned[k], w.ticket)
+		q.settleLocked(k)
+	}
+}
+
+// ReserveTurn takes the shard's place in its bucket's order (a ticket)
+// and returns once its turn is the bucket's next: the ticket before it is
+// done, so that the turn comes an Interval after that one's READY at the
+// soonest. A shard that reserves dials then, and has that Interval to
+// connect, instead of holding a connection open for turns ahead; at a
+// fleet's start only the first turns' shards dial.
+//
+// The context it returns carries the reservation: a WaitBucket for the
+// shard under it (or a context derived from it) waits for the reserved
+// turn. The func gives the turn up if no such WaitBucket took it (the
+// connection ended first); call it when the connection ends. If ctx ends
+// first, the turn is given up and ReserveTurn returns ctx's error.
+func (q *IdentifyQueue) ReserveTurn(ctx context.Context, shardID int) (context.Context, func(), error) {
+	k := shardID % len(q.lanes)
+	r := &reservation{q: q, shard: shardID, w: &waiter{}}
+	q.mu.Lock()
+	q.lanes[k].waiters = append(q.lanes[k].waiters, r.w)
+	q.mu.Unlock()
+	if err := q.reserve(ctx, k, r.w); err != nil {
+		r.cancel()
+		return ctx, func() {}, err
+	}
+	return context.WithValue(ctx, reservationKey{}, r), r.cancel, nil
+}
+
+// reservation is a turn ReserveTurn reserved for shard.
+type reservation struct {
+	q     *IdentifyQueue
+	shard int
+	w     *waiter
+	taken bool // by a WaitBucket or given up; guarded by q.mu
+}
+
+type reservationKey struct{}
+
+// cancel gives up the reserved turn unless a WaitBucket took it.
+func (r *reservation) cancel() {
+	q, k := r.q, r.shard%len(r.q.lanes)
+	q.mu.Lock()
+	if r.taken {
+		q.mu.Unlock()
+		return
+	}
+	r.taken = true
+	q.leaveLocked(k, r.w, true)
+	q.changedLocked(k)
+	q.mu.Unlock()
+	q.kick(k)
+}
+
+// reserve gets w a ticket of bucket k and waits until it is the next.
+func (q *IdentifyQueue) reserve(ctx context.Context, k int, w *waiter) error {
+	if err := q.ticket(ctx, k, w); err != nil {
+		return err
+	}
+	for {
+		q.mu.Lock()
+		next := w.ticket <= q.view[k].last()+1
+		changed := q.lanes[k].changed
+		q.mu.Unlock()
+		if next {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.stop:
+			return errQueueClosed
+		}
+	}
+}
+
+// wait gets w a ticket of bucket k (see ticket) and waits for its turn.
 func (q *IdentifyQueue) wait(ctx context.Context, k int, w *waiter) error {
+	for {
+		if err := q.ticket(ctx, k, w); err != nil {
+			return err
+		}
+		q.mu.Lock()
+		ticket, taken := w.ticket, w.taken
+		q.mu.Unlock()
+		err := q.await(ctx, k, ticket, taken)
+		if err != errSkipped {
+			return err
+		}
+		// The tickets after this one went on without it (its lease ran
+		// out): its turn is gone, take another.
+		q.mu.Lock()
+		if l := &q.lanes[k]; l.first == ticket {
+			l.first = 0
+		}
+		w.ticket = 0
+		q.mu.Unlock()
+	}
+}
+
+// ticket returns once w has a ticket of bucket k, taking a block for
+// every waiter of the lane without one if nobody is.
+func (q *IdentifyQueue) ticket(ctx context.Context, k int, w *waiter) error {
 	for {
 		q.mu.Lock()
 		l := &q.lanes[k]
@@ -527,8 +648,11 @@ func (q *IdentifyQueue) wait(ctx context.Context, k int, w *waiter) error {
 				}
 			}
 		}
-		ticket, taken, changed := w.ticket, w.taken, l.changed
+		ticket, changed := w.ticket, l.changed
 		q.mu.Unlock()
+		if ticket != 0 {
+			return nil
+		}
 		if batch != nil {
 			first, err := q.take(ctx, k, len(batch))
 			now := time.Now()
@@ -555,28 +679,13 @@ func (q *IdentifyQueue) wait(ctx context.Context, k int, w *waiter) error {
 			}
 			continue
 		}
-		if ticket == 0 {
-			select {
-			case <-changed:
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-q.stop:
-				return errQueueClosed
-			}
-			continue
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.stop:
+			return errQueueClosed
 		}
-		err := q.await(ctx, k, ticket, taken)
-		if err != errSkipped {
-			return err
-		}
-		// The tickets after this one went on without it (its lease ran
-		// out): its turn is gone, take another.
-		q.mu.Lock()
-		if l.first == ticket {
-			l.first = 0
-		}
-		w.ticket = 0
-		q.mu.Unlock()
 	}
 }
 

@@ -392,6 +392,187 @@ func TestIdentifyQueueAbandonedTurn(t *testing.T) {
 	c.UnlockBucket(0)
 }
 
+// TestIdentifyQueueReserveTurn: a reserved turn is the next one only
+// once the turn before it is done, in whichever process; a WaitBucket
+// under the reservation's context waits for that turn, an Interval after
+// the READY before it.
+func TestIdentifyQueueReserveTurn(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: time.Minute}
+	ctx := testCtx(t)
+	queue := func() *natsfleet.IdentifyQueue {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close(ctx) })
+		return q
+	}
+	a, b := queue(), queue()
+	// Bucket 0: shard 0 in a, then shard 2 in b, then shard 4 in a.
+	ctx0, giveUp0, err := a.ReserveTurn(ctx, 0) // the bucket's first turn: next at once
+	if err != nil {
+		t.Fatal(err)
+	}
+	type reserved struct {
+		ctx    context.Context
+		giveUp func()
+		at     time.Time
+	}
+	next := make(chan reserved, 2)
+	reserve := func(q *natsfleet.IdentifyQueue, shard int) {
+		rctx, giveUp, err := q.ReserveTurn(ctx, shard)
+		if err != nil {
+			t.Error(err)
+		}
+		next <- reserved{rctx, giveUp, time.Now()}
+	}
+	go reserve(b, 2)
+	waitIssued(t, ctx, b, 0, 2) // shard 2's ticket comes before shard 4's
+	go reserve(a, 4)
+	// Bucket 1 is another order: its first reservation is next at once.
+	_, giveUp1, err := b.ReserveTurn(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	giveUp1()
+	select {
+	case <-next:
+		t.Fatal("a reservation was next before the bucket's first turn was done")
+	case <-time.After(3 * cfg.Interval):
+	}
+	if err := a.WaitBucket(ctx0, 0); err != nil { // the reserved turn: at once
+		t.Fatal(err)
+	}
+	giveUp0() // taken by WaitBucket: nothing to give up
+	unlocked := time.Now()
+	a.UnlockBucket(0) // shard 0's READY
+	r2 := <-next
+	if r2.at.Before(unlocked) {
+		t.Fatal("shard 2's turn was next before shard 0's READY")
+	}
+	if err := b.WaitBucket(r2.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(unlocked); d < cfg.Interval {
+		t.Errorf("shard 2's turn came %v after shard 0's READY, less than the interval %v", d, cfg.Interval)
+	}
+	select {
+	case <-next:
+		t.Fatal("shard 4's turn was next while shard 2 had not had its READY")
+	default:
+	}
+	b.UnlockBucket(2)
+	r4 := <-next
+	if err := a.WaitBucket(r4.ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	a.UnlockBucket(4)
+	r2.giveUp()
+	r4.giveUp()
+}
+
+// TestIdentifyQueueReservationsOfOneShardID: two shards of the same ID in
+// one process (a reshard's two generations) keep their reservations
+// apart: each WaitBucket waits for its own, and giving one up leaves the
+// other.
+func TestIdentifyQueueReservationsOfOneShardID(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 10 * time.Millisecond, Lease: time.Minute}
+	ctx := testCtx(t)
+	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close(ctx) })
+	oldCtx, oldGiveUp, err := q.ReserveTurn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type reserved struct {
+		ctx    context.Context
+		giveUp func()
+	}
+	second := make(chan reserved, 1)
+	go func() {
+		rctx, giveUp, err := q.ReserveTurn(ctx, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		second <- reserved{rctx, giveUp}
+	}()
+	// The first shard 0's connection ends before its IDENTIFY: the
+	// second one's turn is next, and is its own.
+	oldGiveUp()
+	r := <-second
+	oldGiveUp() // a second time: nothing
+	_ = oldCtx
+	if err := q.WaitBucket(r.ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.giveUp() // taken: nothing
+	q.UnlockBucket(0)
+}
+
+// TestIdentifyQueueCancelTurn: a reserved turn given up (its shard's
+// connection ended before its IDENTIFY) lets the bucket go on at once,
+// and a reservation whose ctx ends is given up too.
+func TestIdentifyQueueCancelTurn(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: time.Hour, Lease: time.Hour}
+	ctx := testCtx(t)
+	queue := func() *natsfleet.IdentifyQueue {
+		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close(ctx) })
+		return q
+	}
+	a, b := queue(), queue()
+	_, giveUp0, err := a.ReserveTurn(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A reservation that gives up while it waits for its turn.
+	wctx, wcancel := context.WithCancel(ctx)
+	werr := make(chan error, 1)
+	go func() {
+		_, _, err := b.ReserveTurn(wctx, 1)
+		werr <- err
+	}()
+	waitIssued(t, ctx, b, 0, 2)
+	wcancel()
+	if err := <-werr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled reservation returned %v, want context.Canceled", err)
+	}
+	// Shard 0's connection ends before its IDENTIFY: nothing was sent,
+	// so the next turn need not wait the (hour-long) Interval, and the
+	// turn shard 1 gave up is skipped too.
+	giveUp0()
+	rctx, giveUp2, err := b.ReserveTurn(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitBucket(rctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	giveUp2()
+	b.UnlockBucket(2)
+}
+
+// waitIssued waits until q has seen n tickets of bucket k issued.
+func waitIssued(t *testing.T, ctx context.Context, q *natsfleet.IdentifyQueue, k int, n uint64) {
+	t.Helper()
+	for natsfleet.IssuedTickets(q, k) < n {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d tickets of bucket %d not taken: %v", n, k, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
 // TestIdentifyQueueClosed: a wait fails once the queue is closed.
 func TestIdentifyQueueClosed(t *testing.T) {
 	t.Parallel()

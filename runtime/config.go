@@ -110,7 +110,10 @@ type Config struct {
 	// before their turn (default 1): the bucket's next shard dials when
 	// one of them is granted its turn, so that a start does not dial
 	// every shard at once (see shardgroup.Pacer). Negative: every shard
-	// connects at once.
+	// connects at once. With an IdentifyQueue that reserves turns
+	// (shardgroup.TurnReserver: natsfleet's), a shard placed by the pacer
+	// takes its turn in the queue's order first and dials once that turn
+	// is the bucket's next.
 	ConnectAhead int
 	// RESTLimiter is the REST rate limiter every cluster's client shares
 	// (eris-fleet's central request handler). Nil builds one with

@@ -64,6 +64,25 @@ type IdentifyLimiter interface {
 	UnlockBucket(shardID int)
 }
 
+// A TurnReserver is an IdentifyLimiter whose turns can be reserved before
+// a shard dials (natsfleet's IdentifyQueue is one). A shard that will
+// IDENTIFY reserves its turn first and dials once ReserveTurn returns,
+// when its turn is the bucket's next; its WaitBucket then waits for that
+// turn. So at a fleet's start only the first turns' shards dial, rather
+// than one per bucket in every process, and the first IDENTIFYs do not
+// wait behind the others' handshakes.
+type TurnReserver interface {
+	IdentifyLimiter
+	// ReserveTurn takes the shard's place in its bucket's order and
+	// returns once its turn is the next one. The context it returns
+	// carries the reservation: the shard's WaitBucket under it (or under
+	// a context derived from it) waits for the reserved turn. The func
+	// gives the turn up if no WaitBucket took it; the shard calls it when
+	// its connection ends. If ctx ends first, the turn is given up and
+	// the error returned.
+	ReserveTurn(ctx context.Context, shardID int) (context.Context, func(), error)
+}
+
 // CloseError is a close the gateway sent that ends the shard: an
 // authentication failure, an invalid shard, sharding required, an invalid
 // API version or invalid or disallowed intents.
@@ -324,7 +343,7 @@ func (s *shard) run(ctx context.Context) {
 		}
 		s.dialFailed(err)
 		s.resumeFailed(err)
-		if errors.Is(err, errDial) {
+		if errors.Is(err, errDial) || errors.Is(err, errTurn) {
 			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
 		} else {
 			backoff = 0
@@ -428,6 +447,19 @@ func (s *shard) connect(ctx context.Context) error {
 		s.pacing.Store(true)
 		defer s.unpace()
 	}
+	if tr, ok := s.g.cfg.IdentifyLimiter.(TurnReserver); ok && !resume {
+		// The connection lives on the reservation's context, which
+		// carries it to WaitBucket.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		rctx, giveUp, err := s.reserveTurn(ctx, cancel, tr)
+		if err != nil {
+			return err
+		}
+		defer giveUp() // the turn, if WaitBucket did not take it
+		ctx = rctx
+	}
 	compress, _ := s.g.cfg.Compression.query()
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	c, resp, err := s.g.dialer.DialContext(dctx, url+"?v=10&encoding=json"+compress, http.Header{})
@@ -478,6 +510,39 @@ func (s *shard) connect(ctx context.Context) error {
 		_ = c.Close()
 	}()
 	return s.serve(cctx, c, hb, resume, sess, &identifying)
+}
+
+// errTurn marks a connection that ended before its dial because its
+// identify turn could not be reserved; the shard retries with the dial's
+// back-off.
+var errTurn = errors.New("reserve identify turn")
+
+// reserveTurn waits until the shard's reserved identify turn is the
+// bucket's next, or the shard is stopped (then cancel ends ctx, and it
+// returns errStopped) or ctx ends; it returns ReserveTurn's context and
+// func.
+func (s *shard) reserveTurn(ctx context.Context, cancel context.CancelFunc, tr TurnReserver) (context.Context, func(), error) {
+	ended := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ended:
+		}
+	})
+	rctx, giveUp, err := tr.ReserveTurn(ctx, s.id)
+	close(ended)
+	watch.Wait()
+	if err != nil {
+		select {
+		case <-s.stop:
+			return nil, nil, errStopped
+		default:
+		}
+		return nil, nil, fmt.Errorf("%w: %v", errTurn, err)
+	}
+	return rctx, giveUp, nil
 }
 
 // awaitReady returns the code to close with when the shard is stopped.
