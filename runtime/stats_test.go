@@ -60,12 +60,18 @@ func TestStatsSnapshot(t *testing.T) {
 			}
 		}
 		sent := s.Stats().TotalEventsSent()
-		if st.Guilds == guilds && events == sent && st.Members == guilds*members && st.Users == len(users) {
+		// A guild is cached, with its member count, before its channels
+		// and roles: each cluster's cache must hold them all too.
+		filled := true
+		for _, c := range st.Clusters {
+			filled = filled && c.Cache.Guilds == c.Guilds && c.Cache.Channels == c.Guilds*3 && c.Cache.Members == c.Guilds*members
+		}
+		if st.Guilds == guilds && events == sent && st.Members == guilds*members && st.Users == len(users) && filled {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 10 s: guilds %d of %d, events %d of %d sent, members %d of %d, users %d of %d",
-				st.Guilds, guilds, events, sent, st.Members, guilds*members, st.Users, len(users))
+			t.Fatalf("after 10 s: guilds %d of %d, events %d of %d sent, members %d of %d, users %d of %d, clusters %+v",
+				st.Guilds, guilds, events, sent, st.Members, guilds*members, st.Users, len(users), st.Clusters)
 		}
 		time.Sleep(time.Millisecond) // polling the snapshot: nothing signals a cache's update
 	}
