@@ -599,12 +599,8 @@ func (q *IdentifyQueue) reserve(ctx context.Context, k int, w *waiter) error {
 		if next {
 			return nil
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-q.stop:
-			return errQueueClosed
+		if err := q.waitChange(ctx, changed); err != nil {
+			return err
 		}
 	}
 }
@@ -679,12 +675,8 @@ func (q *IdentifyQueue) ticket(ctx context.Context, k int, w *waiter) error {
 			}
 			continue
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-q.stop:
-			return errQueueClosed
+		if err := q.waitChange(ctx, changed); err != nil {
+			return err
 		}
 	}
 }
@@ -788,6 +780,18 @@ func (q *IdentifyQueue) refresh(ctx context.Context, k int, key string, tried ui
 // to bring the winning value before reading the key.
 const refreshWait = time.Second
 
+// waitChange waits until changed is closed, ctx ends or the queue closes.
+func (q *IdentifyQueue) waitChange(ctx context.Context, changed <-chan struct{}) error {
+	select {
+	case <-changed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-q.stop:
+		return errQueueClosed
+	}
+}
+
 func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 	for {
 		q.mu.Lock()
@@ -796,12 +800,8 @@ func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 		if primed {
 			return nil
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-q.stop:
-			return errQueueClosed
+		if err := q.waitChange(ctx, changed); err != nil {
+			return err
 		}
 	}
 }

@@ -358,15 +358,7 @@ func TestIdentifyQueueAbandonedTurn(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: time.Minute}
 	ctx := testCtx(t)
-	queue := func() *natsfleet.IdentifyQueue {
-		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { q.Close(ctx) })
-		return q
-	}
-	a, b, c := queue(), queue(), queue()
+	a, b, c := newQueue(t, ctx, cfg), newQueue(t, ctx, cfg), newQueue(t, ctx, cfg)
 	if err := a.WaitBucket(ctx, 0); err != nil { // a identifies
 		t.Fatal(err)
 	}
@@ -400,15 +392,7 @@ func TestIdentifyQueueReserveTurn(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: time.Minute}
 	ctx := testCtx(t)
-	queue := func() *natsfleet.IdentifyQueue {
-		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { q.Close(ctx) })
-		return q
-	}
-	a, b := queue(), queue()
+	a, b := newQueue(t, ctx, cfg), newQueue(t, ctx, cfg)
 	// Bucket 0: shard 0 in a, then shard 2 in b, then shard 4 in a.
 	ctx0, giveUp0, err := a.ReserveTurn(ctx, 0) // the bucket's first turn: next at once
 	if err != nil {
@@ -480,11 +464,7 @@ func TestIdentifyQueueReservationsOfOneShardID(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 10 * time.Millisecond, Lease: time.Minute}
 	ctx := testCtx(t)
-	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close(ctx) })
+	q := newQueue(t, ctx, cfg)
 	oldCtx, oldGiveUp, err := q.ReserveTurn(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -521,15 +501,7 @@ func TestIdentifyQueueCancelTurn(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: time.Hour, Lease: time.Hour}
 	ctx := testCtx(t)
-	queue := func() *natsfleet.IdentifyQueue {
-		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { q.Close(ctx) })
-		return q
-	}
-	a, b := queue(), queue()
+	a, b := newQueue(t, ctx, cfg), newQueue(t, ctx, cfg)
 	_, giveUp0, err := a.ReserveTurn(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -559,6 +531,18 @@ func TestIdentifyQueueCancelTurn(t *testing.T) {
 	}
 	giveUp2()
 	b.UnlockBucket(2)
+}
+
+// newQueue opens a queue of cfg on a connection of its own, closed when
+// the test ends.
+func newQueue(t *testing.T, ctx context.Context, cfg natsfleet.IdentifyConfig) *natsfleet.IdentifyQueue {
+	t.Helper()
+	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close(ctx) })
+	return q
 }
 
 // waitIssued waits until q has seen n tickets of bucket k issued.
