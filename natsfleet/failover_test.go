@@ -241,7 +241,11 @@ func TestHostsNATSNodeKilled(t *testing.T) {
 	identifies := f.Discord.Stats().Identifies
 	l := startLoad(t, f)
 	l.flowing(t, f)
-	f.NATS.Node(0).Close() // host 0's node
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.NATS.CloseNode(ctx, 0); err != nil { // host 0's node
+		t.Fatal(err)
+	}
 	// Events sent after the loss reach the hosts: host 0's reports come
 	// through another node.
 	l.flowing(t, f)

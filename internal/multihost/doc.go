@@ -4,6 +4,7 @@
 // fault tests share it.
 //
 // The pieces:
+//   - [Nodes]: the NATS cluster, its nodes in one process of their own.
 //   - [Proc]: a host process (the caller's own binary run again), its
 //     stdout read line by line, commands sent on its stdin, stopped by
 //     closing stdin or killed with SIGKILL; [Children] lists this

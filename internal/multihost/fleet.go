@@ -39,13 +39,18 @@ type HostArgs struct {
 	// Only: use NATS.URL alone, not the servers the cluster tells of
 	// (for a host behind a [Cutter]).
 	Only bool `json:"only"`
+	// NATSNodes, when set, makes the process the fleet's NATS cluster of
+	// that many nodes instead of a host (see [Nodes]); no other field is
+	// read then.
+	NATSNodes int `json:"nats_nodes,omitempty"`
 }
 
 // Config describes a fleet of host processes. Zero fields take the
 // defaults in brackets.
 type Config struct {
-	// Exe and Args run this program again as a host: the process must
-	// call [RunHost] (or its own host body) when HostEnv is set.
+	// Exe and Args run this program again as a host, and as the NATS
+	// cluster's process ([Nodes]): the process must call [RunHostFromEnv]
+	// when HostEnv is set.
 	Exe  string
 	Args []string
 	// Hosts is the number of host processes [3]; Nodes the NATS nodes [3].
@@ -97,11 +102,11 @@ func (c *Config) defaults() {
 	}
 }
 
-// Fleet is a NATS cluster, a simulator and host processes, all on
-// loopback, with a tally of what the hosts' listeners saw.
+// Fleet is a NATS cluster (in a process of its own), a simulator and
+// host processes, all on loopback, with a tally of what the hosts' listeners saw.
 type Fleet struct {
 	Cfg     Config
-	NATS    *natsfleet.Cluster
+	NATS    *Nodes
 	Discord *discordtest.Server
 	Tally   *Tally
 	Hosts   []*Proc // by index; a killed host stays, Exited
@@ -119,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	cfg.defaults()
 	f := &Fleet{Cfg: cfg, cutters: map[int]*Cutter{}}
 	var err error
-	if f.NATS, err = natsfleet.StartCluster(cfg.Nodes, natsfleet.ServerConfig{}); err != nil {
+	if f.NATS, err = StartNodes(ctx, cfg.Exe, cfg.Args, cfg.Nodes); err != nil {
 		return nil, err
 	}
 	f.Discord = discordtest.NewServer(discordtest.WithGuilds(cfg.Guilds), discordtest.WithRecommendedShards(cfg.Shards),
@@ -159,9 +164,8 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 // before), connected first to NATS node i % Nodes.
 func (f *Fleet) StartHost(i int) error {
 	id := fmt.Sprintf("host-%d", i)
-	node := f.NATS.Node(i % f.NATS.Len())
 	info := f.NATS.ConnectInfo()
-	info.URL = node.ClientURL()
+	info.URL = f.NATS.ClientURL(i % f.NATS.Len())
 	a := HostArgs{NATS: info, Prefix: f.Cfg.Prefix, ID: id, Token: f.Discord.Token(),
 		GatewayURL: f.Discord.GatewayURL(), RESTURL: f.Discord.RESTURL(), Shards: f.Cfg.Shards, Clusters: f.Cfg.Clusters,
 		MaxConcurrency: f.Cfg.MaxConcurrency, IdentifyWindow: f.Cfg.IdentifyWindow, LeaseTTL: f.Cfg.LeaseTTL,
@@ -307,7 +311,9 @@ func (f *Fleet) close() error {
 		f.Discord.Close()
 	}
 	if f.NATS != nil {
-		f.NATS.Close()
+		if err := f.NATS.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("the NATS cluster: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

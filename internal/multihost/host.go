@@ -34,6 +34,9 @@ func RunHostFromEnv() error {
 
 // RunHost is RunHostFromEnv with its arguments and commands given.
 func RunHost(a HostArgs, commands <-chan string) error {
+	if a.NATSNodes > 0 {
+		return runNodes(a.NATSNodes, commands)
+	}
 	log := slog.New(slog.DiscardHandler)
 	if os.Getenv("FLEET_MULTIHOST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
