@@ -3,6 +3,7 @@ package natsfleet_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gofleet/fleet/bus"
+	"github.com/gofleet/fleet/internal/multihost"
 	"github.com/gofleet/fleet/natsfleet"
 )
 
@@ -64,24 +66,34 @@ func TestStartClusterBadInput(t *testing.T) {
 // lost silently.
 func TestClusterSurvivesNodeLoss(t *testing.T) {
 	t.Parallel()
-	c, err := natsfleet.StartCluster(3, natsfleet.ServerConfig{})
+	if testing.Short() {
+		t.Skip("a NATS cluster in a process of its own: not in -short")
+	}
+	ctx := testCtx(t)
+	// The nodes run StartCluster in a process of their own (see
+	// multihost.Nodes: nats-server's clustered JetStream stays out of the
+	// process whose races fail this test).
+	c, err := multihost.StartNodes(ctx, os.Args[0], []string{"-test.run=^$"}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	ctx := testCtx(t)
+	defer func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("stopping the NATS process: %v", err)
+		}
+	}()
 	prefix := newPrefix()
 	info := c.ConnectInfo()
 
 	// The client names only node 0; it learns the others from it.
 	reconnected := make(chan string, 1)
-	nc, err := natsfleet.Connect(ctx, c.Node(0).ClientURL(), append(info.Options(), natsfleet.Logger(quiet),
+	nc, err := natsfleet.Connect(ctx, c.ClientURL(0), append(info.Options(), natsfleet.Logger(quiet),
 		natsfleet.NATSOptions(nats.ReconnectHandler(func(nc *nats.Conn) { reconnected <- nc.ConnectedUrl() })))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	other, err := natsfleet.Connect(ctx, c.Node(1).ClientURL(), append(info.Options(), natsfleet.Logger(quiet))...)
+	other, err := natsfleet.Connect(ctx, c.ClientURL(1), append(info.Options(), natsfleet.Logger(quiet))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +101,7 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 
 	// Connections to each node open the store's bucket at once, as hosts
 	// starting together do: each gets it, none waits for its deadline.
-	third, err := natsfleet.Connect(ctx, c.Node(2).ClientURL(), append(info.Options(), natsfleet.Logger(quiet))...)
+	third, err := natsfleet.Connect(ctx, c.ClientURL(2), append(info.Options(), natsfleet.Logger(quiet))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,10 +213,12 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	}
 	waitOK(20, "no increments before the loss")
 	killed := time.Now()
-	c.Node(0).Close()
+	if err := c.CloseNode(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case url := <-reconnected:
-		if url == c.Node(0).ClientURL() {
+		if url == c.ClientURL(0) {
 			t.Errorf("reconnected to the node that was killed (%s)", url)
 		}
 	case <-ctx.Done():
