@@ -73,10 +73,13 @@ type IdentifyConfig struct {
 //
 // A shard can reserve its turn before it connects (ReserveTurn, a
 // shardgroup.TurnReserver): its process takes its ticket then, and the
-// shard dials once the ticket before its own is done. At a fleet's start
-// only the shards of the first turns dial, not one per bucket in every
-// process, so the first IDENTIFYs do not wait behind the other
-// processes' handshakes.
+// shard dials once the ticket before its own is done (or, if the blocks
+// ahead went silent, once its turn comes without that). A shardgroup
+// reserves every shard's turn at once, so that the shards of a bucket
+// waiting in a process share one block, and the turns pass between
+// processes only between blocks. At a fleet's start only the shards of
+// the first turns dial, not one per bucket in every process, so the
+// first IDENTIFYs do not wait behind the other processes' handshakes.
 //
 // A process takes its next block of a bucket once the previous block's
 // first turn came, so it holds at most one waiting block per bucket, and
@@ -586,21 +589,43 @@ func (r *reservation) cancel() {
 	q.kick(k)
 }
 
-// reserve gets w a ticket of bucket k and waits until it is the next.
+// reserve gets w a ticket of bucket k and waits until it is the next, or
+// until the turn comes without that because the blocks ahead went silent
+// (see turnLocked): a holder that died does not hold the shards behind it
+// back from dialing for longer than it holds their turns. A ticket the
+// bucket went past returns too; WaitBucket takes another for it.
 func (q *IdentifyQueue) reserve(ctx context.Context, k int, w *waiter) error {
 	if err := q.ticket(ctx, k, w); err != nil {
 		return err
 	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		q.mu.Lock()
 		next := w.ticket <= q.view[k].last()+1
+		at, skipped := q.turnLocked(k, w.ticket, w.taken)
 		changed := q.lanes[k].changed
 		q.mu.Unlock()
-		if next {
+		wait := time.Until(at)
+		if next || skipped || wait <= 0 {
 			return nil
 		}
-		if err := q.waitChange(ctx, changed); err != nil {
-			return err
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-timer.C:
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.stop:
+			return errQueueClosed
 		}
 	}
 }

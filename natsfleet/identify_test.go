@@ -300,6 +300,43 @@ func TestIdentifyQueueDeadProcess(t *testing.T) {
 	live.UnlockBucket(0)
 }
 
+// TestIdentifyQueueReserveBehindDeadHolder: a process dies holding a
+// bucket's turn; a reservation behind it in another process is next once
+// the holder's lease ran out, not never, and its shard identifies then.
+func TestIdentifyQueueReserveBehindDeadHolder(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: 200 * time.Millisecond}
+	ctx := testCtx(t)
+	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := newQueue(t, ctx, cfg)
+	if err := dead.WaitBucket(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	identified := time.Now()
+	deadConn.Close() // gone before its READY: nothing reported
+	dead.Close(ctx)
+
+	rctx, giveUp, err := live.ReserveTurn(ctx, 1)
+	if err != nil {
+		t.Fatalf("reserving behind a dead holder: %v", err)
+	}
+	defer giveUp()
+	if d := time.Since(identified); d < cfg.Lease {
+		t.Errorf("the reservation was next %v after the dead process's turn, before its lease (%v) ran out", d, cfg.Lease)
+	}
+	if err := live.WaitBucket(rctx, 1); err != nil {
+		t.Fatalf("the reserved turn behind a dead holder: %v", err)
+	}
+	live.UnlockBucket(1)
+}
+
 // TestIdentifyQueueDeadHolderTwoWaiting: when a holder dies with two
 // turns waiting behind it, the first goes after the lease and the second
 // still waits for the first's READY plus an interval.
