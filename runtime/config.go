@@ -111,9 +111,10 @@ type Config struct {
 	// one of them is granted its turn, so that a start does not dial
 	// every shard at once (see shardgroup.Pacer). Negative: every shard
 	// connects at once. With an IdentifyQueue that reserves turns
-	// (shardgroup.TurnReserver: natsfleet's), a shard placed by the pacer
-	// takes its turn in the queue's order first and dials once that turn
-	// is the bucket's next.
+	// (shardgroup.TurnReserver: natsfleet's), the reservations pace the
+	// dials and ConnectAhead is not used: every shard takes its turn in
+	// the queue's order at once, and dials once that turn is the
+	// bucket's next.
 	ConnectAhead int
 	// RESTLimiter is the REST rate limiter every cluster's client shares
 	// (eris-fleet's central request handler). Nil builds one with

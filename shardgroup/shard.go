@@ -70,7 +70,10 @@ type IdentifyLimiter interface {
 // when its turn is the bucket's next; its WaitBucket then waits for that
 // turn. So at a fleet's start only the first turns' shards dial, rather
 // than one per bucket in every process, and the first IDENTIFYs do not
-// wait behind the others' handshakes.
+// wait behind the others' handshakes. The reservations pace the dials:
+// a Pacer is not used with a TurnReserver, and every shard of a group
+// reserves at once, so that a queue can give a process's shards of a
+// bucket consecutive turns (natsfleet's does).
 type TurnReserver interface {
 	IdentifyLimiter
 	// ReserveTurn takes the shard's place in its bucket's order and
@@ -438,16 +441,18 @@ func (s *shard) connect(ctx context.Context) error {
 	if err := s.in.reset(); err != nil {
 		return err
 	}
-	if p := s.g.cfg.Pacer; p != nil && !resume {
+	tr, reserves := s.g.cfg.IdentifyLimiter.(TurnReserver)
+	if p := s.g.cfg.Pacer; p != nil && !resume && !reserves {
 		// A connection that will IDENTIFY dials once its bucket has a
 		// place; it holds it until its turn is granted or it ends.
+		// Reserved turns pace the dials themselves (see TurnReserver).
 		if err := p.wait(ctx, s.stop, s.id); err != nil {
 			return err
 		}
 		s.pacing.Store(true)
 		defer s.unpace()
 	}
-	if tr, ok := s.g.cfg.IdentifyLimiter.(TurnReserver); ok && !resume {
+	if reserves && !resume {
 		// The connection lives on the reservation's context, which
 		// carries it to WaitBucket.
 		var cancel context.CancelFunc

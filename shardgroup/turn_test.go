@@ -208,3 +208,51 @@ func TestStopWhileReservingTurn(t *testing.T) {
 		t.Fatalf("%d connections, want 0: the shard dialled without its turn", n)
 	}
 }
+
+// TestReservationsPaceWithoutThePacer: with a TurnReserver, every shard of
+// a bucket asks for its turn at once, though a Pacer lets one of them
+// connect ahead (the reservations pace the dials), so that a queue can
+// give them consecutive turns; none dials before its reservation.
+func TestReservationsPaceWithoutThePacer(t *testing.T) {
+	srv := discordtest.NewServer(discordtest.WithGuilds(4), discordtest.WithRecommendedShards(4),
+		discordtest.WithMaxConcurrency(4))
+	defer srv.Close()
+	l := newReservingLimiter(srv)
+	p, err := NewPacer(1, 1) // one bucket for the pacer: it would let 0 and 1 ahead through alone
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{ID: 1, ShardIDs: []int{0, 1, 2, 3}, ShardCount: 4, Token: Token(srv.Token()),
+		GatewayURL: srv.GatewayURL(), Intents: gateway.IntentGuilds, IdentifyLimiter: l, Pacer: p,
+		ClientOptions: []bot.ConfigOpt{quietREST}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start(context.Background())
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = r.Stop(ctx, false)
+	}()
+	// All four ask before any is let through; the pacer alone would let
+	// one (and one ahead) connect.
+	var got []string
+	waitFor(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		got = slices.Clone(l.calls)
+		return len(got) >= 4
+	})
+	got = got[:4]
+	slices.Sort(got)
+	if want := []string{"reserve 0", "reserve 1", "reserve 2", "reserve 3"}; !slices.Equal(got, want) {
+		t.Fatalf("first calls %q, want every shard's reservation %q", got, want)
+	}
+	if c := srv.Stats().Connections; c != 0 {
+		t.Fatalf("%d connections before any reservation was through", c)
+	}
+	for range 4 {
+		l.grant <- struct{}{}
+	}
+	waitReady(t, r)
+}
