@@ -325,7 +325,8 @@ func runIdentifySlice(args []string) error {
 		return err
 	}
 	token := os.Getenv("FLEET_BENCH_TOKEN")
-	tq := &timedQueue{q: q, asked: map[int]time.Time{}, granted: map[int]time.Time{}, unlocked: map[int]time.Time{}}
+	tq := &timedQueue{q: q, reserving: map[int]time.Time{}, reserved: map[int]time.Time{},
+		asked: map[int]time.Time{}, granted: map[int]time.Time{}, unlocked: map[int]time.Time{}}
 	if dir := os.Getenv(timelineEnv); dir != "" {
 		defer tq.write(filepath.Join(dir, "slice-"+args[3]+".json"))
 	}
@@ -414,6 +415,7 @@ type timedQueue struct {
 	q                        runtime.IdentifyQueue
 	mu                       sync.Mutex // guards goAt and the maps
 	goAt                     time.Time
+	reserving, reserved      map[int]time.Time // a shard's first ReserveTurn
 	asked, granted, unlocked map[int]time.Time
 }
 
@@ -441,15 +443,28 @@ func (t *timedQueue) Close(ctx context.Context) { t.q.Close(ctx) }
 // shards dial (shardgroup.TurnReserver); with another queue a shard dials
 // at once, as without it.
 func (t *timedQueue) ReserveTurn(ctx context.Context, shard int) (context.Context, func(), error) {
-	if r, ok := t.q.(shardgroup.TurnReserver); ok {
-		return r.ReserveTurn(ctx, shard)
+	r, ok := t.q.(shardgroup.TurnReserver)
+	if !ok {
+		return ctx, func() {}, nil
 	}
-	return ctx, func() {}, nil
+	t.mu.Lock()
+	if _, ok := t.reserving[shard]; !ok {
+		t.reserving[shard] = time.Now()
+	}
+	t.mu.Unlock()
+	rctx, giveUp, err := r.ReserveTurn(ctx, shard)
+	t.mu.Lock()
+	if _, ok := t.reserved[shard]; !ok {
+		t.reserved[shard] = time.Now()
+	}
+	t.mu.Unlock()
+	return rctx, giveUp, err
 }
 
 type shardTimes struct {
 	Shard                    int
 	Asked, Granted, Unlocked int64 // unix ns
+	Reserving, Reserved      int64 // unix ns, 0 when the queue reserves no turn
 }
 
 // sliceTimes is one process's timeline file.
@@ -462,7 +477,11 @@ func (t *timedQueue) write(path string) {
 	t.mu.Lock()
 	out := sliceTimes{Go: t.goAt.UnixNano()}
 	for s, at := range t.asked {
-		out.Shards = append(out.Shards, shardTimes{s, at.UnixNano(), t.granted[s].UnixNano(), t.unlocked[s].UnixNano()})
+		st := shardTimes{Shard: s, Asked: at.UnixNano(), Granted: t.granted[s].UnixNano(), Unlocked: t.unlocked[s].UnixNano()}
+		if r, ok := t.reserving[s]; ok {
+			st.Reserving, st.Reserved = r.UnixNano(), t.reserved[s].UnixNano()
+		}
+		out.Shards = append(out.Shards, st)
 	}
 	t.mu.Unlock()
 	data, _ := json.Marshal(out)
@@ -503,8 +522,19 @@ func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start ti
 	// after its grant.
 	var ready, local, cross, read []float64
 	var firsts []float64
+	// A bucket's first turn, in ms: its ReserveTurn's call after start,
+	// its return after the call, WaitBucket's call after that (the dial
+	// and HELLO), the grant after WaitBucket and the IDENTIFY's read after
+	// the grant.
+	var reserving, reserved, dialed, granted, firstRead []float64
+	msOr0 := func(ns int64) float64 {
+		if ns == 0 {
+			return 0
+		}
+		return ms(ns)
+	}
 	for b := range mc {
-		fmt.Fprintf(w, "bucket %d: shard asked granted identify unlocked (gap unlock->grant, identify->unlock)\n", b)
+		fmt.Fprintf(w, "bucket %d: shard reserving reserved asked granted identify unlocked (gap unlock->grant, identify->unlock)\n", b)
 		var prevUnlock, prevIdentify int64
 		prevShard := -1
 		for _, id := range ids {
@@ -524,8 +554,15 @@ func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start ti
 				read = append(read, float64(id.At.UnixNano()-t.Granted)/1e6)
 			} else {
 				firsts = append(firsts, ms(id.At.UnixNano()))
+				if t.Reserving != 0 {
+					reserving = append(reserving, ms(t.Reserving))
+					reserved = append(reserved, float64(t.Reserved-t.Reserving)/1e6)
+					dialed = append(dialed, float64(t.Asked-t.Reserved)/1e6)
+				}
+				granted = append(granted, float64(t.Granted-t.Asked)/1e6)
+				firstRead = append(firstRead, float64(id.At.UnixNano()-t.Granted)/1e6)
 			}
-			fmt.Fprintf(w, "  %3d %8.1f %8.1f %8.1f %8.1f (%6.1f, %5.1f)\n", id.Shard, ms(t.Asked), ms(t.Granted),
+			fmt.Fprintf(w, "  %3d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f (%6.1f, %5.1f)\n", id.Shard, msOr0(t.Reserving), msOr0(t.Reserved), ms(t.Asked), ms(t.Granted),
 				ms(id.At.UnixNano()), ms(t.Unlocked), gap, float64(t.Unlocked-id.At.UnixNano())/1e6)
 			prevUnlock, prevIdentify, prevShard = t.Unlocked, id.At.UnixNano(), id.Shard
 		}
@@ -550,6 +587,12 @@ func printTimeline(w io.Writer, dir string, ids []discordtest.Identify, start ti
 	if len(firsts) > 0 {
 		fmt.Fprintf(w, "first IDENTIFY of a bucket: earliest %.1f, latest %.1f ms\n", slices.Min(firsts), slices.Max(firsts))
 	}
+	fmt.Fprintln(w, "a bucket's first turn, ms:")
+	spread("ReserveTurn called after start", reserving)
+	spread("ReserveTurn returned after its call", reserved)
+	spread("WaitBucket called after (dial, HELLO)", dialed)
+	spread("granted after WaitBucket", granted)
+	spread("IDENTIFY read after grant", firstRead)
 }
 
 // sliceMember makes cfg run the slice's shards in layout as a member of a
