@@ -614,18 +614,8 @@ func (q *IdentifyQueue) reserve(ctx context.Context, k int, w *waiter) error {
 		if next || skipped || wait <= 0 {
 			return nil
 		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-timer.C:
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-q.stop:
-			return errQueueClosed
+		if err := q.waitTimeOrChange(ctx, &timer, wait, changed); err != nil {
+			return err
 		}
 	}
 }
@@ -807,7 +797,15 @@ const refreshWait = time.Second
 
 // waitChange waits until changed is closed, ctx ends or the queue closes.
 func (q *IdentifyQueue) waitChange(ctx context.Context, changed <-chan struct{}) error {
+	return q.waitOn(ctx, nil, changed)
+}
+
+// waitOn waits until tick (nil: never) fires, changed is closed, ctx
+// ends or the queue closes.
+func (q *IdentifyQueue) waitOn(ctx context.Context, tick <-chan time.Time, changed <-chan struct{}) error {
 	select {
+	case <-tick:
+		return nil
 	case <-changed:
 		return nil
 	case <-ctx.Done():
@@ -861,20 +859,21 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 			sleepFine(wait)
 			continue
 		}
-		if timer == nil {
-			timer = time.NewTimer(wait - fineWait)
-		} else {
-			timer.Reset(wait - fineWait)
-		}
-		select {
-		case <-timer.C:
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-q.stop:
-			return errQueueClosed
+		if err := q.waitTimeOrChange(ctx, &timer, wait-fineWait, changed); err != nil {
+			return err
 		}
 	}
+}
+
+// waitTimeOrChange waits until d has passed on *timer (made on first
+// use, reset after), changed is closed, ctx ends or the queue closes.
+func (q *IdentifyQueue) waitTimeOrChange(ctx context.Context, timer **time.Timer, d time.Duration, changed <-chan struct{}) error {
+	if *timer == nil {
+		*timer = time.NewTimer(d)
+	} else {
+		(*timer).Reset(d)
+	}
+	return q.waitOn(ctx, (*timer).C, changed)
 }
 
 // fineWait is how much of a wait for a turn is slept by sleepFine rather

@@ -267,25 +267,12 @@ func TestIdentifyQueueDeadProcess(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 2, Interval: 20 * time.Millisecond, Lease: 200 * time.Millisecond}
 	ctx := testCtx(t)
-	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	identified := dieHolding(t, ctx, cfg, 0)
 	live, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close(ctx)
-	if err := dead.WaitBucket(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	identified := time.Now()
-	deadConn.Close() // gone before its READY: nothing reported
-	dead.Close(ctx)
 
 	if err := live.WaitBucket(ctx, 1); err != nil { // bucket 1 is free at once
 		t.Fatal(err)
@@ -300,6 +287,28 @@ func TestIdentifyQueueDeadProcess(t *testing.T) {
 	live.UnlockBucket(0)
 }
 
+// dieHolding opens a queue on a connection of its own, takes shard's
+// turn and dies before its READY (its connection gone, nothing
+// reported); it returns when the turn was taken.
+func dieHolding(t *testing.T, ctx context.Context, cfg natsfleet.IdentifyConfig, shard int) time.Time {
+	t.Helper()
+	nc, err := srv.Connect(ctx, natsfleet.Logger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := natsfleet.NewIdentifyQueue(ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.WaitBucket(ctx, shard); err != nil {
+		t.Fatal(err)
+	}
+	identified := time.Now()
+	nc.Close()
+	dead.Close(ctx)
+	return identified
+}
+
 // TestIdentifyQueueReserveBehindDeadHolder: a process dies holding a
 // bucket's turn; a reservation behind it in another process is next once
 // the holder's lease ran out, not never, and its shard identifies then.
@@ -307,21 +316,8 @@ func TestIdentifyQueueReserveBehindDeadHolder(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: 200 * time.Millisecond}
 	ctx := testCtx(t)
-	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	identified := dieHolding(t, ctx, cfg, 0)
 	live := newQueue(t, ctx, cfg)
-	if err := dead.WaitBucket(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	identified := time.Now()
-	deadConn.Close() // gone before its READY: nothing reported
-	dead.Close(ctx)
 
 	rctx, giveUp, err := live.ReserveTurn(ctx, 1)
 	if err != nil {
@@ -344,19 +340,7 @@ func TestIdentifyQueueDeadHolderTwoWaiting(t *testing.T) {
 	t.Parallel()
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: 150 * time.Millisecond}
 	ctx := testCtx(t)
-	deadConn, err := srv.Connect(ctx, natsfleet.Logger(quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := natsfleet.NewIdentifyQueue(ctx, deadConn, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dead.WaitBucket(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	deadConn.Close() // gone before its READY
-	dead.Close(ctx)
+	dieHolding(t, ctx, cfg, 0)
 	var at [2]time.Time
 	var qs [2]*natsfleet.IdentifyQueue
 	for i := range qs {
