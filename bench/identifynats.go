@@ -346,6 +346,9 @@ func runIdentifySlice(args []string) error {
 		}
 		defer cfg.Bus.Close()
 	}
+	if _, ok := tq.q.(shardgroup.TurnReserver); ok {
+		cfg.IdentifyQueue = reservingTimedQueue{tq}
+	}
 	rt, err := runtime.New(cfg)
 	if err != nil {
 		return err
@@ -439,14 +442,14 @@ func (t *timedQueue) UnlockBucket(shard int) {
 
 func (t *timedQueue) Close(ctx context.Context) { t.q.Close(ctx) }
 
-// ReserveTurn passes on to a queue whose turns are reserved before the
-// shards dial (shardgroup.TurnReserver); with another queue a shard dials
-// at once, as without it.
-func (t *timedQueue) ReserveTurn(ctx context.Context, shard int) (context.Context, func(), error) {
-	r, ok := t.q.(shardgroup.TurnReserver)
-	if !ok {
-		return ctx, func() {}, nil
-	}
+// reservingTimedQueue is a timedQueue whose queue reserves turns before
+// the shards dial (shardgroup.TurnReserver): it passes ReserveTurn on. A
+// timedQueue alone is no TurnReserver, so that the shards of a queue
+// that reserves nothing are paced as without it.
+type reservingTimedQueue struct{ *timedQueue }
+
+func (t reservingTimedQueue) ReserveTurn(ctx context.Context, shard int) (context.Context, func(), error) {
+	r := t.q.(shardgroup.TurnReserver)
 	t.mu.Lock()
 	if _, ok := t.reserving[shard]; !ok {
 		t.reserving[shard] = time.Now()
