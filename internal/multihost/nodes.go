@@ -42,7 +42,8 @@ func StartNodes(ctx context.Context, exe string, args []string, n int) (*Nodes, 
 	if err != nil {
 		return nil, err
 	}
-	p, err := StartProc("nats", exe, args, []string{HostEnv + "=" + string(raw), "GORACE=exitcode=0"})
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " exitcode=0") // the caller's options kept
+	p, err := StartProc("nats", exe, args, []string{HostEnv + "=" + string(raw), "GORACE=" + gorace})
 	if err != nil {
 		return nil, err
 	}
