@@ -1,6 +1,7 @@
 package natsfleet
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -88,6 +89,11 @@ type IdentifyConfig struct {
 // Lease from the last ticket done (or from when the waiting ticket was
 // taken), once per block ahead, not per ticket, so a process that dies
 // delays each bucket by at most one Interval plus Lease per block it held.
+// A process that closes (a runtime shut down during its start) delays
+// nobody: it reports its tickets done, and lists those it gave up behind
+// another process's turn, which it cannot report done before that one,
+// as void in the key of issued tickets; the bucket passes over them as
+// over tickets done without an IDENTIFY.
 type IdentifyQueue struct {
 	cfg     IdentifyConfig
 	kv      jetstream.KeyValue
@@ -103,7 +109,8 @@ type IdentifyQueue struct {
 	once    sync.Once
 	wg      sync.WaitGroup // the watch loop and the reporters
 
-	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned, the reservations' taken
+	mu        sync.Mutex // guards view, lanes, primed, held, reports, abandoned, closed, the reservations' taken
+	closed    bool       // Close began: no block is taken any more
 	view      []bucketView
 	lanes     []lane
 	primedc   chan struct{} // closed when the watcher delivered the initial values
@@ -117,15 +124,47 @@ type IdentifyQueue struct {
 // bucketView is what this process knows of a bucket.
 type bucketView struct {
 	issued, issuedRev uint64
-	blocks            []uint64  // the value of blocks at issuedRev
-	done, doneRev     uint64    // the done key
-	local             uint64    // the last ticket done here or announced, maybe not yet in the done key
-	doneAt            time.Time // when this process saw the last ticket done
-	usedAt            time.Time // when this process saw a used ticket done
+	blocks            []uint64      // the value of blocks at issuedRev
+	void              []ticketRange // the value of void at issuedRev
+	done, doneRev     uint64        // the done key
+	local             uint64        // the last ticket done here or announced, maybe not yet in the done key
+	doneAt            time.Time     // when this process saw the last ticket done
+	usedAt            time.Time     // when this process saw a used ticket done
 }
 
-// last is the last ticket known done, here or in the done key.
-func (v *bucketView) last() uint64 { return max(v.done, v.local) }
+// voidAfterDone is the void tickets the done key has not gone past: the
+// others are over for every process that reads a value written now.
+func (v *bucketView) voidAfterDone() []ticketRange {
+	var out []ticketRange
+	for _, r := range v.void {
+		if r.To > v.done {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// isVoid reports whether ticket t is void.
+func (v *bucketView) isVoid(t uint64) bool {
+	for _, r := range v.void {
+		if r.From <= t && t <= r.To {
+			return true
+		}
+	}
+	return false
+}
+
+// last is the last ticket known done, here or in the done key, and the
+// void tickets right after it.
+func (v *bucketView) last() uint64 {
+	d := max(v.done, v.local)
+	for _, r := range v.void {
+		if r.From <= d+1 && r.To > d {
+			d = r.To
+		}
+	}
+	return d
+}
 
 // lane is this process's side of a bucket: its shards waiting for a turn.
 type lane struct {
@@ -148,6 +187,18 @@ type ticketState struct {
 	// Blocks lists the first tickets of the blocks issued that may not be
 	// done yet, ascending: a waiting ticket counts the blocks ahead of it.
 	Blocks []uint64 `json:"blocks,omitempty"`
+	// Void lists, ascending, the tickets that may not be done yet and
+	// will never be used: given up by a process that closed before the
+	// tickets ahead of them were done, so that it could not report them
+	// done in their order. The bucket passes over them as over tickets
+	// done without an IDENTIFY.
+	Void []ticketRange `json:"void,omitempty"`
+}
+
+// ticketRange is the tickets From to To, both included.
+type ticketRange struct {
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
 }
 
 // maxBlocks bounds the blocks listed: with one waiting block per process
@@ -395,7 +446,7 @@ func (q *IdentifyQueue) learnIssued(k int, st ticketState, rev uint64) {
 	defer q.mu.Unlock()
 	v := &q.view[k]
 	if rev > v.issuedRev {
-		v.issued, v.issuedRev, v.blocks = max(v.issued, st.Issued), rev, st.Blocks
+		v.issued, v.issuedRev, v.blocks, v.void = max(v.issued, st.Issued), rev, st.Blocks, st.Void
 		q.changedLocked(k)
 	}
 }
@@ -660,40 +711,70 @@ func (q *IdentifyQueue) ticket(ctx context.Context, k int, w *waiter) error {
 			}
 		}
 		ticket, changed := w.ticket, l.changed
+		var taken chan error
+		if batch != nil {
+			if q.closed {
+				l.taking = false
+				q.mu.Unlock()
+				return errQueueClosed
+			}
+			// The block is taken on a goroutine of the queue's: a caller
+			// that leaves meanwhile does not cut the compare-and-set
+			// short, which JetStream may have applied all the same, so
+			// its tickets are known and given up rather than lost to the
+			// fleet until their Lease (Close waits for it).
+			taken = make(chan error, 1)
+			q.wg.Go(func() { taken <- q.takeBlock(ctx, k, batch) })
+		}
 		q.mu.Unlock()
 		if ticket != 0 {
 			return nil
 		}
-		if batch != nil {
-			first, err := q.take(ctx, k, len(batch))
-			now := time.Now()
-			q.mu.Lock()
-			l.taking = false
-			if err == nil {
-				l.first = first
-				for i, o := range batch {
-					o.ticket, o.taken = first+uint64(i), now
-					if o.gone { // its call returned while the block was taken
-						q.abandoned[k] = append(q.abandoned[k], o.ticket)
-						if o.ticket == first {
-							l.first = 0
-						}
-					}
-				}
-				q.settleLocked(k)
-			}
-			q.changedLocked(k)
-			q.mu.Unlock()
-			q.kick(k)
+		if taken != nil {
+			changed = nil // the block's own result says when to look again
+		}
+		select {
+		case err := <-taken:
 			if err != nil {
 				return err
 			}
-			continue
-		}
-		if err := q.waitChange(ctx, changed); err != nil {
-			return err
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.stop:
+			return errQueueClosed
 		}
 	}
+}
+
+// takeBlock takes a block of bucket k's tickets for batch, bounded by
+// OpTimeout but not by the end of ctx, and hands them out: the tickets of
+// the waiters whose calls returned meanwhile are given up.
+func (q *IdentifyQueue) takeBlock(ctx context.Context, k int, batch []*waiter) error {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.cfg.OpTimeout)
+	defer cancel()
+	first, err := q.take(tctx, k, len(batch))
+	now := time.Now()
+	q.mu.Lock()
+	l := &q.lanes[k]
+	l.taking = false
+	if err == nil {
+		l.first = first
+		for i, o := range batch {
+			o.ticket, o.taken = first+uint64(i), now
+			if o.gone { // its call returned while the block was taken
+				q.abandoned[k] = append(q.abandoned[k], o.ticket)
+				if o.ticket == first {
+					l.first = 0
+				}
+			}
+		}
+		q.settleLocked(k)
+	}
+	q.changedLocked(k)
+	q.mu.Unlock()
+	q.kick(k)
+	return err
 }
 
 // take takes bucket k's next n tickets and returns the first.
@@ -725,7 +806,7 @@ func (q *IdentifyQueue) take(ctx context.Context, k, n int) (uint64, error) {
 		if len(blocks) > maxBlocks {
 			blocks = blocks[len(blocks)-maxBlocks:]
 		}
-		st := ticketState{Issued: v.issued + uint64(n), Blocks: blocks}
+		st := ticketState{Issued: v.issued + uint64(n), Blocks: blocks, Void: v.voidAfterDone()}
 		value, _ := json.Marshal(st)
 		var rev uint64
 		var err error
@@ -898,7 +979,7 @@ func (q *IdentifyQueue) turnLocked(k int, ticket uint64, taken time.Time) (at ti
 	// before: past that, each is done.
 	ahead := 1 // the block of d+1
 	for _, b := range v.blocks {
-		if b > d+1 && b < ticket {
+		if b > d+1 && b < ticket && !v.isVoid(b) {
 			ahead++
 		}
 	}
@@ -1075,14 +1156,18 @@ func (q *IdentifyQueue) writeDone(ctx context.Context, k int, r doneState) error
 func (q *IdentifyQueue) Close(ctx context.Context) {
 	q.once.Do(func() {
 		q.mu.Lock()
-		now := time.Now().UnixNano()
+		q.closed = true
+		now := time.Now()
 		for shard, ticket := range q.held {
 			// Its IDENTIFY may have gone out, and been read, until now:
 			// the next turn counts from now, even if a report of an
-			// earlier READY waits.
-			r := &q.reports[shard%len(q.lanes)]
-			r.Done = max(r.Done, ticket)
-			r.Used, r.At, r.Clock = true, now, q.clock
+			// earlier READY waits. The tickets given up behind it are
+			// done with it.
+			k := shard % len(q.lanes)
+			q.doneLocked(k, ticket, true, now)
+			r := &q.reports[k]
+			r.At = now.UnixNano()
+			q.settleLocked(k)
 		}
 		clear(q.held)
 		q.mu.Unlock()
@@ -1097,7 +1182,56 @@ func (q *IdentifyQueue) Close(ctx context.Context) {
 		for k := range q.reports {
 			q.flush(ctx, k)
 		}
+		for k := range q.abandoned {
+			q.voidGivenUp(ctx, k)
+		}
 		_ = q.watcher.Stop()
 		q.unwatch()
 	})
+}
+
+// voidGivenUp records as void in bucket k's issued key the tickets given
+// up here that could not be done yet, the tickets ahead of them not
+// being done: without it, the fleet would wait out their Lease. It runs
+// in Close, once the watcher no longer updates the view: a lost
+// compare-and-set reads the key again.
+func (q *IdentifyQueue) voidGivenUp(ctx context.Context, k int) {
+	q.mu.Lock()
+	tickets := slices.Clone(q.abandoned[k])
+	q.mu.Unlock()
+	if len(tickets) == 0 {
+		return
+	}
+	slices.Sort(tickets)
+	var ours []ticketRange
+	for _, t := range tickets {
+		if n := len(ours); n > 0 && ours[n-1].To+1 == t {
+			ours[n-1].To = t
+		} else {
+			ours = append(ours, ticketRange{From: t, To: t})
+		}
+	}
+	key := "t" + strconv.Itoa(k)
+	for ctx.Err() == nil {
+		q.mu.Lock()
+		v := q.view[k]
+		q.mu.Unlock()
+		void := append(v.voidAfterDone(), ours...)
+		slices.SortFunc(void, func(a, b ticketRange) int { return cmp.Compare(a.From, b.From) })
+		if len(void) > maxBlocks {
+			void = void[len(void)-maxBlocks:]
+		}
+		st := ticketState{Issued: v.issued, Blocks: v.blocks, Void: void}
+		value, _ := json.Marshal(st)
+		rev, err := q.kv.Update(ctx, key, value, v.issuedRev)
+		if err == nil {
+			q.learnIssued(k, st, rev)
+			return
+		}
+		e, err := q.kv.Get(ctx, key)
+		if err != nil {
+			return // left to the Lease
+		}
+		q.learn(e)
+	}
 }

@@ -119,23 +119,8 @@ func TestIdentifyQueueManyConnections(t *testing.T) {
 	errc := make(chan error, procs)
 	rts := make([]*runtime.Runtime, procs)
 	for p := range procs {
-		q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: mc, Interval: interval})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rt, err := runtime.New(runtime.Config{
-			Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
-			IdentifyInterval: interval, IdentifyQueue: q, Clusters: 2,
-			Bot: func(int) runtime.Bot {
-				return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
-			},
-			TotalShards: shards, FirstShardID: p * per, LastShardID: (p+1)*per - 1,
-			Logger: quiet,
-		})
-		if err != nil {
-			q.Close(ctx)
-			t.Fatal(err)
-		}
+		rt := queueRuntime(t, ctx, s, natsfleet.IdentifyConfig{Prefix: prefix, MaxConcurrency: mc, Interval: interval},
+			shards, p*per, (p+1)*per-1)
 		rt.Subscribe(func(e runtime.Event) {
 			if e.Kind() == runtime.EventFleetReady {
 				ready <- struct{}{}
@@ -173,6 +158,120 @@ func TestIdentifyQueueManyConnections(t *testing.T) {
 	if st.Identifies != shards {
 		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
 	}
+}
+
+// TestIdentifyQueueShutdownMidStart: three runtimes share the queue and
+// one is shut down while its shards still wait for their reserved turns.
+// Its Shutdown returns, and the other two get ready without waiting out
+// the leases of the turns it gave up: its queue reports them done as it
+// closes. The simulator sees no IDENTIFY too early for its bucket.
+func TestIdentifyQueueShutdownMidStart(t *testing.T) {
+	t.Parallel()
+	const shards, mc, procs = 36, 3, 3
+	interval := 30 * time.Millisecond
+	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	// A lease far beyond the test's deadline: a turn left to its lease
+	// would fail the test.
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
+	ctx := testCtx(t)
+	per := shards / procs
+	type run struct {
+		rt    *runtime.Runtime
+		ready chan struct{}
+		shard chan struct{} // a shard of this runtime is READY
+		errc  chan error
+	}
+	runs := make([]*run, procs)
+	for p := range procs {
+		rt := queueRuntime(t, ctx, s, cfg, shards, p*per, (p+1)*per-1)
+		r := &run{rt: rt, ready: make(chan struct{}, 1), shard: make(chan struct{}, 1), errc: make(chan error, 1)}
+		rt.Subscribe(func(e runtime.Event) {
+			var c chan struct{}
+			switch e.Kind() {
+			case runtime.EventFleetReady:
+				c = r.ready
+			case runtime.EventShardReady:
+				c = r.shard
+			default:
+				return
+			}
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		})
+		runs[p] = r
+	}
+	for _, r := range runs {
+		go func() { r.errc <- r.rt.Run(context.Background()) }()
+	}
+	stopped := runs[0]
+	select {
+	case <-stopped.shard:
+	case err := <-stopped.errc:
+		t.Fatalf("the first runtime stopped before any of its shards was ready: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no shard of the first runtime was ready in time")
+	}
+	select {
+	case <-stopped.ready:
+		t.Fatal("the first runtime was ready before it could be shut down mid-start: give it more shards")
+	default:
+	}
+	if err := stopped.rt.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown mid-start: %v", err)
+	}
+	if err := <-stopped.errc; err != nil {
+		t.Errorf("Run after a Shutdown mid-start: %v", err)
+	}
+	for i, r := range runs[1:] {
+		select {
+		case <-r.ready:
+		case err := <-r.errc:
+			t.Fatalf("runtime %d stopped before it was ready: %v", i+1, err)
+		case <-ctx.Done():
+			t.Fatalf("runtime %d was not ready after another was shut down mid-start: a turn it gave up waits for its lease", i+1)
+		}
+	}
+	for _, r := range runs[1:] {
+		if err := r.rt.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-r.errc; err != nil {
+			t.Error(err)
+		}
+	}
+	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations, want 0", v)
+		logIdentifies(t, s.Identifies())
+	}
+}
+
+// queueRuntime returns a runtime of shards first..last of total against
+// the simulator s, in two clusters, identifying through a NATS queue of
+// its own connection with cfg; Run closes the queue.
+func queueRuntime(t *testing.T, ctx context.Context, s *discordtest.Server, cfg natsfleet.IdentifyConfig, total, first, last int) *runtime.Runtime {
+	t.Helper()
+	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.New(runtime.Config{
+		Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
+		IdentifyInterval: cfg.Interval, IdentifyQueue: q, Clusters: 2,
+		Bot: func(int) runtime.Bot {
+			return runtime.BotFunc(func(context.Context, *shardgroup.Group) error { return nil })
+		},
+		TotalShards: total, FirstShardID: first, LastShardID: last,
+		Logger: quiet,
+	})
+	if err != nil {
+		q.Close(ctx)
+		t.Fatal(err)
+	}
+	return rt
 }
 
 // logIdentifies logs the simulator's IDENTIFYs by bucket, with the time
@@ -331,6 +430,57 @@ func TestIdentifyQueueReserveBehindDeadHolder(t *testing.T) {
 		t.Fatalf("the reserved turn behind a dead holder: %v", err)
 	}
 	live.UnlockBucket(1)
+}
+
+// TestIdentifyQueueClosedWithTurnsGivenUp: a process gives up its turns
+// behind another process's and closes before that one is done; the turn
+// after them is next as soon as it is, not after their Lease, and keeps
+// the Interval from its READY.
+func TestIdentifyQueueClosedWithTurnsGivenUp(t *testing.T) {
+	t.Parallel()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: 1, Interval: 20 * time.Millisecond, Lease: time.Hour}
+	ctx := testCtx(t)
+	a, b, c := newQueue(t, ctx, cfg), newQueue(t, ctx, cfg), newQueue(t, ctx, cfg)
+	if err := a.WaitBucket(ctx, 0); err != nil { // ticket 1, identifying
+		t.Fatal(err)
+	}
+	// b's shard takes ticket 2 and gives it up, and b closes.
+	bctx, cancel := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, _, err := b.ReserveTurn(bctx, 1)
+		gaveUp <- err
+	}()
+	waitIssued(t, ctx, a, 0, 2)
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("ReserveTurn = %v, want it cancelled", err)
+	}
+	b.Close(ctx)
+	next := make(chan error, 1)
+	go func() {
+		rctx, giveUp, err := c.ReserveTurn(ctx, 2) // ticket 3
+		if err == nil {
+			err = c.WaitBucket(rctx, 2)
+			giveUp()
+		}
+		next <- err
+	}()
+	waitIssued(t, ctx, a, 0, 3)
+	select {
+	case err := <-next:
+		t.Fatalf("the turn after the given-up ones came before the one ahead of them was done (%v)", err)
+	case <-time.After(3 * cfg.Interval):
+	}
+	unlocked := time.Now()
+	a.UnlockBucket(0)
+	if err := <-next; err != nil {
+		t.Fatalf("the turn after the given-up ones: %v", err)
+	}
+	if d := time.Since(unlocked); d < cfg.Interval {
+		t.Errorf("the turn came %v after the READY ahead, less than the interval %v", d, cfg.Interval)
+	}
+	c.UnlockBucket(2)
 }
 
 // TestIdentifyQueueDeadHolderTwoWaiting: when a holder dies with two
