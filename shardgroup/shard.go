@@ -58,7 +58,9 @@ func (s State) String() string {
 
 // IdentifyLimiter spaces IDENTIFYs by Discord's rule. It is disgo's
 // sharding.RateLimiter: WaitBucket before an IDENTIFY is sent,
-// UnlockBucket when its READY arrives (or the connection ends first).
+// UnlockBucket when its READY arrives, or when the connection ends first
+// (closed by this side, once the gateway answered the close frame, which
+// it reads after the IDENTIFY, or after a second without an answer).
 type IdentifyLimiter interface {
 	WaitBucket(ctx context.Context, shardID int) error
 	UnlockBucket(shardID int)
@@ -164,6 +166,7 @@ type shard struct {
 	sends    []time.Time // command times for the 120/60 s limit
 
 	holding atomic.Bool                 // an identify bucket is taken
+	closing atomic.Bool                 // the connection is closing: what it still reads is dropped
 	pacing  atomic.Bool                 // a place of the Pacer is taken
 	hb      atomic.Pointer[heartbeater] // the connection's, while it runs
 
@@ -475,6 +478,7 @@ func (s *shard) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errDial, err)
 	}
+	s.closing.Store(false)
 	s.mu.Lock()
 	s.conn = c
 	s.sends = s.sends[:0]
@@ -587,12 +591,28 @@ func (s *shard) hurryUp() { s.hurryOne.Do(func() { close(s.hurry) }) }
 // IDENTIFY already sent.
 const readyWait = 5 * time.Second
 
+// closeConn sends a close frame with code and closes the socket. With an
+// IDENTIFY out and no READY yet, it leaves the socket to the read loop
+// for up to closeWait: the gateway reads that IDENTIFY before the close
+// frame and answers the frame once it has, and the read loop ends on the
+// answer. Only then is the identify bucket given back, so that the
+// bucket's next IDENTIFY counts from when this one was surely read, not
+// from when it was sent.
 func (s *shard) closeConn(c *websocket.Conn, code int) {
 	s.writeMu.Lock()
 	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
 	s.writeMu.Unlock()
+	if s.holding.Load() {
+		s.closing.Store(true)
+		_ = c.SetReadDeadline(time.Now().Add(closeWait))
+		return
+	}
 	_ = c.Close()
 }
+
+// closeWait bounds how long a connection closed with an unanswered
+// IDENTIFY waits for the gateway's answer to its close frame.
+const closeWait = time.Second
 
 // serve reads the connection until it ends.
 //
@@ -614,6 +634,9 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 		}
 		if err != nil {
 			var ce *websocket.CloseError
+			if s.closing.Load() {
+				return err // the gateway's answer to this side's close, or none in time
+			}
 			if errors.As(err, &ce) {
 				s.g.closeSeen(s, ce.Code)
 				if fatalClose(ce.Code) {
@@ -625,8 +648,8 @@ func (s *shard) serve(ctx context.Context, c *websocket.Conn, hb *heartbeater, r
 			}
 			return err
 		}
-		if data == nil {
-			continue // a zlib payload continues in the next message
+		if data == nil || s.closing.Load() {
+			continue // a zlib payload continues in the next message, or the connection is closing
 		}
 		m, err := decodeMessage(data) // m.RawD shares buf: valid until the next frame
 		if err != nil {
