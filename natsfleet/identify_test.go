@@ -249,6 +249,94 @@ func TestIdentifyQueueShutdownMidStart(t *testing.T) {
 	}
 }
 
+// TestIdentifyQueueSoftRestartMidStart: two runtimes share the queue; a
+// cluster of one is soft-restarted while its shards still wait for their
+// turns. Both fleets get ready, every shard IDENTIFYs once (the sessions
+// opened are handed over, the turns not yet come are given up and taken
+// again), and the simulator sees no IDENTIFY too early for its bucket.
+func TestIdentifyQueueSoftRestartMidStart(t *testing.T) {
+	t.Parallel()
+	const shards, mc, procs = 24, 3, 2
+	interval := 30 * time.Millisecond
+	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
+	ctx := testCtx(t)
+	per := shards / procs
+	rts := make([]*runtime.Runtime, procs)
+	ready := make(chan int, procs)
+	firstShard := make(chan struct{}, 1)
+	errc := make(chan error, procs)
+	for p := range procs {
+		rt := queueRuntime(t, ctx, s, cfg, shards, p*per, (p+1)*per-1)
+		rt.Subscribe(func(e runtime.Event) {
+			switch e.Kind() {
+			case runtime.EventFleetReady:
+				ready <- p
+			case runtime.EventShardReady:
+				if p == 0 {
+					select {
+					case firstShard <- struct{}{}:
+					default:
+					}
+				}
+			}
+		})
+		rts[p] = rt
+		go func() { errc <- rt.Run(context.Background()) }()
+	}
+	select {
+	case <-firstShard:
+	case <-ctx.Done():
+		t.Fatal("no shard of the first runtime was ready in time")
+	}
+	if n := readyShards(rts[0]); n == per {
+		t.Fatal("the first runtime was ready before its soft restart: give it more shards")
+	}
+	if err := rts[0].SoftRestart(ctx, 0); err != nil {
+		t.Errorf("SoftRestart mid-start: %v", err)
+	}
+	for range procs {
+		select {
+		case <-ready:
+		case err := <-errc:
+			t.Fatalf("a runtime stopped before it was ready: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("the fleets were not ready after a soft restart mid-start: %v", s.Stats().ReadyShards)
+		}
+	}
+	for _, rt := range rts {
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	st := s.Stats()
+	if v := st.Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations, want 0", v)
+		logIdentifies(t, s.Identifies())
+	}
+	if st.Identifies != shards {
+		t.Errorf("%d IDENTIFYs for %d shards: a soft restart mid-start spent some twice", st.Identifies, shards)
+	}
+}
+
+// readyShards counts the runtime's shards that are ready.
+func readyShards(rt *runtime.Runtime) int {
+	n := 0
+	for _, c := range rt.Stats().Clusters {
+		for _, sh := range c.Shards {
+			if sh.State == shardgroup.StateReady {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // queueRuntime returns a runtime of shards first..last of total against
 // the simulator s, in two clusters, identifying through a NATS queue of
 // its own connection with cfg; Run closes the queue.
