@@ -324,6 +324,58 @@ func TestIdentifyQueueSoftRestartMidStart(t *testing.T) {
 	}
 }
 
+// TestIdentifyQueueReshardMidStart: a fleet on the NATS queue is
+// resharded while its shards still wait for their turns. The reshard
+// completes, the new generation's shards are all READY, and the
+// simulator sees no IDENTIFY too early for its bucket: the old
+// generation's turns not yet come are given up, not left for the Lease.
+func TestIdentifyQueueReshardMidStart(t *testing.T) {
+	t.Parallel()
+	const shards, mc, more = 24, 3, 30
+	interval := 20 * time.Millisecond
+	s := discordtest.NewServer(discordtest.WithGuilds(more*2), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	defer s.Close()
+	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
+	ctx := testCtx(t)
+	rt := queueRuntime(t, ctx, s, cfg, shards, 0, shards-1)
+	firstShard := make(chan struct{}, 1)
+	rt.Subscribe(func(e runtime.Event) {
+		if e.Kind() == runtime.EventShardReady {
+			select {
+			case firstShard <- struct{}{}:
+			default:
+			}
+		}
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Run(context.Background()) }()
+	select {
+	case <-firstShard:
+	case <-ctx.Done():
+		t.Fatal("no shard was ready in time")
+	}
+	if n := readyShards(rt); n == shards {
+		t.Fatal("the fleet was ready before its reshard: give it more shards")
+	}
+	if err := rt.Reshard(ctx, runtime.ReshardOptions{Shards: more}); err != nil {
+		t.Errorf("Reshard mid-start: %v", err)
+	}
+	if n := readyShards(rt); n != more {
+		t.Errorf("%d shards ready after the reshard, want %d", n, more)
+	}
+	if err := rt.Shutdown(ctx); err != nil {
+		t.Error(err)
+	}
+	if err := <-errc; err != nil {
+		t.Error(err)
+	}
+	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations, want 0", v)
+		logIdentifies(t, s.Identifies())
+	}
+}
+
 // readyShards counts the runtime's shards that are ready.
 func readyShards(rt *runtime.Runtime) int {
 	n := 0
@@ -337,16 +389,17 @@ func readyShards(rt *runtime.Runtime) int {
 	return n
 }
 
-// queueRuntime returns a runtime of shards first..last of total against
-// the simulator s, in two clusters, identifying through a NATS queue of
-// its own connection with cfg; Run closes the queue.
+// queueRuntime returns a runtime of shards first..last of total (all of
+// them: the whole fleet) against the simulator s, in two clusters,
+// identifying through a NATS queue of its own connection with cfg; Run
+// closes the queue.
 func queueRuntime(t *testing.T, ctx context.Context, s *discordtest.Server, cfg natsfleet.IdentifyConfig, total, first, last int) *runtime.Runtime {
 	t.Helper()
 	q, err := natsfleet.NewIdentifyQueue(ctx, connect(t), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := runtime.New(runtime.Config{
+	rc := runtime.Config{
 		Token: runtime.Token(s.Token()), GatewayURL: s.GatewayURL(), RESTURL: s.RESTURL(),
 		IdentifyInterval: cfg.Interval, IdentifyQueue: q, Clusters: 2,
 		Bot: func(int) runtime.Bot {
@@ -354,7 +407,11 @@ func queueRuntime(t *testing.T, ctx context.Context, s *discordtest.Server, cfg 
 		},
 		TotalShards: total, FirstShardID: first, LastShardID: last,
 		Logger: quiet,
-	})
+	}
+	if first == 0 && last == total-1 {
+		rc.TotalShards, rc.LastShardID, rc.Shards = 0, 0, total
+	}
+	rt, err := runtime.New(rc)
 	if err != nil {
 		q.Close(ctx)
 		t.Fatal(err)
