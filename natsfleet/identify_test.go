@@ -73,9 +73,7 @@ func identifyChild(a childArgs) error {
 func TestIdentifyQueueAcrossProcesses(t *testing.T) {
 	const shards, mc, procs = 48, 4, 3
 	interval := 40 * time.Millisecond
-	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
+	s := identifySim(t, shards*2, shards, mc, interval)
 	prefix := newPrefix()
 	per := shards / procs
 	children := make([]*testChild, procs)
@@ -93,13 +91,7 @@ func TestIdentifyQueueAcrossProcesses(t *testing.T) {
 	for _, c := range children {
 		c.stop()
 	}
-	st := s.Stats()
-	if v := st.Violations["identify_concurrency"]; v != 0 {
-		t.Errorf("%d identify violations, want 0", v)
-	}
-	if st.Identifies != shards {
-		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
-	}
+	checkIdentifies(t, s, shards)
 }
 
 // TestIdentifyQueueManyConnections runs one fleet as six runtimes in this
@@ -109,9 +101,7 @@ func TestIdentifyQueueManyConnections(t *testing.T) {
 	t.Parallel()
 	const shards, mc, procs = 48, 4, 6
 	interval := 30 * time.Millisecond
-	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
+	s := identifySim(t, shards*2, shards, mc, interval)
 	prefix := newPrefix()
 	ctx := testCtx(t)
 	per := shards / procs
@@ -131,33 +121,9 @@ func TestIdentifyQueueManyConnections(t *testing.T) {
 	for _, rt := range rts {
 		go func() { errc <- rt.Run(context.Background()) }()
 	}
-	for range procs {
-		select {
-		case <-ready:
-		case err := <-errc:
-			t.Fatalf("a runtime stopped before it was ready: %v", err)
-		case <-ctx.Done():
-			t.Fatal("the runtimes were not ready in time")
-		}
-	}
-	for _, rt := range rts {
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	}
-	for range procs {
-		if err := <-errc; err != nil {
-			t.Error(err)
-		}
-	}
-	st := s.Stats()
-	if v := st.Violations["identify_concurrency"]; v != 0 {
-		t.Errorf("%d identify violations, want 0", v)
-		logIdentifies(t, s.Identifies())
-	}
-	if st.Identifies != shards {
-		t.Errorf("%d identifies accepted, want %d", st.Identifies, shards)
-	}
+	awaitFleets(t, ctx, s, ready, errc, procs)
+	shutdownAll(t, ctx, rts, errc)
+	checkIdentifies(t, s, shards)
 }
 
 // TestIdentifyQueueShutdownMidStart: three runtimes share the queue and
@@ -169,9 +135,7 @@ func TestIdentifyQueueShutdownMidStart(t *testing.T) {
 	t.Parallel()
 	const shards, mc, procs = 36, 3, 3
 	interval := 30 * time.Millisecond
-	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
+	s := identifySim(t, shards*2, shards, mc, interval)
 	// A lease far beyond the test's deadline: a turn left to its lease
 	// would fail the test.
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
@@ -243,10 +207,7 @@ func TestIdentifyQueueShutdownMidStart(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
-		t.Errorf("%d identify violations, want 0", v)
-		logIdentifies(t, s.Identifies())
-	}
+	checkNoViolation(t, s)
 }
 
 // TestIdentifyQueueSoftRestartMidStart: two runtimes share the queue; a
@@ -258,14 +219,12 @@ func TestIdentifyQueueSoftRestartMidStart(t *testing.T) {
 	t.Parallel()
 	const shards, mc, procs = 24, 3, 2
 	interval := 30 * time.Millisecond
-	s := discordtest.NewServer(discordtest.WithGuilds(shards*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
+	s := identifySim(t, shards*2, shards, mc, interval)
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
 	ctx := testCtx(t)
 	per := shards / procs
 	rts := make([]*runtime.Runtime, procs)
-	ready := make(chan int, procs)
+	ready := make(chan struct{}, procs)
 	firstShard := make(chan struct{}, 1)
 	errc := make(chan error, procs)
 	for p := range procs {
@@ -273,7 +232,7 @@ func TestIdentifyQueueSoftRestartMidStart(t *testing.T) {
 		rt.Subscribe(func(e runtime.Event) {
 			switch e.Kind() {
 			case runtime.EventFleetReady:
-				ready <- p
+				ready <- struct{}{}
 			case runtime.EventShardReady:
 				if p == 0 {
 					select {
@@ -297,31 +256,9 @@ func TestIdentifyQueueSoftRestartMidStart(t *testing.T) {
 	if err := rts[0].SoftRestart(ctx, 0); err != nil {
 		t.Errorf("SoftRestart mid-start: %v", err)
 	}
-	for range procs {
-		select {
-		case <-ready:
-		case err := <-errc:
-			t.Fatalf("a runtime stopped before it was ready: %v", err)
-		case <-ctx.Done():
-			t.Fatalf("the fleets were not ready after a soft restart mid-start: %v", s.Stats().ReadyShards)
-		}
-	}
-	for _, rt := range rts {
-		if err := rt.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := <-errc; err != nil {
-			t.Error(err)
-		}
-	}
-	st := s.Stats()
-	if v := st.Violations["identify_concurrency"]; v != 0 {
-		t.Errorf("%d identify violations, want 0", v)
-		logIdentifies(t, s.Identifies())
-	}
-	if st.Identifies != shards {
-		t.Errorf("%d IDENTIFYs for %d shards: a soft restart mid-start spent some twice", st.Identifies, shards)
-	}
+	awaitFleets(t, ctx, s, ready, errc, procs)
+	shutdownAll(t, ctx, rts, errc)
+	checkIdentifies(t, s, shards) // none spent twice by the soft restart
 }
 
 // TestIdentifyQueueReshardMidStart: a fleet on the NATS queue is
@@ -333,9 +270,7 @@ func TestIdentifyQueueReshardMidStart(t *testing.T) {
 	t.Parallel()
 	const shards, mc, more = 24, 3, 30
 	interval := 20 * time.Millisecond
-	s := discordtest.NewServer(discordtest.WithGuilds(more*2), discordtest.WithRecommendedShards(shards),
-		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
-	defer s.Close()
+	s := identifySim(t, more*2, shards, mc, interval)
 	cfg := natsfleet.IdentifyConfig{Prefix: newPrefix(), MaxConcurrency: mc, Interval: interval, Lease: time.Hour}
 	ctx := testCtx(t)
 	rt := queueRuntime(t, ctx, s, cfg, shards, 0, shards-1)
@@ -370,10 +305,7 @@ func TestIdentifyQueueReshardMidStart(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Error(err)
 	}
-	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
-		t.Errorf("%d identify violations, want 0", v)
-		logIdentifies(t, s.Identifies())
-	}
+	checkNoViolation(t, s)
 }
 
 // readyShards counts the runtime's shards that are ready.
@@ -417,6 +349,68 @@ func queueRuntime(t *testing.T, ctx context.Context, s *discordtest.Server, cfg 
 		t.Fatal(err)
 	}
 	return rt
+}
+
+// awaitFleets waits for n FleetReady events on ready, failing the test
+// if a Run returns first (on errc) or ctx ends.
+func awaitFleets(t *testing.T, ctx context.Context, s *discordtest.Server, ready <-chan struct{}, errc <-chan error, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-ready:
+		case err := <-errc:
+			t.Fatalf("a runtime stopped before it was ready: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("the runtimes were not ready in time; the simulator's READY shards: %v", s.Stats().ReadyShards)
+		}
+	}
+}
+
+// shutdownAll shuts every runtime down and collects each Run's error
+// from errc.
+func shutdownAll(t *testing.T, ctx context.Context, rts []*runtime.Runtime, errc <-chan error) {
+	t.Helper()
+	for _, rt := range rts {
+		if err := rt.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	}
+	for range rts {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// identifySim starts a simulator of guilds guilds, recommending shards,
+// with max_concurrency mc and the identify window interval; it stops
+// with the test.
+func identifySim(t *testing.T, guilds, shards, mc int, interval time.Duration) *discordtest.Server {
+	t.Helper()
+	s := discordtest.NewServer(discordtest.WithGuilds(guilds), discordtest.WithRecommendedShards(shards),
+		discordtest.WithMaxConcurrency(mc), discordtest.WithIdentifyWindow(interval))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// checkIdentifies checks that the simulator accepted want IDENTIFYs,
+// none too early for its bucket.
+func checkIdentifies(t *testing.T, s *discordtest.Server, want int) {
+	t.Helper()
+	checkNoViolation(t, s)
+	if n := s.Stats().Identifies; n != want {
+		t.Errorf("%d IDENTIFYs accepted, want %d", n, want)
+	}
+}
+
+// checkNoViolation fails the test if the simulator saw an IDENTIFY too
+// early for its bucket, and logs them all then.
+func checkNoViolation(t *testing.T, s *discordtest.Server) {
+	t.Helper()
+	if v := s.Stats().Violations["identify_concurrency"]; v != 0 {
+		t.Errorf("%d identify violations, want 0", v)
+		logIdentifies(t, s.Identifies())
+	}
 }
 
 // logIdentifies logs the simulator's IDENTIFYs by bucket, with the time
