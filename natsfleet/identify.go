@@ -592,7 +592,8 @@ func (q *IdentifyQueue) leaveLocked(k int, w *waiter, giveUp bool) {
 
 // ReserveTurn takes the shard's place in its bucket's order (a ticket)
 // and returns once its turn is the bucket's next: the ticket before it is
-// done, so that the turn comes an Interval after that one's READY at the
+// done (or the blocks ahead went silent for their Interval plus Lease),
+// so that the turn comes an Interval after that one's READY at the
 // soonest. A shard that reserves dials then, and has that Interval to
 // connect, instead of holding a connection open for turns ahead; at a
 // fleet's start only the first turns' shards dial.
@@ -649,12 +650,8 @@ func (q *IdentifyQueue) reserve(ctx context.Context, k int, w *waiter) error {
 	if err := q.ticket(ctx, k, w); err != nil {
 		return err
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	var timer turnTimer
+	defer timer.stop()
 	for {
 		q.mu.Lock()
 		next := w.ticket <= q.view[k].last()+1
@@ -916,12 +913,8 @@ func (q *IdentifyQueue) waitPrimed(ctx context.Context) error {
 // It returns errSkipped if a later ticket was done first: the bucket went
 // on without this one.
 func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken time.Time) error {
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	var timer turnTimer
+	defer timer.stop()
 	for {
 		q.mu.Lock()
 		at, skipped := q.turnLocked(k, ticket, taken)
@@ -946,15 +939,24 @@ func (q *IdentifyQueue) await(ctx context.Context, k int, ticket uint64, taken t
 	}
 }
 
-// waitTimeOrChange waits until d has passed on *timer (made on first
-// use, reset after), changed is closed, ctx ends or the queue closes.
-func (q *IdentifyQueue) waitTimeOrChange(ctx context.Context, timer **time.Timer, d time.Duration, changed <-chan struct{}) error {
-	if *timer == nil {
-		*timer = time.NewTimer(d)
+// waitTimeOrChange waits until d has passed on timer, changed is
+// closed, ctx ends or the queue closes.
+func (q *IdentifyQueue) waitTimeOrChange(ctx context.Context, timer *turnTimer, d time.Duration, changed <-chan struct{}) error {
+	if timer.t == nil {
+		timer.t = time.NewTimer(d)
 	} else {
-		(*timer).Reset(d)
+		timer.t.Reset(d)
 	}
-	return q.waitOn(ctx, (*timer).C, changed)
+	return q.waitOn(ctx, timer.t.C, changed)
+}
+
+// turnTimer is a wait's timer, made on first use and reset after.
+type turnTimer struct{ t *time.Timer }
+
+func (t *turnTimer) stop() {
+	if t.t != nil {
+		t.t.Stop()
+	}
 }
 
 // fineWait is how much of a wait for a turn is slept by sleepFine rather

@@ -203,6 +203,18 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			budget.Up(r.clock.Now())
 			restarting.answer(nil)
 		}
+		// readyNow takes a ready report already there (a nil channel has
+		// none): the select below may find it and another event at once
+		// and take either.
+		readyNow := func() bool {
+			select {
+			case <-inst.ready:
+				ready()
+				return true
+			default:
+				return false
+			}
+		}
 		var why error // set when the instance must be restarted
 		for why == nil {
 			select {
@@ -215,27 +227,13 @@ func (r *Runtime) supervise(c *cluster, env *fleetEnv, sessions map[int]shardgro
 			case <-restarting.done():
 				restarting.answer(fmt.Errorf("runtime: restart of cluster %d: the new instance is still connecting: %w", c.id, restarting.op.ctx.Err()))
 			case <-inst.exited():
-				// A child that said it was ready and then exited before
-				// this loop looked crashed after ready: the select may
-				// find both at once and take either.
-				if inst.ready != nil {
-					select {
-					case <-inst.ready:
-						ready()
-					default:
-					}
-				}
+				readyNow() // a child ready, then exited, crashed after ready
 				why = fmt.Errorf("runtime: cluster %d: child process %d exited: %w", c.id, inst.proc.Pid(), inst.proc.Err())
 				crashed = inst.ready == nil
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))
 			case <-timeoutC:
-				if inst.ready != nil {
-					select {
-					case <-inst.ready: // ready as the time ran out: it made it
-						ready()
-						continue
-					default:
-					}
+				if readyNow() { // ready as the time ran out: it made it
+					continue
 				}
 				why = fmt.Errorf("runtime: cluster %d not ready within %s (ClusterTimeout): shards not ready: %v", c.id, timeout, notReady(inst))
 				restarting.answer(errwrap.Wrap(fmt.Sprintf("runtime: restart of cluster %d: the cluster restarts under supervision", c.id), "runtime", why))

@@ -35,6 +35,22 @@ func stopWithin(g *Runner, d time.Duration) {
 	_, _ = g.Stop(ctx, false)
 }
 
+// stopNow stops r within 10 s and fails the test if Stop errs or
+// returns before every shard did.
+func stopNow(t *testing.T, r *Runner) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.Stop(ctx, false); err != nil {
+		t.Fatalf("Stop = %v", err)
+	}
+	select {
+	case <-r.Done():
+	default:
+		t.Fatal("Stop returned before the shards did")
+	}
+}
+
 // note sends v on ch unless ch is full: hooks must not block.
 func note[T any](ch chan<- T, v T) {
 	select {

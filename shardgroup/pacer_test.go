@@ -249,16 +249,7 @@ func TestStopWhilePaced(t *testing.T) {
 	r.Start(context.Background())
 	l.next(t)
 	waitPacer(t, p, 0, shards-1)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := r.Stop(ctx, false); err != nil {
-		t.Fatalf("Stop = %v", err)
-	}
-	select {
-	case <-r.Done():
-	default:
-		t.Fatal("Stop returned before the shards did")
-	}
+	stopNow(t, r)
 	if n, taken := p.waiting(0); n != 0 || taken != 0 {
 		t.Fatalf("%d waiting, %d places taken after Stop; want 0 and 0", n, taken)
 	}

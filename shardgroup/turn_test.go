@@ -131,11 +131,7 @@ func TestTurnReservedBeforeDial(t *testing.T) {
 	l := newReservingLimiter(srv)
 	r := reservingGroup(t, srv, srv.GatewayURL(), l)
 	r.Start(context.Background())
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, _ = r.Stop(ctx, false)
-	}()
+	defer stopWithin(r, 10*time.Second)
 	l.waitCalls(t, "reserve 0")
 	l.grant <- struct{}{}
 	waitReady(t, r)
@@ -193,16 +189,7 @@ func TestStopWhileReservingTurn(t *testing.T) {
 	r := reservingGroup(t, srv, srv.GatewayURL(), l)
 	r.Start(context.Background())
 	l.waitCalls(t, "reserve 0")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := r.Stop(ctx, false); err != nil {
-		t.Fatalf("Stop = %v", err)
-	}
-	select {
-	case <-r.Done():
-	default:
-		t.Fatal("Stop returned before the shard did")
-	}
+	stopNow(t, r)
 	l.waitCalls(t, "reserve 0", "reserve 0 ended")
 	if n := srv.Stats().Connections; n != 0 {
 		t.Fatalf("%d connections, want 0: the shard dialled without its turn", n)
@@ -229,11 +216,7 @@ func TestReservationsPaceWithoutThePacer(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Start(context.Background())
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, _ = r.Stop(ctx, false)
-	}()
+	defer stopWithin(r, 10*time.Second)
 	// All four ask before any is let through; the pacer alone would let
 	// one (and one ahead) connect.
 	var got []string
