@@ -29,6 +29,9 @@ func startFakeFleet(t *testing.T, p *fakeProcesses) (*Runtime, *fakeChild) {
 	old := p.next(t)
 	old.ready()
 	<-rt.Ready()
+	// The fake child reports ready inside Spawn, before the runtime holds
+	// it: wait until it does, as a real child's report comes after.
+	waitFor(t, func() bool { return slices.Equal(childPids(rt), []int{old.pid}) })
 	return rt, old
 }
 
